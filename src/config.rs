@@ -1,0 +1,462 @@
+//! Command-line flags (each with an `APIZEE_BRIDGE_*` env var), validated
+//! once into [`Settings`]. Nothing downstream re-parses a string: a bad flag
+//! fails at start-up with one line that names it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::auth::Auth;
+use crate::envelope::Rules;
+use crate::route::{DEFAULT_TEMPLATE, TopicTemplate};
+
+/// Receives Apizee (ApiRTC) webhooks and publishes each one to NATS, or to
+/// standard output for development, on a topic named by object and event
+/// (`apizee.ticket.update`), keyed by objectId. The sender gets a 2xx only
+/// once the broker has the message.
+///
+/// Every flag can also be set with the environment variable shown beside it.
+#[derive(Debug, Parser)]
+#[command(name = "apizee-bridge", version, max_term_width = 100)]
+pub struct Cli {
+    /// Address for webhooks, /healthz and /readyz.
+    #[arg(long, env = "APIZEE_BRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// URL path that accepts webhooks (POST). A trailing slash is also accepted.
+    #[arg(long, env = "APIZEE_BRIDGE_PATH", default_value = "/webhooks")]
+    pub path: String,
+
+    /// Address for Prometheus metrics (/metrics).
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Largest accepted body; reading stops at this size and the answer is 413.
+    #[arg(long, env = "APIZEE_BRIDGE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long to wait for the broker's acknowledgement before answering 503.
+    #[arg(long, env = "APIZEE_BRIDGE_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Retry-After sent with 503 answers (rounded up to whole seconds).
+    #[arg(long, env = "APIZEE_BRIDGE_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
+    pub retry_after: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "APIZEE_BRIDGE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Refuse (422) enum values the spec does not list, such as a new ticket
+    /// state. By default they are published and counted in
+    /// apizee_bridge_unknown_enum_values_total.
+    #[arg(long, env = "APIZEE_BRIDGE_STRICT")]
+    pub strict: bool,
+
+    /// Value of {prefix} in the topic template.
+    #[arg(long, env = "APIZEE_BRIDGE_TOPIC_PREFIX", default_value = "apizee")]
+    pub topic_prefix: String,
+
+    /// Topic (NATS subject) for each message. Placeholders: {prefix},
+    /// {object}, {event}, {objectId}.
+    #[arg(long, env = "APIZEE_BRIDGE_TOPIC_TEMPLATE", default_value = DEFAULT_TEMPLATE)]
+    pub topic_template: String,
+
+    /// Where messages go. stdout is a development mode: nothing is durable.
+    #[arg(long, env = "APIZEE_BRIDGE_SINK", value_enum, default_value_t = SinkKind::Stdout)]
+    pub sink: SinkKind,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Publish through JetStream and answer only after its PubAck; the
+    /// event id goes in Nats-Msg-Id so a retried webhook is stored once.
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_JETSTREAM")]
+    pub nats_jetstream: bool,
+
+    /// Create this JetStream stream on "<prefix>.>" at start-up if it does
+    /// not exist (needs --nats-jetstream). An existing stream is left as is.
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_STREAM", value_name = "NAME")]
+    pub nats_stream: Option<String>,
+
+    /// NATS credentials file (JWT and nkey seed).
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_CREDS_FILE", value_name = "PATH")]
+    pub nats_creds_file: Option<PathBuf>,
+
+    /// NATS nkey seed (SU...). Prefer the env var to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_NATS_NKEY_SEED",
+        value_name = "SEED",
+        hide_env_values = true
+    )]
+    pub nats_nkey_seed: Option<String>,
+
+    /// NATS token. Prefer the env var to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_NATS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<String>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password. Prefer the env var to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+
+    /// CA certificate (PEM) to verify the NATS server; turns TLS on.
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_CA_FILE", value_name = "PATH")]
+    pub nats_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for NATS mutual TLS (with --nats-client-key).
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_CLIENT_CERT", value_name = "PATH")]
+    pub nats_client_cert: Option<PathBuf>,
+
+    /// Client private key (PEM) for NATS mutual TLS.
+    #[arg(long, env = "APIZEE_BRIDGE_NATS_CLIENT_KEY", value_name = "PATH")]
+    pub nats_client_key: Option<PathBuf>,
+
+    /// Request header that must carry a shared secret (set as a custom
+    /// header in the Apizee console). With "Authorization", a "Bearer "
+    /// prefix is accepted.
+    #[arg(long, env = "APIZEE_BRIDGE_AUTH_HEADER", value_name = "NAME")]
+    pub auth_header: Option<String>,
+
+    /// Accepted secret(s); repeat the flag or separate with commas to rotate.
+    /// Prefer the env var or --auth-token-file to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_AUTH_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_token: Vec<String>,
+
+    /// File with accepted secrets, one per line (blank lines and # comments
+    /// ignored).
+    #[arg(long, env = "APIZEE_BRIDGE_AUTH_TOKEN_FILE", value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "APIZEE_BRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax ("info", "apizee_bridge=debug").
+    #[arg(long, env = "APIZEE_BRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    Stdout,
+    Nats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 1m)"))
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A flag that is wrong, and why. Displayed as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything the service needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub http: HttpSettings,
+    pub shutdown_timeout: Duration,
+    pub sink: SinkSettings,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// What the webhook handler needs.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub path: String,
+    pub max_body_bytes: usize,
+    pub publish_timeout: Duration,
+    /// Whole seconds, at least 1.
+    pub retry_after_secs: u64,
+    pub rules: Rules,
+    pub template: TopicTemplate,
+    pub auth: Option<Auth>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    Stdout,
+    Nats(Box<NatsSettings>),
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub urls: Vec<String>,
+    pub jetstream: bool,
+    /// Stream name and the subject filter it captures.
+    pub stream: Option<(String, String)>,
+    pub auth: NatsAuth,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub publish_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum NatsAuth {
+    None,
+    CredsFile(PathBuf),
+    NkeySeed(Secret),
+    Token(Secret),
+    UserPassword { user: String, password: Secret },
+}
+
+impl Settings {
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        if !cli.path.starts_with('/') {
+            return Err(ConfigError::new("--path", "must start with '/'"));
+        }
+        if cli.max_body_bytes == 0 {
+            return Err(ConfigError::new("--max-body-bytes", "must be at least 1"));
+        }
+        if cli.publish_timeout.is_zero() {
+            return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
+        }
+        let template = TopicTemplate::parse(&cli.topic_template, &cli.topic_prefix)
+            .map_err(|e| ConfigError::new("--topic-template", e.to_string()))?;
+        let auth = auth_from_cli(
+            cli.auth_header.as_deref(),
+            cli.auth_token,
+            cli.auth_token_file.as_deref(),
+        )?;
+        let sink = match cli.sink {
+            SinkKind::Stdout => SinkSettings::Stdout,
+            SinkKind::Nats => SinkSettings::Nats(Box::new(NatsSettings {
+                urls: cli
+                    .nats_url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                jetstream: cli.nats_jetstream,
+                stream: match cli.nats_stream {
+                    None => None,
+                    Some(_) if !cli.nats_jetstream => {
+                        return Err(ConfigError::new(
+                            "--nats-stream",
+                            "needs --nats-jetstream: only JetStream publishes are stored",
+                        ));
+                    }
+                    Some(name) => Some((name, stream_subject(&template)?)),
+                },
+                auth: nats_auth(
+                    cli.nats_creds_file,
+                    cli.nats_nkey_seed,
+                    cli.nats_token,
+                    cli.nats_user,
+                    cli.nats_password,
+                )?,
+                ca_file: cli.nats_ca_file,
+                client_cert: match (cli.nats_client_cert, cli.nats_client_key) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (Some(_), None) => {
+                        return Err(ConfigError::new(
+                            "--nats-client-cert",
+                            "needs --nats-client-key",
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(ConfigError::new(
+                            "--nats-client-key",
+                            "needs --nats-client-cert",
+                        ));
+                    }
+                },
+                publish_timeout: cli.publish_timeout,
+            })),
+        };
+        if let SinkSettings::Nats(nats) = &sink
+            && nats.urls.is_empty()
+        {
+            return Err(ConfigError::new("--nats-url", "names no server"));
+        }
+        Ok(Settings {
+            listen: cli.listen,
+            metrics_listen: cli.metrics_listen,
+            http: HttpSettings {
+                path: cli.path,
+                max_body_bytes: cli.max_body_bytes,
+                publish_timeout: cli.publish_timeout,
+                retry_after_secs: cli.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                rules: Rules {
+                    strict: cli.strict,
+                    object_id_in_topic: template.uses_object_id(),
+                },
+                template,
+                auth,
+            },
+            shutdown_timeout: cli.shutdown_timeout,
+            sink,
+            log_format: cli.log_format,
+            log_level: cli.log_level,
+        })
+    }
+}
+
+fn stream_subject(template: &TopicTemplate) -> Result<String, ConfigError> {
+    template.subject_filter().ok_or_else(|| {
+        ConfigError::new(
+            "--nats-stream",
+            format!(
+                "the topic template {template} does not start with a fixed token, so no \
+                 stream subject can cover it without capturing every subject"
+            ),
+        )
+    })
+}
+
+fn auth_from_cli(
+    header: Option<&str>,
+    tokens: Vec<String>,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<Auth>, ConfigError> {
+    let mut secrets: Vec<Secret> = tokens
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .collect();
+    if let Some(path) = token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "--auth-token-file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        secrets.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| Secret::new(l.to_owned())),
+        );
+    }
+    match (header, secrets.is_empty()) {
+        (None, true) => Ok(None),
+        (None, false) => Err(ConfigError::new(
+            "--auth-header",
+            "is required with --auth-token or --auth-token-file: name the header that carries the secret",
+        )),
+        (Some(_), true) => Err(ConfigError::new(
+            "--auth-token",
+            "no token given for --auth-header: set --auth-token or --auth-token-file",
+        )),
+        (Some(name), false) => Auth::new(name, secrets)
+            .map(Some)
+            .map_err(|e| ConfigError::new("--auth-header", e.to_string())),
+    }
+}
+
+fn nats_auth(
+    creds_file: Option<PathBuf>,
+    nkey_seed: Option<String>,
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+) -> Result<NatsAuth, ConfigError> {
+    let chosen = [
+        creds_file.is_some(),
+        nkey_seed.is_some(),
+        token.is_some(),
+        user.is_some() || password.is_some(),
+    ]
+    .into_iter()
+    .filter(|set| *set)
+    .count();
+    if chosen > 1 {
+        return Err(ConfigError::new(
+            "--nats-creds-file",
+            "choose one NATS authentication: --nats-creds-file, --nats-nkey-seed, \
+             --nats-token, or --nats-user with --nats-password",
+        ));
+    }
+    Ok(match (creds_file, nkey_seed, token, user, password) {
+        (Some(path), ..) => NatsAuth::CredsFile(path),
+        (_, Some(seed), ..) => NatsAuth::NkeySeed(Secret::new(seed)),
+        (_, _, Some(token), ..) => NatsAuth::Token(Secret::new(token)),
+        (_, _, _, Some(user), Some(password)) => NatsAuth::UserPassword {
+            user,
+            password: Secret::new(password),
+        },
+        (_, _, _, Some(_), None) => {
+            return Err(ConfigError::new("--nats-user", "needs --nats-password"));
+        }
+        (_, _, _, None, Some(_)) => {
+            return Err(ConfigError::new("--nats-password", "needs --nats-user"));
+        }
+        (None, None, None, None, None) => NatsAuth::None,
+    })
+}

@@ -1,0 +1,568 @@
+//! The webhook envelope: raw bytes in, a validated [`Envelope`] or an
+//! [`EnvelopeError`] out. Pure, no I/O.
+//!
+//! The platform's envelope is `{"event","time","object","objectId","props"}`
+//! (see `shared/spec/apizee-webhooks.md`). We check what the spec promises and
+//! nothing more: extra fields pass through untouched, because the message we
+//! publish is the received body itself, not a re-serialisation of this type.
+//!
+//! Validation collects *every* problem instead of stopping at the first, so a
+//! sender fixing its payload sees the whole list in one 422.
+//!
+//! Enum values the spec does not list (a new ticket state, say) are a
+//! judgement call: the platform may ship new values before we learn of them,
+//! and refusing them would lose events. By default they are accepted and
+//! reported in [`Envelope::unknown_values`] so they can be counted; with
+//! [`Rules::strict`] they become problems.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// What happened to the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Event {
+    pub const ALL: [Event; 3] = [Event::Create, Event::Update, Event::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Create => "create",
+            Event::Update => "update",
+            Event::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// The kind of platform object the event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    Ticket,
+    Media,
+    Conversation,
+    SmsMessage,
+    ConversationEvent,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Ticket,
+        ObjectKind::Media,
+        ObjectKind::Conversation,
+        ObjectKind::SmsMessage,
+        ObjectKind::ConversationEvent,
+    ];
+
+    /// The name as the platform spells it on the wire, also used in topics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Ticket => "ticket",
+            ObjectKind::Media => "media",
+            ObjectKind::Conversation => "conversation",
+            ObjectKind::SmsMessage => "smsmessage",
+            ObjectKind::ConversationEvent => "conversationevent",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// Longest string objectId we accept. Conversation uids are 32-36 characters;
+/// the bound keeps keys, headers and topic names small.
+pub const MAX_OBJECT_ID_CHARS: usize = 128;
+
+/// The identifier of the object: a database id for most objects, a public uid
+/// for conversations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectId {
+    Number(u64),
+    Uid(String),
+}
+
+impl ObjectId {
+    /// True when every character is allowed in a NATS subject token and in a
+    /// Kafka topic name, so the id can be placed in a topic as it is.
+    pub fn is_topic_safe(&self) -> bool {
+        match self {
+            ObjectId::Number(_) => true,
+            ObjectId::Uid(uid) => uid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        }
+    }
+}
+
+/// Formats as the plain key: `100`, never `"100"`.
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectId::Number(n) => write!(f, "{n}"),
+            ObjectId::Uid(uid) => f.write_str(uid),
+        }
+    }
+}
+
+/// An enum value that the spec does not list, kept so it can be counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownValue {
+    pub object: ObjectKind,
+    /// The prop's name as the spec writes it (`state`, `_parent.name`, ...):
+    /// a fixed, bounded set, safe as a metric label.
+    pub field: &'static str,
+}
+
+/// A valid envelope: what routing needs, and what was unusual about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub event: Event,
+    /// UNIX seconds, as sent.
+    pub time: i64,
+    pub object: ObjectKind,
+    pub object_id: ObjectId,
+    pub unknown_values: Vec<UnknownValue>,
+}
+
+/// One thing wrong with an envelope, with the path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `event`, `props.geoloc.lat`, `props["geoloc.lat"]`, or `$` for the
+    /// document itself.
+    pub field: String,
+    pub problem: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The body is not JSON at all (or not UTF-8): the parser's own message.
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    /// JSON, but not an envelope the spec allows.
+    #[error("envelope is invalid ({} problem(s))", .0.len())]
+    Invalid(Vec<Problem>),
+}
+
+/// How strict validation is; fixed at start-up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules {
+    /// Refuse enum values the spec does not list instead of counting them.
+    pub strict: bool,
+    /// The topic template contains `{objectId}`, so the id must be usable in
+    /// a topic name as it is: we never rewrite it.
+    pub object_id_in_topic: bool,
+}
+
+/// Parses and validates one webhook body.
+pub fn parse(body: &[u8], rules: Rules) -> Result<Envelope, EnvelopeError> {
+    let document: Value =
+        serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let Value::Object(root) = document else {
+        return Err(EnvelopeError::Invalid(vec![Problem::new(
+            "$",
+            format!("must be a JSON object, found {}", type_name(&document)),
+        )]));
+    };
+    Checker {
+        rules,
+        problems: Vec::new(),
+        unknown: Vec::new(),
+    }
+    .check(&root)
+}
+
+/// Checks one prop value found at the given path.
+type PropCheck = fn(&mut Checker, &str, &Value);
+
+struct Checker {
+    rules: Rules,
+    problems: Vec<Problem>,
+    unknown: Vec<UnknownValue>,
+}
+
+impl Checker {
+    fn check(mut self, root: &Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+        let event = self.event(root.get("event"));
+        let time = self.time(root.get("time"));
+        let object = self.object(root.get("object"));
+        let object_id = self.object_id(root.get("objectId"));
+        if let Some(object) = object {
+            self.props(object, root.get("props"));
+        }
+        match (event, time, object, object_id) {
+            (Some(event), Some(time), Some(object), Some(object_id))
+                if self.problems.is_empty() =>
+            {
+                Ok(Envelope {
+                    event,
+                    time,
+                    object,
+                    object_id,
+                    unknown_values: self.unknown,
+                })
+            }
+            _ => Err(EnvelopeError::Invalid(self.problems)),
+        }
+    }
+
+    fn problem(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.problems.push(Problem::new(field, problem));
+    }
+
+    fn event(&mut self, value: Option<&Value>) -> Option<Event> {
+        match value {
+            None => self.problem("event", "is required"),
+            Some(Value::String(s)) => match Event::parse(s) {
+                Some(event) => return Some(event),
+                None => self.problem(
+                    "event",
+                    format!("must be one of create, update, delete, found {s:?}"),
+                ),
+            },
+            Some(other) => self.problem(
+                "event",
+                format!("must be a string, found {}", type_name(other)),
+            ),
+        }
+        None
+    }
+
+    fn time(&mut self, value: Option<&Value>) -> Option<i64> {
+        match value {
+            None => self.problem("time", "is required"),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(t) if t >= 0 => return Some(t),
+                _ => self.problem(
+                    "time",
+                    format!("must be a non-negative integer (UNIX seconds), found {n}"),
+                ),
+            },
+            Some(other) => self.problem(
+                "time",
+                format!(
+                    "must be an integer (UNIX seconds), found {}",
+                    type_name(other)
+                ),
+            ),
+        }
+        None
+    }
+
+    fn object(&mut self, value: Option<&Value>) -> Option<ObjectKind> {
+        match value {
+            None => self.problem("object", "is required"),
+            Some(Value::String(s)) => match ObjectKind::parse(s) {
+                Some(object) => return Some(object),
+                None => self.problem(
+                    "object",
+                    format!(
+                        "must be one of ticket, media, conversation, smsmessage, \
+                         conversationevent, found {s:?}"
+                    ),
+                ),
+            },
+            Some(other) => self.problem(
+                "object",
+                format!("must be a string, found {}", type_name(other)),
+            ),
+        }
+        None
+    }
+
+    fn object_id(&mut self, value: Option<&Value>) -> Option<ObjectId> {
+        let id = match value {
+            None => {
+                self.problem("objectId", "is required");
+                return None;
+            }
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n) => ObjectId::Number(n),
+                None => {
+                    self.problem(
+                        "objectId",
+                        format!("must be a non-negative integer or a string, found {n}"),
+                    );
+                    return None;
+                }
+            },
+            Some(Value::String(s)) => {
+                if s.is_empty() {
+                    self.problem("objectId", "must not be an empty string");
+                    return None;
+                }
+                if s.chars().count() > MAX_OBJECT_ID_CHARS {
+                    self.problem(
+                        "objectId",
+                        format!("must be at most {MAX_OBJECT_ID_CHARS} characters long"),
+                    );
+                    return None;
+                }
+                // The id travels in a message header; control characters
+                // would break the NATS header block and mean nothing as a key.
+                if s.chars().any(char::is_control) {
+                    self.problem("objectId", "must not contain control characters");
+                    return None;
+                }
+                ObjectId::Uid(s.clone())
+            }
+            Some(other) => {
+                self.problem(
+                    "objectId",
+                    format!(
+                        "must be a non-negative integer or a string, found {}",
+                        type_name(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        if self.rules.object_id_in_topic && !id.is_topic_safe() {
+            self.problem(
+                "objectId",
+                "is part of the topic name, so it may only contain ASCII letters, digits, \
+                 '-' and '_'",
+            );
+            return None;
+        }
+        Some(id)
+    }
+
+    fn props(&mut self, object: ObjectKind, value: Option<&Value>) {
+        let props = match value {
+            Some(Value::Object(props)) => props,
+            // The spec attaches no property to SMS events.
+            None | Some(Value::Null) if object == ObjectKind::SmsMessage => return,
+            None => return self.problem("props", "is required"),
+            Some(other) => {
+                return self.problem(
+                    "props",
+                    format!("must be an object, found {}", type_name(other)),
+                );
+            }
+        };
+        match object {
+            ObjectKind::Ticket => self.ticket_props(props),
+            ObjectKind::Media => self.media_props(props),
+            ObjectKind::Conversation => self.conversation_props(props),
+            ObjectKind::SmsMessage => {}
+            ObjectKind::ConversationEvent => self.conversation_event_props(props),
+        }
+    }
+
+    fn ticket_props(&mut self, props: &Map<String, Value>) {
+        const STATES: &[&str] = &[
+            "new",
+            "open",
+            "opened",
+            "invited",
+            "inprogress",
+            "updated",
+            "expired",
+            "declined",
+            "rejected",
+            "done",
+            "closed",
+        ];
+        self.enum_prop(ObjectKind::Ticket, props, "state", STATES);
+        self.nested_or_flat(
+            props,
+            "geoloc",
+            &[
+                ("lat", |c, path, v| c.number_in_range(path, v, -90.0, 90.0)),
+                ("lng", |c, path, v| c.number_in_range(path, v, -180.0, 180.0)),
+            ],
+        );
+    }
+
+    fn media_props(&mut self, props: &Map<String, Value>) {
+        const STATES: &[&str] = &["inprogress", "uncompleted", "completed", "error"];
+        const PARENTS: &[&str] = &["ticket", "conference", "conversation"];
+        self.enum_prop(ObjectKind::Media, props, "state", STATES);
+        self.nested_or_flat(
+            props,
+            "_parent",
+            &[
+                ("name", |c, path, v| {
+                    c.enum_value(ObjectKind::Media, "_parent.name", path, v, PARENTS)
+                }),
+                ("id", |c, path, v| c.integer(path, v)),
+            ],
+        );
+    }
+
+    fn conversation_props(&mut self, props: &Map<String, Value>) {
+        const EVENT_TYPES: &[&str] = &["conversationEnded"];
+        self.enum_prop(ObjectKind::Conversation, props, "eventType", EVENT_TYPES);
+        if let Some(v) = props.get("name") {
+            self.string("props.name", v);
+        }
+        if let Some(v) = props.get("finishedAt") {
+            self.rfc3339("props.finishedAt", v);
+        }
+    }
+
+    fn conversation_event_props(&mut self, props: &Map<String, Value>) {
+        // eventType is an open list (the Session Events API keeps adding
+        // types), so only its type is checked.
+        if let Some(v) = props.get("eventType") {
+            self.string("props.eventType", v);
+        }
+        for name in ["eventCode", "ticketId", "conversationId"] {
+            if let Some(v) = props.get(name) {
+                self.integer(&format!("props.{name}"), v);
+            }
+        }
+    }
+
+    /// Checks dotted props the platform may send nested (`{"geoloc":{"lat":1}}`)
+    /// or flat (`{"geoloc.lat":1}`); both forms are accepted and checked.
+    fn nested_or_flat(
+        &mut self,
+        props: &Map<String, Value>,
+        parent: &str,
+        children: &[(&str, PropCheck)],
+    ) {
+        match props.get(parent) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(inner)) => {
+                for (child, check) in children {
+                    if let Some(v) = inner.get(*child) {
+                        check(self, &format!("props.{parent}.{child}"), v);
+                    }
+                }
+            }
+            Some(other) => self.problem(
+                format!("props.{parent}"),
+                format!("must be an object, found {}", type_name(other)),
+            ),
+        }
+        for (child, check) in children {
+            if let Some(v) = props.get(&format!("{parent}.{child}")) {
+                check(self, &format!("props[\"{parent}.{child}\"]"), v);
+            }
+        }
+    }
+
+    fn enum_prop(
+        &mut self,
+        object: ObjectKind,
+        props: &Map<String, Value>,
+        name: &'static str,
+        allowed: &[&str],
+    ) {
+        if let Some(v) = props.get(name) {
+            self.enum_value(object, name, &format!("props.{name}"), v, allowed);
+        }
+    }
+
+    fn enum_value(
+        &mut self,
+        object: ObjectKind,
+        field: &'static str,
+        path: &str,
+        value: &Value,
+        allowed: &[&str],
+    ) {
+        match value {
+            Value::Null => {}
+            Value::String(s) if allowed.contains(&s.as_str()) => {}
+            Value::String(s) if self.rules.strict => self.problem(
+                path,
+                format!("must be one of {}, found {s:?}", allowed.join(", ")),
+            ),
+            Value::String(_) => self.unknown.push(UnknownValue { object, field }),
+            other => self.problem(
+                path,
+                format!("must be a string, found {}", type_name(other)),
+            ),
+        }
+    }
+
+    fn number_in_range(&mut self, path: &str, value: &Value, min: f64, max: f64) {
+        match value {
+            Value::Null => {}
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if (min..=max).contains(&x) => {}
+                _ => self.problem(path, format!("must be between {min} and {max}, found {n}")),
+            },
+            other => self.problem(
+                path,
+                format!("must be a number, found {}", type_name(other)),
+            ),
+        }
+    }
+
+    fn integer(&mut self, path: &str, value: &Value) {
+        match value {
+            Value::Null => {}
+            Value::Number(n) if n.is_i64() || n.is_u64() => {}
+            Value::Number(n) => self.problem(path, format!("must be an integer, found {n}")),
+            other => self.problem(
+                path,
+                format!("must be an integer, found {}", type_name(other)),
+            ),
+        }
+    }
+
+    fn string(&mut self, path: &str, value: &Value) {
+        match value {
+            Value::Null | Value::String(_) => {}
+            other => self.problem(
+                path,
+                format!("must be a string, found {}", type_name(other)),
+            ),
+        }
+    }
+
+    fn rfc3339(&mut self, path: &str, value: &Value) {
+        use time::format_description::well_known::Rfc3339;
+        match value {
+            Value::Null => {}
+            Value::String(s) => {
+                if time::OffsetDateTime::parse(s, &Rfc3339).is_err() {
+                    self.problem(
+                        path,
+                        format!(
+                            "must be an RFC 3339 date-time such as \
+                             \"2021-08-03T15:05:50+00:00\", found {s:?}"
+                        ),
+                    );
+                }
+            }
+            other => self.problem(
+                path,
+                format!("must be a string, found {}", type_name(other)),
+            ),
+        }
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,260 @@
+//! Request handling on the webhook listener: `POST <path>` for webhooks,
+//! `GET /healthz` and `GET /readyz` for load balancers and Kubernetes.
+//!
+//! The webhook path checks the cheap things first (auth, media type,
+//! declared length) so a bad request costs as little as possible, reads at
+//! most `max_body_bytes`, parses once, and answers 200 only after the sink
+//! reports the broker's acknowledgement.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::rejection::{Rejection, json_response};
+use crate::config::HttpSettings;
+use crate::envelope::{self, EnvelopeError, Problem};
+use crate::metrics::Metrics;
+use crate::route;
+use crate::sink::{PublishError, Sink};
+
+/// Shared state of the webhook listener.
+pub struct App {
+    settings: HttpSettings,
+    sink: Arc<dyn Sink>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl App {
+    pub fn new(settings: HttpSettings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings,
+            sink,
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// From now on `/readyz` answers 503, so load balancers stop sending.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && self.sink.is_ready()
+    }
+
+    fn is_webhook_path(&self, path: &str) -> bool {
+        let configured = self.settings.path.trim_end_matches('/');
+        path == self.settings.path || path.trim_end_matches('/') == configured
+    }
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    topic: &'a str,
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+/// Which endpoint a request was for; a bounded metric label.
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Webhook,
+    Health,
+    Other,
+}
+
+pub async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let path = request.uri().path();
+    let endpoint = if app.is_webhook_path(path) {
+        Endpoint::Webhook
+    } else if path == "/healthz" || path == "/readyz" {
+        Endpoint::Health
+    } else {
+        Endpoint::Other
+    };
+    let result = match endpoint {
+        Endpoint::Webhook => webhook(&app, request).await,
+        Endpoint::Health => health(&app, &request),
+        Endpoint::Other => Err(Rejection::NotFound),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(rejection) => {
+            log_rejection(&rejection, peer);
+            if rejection.is_client_error() {
+                app.metrics.rejected(rejection.code());
+            }
+            rejection.into_response(app.settings.retry_after_secs)
+        }
+    };
+    let label = match endpoint {
+        Endpoint::Webhook => "webhook",
+        Endpoint::Health => "health",
+        Endpoint::Other => "other",
+    };
+    app.metrics
+        .http_request(label, response.status(), started.elapsed());
+    Ok(response)
+}
+
+fn health(app: &App, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, Rejection> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return Err(Rejection::MethodNotAllowed { allow: "GET, HEAD" });
+    }
+    let (status, body) = match request.uri().path() {
+        "/readyz" if !app.is_ready() => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        "/readyz" => (StatusCode::OK, "ready"),
+        _ => (StatusCode::OK, "alive"),
+    };
+    Ok(json_response(
+        status,
+        serde_json::to_vec(&Status { status: body }).unwrap_or_default(),
+    ))
+}
+
+async fn webhook(
+    app: &App,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Rejection> {
+    if request.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed { allow: "POST" });
+    }
+    let _in_flight = app.metrics.in_flight();
+    let settings = &app.settings;
+    if let Some(auth) = &settings.auth
+        && !auth.allows(request.headers())
+    {
+        return Err(Rejection::Unauthorized);
+    }
+    check_content_type(request.headers())?;
+    check_declared_length(request.headers(), settings.max_body_bytes)?;
+    let received_at = SystemTime::now();
+    let body = read_body(request.into_body(), settings.max_body_bytes).await?;
+
+    let envelope = envelope::parse(&body, settings.rules).map_err(|e| match e {
+        EnvelopeError::Malformed(reason) => Rejection::MalformedJson(reason),
+        EnvelopeError::Invalid(problems) => Rejection::InvalidEnvelope(problems),
+    })?;
+    let message = route::build_message(&envelope, body, &settings.template, received_at)
+        .map_err(|e| {
+            Rejection::InvalidEnvelope(vec![Problem {
+                field: "objectId".into(),
+                problem: e.to_string(),
+            }])
+        })?;
+    app.metrics.webhook_received(&envelope);
+
+    let sink = app.sink.name();
+    let publish_started = Instant::now();
+    let outcome = tokio::time::timeout(settings.publish_timeout, app.sink.publish(&message))
+        .await
+        .unwrap_or(Err(PublishError::Timeout(settings.publish_timeout)));
+    let outcome_label = match &outcome {
+        Ok(()) => "ok",
+        Err(e) => e.kind(),
+    };
+    app.metrics
+        .published(sink, outcome_label, publish_started.elapsed());
+    outcome.map_err(Rejection::BrokerUnavailable)?;
+
+    tracing::debug!(topic = %message.topic, id = %message.event_id, "published");
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&Accepted {
+            topic: &message.topic,
+            id: &message.event_id,
+        })
+        .unwrap_or_default(),
+    ))
+}
+
+/// A missing Content-Type is accepted: not every sender sets one. An
+/// explicit one must be JSON, in any case and with any parameters, since the
+/// platform sends `application/JSON`.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text.split(';').next().unwrap_or("").trim();
+    let is_json = essence.split_once('/').is_some_and(|(kind, subtype)| {
+        kind.eq_ignore_ascii_case("application")
+            && (subtype.eq_ignore_ascii_case("json")
+                || subtype.to_ascii_lowercase().ends_with("+json"))
+    });
+    if is_json {
+        Ok(())
+    } else {
+        Err(Rejection::UnsupportedMediaType(
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ))
+    }
+}
+
+/// Refuses a body announced as too large before reading any of it.
+fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), Rejection> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => Err(Rejection::PayloadTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the body, stopping as soon as it passes `limit`: a chunked body
+/// without Content-Length is never buffered beyond the limit.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Rejection> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Rejection::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(Rejection::UnreadableBody(e.to_string())),
+    }
+}
+
+fn log_rejection(rejection: &Rejection, peer: SocketAddr) {
+    let status = rejection.status().as_u16();
+    match rejection {
+        Rejection::BrokerUnavailable(error) => {
+            tracing::warn!(%peer, status, reason = rejection.code(), %error, "webhook not published");
+        }
+        Rejection::InvalidEnvelope(problems) => {
+            let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+            tracing::warn!(%peer, status, reason = rejection.code(), fields = ?fields, "webhook rejected");
+        }
+        Rejection::MalformedJson(detail) | Rejection::UnreadableBody(detail) => {
+            tracing::warn!(%peer, status, reason = rejection.code(), detail = %detail, "webhook rejected");
+        }
+        _ => tracing::warn!(%peer, status, reason = rejection.code(), "request rejected"),
+    }
+}

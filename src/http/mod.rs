@@ -1,0 +1,9 @@
+//! The HTTP edge: the accept loop and graceful drain ([`server`]), the
+//! webhook and health handlers ([`handler`]), and the one place where a
+//! failure becomes a status code and a JSON body ([`rejection`]).
+
+pub mod handler;
+pub mod rejection;
+pub mod server;
+
+pub use handler::App;

@@ -1,0 +1,145 @@
+//! Every way a request can fail, mapped to status, machine code and message
+//! in exactly one function. Handlers return a [`Rejection`] and never build
+//! an error response by hand.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::envelope::Problem;
+use crate::sink::PublishError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    NotFound,
+    MethodNotAllowed { allow: &'static str },
+    Unauthorized,
+    UnsupportedMediaType(String),
+    PayloadTooLarge { limit: usize },
+    UnreadableBody(String),
+    MalformedJson(String),
+    InvalidEnvelope(Vec<Problem>),
+    BrokerUnavailable(PublishError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: String,
+    details: &'a [serde_json::Value],
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
+            Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::UnreadableBody(_) | Rejection::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Rejection::InvalidEnvelope(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Rejection::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable code in the body; also the `reason` label of
+    /// `apizee_bridge_rejections_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+            Rejection::PayloadTooLarge { .. } => "payload_too_large",
+            Rejection::UnreadableBody(_) => "unreadable_body",
+            Rejection::MalformedJson(_) => "malformed_json",
+            Rejection::InvalidEnvelope(_) => "invalid_envelope",
+            Rejection::BrokerUnavailable(_) => "broker_unavailable",
+        }
+    }
+
+    /// One sentence for a human: what is wrong and what to do about it.
+    /// Never includes a secret or a broker address.
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::NotFound => "No such path; webhooks are accepted on the configured path.".into(),
+            Rejection::MethodNotAllowed { allow } => {
+                format!("This path only accepts {allow}.")
+            }
+            Rejection::Unauthorized => {
+                "Missing or wrong credentials: send the configured secret header.".into()
+            }
+            Rejection::UnsupportedMediaType(found) => format!(
+                "Content-Type must be application/json, found {found:?}."
+            ),
+            Rejection::PayloadTooLarge { limit } => {
+                format!("The body is larger than the limit of {limit} bytes.")
+            }
+            Rejection::UnreadableBody(_) => {
+                "The request body could not be read completely.".into()
+            }
+            Rejection::MalformedJson(_) => "The body is not valid JSON.".into(),
+            Rejection::InvalidEnvelope(problems) => format!(
+                "The JSON is not a valid Apizee webhook envelope ({} problem{}, see details).",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            Rejection::BrokerUnavailable(_) => {
+                "The message broker did not accept the event; retry later.".into()
+            }
+        }
+    }
+
+    fn details(&self) -> Vec<serde_json::Value> {
+        match self {
+            Rejection::InvalidEnvelope(problems) => problems
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect(),
+            Rejection::MalformedJson(parse_error) | Rejection::UnreadableBody(parse_error) => {
+                vec![serde_json::json!({ "problem": parse_error })]
+            }
+            // The publish error stays in our logs: it can name broker
+            // addresses and stream names the sender has no business seeing.
+            _ => Vec::new(),
+        }
+    }
+
+    /// A 4xx: the sender's request was wrong, and retrying it as is won't help.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&ErrorBody {
+            error: self.code(),
+            message: self.message(),
+            details: &self.details(),
+        })
+        .unwrap_or_default();
+        let mut response = json_response(self.status(), body);
+        let headers = response.headers_mut();
+        match &self {
+            Rejection::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Rejection::BrokerUnavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

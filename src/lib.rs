@@ -1,0 +1,132 @@
+//! apizee-bridge receives Apizee (ApiRTC) webhooks and publishes each one to
+//! a message broker, answering the sender only once the broker has it.
+//!
+//! ```text
+//! bytes ──► envelope::parse ──► route::build_message ──► Sink::publish ──► ack ──► 200
+//!   │            │                                            │
+//!   413/415/401  400/422                                      503 + Retry-After
+//! ```
+//!
+//! - [`config`]: flags and env vars, validated once into [`config::Settings`].
+//! - [`envelope`]: body bytes to a validated envelope, or every problem found.
+//! - [`route`]: envelope to topic, key, headers and the untouched payload.
+//! - [`sink`]: the one trait every broker implements (stdout, NATS).
+//! - [`http`]: listener, limits, graceful drain, and the status mapping.
+//! - [`metrics`]: every Prometheus metric, with bounded labels.
+//!
+//! The pure middle (`envelope`, `route`) has no I/O and is unit-tested; the
+//! edges take their listeners and shutdown signal as values, so tests can run
+//! the whole service in-process on port 0.
+
+pub mod auth;
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod route;
+pub mod shutdown;
+pub mod sink;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Settings, SinkSettings};
+use crate::http::App;
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] sink::nats::NatsSetupError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// How long the sink may take to flush at shutdown before we give up.
+const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the sink, binds both listeners and serves until `shutdown`
+/// resolves; then drains and returns.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let sink: Arc<dyn Sink> = match &settings.sink {
+        SinkSettings::Stdout => {
+            tracing::warn!(
+                "sink is stdout: messages are printed, not stored; nothing is durable. \
+                 Use --sink nats in production"
+            );
+            Arc::new(sink::stdout::StdoutSink::new())
+        }
+        SinkSettings::Nats(nats) => Arc::new(sink::nats::NatsSink::start(nats).await?),
+    };
+    let listener = bind("--listen", settings.listen).await?;
+    let metrics_listener = bind("--metrics-listen", settings.metrics_listen).await?;
+    tracing::info!(
+        listen = %settings.listen,
+        path = %settings.http.path,
+        metrics = %settings.metrics_listen,
+        sink = sink.name(),
+        "apizee-bridge started"
+    );
+    let app = Arc::new(App::new(settings.http, sink, metrics));
+    serve(
+        app,
+        listener,
+        metrics_listener,
+        settings.shutdown_timeout,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { flag, addr, source })
+}
+
+/// Serves webhooks and metrics on listeners the caller bound, until
+/// `shutdown` resolves; then drains in-flight requests (bounded by
+/// `shutdown_timeout`), flushes the sink, and stops the metrics listener.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = tokio::spawn(http::server::serve_metrics(
+        metrics_listener,
+        app.metrics().clone(),
+        app.sink().clone(),
+        async move {
+            let _ = metrics_stopped.await;
+        },
+    ));
+
+    http::server::serve_webhooks(listener, app.clone(), shutdown_timeout, shutdown).await;
+
+    match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.sink().flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),
+        Err(_) => tracing::warn!("flushing the sink at shutdown timed out"),
+    }
+    let _ = stop_metrics.send(());
+    let _ = metrics_task.await;
+    tracing::info!("apizee-bridge stopped");
+}

@@ -1,0 +1,55 @@
+use std::process::ExitCode;
+
+use apizee_bridge::config::{Cli, Settings};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first line names the flag and the problem; the rest is
+            // usage text that would bury it in a log.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("apizee-bridge: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match Settings::from_cli(cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("apizee-bridge: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = apizee_bridge::logging::init(settings.log_format, &settings.log_level) {
+        eprintln!("apizee-bridge: error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("apizee-bridge: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(apizee_bridge::run(
+        settings,
+        apizee_bridge::shutdown::signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("apizee-bridge: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

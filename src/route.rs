@@ -1,0 +1,245 @@
+//! Routing: a validated [`Envelope`] and its raw body become a [`Message`]
+//! with a topic, a key, headers and the untouched payload. Pure, no I/O.
+//!
+//! Topic names must be valid on every sink, so the template is checked at
+//! start-up against the intersection of NATS subject and Kafka topic rules:
+//! ASCII letters, digits, `-`, `_`, and `.` between non-empty tokens.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::envelope::{Envelope, Event, ObjectKind};
+
+/// Kafka's limit on topic name length; NATS has none worth worrying about.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+pub const DEFAULT_TEMPLATE: &str = "{prefix}.{object}.{event}";
+
+/// Header names on every published message. Lower case: Kafka and NATS keep
+/// names as given, and consumers should not have to guess the case.
+pub mod header {
+    pub const CONTENT_TYPE: &str = "content-type";
+    pub const EVENT: &str = "apizee-event";
+    pub const OBJECT: &str = "apizee-object";
+    pub const OBJECT_ID: &str = "apizee-object-id";
+    pub const TIME: &str = "apizee-time";
+    pub const RECEIVED_AT: &str = "apizee-received-at";
+    pub const EVENT_ID: &str = "apizee-event-id";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Object,
+    Event,
+    ObjectId,
+}
+
+/// A parsed `--topic-template`, with `{prefix}` already substituted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unknown placeholder {{{0}}}; use {{prefix}}, {{object}}, {{event}} or {{objectId}}")]
+    UnknownPlaceholder(String),
+    #[error("unclosed '{{'")]
+    Unclosed,
+    #[error(
+        "it produces {0:?}, which is not a valid topic: use ASCII letters, digits, '-', '_' \
+         and '.' between non-empty parts, at most 249 characters"
+    )]
+    InvalidTopic(String),
+}
+
+impl TopicTemplate {
+    pub fn parse(template: &str, prefix: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or(TemplateError::Unclosed)?;
+            let part = match &after[..close] {
+                "prefix" => {
+                    literal.push_str(prefix);
+                    None
+                }
+                "object" => Some(Part::Object),
+                "event" => Some(Part::Event),
+                "objectId" => Some(Part::ObjectId),
+                other => return Err(TemplateError::UnknownPlaceholder(other.to_owned())),
+            };
+            if let Some(part) = part {
+                if !literal.is_empty() {
+                    parts.push(Part::Literal(std::mem::take(&mut literal)));
+                }
+                parts.push(part);
+            }
+            rest = &after[close + 1..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        let template = Self { parts };
+        // Render the longest fixed names to catch bad literals now rather than
+        // on the first webhook; the objectId is checked per request.
+        for object in ObjectKind::ALL {
+            for event in Event::ALL {
+                let topic = template.render(object, event, "0");
+                if !is_valid_topic(&topic) {
+                    return Err(TemplateError::InvalidTopic(topic));
+                }
+            }
+        }
+        Ok(template)
+    }
+
+    pub fn uses_object_id(&self) -> bool {
+        self.parts.contains(&Part::ObjectId)
+    }
+
+    pub fn render(&self, object: ObjectKind, event: Event, object_id: &str) -> String {
+        let mut topic = String::with_capacity(48);
+        for part in &self.parts {
+            topic.push_str(match part {
+                Part::Literal(s) => s,
+                Part::Object => object.as_str(),
+                Part::Event => event.as_str(),
+                Part::ObjectId => object_id,
+            });
+        }
+        topic
+    }
+
+    /// Every topic the template can produce, when it does not depend on the
+    /// objectId: what a broker needs created up front.
+    pub fn all_topics(&self) -> Option<Vec<String>> {
+        if self.uses_object_id() {
+            return None;
+        }
+        Some(
+            ObjectKind::ALL
+                .into_iter()
+                .flat_map(|o| Event::ALL.into_iter().map(move |e| self.render(o, e, "")))
+                .collect(),
+        )
+    }
+
+    /// A NATS subject filter (`apizee.>`) that matches every topic, built from
+    /// the fixed tokens at the start of the template. `None` when the first
+    /// token is not fixed, since a stream on `>` would capture everything.
+    pub fn subject_filter(&self) -> Option<String> {
+        let Some(Part::Literal(head)) = self.parts.first() else {
+            return None;
+        };
+        let fixed = match (head.rfind('.'), self.parts.len()) {
+            // The whole template is one literal: the filter is the topic.
+            (_, 1) => return Some(head.clone()),
+            (Some(dot), _) => &head[..dot],
+            (None, _) => return None,
+        };
+        Some(format!("{fixed}.>"))
+    }
+}
+
+impl fmt::Display for TopicTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => f.write_str(s)?,
+                Part::Object => f.write_str("{object}")?,
+                Part::Event => f.write_str("{event}")?,
+                Part::ObjectId => f.write_str("{objectId}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Valid as a NATS subject (no wildcard, no empty token) and as a Kafka topic.
+pub fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_LEN
+        && topic.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// What a sink publishes: everything a broker needs, nothing of HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    /// The objectId as a plain string: one object, one partition.
+    pub key: String,
+    /// Also in the headers; kept apart for sinks that deduplicate on it
+    /// (JetStream's `Nats-Msg-Id`).
+    pub event_id: String,
+    pub headers: Vec<(&'static str, String)>,
+    /// The received body, byte for byte.
+    pub payload: Bytes,
+}
+
+/// A deterministic id for a body: a retried identical webhook gets the same
+/// id, so brokers and consumers can drop the duplicate. 128 bits of SHA-256
+/// keep accidental collisions out of reach while staying short.
+pub fn event_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let mut id = String::with_capacity(32);
+    for byte in &digest[..16] {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    id
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the topic {0:?} built from the objectId is longer than {MAX_TOPIC_LEN} characters")]
+pub struct TopicTooLong(pub String);
+
+/// Builds the message for a valid envelope. `received_at` is when the request
+/// arrived, as seen by this process.
+pub fn build_message(
+    envelope: &Envelope,
+    body: Bytes,
+    template: &TopicTemplate,
+    received_at: SystemTime,
+) -> Result<Message, TopicTooLong> {
+    let key = envelope.object_id.to_string();
+    let topic = template.render(envelope.object, envelope.event, &key);
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(TopicTooLong(topic));
+    }
+    let event_id = event_id(&body);
+    let headers = vec![
+        (header::CONTENT_TYPE, "application/json".to_owned()),
+        (header::EVENT, envelope.event.as_str().to_owned()),
+        (header::OBJECT, envelope.object.as_str().to_owned()),
+        (header::OBJECT_ID, key.clone()),
+        (header::TIME, envelope.time.to_string()),
+        (
+            header::RECEIVED_AT,
+            humantime::format_rfc3339_millis(received_at).to_string(),
+        ),
+        (header::EVENT_ID, event_id.clone()),
+    ];
+    Ok(Message {
+        topic,
+        key,
+        event_id,
+        headers,
+        payload: body,
+    })
+}

@@ -1,0 +1,64 @@
+//! The one interface every broker implements.
+//!
+//! A sink takes a [`Message`] and resolves only once the broker has it
+//! (JetStream PubAck, Kafka delivery report, a flushed write to core NATS).
+//! The HTTP layer knows nothing of brokers and sinks know nothing of HTTP: the
+//! handler turns a [`PublishError`] into a 503.
+//!
+//! The trait returns boxed futures so the sink can be chosen at start-up and
+//! held as `Arc<dyn Sink>`; one allocation per publish is noise next to a
+//! network round trip.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::route::Message;
+
+pub mod memory;
+pub mod nats;
+pub mod stdout;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Sink: Send + Sync + 'static {
+    /// Short, fixed name used in metrics and logs: `stdout`, `nats`, `kafka`.
+    fn name(&self) -> &'static str;
+
+    /// Publishes one message and resolves when the broker acknowledged it.
+    /// Callers bound the wait with their own timeout; a sink must not publish
+    /// a message it already reported as failed when it is not connected.
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// True while the sink can take messages; drives `/readyz`.
+    fn is_ready(&self) -> bool;
+
+    /// Sends whatever is buffered, at shutdown.
+    fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>>;
+}
+
+/// Why a publish did not succeed. Every kind means the sender should retry,
+/// so all of them answer 503; the kind is for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("the broker did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused the message: {0}")]
+    Refused(String),
+    #[error("publishing failed: {0}")]
+    Failed(String),
+}
+
+impl PublishError {
+    /// A bounded label value for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublishError::NotConnected => "not_connected",
+            PublishError::Timeout(_) => "timeout",
+            PublishError::Refused(_) => "refused",
+            PublishError::Failed(_) => "failed",
+        }
+    }
+}
