@@ -36,7 +36,10 @@ impl Auth {
     pub fn new(header: &str, tokens: Vec<Secret>) -> Result<Self, InvalidHeaderName> {
         let header = HeaderName::from_bytes(header.as_bytes())
             .map_err(|_| InvalidHeaderName(header.to_owned()))?;
-        let digests = tokens.iter().map(|t| digest(t.expose().as_bytes())).collect();
+        let digests = tokens
+            .iter()
+            .map(|t| digest(t.expose().as_bytes()))
+            .collect();
         Ok(Self { header, digests })
     }
 
@@ -72,8 +75,11 @@ mod tests {
     use http::HeaderValue;
 
     fn auth(header: &str, tokens: &[&str]) -> Auth {
-        Auth::new(header, tokens.iter().map(|t| Secret::new((*t).into())).collect())
-            .unwrap_or_else(|e| panic!("{e}"))
+        Auth::new(
+            header,
+            tokens.iter().map(|t| Secret::new((*t).into())).collect(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

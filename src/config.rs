@@ -460,3 +460,6 @@ fn nats_auth(
         (None, None, None, None, None) => NatsAuth::None,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -388,7 +388,9 @@ impl Checker {
             "geoloc",
             &[
                 ("lat", |c, path, v| c.number_in_range(path, v, -90.0, 90.0)),
-                ("lng", |c, path, v| c.number_in_range(path, v, -180.0, 180.0)),
+                ("lng", |c, path, v| {
+                    c.number_in_range(path, v, -180.0, 180.0)
+                }),
             ],
         );
     }
@@ -566,3 +568,6 @@ fn type_name(value: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,16 +62,7 @@ const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// resolves; then drains and returns.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new()?);
-    let sink: Arc<dyn Sink> = match &settings.sink {
-        SinkSettings::Stdout => {
-            tracing::warn!(
-                "sink is stdout: messages are printed, not stored; nothing is durable. \
-                 Use --sink nats in production"
-            );
-            Arc::new(sink::stdout::StdoutSink::new())
-        }
-        SinkSettings::Nats(nats) => Arc::new(sink::nats::NatsSink::start(nats).await?),
-    };
+    let sink = start_sink(&settings.sink).await?;
     let listener = bind("--listen", settings.listen).await?;
     let metrics_listener = bind("--metrics-listen", settings.metrics_listen).await?;
     tracing::info!(
@@ -91,6 +82,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     )
     .await;
     Ok(())
+}
+
+/// Starts the configured sink. Broker clients connect in the background, so
+/// this returns before the broker is reachable; `Sink::is_ready` tells when.
+pub async fn start_sink(settings: &SinkSettings) -> Result<Arc<dyn Sink>, RunError> {
+    Ok(match settings {
+        SinkSettings::Stdout => {
+            tracing::warn!(
+                "sink is stdout: messages are printed, not stored; nothing is durable. \
+                 Use --sink nats in production"
+            );
+            Arc::new(sink::stdout::StdoutSink::new())
+        }
+        SinkSettings::Nats(nats) => Arc::new(sink::nats::NatsSink::start(nats).await?),
+    })
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {

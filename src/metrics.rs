@@ -123,10 +123,12 @@ impl Metrics {
         registry.register(Box::new(unknown_enum_values.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(
-            std::process::id() as i32,
-            NAMESPACE,
-        )))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                NAMESPACE,
+            ),
+        ))?;
 
         Ok(Self {
             registry,
@@ -144,7 +146,12 @@ impl Metrics {
 
     /// `handler` is `webhook`, `health` or `other`; only webhook requests
     /// feed the latency histogram, so probes do not dilute it.
-    pub fn http_request(&self, handler: &'static str, status: http::StatusCode, duration: Duration) {
+    pub fn http_request(
+        &self,
+        handler: &'static str,
+        status: http::StatusCode,
+        duration: Duration,
+    ) {
         self.http_requests
             .with_label_values(&[handler, status.as_str()])
             .inc();

@@ -243,3 +243,6 @@ pub fn build_message(
         payload: body,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -162,8 +162,8 @@ async fn webhook(
         EnvelopeError::Malformed(reason) => Rejection::MalformedJson(reason),
         EnvelopeError::Invalid(problems) => Rejection::InvalidEnvelope(problems),
     })?;
-    let message = route::build_message(&envelope, body, &settings.template, received_at)
-        .map_err(|e| {
+    let message =
+        route::build_message(&envelope, body, &settings.template, received_at).map_err(|e| {
             Rejection::InvalidEnvelope(vec![Problem {
                 field: "objectId".into(),
                 problem: e.to_string(),

@@ -64,22 +64,22 @@ impl Rejection {
     /// Never includes a secret or a broker address.
     pub fn message(&self) -> String {
         match self {
-            Rejection::NotFound => "No such path; webhooks are accepted on the configured path.".into(),
+            Rejection::NotFound => {
+                "No such path; webhooks are accepted on the configured path.".into()
+            }
             Rejection::MethodNotAllowed { allow } => {
                 format!("This path only accepts {allow}.")
             }
             Rejection::Unauthorized => {
                 "Missing or wrong credentials: send the configured secret header.".into()
             }
-            Rejection::UnsupportedMediaType(found) => format!(
-                "Content-Type must be application/json, found {found:?}."
-            ),
+            Rejection::UnsupportedMediaType(found) => {
+                format!("Content-Type must be application/json, found {found:?}.")
+            }
             Rejection::PayloadTooLarge { limit } => {
                 format!("The body is larger than the limit of {limit} bytes.")
             }
-            Rejection::UnreadableBody(_) => {
-                "The request body could not be read completely.".into()
-            }
+            Rejection::UnreadableBody(_) => "The request body could not be read completely.".into(),
             Rejection::MalformedJson(_) => "The body is not valid JSON.".into(),
             Rejection::InvalidEnvelope(problems) => format!(
                 "The JSON is not a valid Apizee webhook envelope ({} problem{}, see details).",

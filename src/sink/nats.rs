@@ -93,20 +93,21 @@ impl NatsSink {
 }
 
 async fn connect_options(settings: &NatsSettings) -> Result<ConnectOptions, NatsSetupError> {
-    let mut options = match &settings.auth {
-        NatsAuth::None => ConnectOptions::new(),
-        NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
-            .await
-            .map_err(|e| NatsSetupError::CredsFile {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?,
-        NatsAuth::NkeySeed(seed) => ConnectOptions::with_nkey(seed.expose().to_owned()),
-        NatsAuth::Token(token) => ConnectOptions::with_token(token.expose().to_owned()),
-        NatsAuth::UserPassword { user, password } => {
-            ConnectOptions::with_user_and_password(user.clone(), password.expose().to_owned())
-        }
-    };
+    let mut options =
+        match &settings.auth {
+            NatsAuth::None => ConnectOptions::new(),
+            NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| NatsSetupError::CredsFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+            NatsAuth::NkeySeed(seed) => ConnectOptions::with_nkey(seed.expose().to_owned()),
+            NatsAuth::Token(token) => ConnectOptions::with_token(token.expose().to_owned()),
+            NatsAuth::UserPassword { user, password } => {
+                ConnectOptions::with_user_and_password(user.clone(), password.expose().to_owned())
+            }
+        };
     if let Some(ca) = &settings.ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
