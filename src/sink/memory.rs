@@ -14,6 +14,8 @@ pub enum Behaviour {
     Fail(PublishError),
     /// Never acknowledges: the caller's timeout must fire.
     Hang,
+    /// Acknowledges after a pause, like a slow broker.
+    Delay(std::time::Duration),
 }
 
 #[derive(Debug)]
@@ -73,6 +75,11 @@ impl Sink for MemorySink {
                 }
                 Behaviour::Fail(error) => Err(error),
                 Behaviour::Hang => std::future::pending().await,
+                Behaviour::Delay(pause) => {
+                    tokio::time::sleep(pause).await;
+                    lock(&self.messages).push(message.clone());
+                    Ok(())
+                }
             }
         })
     }

@@ -1,0 +1,520 @@
+//! In-process HTTP tests of every answer the webhook listener gives, with a
+//! memory sink standing in for the broker.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apizee_bridge::sink::PublishError;
+use apizee_bridge::sink::memory::{Behaviour, MemorySink};
+use bytes::Bytes;
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn bridge_with(args: &[&str]) -> (Bridge, Arc<MemorySink>) {
+    let sink = Arc::new(MemorySink::new());
+    let bridge = Bridge::with_sink(settings(args), sink.clone()).await;
+    (bridge, sink)
+}
+
+fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["details"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn accepted_webhook_is_published_byte_for_byte() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert_eq!(
+        reply.json(),
+        json!({"topic": "apizee.ticket.update", "id": message.event_id})
+    );
+    assert_eq!(message.topic, "apizee.ticket.update");
+    assert_eq!(message.key, "100");
+    assert_eq!(message.payload, Bytes::from_static(SPEC_TICKET.as_bytes()));
+    let header = |name: &str| {
+        message
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("content-type"), Some("application/json"));
+    assert_eq!(header("apizee-event"), Some("update"));
+    assert_eq!(header("apizee-object"), Some("ticket"));
+    assert_eq!(header("apizee-object-id"), Some("100"));
+    assert_eq!(header("apizee-time"), Some("1575976413"));
+    assert_eq!(header("apizee-event-id"), Some(message.event_id.as_str()));
+    let received_at = header("apizee-received-at").unwrap_or_default();
+    assert!(
+        humantime::parse_rfc3339(received_at).is_ok(),
+        "{received_at}"
+    );
+}
+
+#[tokio::test]
+async fn retried_identical_webhook_gets_the_same_id() {
+    let (bridge, _sink) = bridge_with(&[]).await;
+    let first = bridge.post(SPEC_CONVERSATION).await.json();
+    let second = bridge.post(SPEC_CONVERSATION).await.json();
+    assert_eq!(first, second);
+    assert_eq!(first["topic"], "apizee.conversation.update");
+}
+
+#[tokio::test]
+async fn content_types_that_are_json_or_absent_are_accepted() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    for content_type in [
+        Some("application/json"),
+        Some("application/JSON"),
+        Some("Application/Json; charset=utf-8"),
+        Some("application/vnd.apizee+json"),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| vec![("content-type", ct)])
+            .unwrap_or_default();
+        let reply = bridge
+            .request("POST", "/webhooks", &headers, Bytes::from(SPEC_TICKET))
+            .await;
+        assert_eq!(reply.status, 200, "{content_type:?}: {}", reply.text());
+    }
+    assert_eq!(sink.messages().len(), 5);
+}
+
+#[tokio::test]
+async fn trailing_slash_on_the_path_is_accepted() {
+    let (bridge, _sink) = bridge_with(&["--path", "/apizeehooks/"]).await;
+    for path in ["/apizeehooks", "/apizeehooks/"] {
+        let reply = bridge
+            .request("POST", path, &[], Bytes::from(SPEC_TICKET))
+            .await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    }
+    let reply = bridge
+        .request("POST", "/webhooks", &[], Bytes::from(SPEC_TICKET))
+        .await;
+    assert_error(&reply, 404, "not_found");
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_nothing_is_published() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    for body in ["{\"event\":", "not json", "", "{\"a\":1}}"] {
+        let reply = bridge.post(body).await;
+        assert_error(&reply, 400, "malformed_json");
+        assert!(
+            reply.json()["details"][0]["problem"].is_string(),
+            "{}",
+            reply.text()
+        );
+    }
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_envelope_is_422_listing_every_problem() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let reply = bridge
+        .post(r#"{"event":"upsert","time":"yesterday","object":"ticket","objectId":-1,"props":{"state":7,"geoloc":{"lat":91}}}"#)
+        .await;
+    assert_error(&reply, 422, "invalid_envelope");
+    let fields: Vec<String> = reply.json()["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|p| p["field"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        fields,
+        [
+            "event",
+            "time",
+            "objectId",
+            "props.state",
+            "props.geoloc.lat"
+        ]
+    );
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_enum_values_are_forwarded_and_counted_unless_strict() {
+    let body = r#"{"event":"update","time":1,"object":"ticket","objectId":7,"props":{"state":"teleported"}}"#;
+    let (bridge, sink) = bridge_with(&[]).await;
+    assert_eq!(bridge.post(body).await.status, 200);
+    assert_eq!(sink.messages().len(), 1);
+    assert!(
+        bridge.metrics().await.contains(
+            r#"apizee_bridge_unknown_enum_values_total{field="state",object="ticket"} 1"#
+        )
+    );
+
+    let (strict, strict_sink) = bridge_with(&["--strict"]).await;
+    let reply = strict.post(body).await;
+    assert_error(&reply, 422, "invalid_envelope");
+    assert_eq!(reply.json()["details"][0]["field"], "props.state");
+    assert!(strict_sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn object_id_in_topic_must_be_topic_safe() {
+    let (bridge, sink) = bridge_with(&["--topic-template", "{prefix}.{object}.{objectId}"]).await;
+    let reply = bridge
+        .post(r#"{"event":"update","time":1,"object":"conversation","objectId":"a.b","props":{}}"#)
+        .await;
+    assert_error(&reply, 422, "invalid_envelope");
+    assert_eq!(reply.json()["details"][0]["field"], "objectId");
+    let reply = bridge.post(SPEC_CONVERSATION).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        sink.messages()[0].topic,
+        "apizee.conversation.734e3a7b-eb17-4d3f-901d-bcff178b"
+    );
+}
+
+#[tokio::test]
+async fn explicit_non_json_content_type_is_415() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+    ] {
+        let reply = bridge
+            .request(
+                "POST",
+                "/webhooks",
+                &[("content-type", content_type)],
+                Bytes::from(SPEC_TICKET),
+            )
+            .await;
+        assert_error(&reply, 415, "unsupported_media_type");
+    }
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn declared_oversized_body_is_413() {
+    let (bridge, sink) = bridge_with(&["--max-body-bytes", "64"]).await;
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_error(&reply, 413, "payload_too_large");
+    assert!(sink.messages().is_empty());
+}
+
+/// A chunked body has no Content-Length to check up front: the limit must
+/// hold while reading, and the answer must come without reading the rest.
+#[tokio::test]
+async fn chunked_oversized_body_is_413_without_reading_it_all() {
+    let (bridge, sink) = bridge_with(&["--max-body-bytes", "1024"]).await;
+    let mut stream = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let head = "POST /webhooks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Send 4 KiB in 512-byte chunks, then stop without the final chunk: if
+    // the bridge waited for the whole body it would never answer.
+    let chunk = format!("200\r\n{}\r\n", " ".repeat(512));
+    for _ in 0..8 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the bridge answered and closed: fine
+        }
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer to an oversized chunked body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_with_allow() {
+    let (bridge, _sink) = bridge_with(&[]).await;
+    for method in ["GET", "PUT", "DELETE"] {
+        let reply = bridge.request(method, "/webhooks", &[], Bytes::new()).await;
+        assert_error(&reply, 405, "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some("POST"));
+    }
+    let reply = bridge
+        .request("POST", "/readyz", &[], Bytes::from(SPEC_TICKET))
+        .await;
+    assert_error(&reply, 405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("GET, HEAD"));
+}
+
+#[tokio::test]
+async fn other_paths_are_404() {
+    let (bridge, _sink) = bridge_with(&[]).await;
+    for path in ["/", "/webhook", "/webhooks/extra", "/metrics"] {
+        let reply = bridge
+            .request("POST", path, &[], Bytes::from(SPEC_TICKET))
+            .await;
+        assert_error(&reply, 404, "not_found");
+    }
+}
+
+#[tokio::test]
+async fn auth_header_must_carry_a_configured_token() {
+    let (bridge, sink) = bridge_with(&[
+        "--auth-header",
+        "X-Apizee-Secret",
+        "--auth-token",
+        "old-secret,new-secret",
+    ])
+    .await;
+    let post = |headers: Vec<(&'static str, &'static str)>| {
+        let mut all = vec![("content-type", "application/JSON")];
+        all.extend(headers);
+        let bridge = &bridge;
+        async move {
+            bridge
+                .request("POST", "/webhooks", &all, Bytes::from(SPEC_TICKET))
+                .await
+        }
+    };
+    assert_error(&post(vec![]).await, 401, "unauthorized");
+    let wrong = post(vec![("x-apizee-secret", "guess")]).await;
+    assert_error(&wrong, 401, "unauthorized");
+    assert!(!wrong.text().contains("secret\""), "{}", wrong.text());
+    assert!(sink.messages().is_empty());
+    assert_eq!(
+        post(vec![("x-apizee-secret", "old-secret")]).await.status,
+        200
+    );
+    assert_eq!(
+        post(vec![("x-apizee-secret", "new-secret")]).await.status,
+        200
+    );
+    assert_eq!(sink.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_learn_nothing_about_the_body() {
+    let (bridge, _sink) = bridge_with(&["--auth-header", "X-Token", "--auth-token", "t"]).await;
+    // Auth is checked first: an invalid body without credentials is a 401,
+    // not a 422 that would tell a prober what the endpoint expects.
+    let reply = bridge
+        .request(
+            "POST",
+            "/webhooks",
+            &[("content-type", "text/plain")],
+            Bytes::from("nope"),
+        )
+        .await;
+    assert_error(&reply, 401, "unauthorized");
+}
+
+#[tokio::test]
+async fn broker_failure_is_503_with_retry_after() {
+    let (bridge, sink) = bridge_with(&["--retry-after", "7s"]).await;
+    sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_error(&reply, 503, "broker_unavailable");
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert!(sink.messages().is_empty());
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_publishes_total{outcome="not_connected",sink="memory"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn broker_without_ack_is_503_after_the_publish_timeout() {
+    let (bridge, sink) = bridge_with(&["--publish-timeout", "200ms"]).await;
+    sink.set_behaviour(Behaviour::Hang);
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_error(&reply, 503, "broker_unavailable");
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_publishes_total{outcome="timeout",sink="memory"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let healthz = get(bridge.addr, "/healthz")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(healthz.status, 200);
+    assert_eq!(healthz.json(), json!({"status": "alive"}));
+    let readyz = get(bridge.addr, "/readyz")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(readyz.status, 200);
+    assert_eq!(readyz.json(), json!({"status": "ready"}));
+
+    sink.set_ready(false);
+    let readyz = get(bridge.addr, "/readyz")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(readyz.status, 503);
+    assert_eq!(readyz.json(), json!({"status": "not ready"}));
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_broker_connected{sink="memory"} 0"#)
+    );
+    // Liveness does not depend on the broker: restarting would not help.
+    let healthz = get(bridge.addr, "/healthz")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(healthz.status, 200);
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let stream = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    for _ in 0..5 {
+        let request = http::Request::post("/webhooks")
+            .header("host", "bridge")
+            .header("content-type", "application/JSON")
+            .body(http_body_util::Full::new(Bytes::from(SPEC_TICKET)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status(), 200);
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+    }
+    assert_eq!(sink.messages().len(), 5);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_rejections_and_publishes() {
+    let (bridge, _sink) = bridge_with(&[]).await;
+    assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
+    assert_eq!(bridge.post(SPEC_CONVERSATION).await.status, 200);
+    assert_eq!(bridge.post("{").await.status, 400);
+    let metrics = bridge.metrics().await;
+    for line in [
+        r#"apizee_bridge_http_requests_total{code="200",handler="webhook"} 2"#,
+        r#"apizee_bridge_http_requests_total{code="400",handler="webhook"} 1"#,
+        r#"apizee_bridge_webhooks_received_total{event="update",object="ticket"} 1"#,
+        r#"apizee_bridge_webhooks_received_total{event="update",object="conversation"} 1"#,
+        r#"apizee_bridge_rejections_total{reason="malformed_json"} 1"#,
+        r#"apizee_bridge_publishes_total{outcome="ok",sink="memory"} 2"#,
+        r#"apizee_bridge_publish_duration_seconds_count{sink="memory"} 2"#,
+        r#"apizee_bridge_request_duration_seconds_count 3"#,
+        r#"apizee_bridge_requests_in_flight 0"#,
+        r#"apizee_bridge_broker_connected{sink="memory"} 1"#,
+        "apizee_bridge_build_info{version=",
+        "apizee_bridge_process_resident_memory_bytes ",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+    // Every sample belongs to our namespace, and no objectId leaks in.
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("apizee_bridge_"), "{line}");
+        assert!(!line.contains("734e3a7b"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let (bridge, _sink) = bridge_with(&[]).await;
+    assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
+    assert_eq!(bridge.post("[]").await.status, 422);
+    let exposition = bridge.metrics().await;
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool not found ({e}): install Debian's prometheus package (bash .ci/run does)"
+            )
+        });
+    if let Some(mut stdin) = promtool.stdin.take() {
+        stdin
+            .write_all(exposition.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let output = promtool
+        .wait_with_output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_then_stops() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
+    let addr = bridge.addr;
+    let in_flight = tokio::spawn(async move {
+        request(
+            addr,
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/json")],
+            Bytes::from(SPEC_TICKET),
+        )
+        .await
+    });
+    let metrics_addr = bridge.metrics_addr;
+    wait_until("the request to be in flight", async || {
+        matches!(get(metrics_addr, "/metrics").await,
+            Ok(r) if r.text().contains("apizee_bridge_requests_in_flight 1"))
+    })
+    .await;
+    let app = bridge.app.clone();
+    bridge.stop().await;
+    let reply = in_flight
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(sink.messages().len(), 1);
+    assert!(!app.is_ready(), "readiness must be off once shutdown began");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener still accepting after shutdown"
+    );
+}
