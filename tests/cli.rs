@@ -1,0 +1,241 @@
+//! Tests of the binary as operators run it: --help, config errors, logs,
+//! and shutdown on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use apizee_bridge::config::Cli;
+use clap::CommandFactory;
+use support::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_apizee-bridge");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BINARY}: {e}"))
+}
+
+#[test]
+fn help_documents_every_flag_with_its_env_var() {
+    let output = run(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let command = Cli::command();
+    let mut flags = 0;
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        flags += 1;
+        let env = format!("APIZEE_BRIDGE_{}", long.to_uppercase().replace('-', "_"));
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(env.as_str()),
+            "--{long} must read {env}"
+        );
+        assert!(help.contains(&format!("--{long}")), "--help lacks --{long}");
+        assert!(help.contains(&env), "--help lacks {env}");
+        assert!(arg.get_help().is_some(), "--{long} has no help text");
+    }
+    assert!(flags >= 25, "only {flags} flags found");
+}
+
+#[test]
+fn invalid_config_exits_non_zero_with_one_line_naming_the_flag() {
+    for (args, flag) in [
+        (vec!["--listen", "not-an-address"], "--listen"),
+        (vec!["--max-body-bytes", "0"], "--max-body-bytes"),
+        (vec!["--publish-timeout", "soon"], "--publish-timeout"),
+        (vec!["--sink", "kafkaesque"], "--sink"),
+        (
+            vec!["--topic-template", "{prefix}.{nope}"],
+            "--topic-template",
+        ),
+        (vec!["--auth-token", "s3cret-value"], "--auth-header"),
+        (
+            vec!["--sink", "nats", "--nats-stream", "S"],
+            "--nats-stream",
+        ),
+        (vec!["--log-level", "[[["], "--log-level"),
+    ] {
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cret-value"), "secret echoed: {stderr}");
+    }
+}
+
+#[test]
+fn env_vars_configure_the_binary() {
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("APIZEE_BRIDGE_MAX_BODY_BYTES", "0")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-body-bytes"));
+}
+
+/// The binary as a child process, killed by its own id when dropped.
+struct Process {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Process {
+    fn spawn(extra: &[&str]) -> Self {
+        let port = free_port();
+        let metrics_port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let child = Command::new(BINARY)
+            .args(["--listen", &listen, "--metrics-listen", &metrics])
+            .args(extra)
+            .env_clear()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
+        Self {
+            child,
+            addr: listen.parse().unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let addr = self.addr;
+        wait_until(
+            "the binary to be ready",
+            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
+        )
+        .await;
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(status.success());
+    }
+
+    /// Waits for exit, polling against a deadline.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the binary did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr_lines(&mut self) -> Vec<String> {
+        self.child
+            .stderr
+            .take()
+            .map(|e| BufReader::new(e).lines().map_while(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
+    fn stdout_lines(&mut self) -> Vec<String> {
+        self.child
+            .stdout
+            .take()
+            .map(|e| BufReader::new(e).lines().map_while(Result::ok).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let mut process = Process::spawn(&[]);
+    process.wait_ready().await;
+    let reply = request(
+        process.addr,
+        "POST",
+        "/webhooks",
+        &[("content-type", "application/JSON")],
+        bytes::Bytes::from(SPEC_TICKET),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 200);
+    process.terminate();
+    let status = process.wait_exit();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+
+    // The stdout sink printed one JSON line with the exact payload.
+    let lines = process.stdout_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line: serde_json::Value =
+        serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("{e}: {}", lines[0]));
+    assert_eq!(line["topic"], "apizee.ticket.update");
+    assert_eq!(line["key"], "100");
+    assert_eq!(line["payload"], SPEC_TICKET);
+    assert_eq!(line["headers"]["apizee-object-id"], "100");
+
+    let stderr = process.stderr_lines().join("\n");
+    assert!(stderr.contains("nothing is durable"), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+#[tokio::test]
+async fn json_logs_one_line_per_rejection_and_no_secret() {
+    let mut process = Process::spawn(&[
+        "--log-format",
+        "json",
+        "--auth-header",
+        "X-Apizee-Secret",
+        "--auth-token",
+        "do-not-log-me",
+    ]);
+    process.wait_ready().await;
+    for (secret, body, status) in [
+        ("wrong-guess", SPEC_TICKET, 401),
+        ("do-not-log-me", "{", 400),
+        ("do-not-log-me", SPEC_TICKET, 200),
+    ] {
+        let reply = request(
+            process.addr,
+            "POST",
+            "/webhooks",
+            &[("x-apizee-secret", secret)],
+            bytes::Bytes::from(body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, status, "{}", reply.text());
+    }
+    process.terminate();
+    assert_eq!(process.wait_exit().code(), Some(0));
+    let lines = process.stderr_lines();
+    let mut reasons = Vec::new();
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(entry["level"].is_string(), "{line}");
+        assert!(!line.contains("do-not-log-me"), "secret logged: {line}");
+        if let Some(reason) = entry["reason"].as_str() {
+            reasons.push(reason.to_owned());
+        }
+    }
+    assert_eq!(reasons, ["unauthorized", "malformed_json"], "{lines:#?}");
+}
