@@ -123,6 +123,15 @@ pub struct UnknownValue {
     pub field: &'static str,
 }
 
+/// Every (object, field) pair whose values are checked against a list from
+/// the spec: the whole label space of the unknown-values metric.
+pub const ENUM_FIELDS: [(ObjectKind, &str); 4] = [
+    (ObjectKind::Ticket, "state"),
+    (ObjectKind::Media, "state"),
+    (ObjectKind::Media, "_parent.name"),
+    (ObjectKind::Conversation, "eventType"),
+];
+
 /// A valid envelope: what routing needs, and what was unusual about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {

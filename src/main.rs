@@ -12,11 +12,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's first line names the flag and the problem; the rest is
-            // usage text that would bury it in a log.
+            // clap's first paragraph names the flag, the problem and the
+            // allowed values; the usage text after it would bury that in a
+            // log, so it becomes one line.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("apizee-bridge: {first} (see --help)");
+            let summary: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.is_empty())
+                .collect();
+            eprintln!("apizee-bridge: {} (see --help)", summary.join(" "));
             return ExitCode::from(2);
         }
     };

@@ -10,7 +10,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::envelope::{Envelope, UnknownValue};
+use crate::envelope::{ENUM_FIELDS, Envelope, Event, ObjectKind, UnknownValue};
 
 const NAMESPACE: &str = "apizee_bridge";
 
@@ -19,6 +19,9 @@ const NAMESPACE: &str = "apizee_bridge";
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// `ok` and every [`crate::sink::PublishError::kind`].
+const PUBLISH_OUTCOMES: [&str; 5] = ["ok", "not_connected", "timeout", "refused", "failed"];
 
 pub struct Metrics {
     registry: Registry,
@@ -146,6 +149,29 @@ impl Metrics {
 
     /// `handler` is `webhook`, `health` or `other`; only webhook requests
     /// feed the latency histogram, so probes do not dilute it.
+    /// Creates every series whose labels are known up front, at 0, so
+    /// dashboards and `rate()` see them before the first event.
+    pub fn prepare(&self, sink: &'static str, rejection_reasons: &[&'static str]) {
+        for object in ObjectKind::ALL {
+            for event in Event::ALL {
+                self.webhooks_received
+                    .with_label_values(&[object.as_str(), event.as_str()]);
+            }
+        }
+        for (object, field) in ENUM_FIELDS {
+            self.unknown_enum_values
+                .with_label_values(&[object.as_str(), field]);
+        }
+        for reason in rejection_reasons {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for outcome in PUBLISH_OUTCOMES {
+            self.publishes.with_label_values(&[sink, outcome]);
+        }
+        self.publish_duration.with_label_values(&[sink]);
+        self.broker_connected.with_label_values(&[sink]);
+    }
+
     pub fn http_request(
         &self,
         handler: &'static str,
@@ -213,5 +239,39 @@ pub struct InFlight(IntGauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::PublishError;
+
+    #[test]
+    fn publish_outcomes_cover_every_error_kind() {
+        for error in [
+            PublishError::NotConnected,
+            PublishError::Timeout(Duration::from_secs(1)),
+            PublishError::Refused(String::new()),
+            PublishError::Failed(String::new()),
+        ] {
+            assert!(PUBLISH_OUTCOMES.contains(&error.kind()), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn prepared_series_are_exported_at_zero() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        metrics.prepare("nats", &["malformed_json"]);
+        let text = String::from_utf8(metrics.render()).unwrap_or_default();
+        for line in [
+            r#"apizee_bridge_webhooks_received_total{event="delete",object="conversationevent"} 0"#,
+            r#"apizee_bridge_unknown_enum_values_total{field="_parent.name",object="media"} 0"#,
+            r#"apizee_bridge_rejections_total{reason="malformed_json"} 0"#,
+            r#"apizee_bridge_publishes_total{outcome="timeout",sink="nats"} 0"#,
+            r#"apizee_bridge_broker_connected{sink="nats"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
     }
 }

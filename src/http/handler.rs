@@ -35,6 +35,7 @@ pub struct App {
 
 impl App {
     pub fn new(settings: HttpSettings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
+        metrics.prepare(sink.name(), &Rejection::CLIENT_ERROR_CODES);
         Self {
             settings,
             sink,

@@ -31,6 +31,18 @@ struct ErrorBody<'a> {
 }
 
 impl Rejection {
+    /// Codes of every 4xx, so their counters exist (at 0) from the start.
+    pub const CLIENT_ERROR_CODES: [&str; 8] = [
+        "not_found",
+        "method_not_allowed",
+        "unauthorized",
+        "unsupported_media_type",
+        "payload_too_large",
+        "unreadable_body",
+        "malformed_json",
+        "invalid_envelope",
+    ];
+
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::NotFound => StatusCode::NOT_FOUND,
@@ -142,4 +154,59 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>>
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Rejection> {
+        vec![
+            Rejection::NotFound,
+            Rejection::MethodNotAllowed { allow: "POST" },
+            Rejection::Unauthorized,
+            Rejection::UnsupportedMediaType("text/plain".into()),
+            Rejection::PayloadTooLarge { limit: 1 },
+            Rejection::UnreadableBody("reset".into()),
+            Rejection::MalformedJson("eof".into()),
+            Rejection::InvalidEnvelope(vec![]),
+            Rejection::BrokerUnavailable(PublishError::NotConnected),
+        ]
+    }
+
+    #[test]
+    fn client_error_codes_list_exactly_the_4xx_rejections() {
+        let mut codes: Vec<&str> = all()
+            .iter()
+            .filter(|r| r.is_client_error())
+            .map(Rejection::code)
+            .collect();
+        let mut listed = Rejection::CLIENT_ERROR_CODES.to_vec();
+        codes.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(codes, listed);
+    }
+
+    #[test]
+    fn only_broker_unavailability_is_a_server_error() {
+        for rejection in all() {
+            let server_error = rejection.status().is_server_error();
+            assert_eq!(
+                server_error,
+                matches!(rejection, Rejection::BrokerUnavailable(_)),
+                "{rejection:?}"
+            );
+            assert!(server_error || rejection.is_client_error());
+        }
+    }
+
+    #[test]
+    fn publish_errors_never_reach_the_body() {
+        let rejection =
+            Rejection::BrokerUnavailable(PublishError::Refused("stream at 10.0.0.7".into()));
+        let response = rejection.into_response(3);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = format!("{:?}", response.body());
+        assert!(!body.contains("10.0.0.7"), "{body}");
+    }
 }
