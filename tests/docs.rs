@@ -1,0 +1,59 @@
+//! The README documents every flag, env var and metric the binary has, and
+//! nothing it lacks.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use apizee_bridge::config::Cli;
+use apizee_bridge::sink::memory::MemorySink;
+use clap::CommandFactory;
+use support::*;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .unwrap_or_else(|e| panic!("README.md: {e}"))
+}
+
+#[test]
+fn readme_lists_every_flag_with_its_env_var() {
+    let readme = readme();
+    for arg in Cli::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        let env = arg
+            .get_env()
+            .and_then(|e| e.to_str())
+            .unwrap_or_else(|| panic!("--{long} has no env var"));
+        let row = format!("| `--{long}` | `{env}` |");
+        assert!(readme.contains(&row), "README lacks the row {row}");
+    }
+}
+
+#[tokio::test]
+async fn readme_metrics_table_matches_the_exported_metrics() {
+    let bridge = Bridge::with_sink(settings(&[]), Arc::new(MemorySink::new())).await;
+    // Request counters are labelled by status code, so they appear with the
+    // first request.
+    bridge.wait_ready().await;
+    let exported: BTreeSet<String> = bridge
+        .metrics()
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !name.starts_with("apizee_bridge_process_"))
+        .map(str::to_owned)
+        .collect();
+    let documented: BTreeSet<String> = readme()
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `apizee_bridge_"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|name| !name.starts_with("process_"))
+        .map(|name| format!("apizee_bridge_{name}"))
+        .collect();
+    assert_eq!(exported, documented);
+}
