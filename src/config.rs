@@ -285,8 +285,16 @@ impl Settings {
         if cli.publish_timeout.is_zero() {
             return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
         }
-        let template = TopicTemplate::parse(&cli.topic_template, &cli.topic_prefix)
-            .map_err(|e| ConfigError::new("--topic-template", e.to_string()))?;
+        let template =
+            TopicTemplate::parse(&cli.topic_template, &cli.topic_prefix).map_err(|e| {
+                // A template that works with the default prefix is failed by the prefix.
+                let flag = if TopicTemplate::parse(&cli.topic_template, "apizee").is_ok() {
+                    "--topic-prefix"
+                } else {
+                    "--topic-template"
+                };
+                ConfigError::new(flag, e.to_string())
+            })?;
         let auth = auth_from_cli(
             cli.auth_header.as_deref(),
             cli.auth_token,
@@ -397,12 +405,20 @@ fn auth_from_cli(
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
+        let before = secrets.len();
         secrets.extend(
             text.lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(|l| Secret::new(l.to_owned())),
         );
+        // An empty file must not silently turn authentication off.
+        if secrets.len() == before {
+            return Err(ConfigError::new(
+                "--auth-token-file",
+                format!("{} holds no token", path.display()),
+            ));
+        }
     }
     match (header, secrets.is_empty()) {
         (None, true) => Ok(None),
@@ -427,18 +443,19 @@ fn nats_auth(
     user: Option<String>,
     password: Option<String>,
 ) -> Result<NatsAuth, ConfigError> {
-    let chosen = [
-        creds_file.is_some(),
-        nkey_seed.is_some(),
-        token.is_some(),
-        user.is_some() || password.is_some(),
+    let mut chosen = [
+        ("--nats-creds-file", creds_file.is_some()),
+        ("--nats-nkey-seed", nkey_seed.is_some()),
+        ("--nats-token", token.is_some()),
+        ("--nats-user", user.is_some()),
+        ("--nats-password", user.is_none() && password.is_some()),
     ]
     .into_iter()
-    .filter(|set| *set)
-    .count();
-    if chosen > 1 {
+    .filter_map(|(flag, set)| set.then_some(flag));
+    // Name a flag that was actually given, not one the user never set.
+    if let (Some(first), Some(_)) = (chosen.next(), chosen.next()) {
         return Err(ConfigError::new(
-            "--nats-creds-file",
+            first,
             "choose one NATS authentication: --nats-creds-file, --nats-nkey-seed, \
              --nats-token, or --nats-user with --nats-password",
         ));

@@ -1,1 +1,775 @@
 use super::*;
+
+use clap::CommandFactory;
+use clap::error::ErrorKind;
+use http::{HeaderMap, HeaderValue};
+
+use crate::route::TemplateError;
+
+// These tests never set environment variables: the environment is shared by
+// every test thread, so clap's env support is checked through the command's
+// metadata instead (see `every_flag_has_its_env_var`).
+
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("apizee-bridge").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("clap refused {args:?}: {e}"))
+}
+
+fn settings(args: &[&str]) -> Settings {
+    Settings::from_cli(cli(args)).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn error(args: &[&str]) -> ConfigError {
+    match Settings::from_cli(cli(args)) {
+        Err(e) => e,
+        Ok(settings) => panic!("{args:?} should be refused, got {settings:?}"),
+    }
+}
+
+fn nats(args: &[&str]) -> NatsSettings {
+    let args: Vec<&str> = ["--sink", "nats"].iter().chain(args).copied().collect();
+    match settings(&args).sink {
+        SinkSettings::Nats(nats) => *nats,
+        SinkSettings::Stdout => panic!("{args:?} chose stdout"),
+    }
+}
+
+fn nats_error(args: &[&str]) -> ConfigError {
+    let args: Vec<&str> = ["--sink", "nats"].iter().chain(args).copied().collect();
+    error(&args)
+}
+
+fn clap_error(args: &[&str]) -> ErrorKind {
+    match Cli::try_parse_from(std::iter::once("apizee-bridge").chain(args.iter().copied())) {
+        Err(e) => e.kind(),
+        Ok(cli) => panic!("clap should refuse {args:?}, got {cli:?}"),
+    }
+}
+
+fn headers(name: &'static str, value: &'static str) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(name, HeaderValue::from_static(value));
+    map
+}
+
+fn config_error(flag: &'static str, reason: &str) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Defaults and overrides
+
+#[test]
+fn defaults() {
+    let settings = settings(&[]);
+    assert_eq!(settings.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(settings.metrics_listen, "0.0.0.0:9090".parse().unwrap());
+    assert_eq!(settings.http.path, "/webhooks");
+    assert_eq!(settings.http.max_body_bytes, 262_144);
+    assert_eq!(settings.http.publish_timeout, Duration::from_secs(5));
+    assert_eq!(settings.http.retry_after_secs, 5);
+    assert!(!settings.http.rules.strict);
+    assert!(!settings.http.rules.object_id_in_topic);
+    assert_eq!(
+        settings.http.template.to_string(),
+        "apizee.{object}.{event}"
+    );
+    assert!(settings.http.auth.is_none());
+    assert_eq!(settings.shutdown_timeout, Duration::from_secs(20));
+    assert!(matches!(settings.sink, SinkSettings::Stdout));
+    assert_eq!(settings.log_format, LogFormat::Text);
+    assert_eq!(settings.log_level, "info");
+}
+
+#[test]
+fn nats_defaults() {
+    let nats = nats(&[]);
+    assert_eq!(nats.urls, vec!["nats://127.0.0.1:4222"]);
+    assert!(!nats.jetstream);
+    assert_eq!(nats.stream, None);
+    assert!(matches!(nats.auth, NatsAuth::None));
+    assert_eq!(nats.ca_file, None);
+    assert_eq!(nats.client_cert, None);
+    assert_eq!(nats.publish_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn every_plain_flag_is_applied() {
+    let settings = settings(&[
+        "--listen",
+        "127.0.0.1:8081",
+        "--path",
+        "/apizeehooks/",
+        "--metrics-listen",
+        "[::1]:9091",
+        "--max-body-bytes",
+        "1",
+        "--publish-timeout",
+        "750ms",
+        "--retry-after",
+        "2s",
+        "--shutdown-timeout",
+        "1m",
+        "--strict",
+        "--topic-prefix",
+        "acme",
+        "--topic-template",
+        "{prefix}.{object}.{objectId}",
+        "--log-format",
+        "json",
+        "--log-level",
+        "apizee_bridge=debug",
+    ]);
+    assert_eq!(settings.listen, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(settings.metrics_listen, "[::1]:9091".parse().unwrap());
+    assert_eq!(settings.http.path, "/apizeehooks/");
+    assert_eq!(settings.http.max_body_bytes, 1);
+    assert_eq!(settings.http.publish_timeout, Duration::from_millis(750));
+    assert_eq!(settings.http.retry_after_secs, 2);
+    assert_eq!(settings.shutdown_timeout, Duration::from_secs(60));
+    assert!(settings.http.rules.strict);
+    assert!(settings.http.rules.object_id_in_topic);
+    assert_eq!(
+        settings.http.template.to_string(),
+        "acme.{object}.{objectId}"
+    );
+    assert_eq!(settings.log_format, LogFormat::Json);
+    assert_eq!(settings.log_level, "apizee_bridge=debug");
+}
+
+#[test]
+fn retry_after_is_rounded_up_to_whole_seconds_and_at_least_one() {
+    for (flag, secs) in [
+        ("0s", 1),
+        ("100ms", 1),
+        ("1s", 1),
+        ("1001ms", 2),
+        ("1500ms", 2),
+        ("2m", 120),
+    ] {
+        assert_eq!(
+            settings(&["--retry-after", flag]).http.retry_after_secs,
+            secs,
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn nats_publish_timeout_follows_the_flag() {
+    assert_eq!(
+        nats(&["--publish-timeout", "2s"]).publish_timeout,
+        Duration::from_secs(2)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// What clap refuses before Settings sees it
+
+#[test]
+fn clap_refuses_values_of_the_wrong_type() {
+    for (args, kind) in [
+        (
+            &["--listen", "not-an-address"][..],
+            ErrorKind::ValueValidation,
+        ),
+        (&["--listen", "8080"], ErrorKind::ValueValidation),
+        (
+            &["--metrics-listen", "localhost"],
+            ErrorKind::ValueValidation,
+        ),
+        (&["--max-body-bytes=-1"], ErrorKind::ValueValidation),
+        (&["--max-body-bytes", "1k"], ErrorKind::ValueValidation),
+        (&["--publish-timeout", "5"], ErrorKind::ValueValidation),
+        (&["--publish-timeout", "soon"], ErrorKind::ValueValidation),
+        (&["--retry-after=-1s"], ErrorKind::ValueValidation),
+        (&["--shutdown-timeout", ""], ErrorKind::ValueValidation),
+        (&["--sink", "kafka"], ErrorKind::InvalidValue),
+        (&["--log-format", "xml"], ErrorKind::InvalidValue),
+        (&["--no-such-flag"], ErrorKind::UnknownArgument),
+    ] {
+        assert_eq!(clap_error(args), kind, "{args:?}");
+    }
+}
+
+#[test]
+fn duration_errors_show_examples() {
+    let error = Cli::try_parse_from(["apizee-bridge", "--publish-timeout", "5"])
+        .expect_err("no unit")
+        .to_string();
+    assert!(error.contains("--publish-timeout"), "{error}");
+    assert!(error.contains("(examples: 500ms, 5s, 1m)"), "{error}");
+}
+
+// ---------------------------------------------------------------------------
+// ConfigError: one per rule, each naming its flag
+
+#[test]
+fn path_must_start_with_a_slash() {
+    for path in ["webhooks", "", "webhooks/"] {
+        assert_eq!(
+            error(&["--path", path]),
+            config_error("--path", "must start with '/'"),
+            "{path:?}"
+        );
+    }
+    assert_eq!(
+        error(&["--path", "webhooks"]).to_string(),
+        "invalid --path: must start with '/'"
+    );
+}
+
+#[test]
+fn max_body_bytes_must_be_positive() {
+    assert_eq!(
+        error(&["--max-body-bytes", "0"]),
+        config_error("--max-body-bytes", "must be at least 1")
+    );
+}
+
+#[test]
+fn publish_timeout_must_be_positive() {
+    assert_eq!(
+        error(&["--publish-timeout", "0s"]),
+        config_error("--publish-timeout", "must be more than 0")
+    );
+}
+
+#[test]
+fn bad_templates_name_the_template_flag_with_the_reason() {
+    for (template, reason) in [
+        (
+            "{prefix}.{nope}",
+            TemplateError::UnknownPlaceholder("nope".into()),
+        ),
+        ("{prefix}.{object", TemplateError::Unclosed),
+        (
+            "{prefix}.*.{event}",
+            TemplateError::InvalidTopic("apizee.*.create".into()),
+        ),
+        (
+            "{prefix}..{event}",
+            TemplateError::InvalidTopic("apizee..create".into()),
+        ),
+    ] {
+        assert_eq!(
+            error(&["--topic-template", template]),
+            config_error("--topic-template", &reason.to_string()),
+            "{template:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_prefixes_name_the_prefix_flag() {
+    for (prefix, produced) in [
+        ("my app", "my app.ticket.create"),
+        ("", ".ticket.create"),
+        ("apizee.>", "apizee.>.ticket.create"),
+    ] {
+        assert_eq!(
+            error(&["--topic-prefix", prefix]),
+            config_error(
+                "--topic-prefix",
+                &TemplateError::InvalidTopic(produced.into()).to_string()
+            ),
+            "{prefix:?}"
+        );
+    }
+    // A template that is wrong on its own is still the template's fault.
+    assert_eq!(
+        error(&[
+            "--topic-prefix",
+            "my app",
+            "--topic-template",
+            "{prefix}.{x}"
+        ])
+        .flag,
+        "--topic-template"
+    );
+}
+
+#[test]
+fn template_without_prefix_placeholder_ignores_the_prefix() {
+    let settings = settings(&[
+        "--topic-template",
+        "hooks.{object}",
+        "--topic-prefix",
+        "a b",
+    ]);
+    assert_eq!(settings.http.template.to_string(), "hooks.{object}");
+}
+
+// ---------------------------------------------------------------------------
+// Webhook authentication
+
+#[test]
+fn auth_token_needs_auth_header() {
+    assert_eq!(
+        error(&["--auth-token", "s3cret"]),
+        config_error(
+            "--auth-header",
+            "is required with --auth-token or --auth-token-file: name the header that \
+             carries the secret"
+        )
+    );
+}
+
+#[test]
+fn auth_header_needs_a_token() {
+    let expected = config_error(
+        "--auth-token",
+        "no token given for --auth-header: set --auth-token or --auth-token-file",
+    );
+    assert_eq!(error(&["--auth-header", "X-Apizee-Secret"]), expected);
+    // Empty tokens do not count.
+    assert_eq!(
+        error(&["--auth-header", "X-Apizee-Secret", "--auth-token", ""]),
+        expected
+    );
+    assert_eq!(
+        error(&["--auth-header", "X-Apizee-Secret", "--auth-token", ",,"]),
+        expected
+    );
+}
+
+#[test]
+fn auth_header_must_be_a_valid_header_name() {
+    assert_eq!(
+        error(&["--auth-header", "X Secret", "--auth-token", "s3cret"]),
+        config_error(
+            "--auth-header",
+            "\"X Secret\" is not a valid HTTP header name"
+        )
+    );
+}
+
+#[test]
+fn auth_tokens_from_commas_and_repeated_flags() {
+    let settings = settings(&[
+        "--auth-header",
+        "X-Apizee-Secret",
+        "--auth-token",
+        "old,new",
+        "--auth-token",
+        "newest",
+    ]);
+    let auth = settings.http.auth.expect("auth configured");
+    assert_eq!(auth.header().as_str(), "x-apizee-secret");
+    for token in ["old", "new", "newest"] {
+        assert!(auth.allows(&headers("x-apizee-secret", token)), "{token}");
+    }
+    for token in ["old,new", "", "other"] {
+        assert!(!auth.allows(&headers("x-apizee-secret", token)), "{token}");
+    }
+    assert_eq!(
+        format!("{auth:?}"),
+        r#"Auth { header: "x-apizee-secret", tokens: 3 }"#
+    );
+}
+
+#[test]
+fn auth_token_file_skips_comments_and_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        "# rotated 2024-05\n\n   \n  first-token  \nsecond-token\r\n#third-token\n\tthird\t\n",
+    )
+    .unwrap();
+    let settings = settings(&[
+        "--auth-header",
+        "Authorization",
+        "--auth-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let auth = settings.http.auth.expect("auth configured");
+    assert_eq!(
+        format!("{auth:?}"),
+        r#"Auth { header: "authorization", tokens: 3 }"#
+    );
+    for token in ["first-token", "second-token", "third", "Bearer third"] {
+        assert!(auth.allows(&headers("authorization", token)), "{token}");
+    }
+    for token in [
+        "# rotated 2024-05",
+        "#third-token",
+        "third-token",
+        "  first-token  ",
+        "second-token\r",
+    ] {
+        // Some of these cannot even be header values; skip those.
+        if let Ok(value) = HeaderValue::from_str(token) {
+            let mut map = HeaderMap::new();
+            map.insert("authorization", value);
+            assert!(!auth.allows(&map), "{token:?}");
+        }
+    }
+}
+
+#[test]
+fn auth_token_file_adds_to_auth_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let settings = settings(&[
+        "--auth-header",
+        "X-Token",
+        "--auth-token",
+        "from-flag",
+        "--auth-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let auth = settings.http.auth.expect("auth configured");
+    assert!(auth.allows(&headers("x-token", "from-flag")));
+    assert!(auth.allows(&headers("x-token", "from-file")));
+}
+
+#[test]
+fn auth_token_file_with_only_comments_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "# nothing yet\n\n").unwrap();
+    let path = file.to_str().unwrap();
+    // An empty file must never mean "no authentication", with or without a
+    // header, and even when --auth-token gives other tokens.
+    for args in [
+        vec!["--auth-header", "X-Token", "--auth-token-file", path],
+        vec!["--auth-token-file", path],
+        vec![
+            "--auth-header",
+            "X-Token",
+            "--auth-token",
+            "t",
+            "--auth-token-file",
+            path,
+        ],
+    ] {
+        let error = error(&args);
+        assert_eq!(error.flag, "--auth-token-file", "{args:?}");
+        assert!(error.reason.contains("holds no token"), "{}", error.reason);
+    }
+}
+
+#[test]
+fn auth_token_file_without_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "tok\n").unwrap();
+    assert_eq!(
+        error(&["--auth-token-file", file.to_str().unwrap()]).flag,
+        "--auth-header"
+    );
+}
+
+#[test]
+fn unreadable_auth_token_file_names_the_flag_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    let error = error(&["--auth-header", "X-Token", "--auth-token-file", missing]);
+    assert_eq!(error.flag, "--auth-token-file");
+    assert!(
+        error
+            .reason
+            .starts_with(&format!("cannot read {missing}: ")),
+        "{}",
+        error.reason
+    );
+    // A directory is not a file either.
+    let error = super::tests::error(&[
+        "--auth-header",
+        "X-Token",
+        "--auth-token-file",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(error.flag, "--auth-token-file");
+}
+
+#[test]
+fn unreadable_auth_token_file_is_refused_even_without_header() {
+    assert_eq!(
+        error(&["--auth-token-file", "/nonexistent/apizee-bridge/tokens"]).flag,
+        "--auth-token-file"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// NATS
+
+#[test]
+fn nats_urls_are_split_trimmed_and_required() {
+    assert_eq!(
+        nats(&["--nats-url", "nats://a:4222, nats://b:4222 ,,"]).urls,
+        vec!["nats://a:4222", "nats://b:4222"]
+    );
+    for urls in ["", " ", " , ,"] {
+        assert_eq!(
+            nats_error(&["--nats-url", urls]),
+            config_error("--nats-url", "names no server"),
+            "{urls:?}"
+        );
+    }
+}
+
+#[test]
+fn nats_stream_needs_jetstream() {
+    assert_eq!(
+        nats_error(&["--nats-stream", "APIZEE"]),
+        config_error(
+            "--nats-stream",
+            "needs --nats-jetstream: only JetStream publishes are stored"
+        )
+    );
+}
+
+#[test]
+fn nats_stream_captures_the_template_head() {
+    let js = nats(&["--nats-jetstream", "--nats-stream", "APIZEE"]);
+    assert!(js.jetstream);
+    assert_eq!(
+        js.stream,
+        Some(("APIZEE".to_owned(), "apizee.>".to_owned()))
+    );
+    let js = nats(&[
+        "--nats-jetstream",
+        "--nats-stream",
+        "ACME",
+        "--topic-prefix",
+        "acme.prod",
+    ]);
+    assert_eq!(
+        js.stream,
+        Some(("ACME".to_owned(), "acme.prod.>".to_owned()))
+    );
+    // JetStream without a stream: publish to a stream managed elsewhere.
+    let js = nats(&["--nats-jetstream"]);
+    assert!(js.jetstream);
+    assert_eq!(js.stream, None);
+}
+
+#[test]
+fn nats_stream_needs_a_fixed_first_token() {
+    let error = nats_error(&[
+        "--nats-jetstream",
+        "--nats-stream",
+        "ALL",
+        "--topic-template",
+        "{object}.{event}",
+    ]);
+    assert_eq!(
+        error,
+        config_error(
+            "--nats-stream",
+            "the topic template {object}.{event} does not start with a fixed token, so no \
+             stream subject can cover it without capturing every subject"
+        )
+    );
+}
+
+#[test]
+fn nats_auth_methods() {
+    assert!(matches!(
+        nats(&["--nats-creds-file", "/etc/nats/bridge.creds"]).auth,
+        NatsAuth::CredsFile(path) if path.as_os_str() == "/etc/nats/bridge.creds"
+    ));
+    assert!(matches!(
+        nats(&["--nats-nkey-seed", "SUAEXAMPLESEED"]).auth,
+        NatsAuth::NkeySeed(seed) if seed.expose() == "SUAEXAMPLESEED"
+    ));
+    assert!(matches!(
+        nats(&["--nats-token", "tok"]).auth,
+        NatsAuth::Token(token) if token.expose() == "tok"
+    ));
+    assert!(matches!(
+        nats(&["--nats-user", "bridge", "--nats-password", "pw"]).auth,
+        NatsAuth::UserPassword { user, password } if user == "bridge" && password.expose() == "pw"
+    ));
+}
+
+#[test]
+fn two_nats_auth_methods_are_refused_naming_a_flag_that_was_given() {
+    let reason = "choose one NATS authentication: --nats-creds-file, --nats-nkey-seed, \
+                  --nats-token, or --nats-user with --nats-password";
+    let methods: [(&str, &[&str]); 5] = [
+        ("--nats-creds-file", &["--nats-creds-file", "/c"]),
+        ("--nats-nkey-seed", &["--nats-nkey-seed", "SU"]),
+        ("--nats-token", &["--nats-token", "t"]),
+        ("--nats-user", &["--nats-user", "u", "--nats-password", "p"]),
+        ("--nats-password", &["--nats-password", "p"]),
+    ];
+    for (i, (first, first_args)) in methods.iter().enumerate() {
+        for (second, second_args) in &methods[i + 1..] {
+            if *first == "--nats-user" && *second == "--nats-password" {
+                continue; // the same method
+            }
+            let args: Vec<&str> = first_args.iter().chain(*second_args).copied().collect();
+            let error = nats_error(&args);
+            // The first given, in the order the reason lists them.
+            assert_eq!(error, config_error(first, reason), "{second} after {first}");
+        }
+    }
+}
+
+#[test]
+fn nats_user_and_password_go_together() {
+    assert_eq!(
+        nats_error(&["--nats-user", "bridge"]),
+        config_error("--nats-user", "needs --nats-password")
+    );
+    assert_eq!(
+        nats_error(&["--nats-password", "pw"]),
+        config_error("--nats-password", "needs --nats-user")
+    );
+}
+
+#[test]
+fn nats_tls_files() {
+    let tls = nats(&[
+        "--nats-ca-file",
+        "/tls/ca.pem",
+        "--nats-client-cert",
+        "/tls/cert.pem",
+        "--nats-client-key",
+        "/tls/key.pem",
+    ]);
+    assert_eq!(tls.ca_file, Some(PathBuf::from("/tls/ca.pem")));
+    assert_eq!(
+        tls.client_cert,
+        Some((
+            PathBuf::from("/tls/cert.pem"),
+            PathBuf::from("/tls/key.pem")
+        ))
+    );
+    assert_eq!(nats(&["--nats-ca-file", "/tls/ca.pem"]).client_cert, None);
+}
+
+#[test]
+fn nats_client_cert_and_key_go_together() {
+    assert_eq!(
+        nats_error(&["--nats-client-cert", "/tls/cert.pem"]),
+        config_error("--nats-client-cert", "needs --nats-client-key")
+    );
+    assert_eq!(
+        nats_error(&["--nats-client-key", "/tls/key.pem"]),
+        config_error("--nats-client-key", "needs --nats-client-cert")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Secrets
+
+#[test]
+fn secret_debug_hides_the_value() {
+    let secret = Secret::new("hunter2".to_owned());
+    assert_eq!(format!("{secret:?}"), "Secret(..)");
+    assert_eq!(format!("{secret:#?}"), "Secret(..)");
+    assert_eq!(secret.expose(), "hunter2");
+}
+
+#[test]
+fn settings_debug_never_shows_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "file-token-value\n").unwrap();
+    let file = file.to_str().unwrap();
+    let secrets = [
+        "flag-token-value",
+        "file-token-value",
+        "nats-token-value",
+        "nats-password-value",
+        "SUNKEYSEEDVALUE",
+    ];
+    let webhook_auth = [
+        "--auth-header",
+        "X-Token",
+        "--auth-token",
+        "flag-token-value",
+        "--auth-token-file",
+        file,
+        "--sink",
+        "nats",
+    ];
+    for nats_auth in [
+        &["--nats-token", "nats-token-value"][..],
+        &[
+            "--nats-user",
+            "bridge",
+            "--nats-password",
+            "nats-password-value",
+        ],
+        &["--nats-nkey-seed", "SUNKEYSEEDVALUE"],
+    ] {
+        let args: Vec<&str> = webhook_auth.iter().chain(nats_auth).copied().collect();
+        let settings = settings(&args);
+        for shown in [format!("{settings:?}"), format!("{settings:#?}")] {
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("Secret(..)"), "{shown}");
+            assert!(shown.contains("tokens: 2"), "{shown}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// clap metadata: env vars for every flag
+
+#[test]
+fn clap_command_is_well_formed() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn every_flag_has_its_env_var() {
+    let command = Cli::command();
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "help" || id == "version" {
+            continue;
+        }
+        let long = arg
+            .get_long()
+            .unwrap_or_else(|| panic!("{id} has no long flag"));
+        let expected = format!("APIZEE_BRIDGE_{}", long.to_uppercase().replace('-', "_"));
+        assert_eq!(
+            arg.get_env().and_then(|env| env.to_str()),
+            Some(expected.as_str()),
+            "--{long}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 27);
+}
+
+#[test]
+fn env_values_of_secret_flags_are_hidden_from_help() {
+    let command = Cli::command();
+    let secret_flags = [
+        "nats-nkey-seed",
+        "nats-token",
+        "nats-password",
+        "auth-token",
+    ];
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        assert_eq!(
+            arg.is_hide_env_values_set(),
+            secret_flags.contains(&long),
+            "--{long}"
+        );
+    }
+}
+
+#[test]
+fn config_error_displays_as_one_line_naming_the_flag() {
+    let error = config_error("--nats-url", "names no server");
+    assert_eq!(error.to_string(), "invalid --nats-url: names no server");
+    assert!(!error.to_string().contains('\n'));
+}

@@ -1,1 +1,1171 @@
 use super::*;
+
+use serde_json::json;
+
+/// The ticket example from the spec, byte for byte.
+const SPEC_TICKET: &str = r#"{
+    "event": "update",
+    "time": 1575976413,
+    "object": "ticket",
+    "objectId": 100,
+    "props": {
+        "state": "invited"
+        }
+}"#;
+
+/// The conversation example from the spec, byte for byte.
+const SPEC_CONVERSATION: &str = r#"{
+  "event": "update",
+  "time": 1632144306,
+  "object": "conversation",
+  "objectId": "734e3a7b-eb17-4d3f-901d-bcff178b",
+  "props": {
+    "eventType": "conversationEnded",
+    "name": "TEST",
+    "finishedAt": "2021-09-20T13:25:06+00:00"
+  }
+}"#;
+
+const STRICT: Rules = Rules {
+    strict: true,
+    object_id_in_topic: false,
+};
+
+const IN_TOPIC: Rules = Rules {
+    strict: false,
+    object_id_in_topic: true,
+};
+
+fn parse_value(doc: &Value, rules: Rules) -> Result<Envelope, EnvelopeError> {
+    let body = serde_json::to_vec(doc).expect("a Value always serialises");
+    parse(&body, rules)
+}
+
+fn accept_with(doc: Value, rules: Rules) -> Envelope {
+    match parse_value(&doc, rules) {
+        Ok(envelope) => envelope,
+        Err(e) => panic!("expected {doc} to be valid, got {e:?}"),
+    }
+}
+
+fn accept(doc: Value) -> Envelope {
+    accept_with(doc, Rules::default())
+}
+
+fn reject_with(doc: Value, rules: Rules) -> Vec<Problem> {
+    match parse_value(&doc, rules) {
+        Err(EnvelopeError::Invalid(problems)) => problems,
+        other => panic!("expected {doc} to be invalid, got {other:?}"),
+    }
+}
+
+fn reject(doc: Value) -> Vec<Problem> {
+    reject_with(doc, Rules::default())
+}
+
+fn problem(field: &str, problem: &str) -> Problem {
+    Problem {
+        field: field.to_owned(),
+        problem: problem.to_owned(),
+    }
+}
+
+/// A valid envelope for `object`, so each test changes one thing.
+fn envelope(object: &str, object_id: Value, props: Value) -> Value {
+    json!({
+        "event": "update",
+        "time": 1575976413,
+        "object": object,
+        "objectId": object_id,
+        "props": props,
+    })
+}
+
+fn ticket(props: Value) -> Value {
+    envelope("ticket", json!(100), props)
+}
+
+fn media(props: Value) -> Value {
+    envelope("media", json!(7), props)
+}
+
+fn conversation(props: Value) -> Value {
+    envelope(
+        "conversation",
+        json!("734e3a7b-eb17-4d3f-901d-bcff178b"),
+        props,
+    )
+}
+
+fn conversation_event(props: Value) -> Value {
+    envelope("conversationevent", json!(42), props)
+}
+
+fn with(mut doc: Value, key: &str, value: Value) -> Value {
+    doc[key] = value;
+    doc
+}
+
+fn without(mut doc: Value, key: &str) -> Value {
+    doc.as_object_mut()
+        .expect("test envelopes are objects")
+        .remove(key);
+    doc
+}
+
+fn unknown(object: ObjectKind, field: &'static str) -> UnknownValue {
+    UnknownValue { object, field }
+}
+
+// ---------------------------------------------------------------------------
+// Valid envelopes
+
+#[test]
+fn spec_ticket_sample_is_valid() {
+    let envelope = parse(SPEC_TICKET.as_bytes(), Rules::default()).expect("spec sample");
+    assert_eq!(
+        envelope,
+        Envelope {
+            event: Event::Update,
+            time: 1575976413,
+            object: ObjectKind::Ticket,
+            object_id: ObjectId::Number(100),
+            unknown_values: vec![],
+        }
+    );
+}
+
+#[test]
+fn spec_conversation_sample_is_valid() {
+    let envelope = parse(SPEC_CONVERSATION.as_bytes(), Rules::default()).expect("spec sample");
+    assert_eq!(
+        envelope,
+        Envelope {
+            event: Event::Update,
+            time: 1632144306,
+            object: ObjectKind::Conversation,
+            object_id: ObjectId::Uid("734e3a7b-eb17-4d3f-901d-bcff178b".to_owned()),
+            unknown_values: vec![],
+        }
+    );
+}
+
+#[test]
+fn spec_samples_are_valid_under_every_rule_set() {
+    for rules in [Rules::default(), STRICT, IN_TOPIC] {
+        assert!(parse(SPEC_TICKET.as_bytes(), rules).is_ok(), "{rules:?}");
+        assert!(
+            parse(SPEC_CONVERSATION.as_bytes(), rules).is_ok(),
+            "{rules:?}"
+        );
+    }
+}
+
+#[test]
+fn every_event_is_accepted() {
+    for (name, expected) in [
+        ("create", Event::Create),
+        ("update", Event::Update),
+        ("delete", Event::Delete),
+    ] {
+        let envelope = accept(with(ticket(json!({})), "event", json!(name)));
+        assert_eq!(envelope.event, expected);
+        assert_eq!(expected.as_str(), name);
+    }
+}
+
+#[test]
+fn every_object_kind_is_accepted_and_named_as_on_the_wire() {
+    let samples = [
+        (
+            ticket(json!({"state": "new"})),
+            ObjectKind::Ticket,
+            "ticket",
+        ),
+        (
+            media(json!({"state": "completed"})),
+            ObjectKind::Media,
+            "media",
+        ),
+        (
+            conversation(json!({"eventType": "conversationEnded"})),
+            ObjectKind::Conversation,
+            "conversation",
+        ),
+        (
+            envelope("smsmessage", json!(3), json!({})),
+            ObjectKind::SmsMessage,
+            "smsmessage",
+        ),
+        (
+            conversation_event(json!({"eventType": "ticket.new"})),
+            ObjectKind::ConversationEvent,
+            "conversationevent",
+        ),
+    ];
+    assert_eq!(samples.len(), ObjectKind::ALL.len());
+    for (doc, kind, name) in samples {
+        assert_eq!(accept(doc).object, kind);
+        assert_eq!(kind.as_str(), name);
+    }
+}
+
+#[test]
+fn ticket_accepts_every_state_of_the_spec_as_known() {
+    for state in [
+        "new",
+        "open",
+        "opened",
+        "invited",
+        "inprogress",
+        "updated",
+        "expired",
+        "declined",
+        "rejected",
+        "done",
+        "closed",
+    ] {
+        let envelope = accept_with(ticket(json!({ "state": state })), STRICT);
+        assert_eq!(envelope.unknown_values, vec![], "{state}");
+    }
+}
+
+#[test]
+fn ticket_accepts_the_spec_geoloc_nested_and_flat() {
+    let nested = ticket(json!({
+        "state": "inprogress",
+        "geoloc": {"lat": 47.866675, "lng": -3.865805},
+    }));
+    let flat = ticket(json!({
+        "state": "inprogress",
+        "geoloc.lat": 47.866675,
+        "geoloc.lng": -3.865805,
+    }));
+    for doc in [nested, flat] {
+        assert_eq!(accept_with(doc, STRICT).unknown_values, vec![]);
+    }
+}
+
+#[test]
+fn geoloc_bounds_are_inclusive_and_integers_count_as_numbers() {
+    for (lat, lng) in [
+        (json!(90), json!(180)),
+        (json!(-90), json!(-180)),
+        (json!(90.0), json!(-180.0)),
+        (json!(0), json!(0)),
+    ] {
+        accept(ticket(json!({"geoloc": {"lat": lat, "lng": lng}})));
+        accept(ticket(json!({"geoloc.lat": lat, "geoloc.lng": lng})));
+    }
+}
+
+#[test]
+fn geoloc_may_be_null_empty_or_partial() {
+    accept(ticket(json!({"geoloc": null})));
+    accept(ticket(json!({"geoloc": {}})));
+    accept(ticket(json!({"geoloc": {"lat": 1.5}})));
+    accept(ticket(json!({"geoloc": {"lat": null, "lng": null}})));
+    accept(ticket(json!({"geoloc.lng": 1.5})));
+    accept(ticket(json!({"geoloc.lat": null})));
+}
+
+#[test]
+fn media_accepts_every_state_and_parent_of_the_spec_as_known() {
+    for state in ["inprogress", "uncompleted", "completed", "error"] {
+        for parent in ["ticket", "conference", "conversation"] {
+            let nested = media(json!({
+                "state": state,
+                "_parent": {"name": parent, "id": 12},
+            }));
+            let flat = media(json!({
+                "state": state,
+                "_parent.name": parent,
+                "_parent.id": 12,
+            }));
+            assert_eq!(accept_with(nested, STRICT).unknown_values, vec![]);
+            assert_eq!(accept_with(flat, STRICT).unknown_values, vec![]);
+        }
+    }
+}
+
+#[test]
+fn media_parent_id_may_be_any_integer_or_null() {
+    for id in [json!(0), json!(-3), json!(u64::MAX), json!(null)] {
+        accept(media(json!({"_parent": {"id": id}})));
+        accept(media(json!({"_parent.id": id})));
+    }
+}
+
+#[test]
+fn conversation_finished_at_accepts_rfc3339_with_offset_or_z() {
+    for finished_at in [
+        "2021-09-20T13:25:06+00:00",
+        "2021-09-20T13:25:06Z",
+        "2021-09-20T15:25:06+02:00",
+        "2021-09-20T08:25:06-05:00",
+        "2021-09-20T13:25:06.123Z",
+    ] {
+        accept_with(
+            conversation(json!({
+                "eventType": "conversationEnded",
+                "name": "TEST",
+                "finishedAt": finished_at,
+            })),
+            STRICT,
+        );
+    }
+}
+
+#[test]
+fn conversation_props_may_be_null_or_absent() {
+    accept_with(conversation(json!({})), STRICT);
+    accept_with(
+        conversation(json!({"eventType": null, "name": null, "finishedAt": null})),
+        STRICT,
+    );
+}
+
+#[test]
+fn smsmessage_props_may_be_absent_null_or_any_object() {
+    let sms = envelope("smsmessage", json!(3), json!({}));
+    accept(without(sms.clone(), "props"));
+    accept(with(sms.clone(), "props", json!(null)));
+    accept(sms.clone());
+    // Nothing is specified for SMS, so nothing inside props is checked.
+    accept_with(
+        with(sms, "props", json!({"state": 5, "geoloc": "x"})),
+        STRICT,
+    );
+}
+
+#[test]
+fn conversationevent_accepts_any_event_type_string_and_integer_ids() {
+    let envelope = accept_with(
+        conversation_event(json!({
+            "eventType": "media.OCRDone",
+            "eventCode": 12,
+            "ticketId": 100,
+            "conversationId": 200,
+            "data": {"text": "ABC-123", "confidence": 0.93},
+        })),
+        STRICT,
+    );
+    assert_eq!(envelope.unknown_values, vec![]);
+    // The event type list is open: a brand-new type is not even "unknown".
+    let envelope = accept_with(
+        conversation_event(json!({"eventType": "something.new", "eventCode": -1})),
+        STRICT,
+    );
+    assert_eq!(envelope.unknown_values, vec![]);
+    accept(conversation_event(json!({})));
+    accept(conversation_event(json!({
+        "eventType": null, "eventCode": null, "ticketId": null, "conversationId": null,
+    })));
+}
+
+#[test]
+fn extra_fields_pass_through() {
+    let doc = json!({
+        "event": "create",
+        "time": 0,
+        "object": "ticket",
+        "objectId": 1,
+        "props": {
+            "state": "new",
+            "assignee": {"id": 4, "name": "Ann"},
+            "geoloc": {"lat": 1.0, "lng": 2.0, "accuracy": "high"},
+            "_parent": "not checked for tickets",
+        },
+        "version": [1, 2],
+        "source": null,
+    });
+    let envelope = accept_with(doc, STRICT);
+    assert_eq!(envelope.time, 0);
+    assert_eq!(envelope.object_id, ObjectId::Number(1));
+    assert_eq!(envelope.unknown_values, vec![]);
+}
+
+#[test]
+fn largest_values_are_accepted() {
+    let envelope = accept(with(
+        with(ticket(json!({})), "time", json!(i64::MAX)),
+        "objectId",
+        json!(u64::MAX),
+    ));
+    assert_eq!(envelope.time, i64::MAX);
+    assert_eq!(envelope.object_id, ObjectId::Number(u64::MAX));
+}
+
+// ---------------------------------------------------------------------------
+// Top-level fields
+
+#[test]
+fn empty_object_lists_every_required_field() {
+    assert_eq!(
+        reject(json!({})),
+        vec![
+            problem("event", "is required"),
+            problem("time", "is required"),
+            problem("object", "is required"),
+            problem("objectId", "is required"),
+        ]
+    );
+}
+
+#[test]
+fn event_must_be_a_known_string() {
+    for (value, message) in [
+        (
+            json!("created"),
+            r#"must be one of create, update, delete, found "created""#,
+        ),
+        (
+            json!("Update"),
+            r#"must be one of create, update, delete, found "Update""#,
+        ),
+        (
+            json!(""),
+            r#"must be one of create, update, delete, found """#,
+        ),
+        (json!(1), "must be a string, found a number"),
+        (json!(null), "must be a string, found null"),
+        (json!(true), "must be a string, found a boolean"),
+        (json!(["update"]), "must be a string, found an array"),
+        (
+            json!({"name": "update"}),
+            "must be a string, found an object",
+        ),
+    ] {
+        assert_eq!(
+            reject(with(ticket(json!({})), "event", value.clone())),
+            vec![problem("event", message)],
+            "{value}"
+        );
+    }
+    assert_eq!(
+        reject(without(ticket(json!({})), "event")),
+        vec![problem("event", "is required")]
+    );
+}
+
+#[test]
+fn time_must_be_a_non_negative_integer() {
+    for (value, message) in [
+        (
+            json!("1575976413"),
+            "must be an integer (UNIX seconds), found a string",
+        ),
+        (
+            json!(1575976413.5),
+            "must be a non-negative integer (UNIX seconds), found 1575976413.5",
+        ),
+        (
+            json!(1575976413.0),
+            "must be a non-negative integer (UNIX seconds), found 1575976413.0",
+        ),
+        (
+            json!(-1),
+            "must be a non-negative integer (UNIX seconds), found -1",
+        ),
+        (
+            json!(u64::MAX),
+            "must be a non-negative integer (UNIX seconds), found 18446744073709551615",
+        ),
+        (json!(null), "must be an integer (UNIX seconds), found null"),
+        (
+            json!(true),
+            "must be an integer (UNIX seconds), found a boolean",
+        ),
+        (
+            json!([1]),
+            "must be an integer (UNIX seconds), found an array",
+        ),
+    ] {
+        assert_eq!(
+            reject(with(ticket(json!({})), "time", value.clone())),
+            vec![problem("time", message)],
+            "{value}"
+        );
+    }
+    assert_eq!(
+        reject(without(ticket(json!({})), "time")),
+        vec![problem("time", "is required")]
+    );
+}
+
+#[test]
+fn object_must_be_a_known_string() {
+    let listed = "must be one of ticket, media, conversation, smsmessage, conversationevent";
+    for (value, message) in [
+        (json!("Ticket"), format!(r#"{listed}, found "Ticket""#)),
+        (json!("sms"), format!(r#"{listed}, found "sms""#)),
+        (
+            json!("conversation_event"),
+            format!(r#"{listed}, found "conversation_event""#),
+        ),
+        (json!(1), "must be a string, found a number".to_owned()),
+        (json!(null), "must be a string, found null".to_owned()),
+        (json!(false), "must be a string, found a boolean".to_owned()),
+    ] {
+        assert_eq!(
+            reject(with(ticket(json!({})), "object", value.clone())),
+            vec![problem("object", &message)],
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn props_are_not_checked_when_the_object_is_unknown() {
+    // Without a known object there is no way to know which props apply.
+    let doc = without(with(ticket(json!({})), "object", json!("robot")), "props");
+    let problems = reject(doc);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].field, "object");
+}
+
+#[test]
+fn object_id_rejections() {
+    let too_long = "a".repeat(MAX_OBJECT_ID_CHARS + 1);
+    let any = "must be a non-negative integer or a string";
+    for (value, message) in [
+        (json!(-1), format!("{any}, found -1")),
+        (json!(1.5), format!("{any}, found 1.5")),
+        (json!(100.0), format!("{any}, found 100.0")),
+        (json!(true), format!("{any}, found a boolean")),
+        (json!([100]), format!("{any}, found an array")),
+        (json!({"id": 100}), format!("{any}, found an object")),
+        (json!(null), format!("{any}, found null")),
+        (json!(""), "must not be an empty string".to_owned()),
+        (
+            json!(too_long),
+            "must be at most 128 characters long".to_owned(),
+        ),
+        (
+            json!("abc\ndef"),
+            "must not contain control characters".to_owned(),
+        ),
+        (
+            json!("abc\rdef"),
+            "must not contain control characters".to_owned(),
+        ),
+        (
+            json!("\t"),
+            "must not contain control characters".to_owned(),
+        ),
+        (
+            json!("nul\u{0}"),
+            "must not contain control characters".to_owned(),
+        ),
+        (
+            json!("del\u{7f}"),
+            "must not contain control characters".to_owned(),
+        ),
+        (
+            json!("c1\u{85}"),
+            "must not contain control characters".to_owned(),
+        ),
+    ] {
+        assert_eq!(
+            reject(with(ticket(json!({})), "objectId", value.clone())),
+            vec![problem("objectId", &message)],
+            "{value}"
+        );
+    }
+    assert_eq!(
+        reject(without(ticket(json!({})), "objectId")),
+        vec![problem("objectId", "is required")]
+    );
+}
+
+#[test]
+fn object_id_length_is_counted_in_characters() {
+    let ascii = "a".repeat(MAX_OBJECT_ID_CHARS);
+    let envelope = accept(with(ticket(json!({})), "objectId", json!(ascii)));
+    assert_eq!(envelope.object_id, ObjectId::Uid(ascii));
+    // 128 characters, 256 bytes: still within the bound.
+    let accented = "é".repeat(MAX_OBJECT_ID_CHARS);
+    let envelope = accept(with(ticket(json!({})), "objectId", json!(accented)));
+    assert_eq!(envelope.object_id, ObjectId::Uid(accented));
+    let too_long = "é".repeat(MAX_OBJECT_ID_CHARS + 1);
+    assert_eq!(
+        reject(with(ticket(json!({})), "objectId", json!(too_long))),
+        vec![problem("objectId", "must be at most 128 characters long")]
+    );
+}
+
+#[test]
+fn object_id_numbers_and_strings_are_kept_apart() {
+    assert_eq!(
+        accept(with(ticket(json!({})), "objectId", json!(0))).object_id,
+        ObjectId::Number(0)
+    );
+    assert_eq!(
+        accept(with(ticket(json!({})), "objectId", json!("100"))).object_id,
+        ObjectId::Uid("100".to_owned())
+    );
+}
+
+#[test]
+fn object_id_displays_as_the_plain_key() {
+    assert_eq!(ObjectId::Number(100).to_string(), "100");
+    assert_eq!(ObjectId::Number(0).to_string(), "0");
+    assert_eq!(
+        ObjectId::Number(u64::MAX).to_string(),
+        "18446744073709551615"
+    );
+    assert_eq!(
+        ObjectId::Uid("734e3a7b-eb17-4d3f-901d-bcff178b".to_owned()).to_string(),
+        "734e3a7b-eb17-4d3f-901d-bcff178b"
+    );
+    assert_eq!(ObjectId::Uid("100".to_owned()).to_string(), "100");
+    assert_eq!(ObjectId::Uid("a\"b".to_owned()).to_string(), "a\"b");
+    let parsed = parse(SPEC_TICKET.as_bytes(), Rules::default()).expect("spec sample");
+    assert_eq!(parsed.object_id.to_string(), "100");
+}
+
+#[test]
+fn object_id_in_topic_accepts_numbers_uuids_and_safe_uids() {
+    for (value, expected) in [
+        (json!(100), ObjectId::Number(100)),
+        (
+            json!("734e3a7b-eb17-4d3f-901d-bcff178b"),
+            ObjectId::Uid("734e3a7b-eb17-4d3f-901d-bcff178b".to_owned()),
+        ),
+        (
+            json!("0F8FAD5B-D9CB-469F-A165-70867728950E"),
+            ObjectId::Uid("0F8FAD5B-D9CB-469F-A165-70867728950E".to_owned()),
+        ),
+        (
+            json!("abc_DEF-123"),
+            ObjectId::Uid("abc_DEF-123".to_owned()),
+        ),
+        (json!("100"), ObjectId::Uid("100".to_owned())),
+    ] {
+        let envelope = accept_with(with(ticket(json!({})), "objectId", value), IN_TOPIC);
+        assert!(envelope.object_id.is_topic_safe());
+        assert_eq!(envelope.object_id, expected);
+    }
+}
+
+#[test]
+fn object_id_in_topic_rejects_what_a_topic_cannot_hold() {
+    let message = "is part of the topic name, so it may only contain ASCII letters, digits, \
+                   '-' and '_'";
+    for id in [
+        "a.b", "a*", "*", ">", "a>", "a b", " a", "a/b", "a:b", "é", "a,b", "a{b}",
+    ] {
+        let doc = with(ticket(json!({})), "objectId", json!(id));
+        assert_eq!(
+            reject_with(doc.clone(), IN_TOPIC),
+            vec![problem("objectId", message)],
+            "{id:?}"
+        );
+        assert!(!ObjectId::Uid(id.to_owned()).is_topic_safe(), "{id:?}");
+        // Outside a topic the same id is fine.
+        assert_eq!(accept(doc).object_id, ObjectId::Uid(id.to_owned()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// props
+
+#[test]
+fn props_are_required_for_every_object_but_smsmessage() {
+    for object in ["ticket", "media", "conversation", "conversationevent"] {
+        let doc = without(envelope(object, json!(1), json!({})), "props");
+        assert_eq!(
+            reject(doc),
+            vec![problem("props", "is required")],
+            "{object}"
+        );
+        let doc = envelope(object, json!(1), json!(null));
+        assert_eq!(
+            reject(doc),
+            vec![problem("props", "must be an object, found null")],
+            "{object}"
+        );
+    }
+}
+
+#[test]
+fn props_must_be_an_object_for_every_object() {
+    for object in ObjectKind::ALL {
+        for (value, found) in [
+            (json!("x"), "a string"),
+            (json!([]), "an array"),
+            (json!(1), "a number"),
+            (json!(false), "a boolean"),
+        ] {
+            let doc = envelope(object.as_str(), json!(1), value);
+            assert_eq!(
+                reject(doc),
+                vec![problem(
+                    "props",
+                    &format!("must be an object, found {found}")
+                )],
+                "{object:?} {found}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_ticket_state_is_counted_by_default() {
+    let envelope = accept(ticket(json!({"state": "archived"})));
+    assert_eq!(
+        envelope.unknown_values,
+        vec![unknown(ObjectKind::Ticket, "state")]
+    );
+    // Case matters: "Closed" is not a listed state.
+    let envelope = accept(ticket(json!({"state": "Closed"})));
+    assert_eq!(
+        envelope.unknown_values,
+        vec![unknown(ObjectKind::Ticket, "state")]
+    );
+}
+
+#[test]
+fn unknown_ticket_state_is_a_problem_when_strict() {
+    assert_eq!(
+        reject_with(ticket(json!({"state": "archived"})), STRICT),
+        vec![problem(
+            "props.state",
+            "must be one of new, open, opened, invited, inprogress, updated, expired, \
+             declined, rejected, done, closed, found \"archived\""
+        )]
+    );
+}
+
+#[test]
+fn ticket_state_must_be_a_string_in_every_mode() {
+    for rules in [Rules::default(), STRICT] {
+        assert_eq!(
+            reject_with(ticket(json!({"state": 3})), rules),
+            vec![problem("props.state", "must be a string, found a number")]
+        );
+        assert_eq!(
+            reject_with(ticket(json!({"state": ["new"]})), rules),
+            vec![problem("props.state", "must be a string, found an array")]
+        );
+    }
+    assert_eq!(
+        accept_with(ticket(json!({"state": null})), STRICT).unknown_values,
+        vec![]
+    );
+}
+
+#[test]
+fn geoloc_out_of_range_nested_and_flat() {
+    assert_eq!(
+        reject(ticket(json!({"geoloc": {"lat": 90.5, "lng": -180.1}}))),
+        vec![
+            problem("props.geoloc.lat", "must be between -90 and 90, found 90.5"),
+            problem(
+                "props.geoloc.lng",
+                "must be between -180 and 180, found -180.1"
+            ),
+        ]
+    );
+    assert_eq!(
+        reject(ticket(json!({"geoloc.lat": -91, "geoloc.lng": 181}))),
+        vec![
+            problem(
+                "props[\"geoloc.lat\"]",
+                "must be between -90 and 90, found -91"
+            ),
+            problem(
+                "props[\"geoloc.lng\"]",
+                "must be between -180 and 180, found 181"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn geoloc_must_be_numbers_nested_and_flat() {
+    assert_eq!(
+        reject(ticket(json!({
+            "geoloc": {"lat": "47.866675", "lng": true},
+            "geoloc.lat": [47],
+            "geoloc.lng": {"deg": -3},
+        }))),
+        vec![
+            problem("props.geoloc.lat", "must be a number, found a string"),
+            problem("props.geoloc.lng", "must be a number, found a boolean"),
+            problem("props[\"geoloc.lat\"]", "must be a number, found an array"),
+            problem("props[\"geoloc.lng\"]", "must be a number, found an object"),
+        ]
+    );
+}
+
+#[test]
+fn geoloc_must_be_an_object_when_nested() {
+    for (value, found) in [
+        (json!("47.8,-3.8"), "a string"),
+        (json!([47.8, -3.8]), "an array"),
+        (json!(47.8), "a number"),
+    ] {
+        assert_eq!(
+            reject(ticket(json!({ "geoloc": value }))),
+            vec![problem(
+                "props.geoloc",
+                &format!("must be an object, found {found}")
+            )]
+        );
+    }
+}
+
+#[test]
+fn geoloc_nested_and_flat_are_both_checked_in_one_envelope() {
+    assert_eq!(
+        reject(ticket(json!({
+            "geoloc": {"lat": 1.0, "lng": 200},
+            "geoloc.lat": 100,
+            "geoloc.lng": 2.0,
+        }))),
+        vec![
+            problem(
+                "props.geoloc.lng",
+                "must be between -180 and 180, found 200"
+            ),
+            problem(
+                "props[\"geoloc.lat\"]",
+                "must be between -90 and 90, found 100"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn unknown_media_values_are_counted_by_default() {
+    let envelope = accept(media(json!({
+        "state": "paused",
+        "_parent": {"name": "room", "id": 1},
+        "_parent.name": "booth",
+    })));
+    assert_eq!(
+        envelope.unknown_values,
+        vec![
+            unknown(ObjectKind::Media, "state"),
+            unknown(ObjectKind::Media, "_parent.name"),
+            unknown(ObjectKind::Media, "_parent.name"),
+        ]
+    );
+}
+
+#[test]
+fn unknown_media_values_are_problems_when_strict() {
+    assert_eq!(
+        reject_with(
+            media(json!({
+                "state": "paused",
+                "_parent": {"name": "room"},
+                "_parent.name": "booth",
+            })),
+            STRICT
+        ),
+        vec![
+            problem(
+                "props.state",
+                "must be one of inprogress, uncompleted, completed, error, found \"paused\""
+            ),
+            problem(
+                "props._parent.name",
+                "must be one of ticket, conference, conversation, found \"room\""
+            ),
+            problem(
+                "props[\"_parent.name\"]",
+                "must be one of ticket, conference, conversation, found \"booth\""
+            ),
+        ]
+    );
+}
+
+#[test]
+fn media_type_errors_nested_and_flat() {
+    assert_eq!(
+        reject(media(json!({
+            "state": false,
+            "_parent": {"name": 1, "id": "12"},
+            "_parent.name": null,
+            "_parent.id": 1.5,
+        }))),
+        vec![
+            problem("props.state", "must be a string, found a boolean"),
+            problem("props._parent.name", "must be a string, found a number"),
+            problem("props._parent.id", "must be an integer, found a string"),
+            problem("props[\"_parent.id\"]", "must be an integer, found 1.5"),
+        ]
+    );
+    assert_eq!(
+        reject(media(json!({"_parent": [1], "_parent.name": ["ticket"]}))),
+        vec![
+            problem("props._parent", "must be an object, found an array"),
+            problem(
+                "props[\"_parent.name\"]",
+                "must be a string, found an array"
+            ),
+        ]
+    );
+    assert_eq!(
+        reject(media(json!({"_parent.id": "12"}))),
+        vec![problem(
+            "props[\"_parent.id\"]",
+            "must be an integer, found a string"
+        )]
+    );
+}
+
+#[test]
+fn unknown_conversation_event_type_is_counted_or_refused() {
+    let doc = conversation(json!({"eventType": "conversationStarted"}));
+    assert_eq!(
+        accept(doc.clone()).unknown_values,
+        vec![unknown(ObjectKind::Conversation, "eventType")]
+    );
+    assert_eq!(
+        reject_with(doc, STRICT),
+        vec![problem(
+            "props.eventType",
+            "must be one of conversationEnded, found \"conversationStarted\""
+        )]
+    );
+}
+
+#[test]
+fn conversation_type_errors() {
+    assert_eq!(
+        reject(conversation(json!({
+            "eventType": 1,
+            "name": 42,
+            "finishedAt": 1632144306,
+        }))),
+        vec![
+            problem("props.eventType", "must be a string, found a number"),
+            problem("props.name", "must be a string, found a number"),
+            problem("props.finishedAt", "must be a string, found a number"),
+        ]
+    );
+    assert_eq!(
+        reject(conversation(json!({"name": {"first": "T"}}))),
+        vec![problem("props.name", "must be a string, found an object")]
+    );
+}
+
+#[test]
+fn conversation_finished_at_rejects_what_is_not_rfc3339() {
+    for finished_at in [
+        "2021-09-20T13:25:06",
+        "2021-09-20",
+        "13:25:06",
+        "2021-09-20T13:25:06+0000",
+        "2021-09-20T13:25Z",
+        "20/09/2021 13:25:06",
+        "Mon, 20 Sep 2021 13:25:06 GMT",
+        "2021-13-20T13:25:06Z",
+        "1632144306",
+        "",
+    ] {
+        assert_eq!(
+            reject(conversation(json!({ "finishedAt": finished_at }))),
+            vec![problem(
+                "props.finishedAt",
+                &format!(
+                    "must be an RFC 3339 date-time such as \"2021-08-03T15:05:50+00:00\", \
+                     found {finished_at:?}"
+                )
+            )],
+            "{finished_at:?}"
+        );
+    }
+}
+
+#[test]
+fn conversationevent_type_errors() {
+    assert_eq!(
+        reject(conversation_event(json!({
+            "eventType": 5,
+            "eventCode": "12",
+            "ticketId": 1.5,
+            "conversationId": true,
+        }))),
+        vec![
+            problem("props.eventType", "must be a string, found a number"),
+            problem("props.eventCode", "must be an integer, found a string"),
+            problem("props.ticketId", "must be an integer, found 1.5"),
+            problem(
+                "props.conversationId",
+                "must be an integer, found a boolean"
+            ),
+        ]
+    );
+    assert_eq!(
+        reject(conversation_event(json!({
+            "eventType": ["a"],
+            "eventCode": 12.0,
+            "ticketId": "100",
+            "conversationId": [1],
+        }))),
+        vec![
+            problem("props.eventType", "must be a string, found an array"),
+            problem("props.eventCode", "must be an integer, found 12.0"),
+            problem("props.ticketId", "must be an integer, found a string"),
+            problem("props.conversationId", "must be an integer, found an array"),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The whole list, the whole document
+
+#[test]
+fn every_problem_is_listed_at_once_in_document_order() {
+    let doc = json!({
+        "event": "updated",
+        "time": -5,
+        "object": "ticket",
+        "objectId": "",
+        "props": {
+            "state": "archived",
+            "geoloc": {"lat": 91, "lng": "east"},
+            "geoloc.lat": "north",
+            "geoloc.lng": -181,
+        },
+    });
+    assert_eq!(
+        reject_with(doc, STRICT),
+        vec![
+            problem(
+                "event",
+                r#"must be one of create, update, delete, found "updated""#
+            ),
+            problem(
+                "time",
+                "must be a non-negative integer (UNIX seconds), found -5"
+            ),
+            problem("objectId", "must not be an empty string"),
+            problem(
+                "props.state",
+                "must be one of new, open, opened, invited, inprogress, updated, expired, \
+                 declined, rejected, done, closed, found \"archived\""
+            ),
+            problem("props.geoloc.lat", "must be between -90 and 90, found 91"),
+            problem("props.geoloc.lng", "must be a number, found a string"),
+            problem("props[\"geoloc.lat\"]", "must be a number, found a string"),
+            problem(
+                "props[\"geoloc.lng\"]",
+                "must be between -180 and 180, found -181"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn props_problems_are_listed_even_when_top_level_fields_are_bad() {
+    let doc = json!({
+        "object": "media",
+        "objectId": [1],
+        "props": {"_parent": {"id": "x"}},
+    });
+    assert_eq!(
+        reject(doc),
+        vec![
+            problem("event", "is required"),
+            problem("time", "is required"),
+            problem(
+                "objectId",
+                "must be a non-negative integer or a string, found an array"
+            ),
+            problem("props._parent.id", "must be an integer, found a string"),
+        ]
+    );
+}
+
+#[test]
+fn a_document_that_is_not_an_object_is_one_problem_at_the_root() {
+    for (body, found) in [
+        ("[]", "an array"),
+        (r#"[{"event":"update"}]"#, "an array"),
+        (r#""update""#, "a string"),
+        ("1575976413", "a number"),
+        ("null", "null"),
+        ("true", "a boolean"),
+    ] {
+        assert_eq!(
+            parse(body.as_bytes(), Rules::default()),
+            Err(EnvelopeError::Invalid(vec![problem(
+                "$",
+                &format!("must be a JSON object, found {found}")
+            )])),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn malformed_bodies_are_malformed_not_invalid() {
+    let truncated = &SPEC_TICKET.as_bytes()[..SPEC_TICKET.len() - 3];
+    for body in [
+        &b""[..],
+        b"   \n",
+        truncated,
+        b"{\"event\":\"update\"",
+        b"{\"event\":\"\xff\xfe\"}",
+        b"\xef\xbb\xbf{}",
+        b"\xff",
+        b"{} {}",
+        b"{\"event\":\"update\",}",
+        b"{'event':'update'}",
+        b"{\"objectId\":\"\\ud800\"}",
+    ] {
+        match parse(body, Rules::default()) {
+            Err(EnvelopeError::Malformed(message)) => {
+                assert!(!message.is_empty(), "{body:?}");
+            }
+            other => panic!("{body:?}: expected Malformed, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn malformed_keeps_the_parser_message() {
+    let Err(error) = parse(b"", Rules::default()) else {
+        panic!("an empty body must not parse");
+    };
+    assert_eq!(
+        error,
+        EnvelopeError::Malformed("EOF while parsing a value at line 1 column 0".to_owned())
+    );
+    assert_eq!(
+        error.to_string(),
+        "body is not valid JSON: EOF while parsing a value at line 1 column 0"
+    );
+}
+
+#[test]
+fn invalid_error_displays_the_problem_count() {
+    let Err(error) = parse(b"{}", Rules::default()) else {
+        panic!("an empty object must not be valid");
+    };
+    assert_eq!(error.to_string(), "envelope is invalid (4 problem(s))");
+}
+
+#[test]
+fn problems_serialise_as_field_and_problem() {
+    let shown = serde_json::to_value(problem("props[\"geoloc.lat\"]", "must be a number"))
+        .expect("a Problem always serialises");
+    assert_eq!(
+        shown,
+        json!({"field": "props[\"geoloc.lat\"]", "problem": "must be a number"})
+    );
+}
+
+#[test]
+fn whitespace_and_key_order_do_not_matter() {
+    let compact = br#"{"props":{"state":"invited"},"objectId":100,"object":"ticket","time":1575976413,"event":"update"}"#;
+    assert_eq!(
+        parse(compact, Rules::default()),
+        parse(SPEC_TICKET.as_bytes(), Rules::default())
+    );
+}
