@@ -1,15 +1,425 @@
-//! End-to-end tests against a real nats-server started by the test.
+//! End-to-end tests against a real nats-server started by the test: what a
+//! consumer receives (subject, bytes, headers), JetStream deduplication, and
+//! the promise the bridge makes to the sender: a 503 means the event is not
+//! on the broker, now or later.
+//!
+//! Each test owns its server on its own port, so they run in parallel.
 
 mod support;
 
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::StreamMessage, stream};
+use async_nats::{Client, Message, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::json;
 use support::*;
 
+/// How long a subscriber waits for a message that should come.
+const RECEIVE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An event that none of the other bodies in a test equals, posted to prove
+/// that nothing was published before it.
+const MARKER: &str =
+    r#"{"event":"create","time":1700000000,"object":"smsmessage","objectId":"marker","props":{}}"#;
+
+fn nats_args(nats: &NatsServer) -> Vec<String> {
+    vec![
+        "--sink".into(),
+        "nats".into(),
+        "--nats-url".into(),
+        nats.url(),
+    ]
+}
+
+async fn start_bridge(nats: &NatsServer, extra: &[&str]) -> Bridge {
+    let mut args = nats_args(nats);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Bridge::start(&args).await
+}
+
+/// Subscribes to `filter` (ending in `>`) and waits until the server routes
+/// to the subscription. `Client::flush` only writes the SUB to the socket, so
+/// a message the bridge publishes right after could reach the server first
+/// and be dropped; a probe published on this connection and received back
+/// proves the server processed the SUB before anything the test posts.
+async fn subscribe(client: &Client, filter: &str) -> Subscriber {
+    let probe = format!("{}sync", filter.trim_end_matches('>'));
+    let mut subscriber = client
+        .subscribe(filter.to_owned())
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
+    client
+        .publish(probe.clone(), Bytes::from_static(b"probe"))
+        .await
+        .unwrap_or_else(|e| panic!("publish the probe {probe}: {e}"));
+    client
+        .flush()
+        .await
+        .unwrap_or_else(|e| panic!("flush after subscribe: {e}"));
+    let first = next_message(&mut subscriber).await;
+    assert_eq!(
+        first.subject.as_str(),
+        probe,
+        "something was published before the probe: {:?}",
+        first.payload
+    );
+    subscriber
+}
+
+async fn next_message(subscriber: &mut Subscriber) -> Message {
+    tokio::time::timeout(RECEIVE_DEADLINE, subscriber.next())
+        .await
+        .unwrap_or_else(|_| panic!("no message within {RECEIVE_DEADLINE:?}"))
+        .unwrap_or_else(|| panic!("the subscription ended"))
+}
+
+fn accepted_id(reply: &Reply, topic: &str) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["topic"], topic, "{body}");
+    body["id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| panic!("no id in {body}"))
+        .to_owned()
+}
+
+fn header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+}
+
+fn assert_broker_unavailable(reply: &Reply) {
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let retry_after = reply.header("retry-after").unwrap_or_default();
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After {retry_after:?}"
+    );
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    assert_eq!(body["error"], "broker_unavailable", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .unwrap_or_else(|e| panic!("stream {name}: {e}"));
+    stream
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("stream {name} info: {e}"))
+        .state
+        .messages
+}
+
+async fn stored_message(js: &jetstream::Context, name: &str, sequence: u64) -> StreamMessage {
+    js.get_stream(name)
+        .await
+        .unwrap_or_else(|e| panic!("stream {name}: {e}"))
+        .get_raw_message(sequence)
+        .await
+        .unwrap_or_else(|e| panic!("stream {name} message {sequence}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_nats_smoke() {
+async fn core_nats_delivers_the_body_byte_for_byte_with_headers() {
     let nats = NatsServer::start(false).await;
-    let bridge = Bridge::start(&["--sink", "nats", "--nats-url", &nats.url()]).await;
+    let bridge = start_bridge(&nats, &[]).await;
+    bridge.wait_ready().await;
+    let consumer = nats.client().await;
+    let mut subscriber = subscribe(&consumer, "apizee.>").await;
+
+    let cases = [
+        (
+            SPEC_TICKET,
+            "apizee.ticket.update",
+            "ticket",
+            "100",
+            "1575976413",
+        ),
+        (
+            SPEC_CONVERSATION,
+            "apizee.conversation.update",
+            "conversation",
+            "734e3a7b-eb17-4d3f-901d-bcff178b",
+            "1632144306",
+        ),
+    ];
+    for (body, subject, object, object_id, time) in cases {
+        let reply = bridge.post(body).await;
+        let id = accepted_id(&reply, subject);
+        let message = next_message(&mut subscriber).await;
+        assert_eq!(message.subject.as_str(), subject);
+        assert_eq!(message.payload, Bytes::from_static(body.as_bytes()));
+        assert_eq!(header(&message, "content-type"), Some("application/json"));
+        assert_eq!(header(&message, "apizee-event"), Some("update"));
+        assert_eq!(header(&message, "apizee-object"), Some(object));
+        assert_eq!(header(&message, "apizee-object-id"), Some(object_id));
+        assert_eq!(header(&message, "apizee-time"), Some(time));
+        assert_eq!(header(&message, "apizee-event-id"), Some(id.as_str()));
+        let received_at = header(&message, "apizee-received-at").unwrap_or_default();
+        assert!(
+            humantime::parse_rfc3339(received_at).is_ok(),
+            "apizee-received-at {received_at:?} is not RFC 3339"
+        );
+    }
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_creates_the_stream_and_stores_a_retried_webhook_once() {
+    let nats = NatsServer::start(true).await;
+    let bridge = start_bridge(&nats, &["--nats-jetstream", "--nats-stream", "WEBHOOKS"]).await;
+    bridge.wait_ready().await;
+    let js = jetstream::new(nats.client().await);
+
+    let info = js
+        .get_stream("WEBHOOKS")
+        .await
+        .unwrap_or_else(|e| panic!("the bridge did not create the stream: {e}"))
+        .get_info()
+        .await
+        .unwrap_or_else(|e| panic!("stream info: {e}"));
+    assert_eq!(info.config.subjects, vec!["apizee.>".to_owned()]);
+    assert_eq!(info.state.messages, 0);
+
+    let first = accepted_id(&bridge.post(SPEC_TICKET).await, "apizee.ticket.update");
+    let second = accepted_id(&bridge.post(SPEC_TICKET).await, "apizee.ticket.update");
+    assert_eq!(first, second, "a retried webhook must keep its id");
+    assert_eq!(stream_messages(&js, "WEBHOOKS").await, 1);
+
+    let stored = stored_message(&js, "WEBHOOKS", 1).await;
+    assert_eq!(stored.subject.as_str(), "apizee.ticket.update");
+    assert_eq!(stored.payload, Bytes::from_static(SPEC_TICKET.as_bytes()));
+    let stored_header = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(stored_header("Nats-Msg-Id"), Some(first.clone()));
+    assert_eq!(stored_header("apizee-event-id"), Some(first.clone()));
+    assert_eq!(stored_header("apizee-object-id").as_deref(), Some("100"));
+
+    let other = accepted_id(
+        &bridge.post(SPEC_CONVERSATION).await,
+        "apizee.conversation.update",
+    );
+    assert_ne!(other, first);
+    assert_eq!(stream_messages(&js, "WEBHOOKS").await, 2);
+    let stored = stored_message(&js, "WEBHOOKS", 2).await;
+    assert_eq!(
+        stored.payload,
+        Bytes::from_static(SPEC_CONVERSATION.as_bytes())
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_without_a_stream_for_the_subject_answers_503() {
+    let nats = NatsServer::start(true).await;
+    let bridge = start_bridge(&nats, &["--nats-jetstream"]).await;
     bridge.wait_ready().await;
     let reply = bridge.post(SPEC_TICKET).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_broker_unavailable(&reply);
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_publishes_total{outcome="refused",sink="nats"} 1"#),
+        "a missing stream should count as refused"
+    );
     bridge.stop().await;
+}
+
+/// Kills the server under a ready bridge and checks what the bridge reports
+/// while its broker is down.
+async fn kill_and_assert_down(nats: &mut NatsServer, bridge: &Bridge) {
+    bridge.wait_ready().await;
+    let metrics = bridge.metrics().await;
+    assert!(
+        metrics.contains(r#"apizee_bridge_broker_connected{sink="nats"} 1"#),
+        "{metrics}"
+    );
+    nats.kill();
+    bridge.wait_not_ready().await;
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_broker_unavailable(&reply);
+    let metrics = bridge.metrics().await;
+    assert!(
+        metrics.contains(r#"apizee_bridge_publishes_total{outcome="not_connected",sink="nats"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"apizee_bridge_broker_connected{sink="nats"} 0"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_refused_while_down_is_never_published_later() {
+    // Core NATS keeps nothing, so a subscriber that can only attach after
+    // the restart would miss an event the client flushed on reconnect. A
+    // stream capturing the bridge's subjects is the witness: anything the
+    // bridge sends after reconnecting is stored, in order, before the marker.
+    // `apizee.*.*` leaves out the subscriber's two-token probe.
+    let mut nats = NatsServer::start(true).await;
+    let js = jetstream::new(nats.client().await);
+    js.create_stream(stream::Config {
+        name: "WITNESS".into(),
+        subjects: vec!["apizee.*.*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("create the witness stream: {e}"));
+    drop(js);
+
+    let bridge = start_bridge(&nats, &[]).await;
+    kill_and_assert_down(&mut nats, &bridge).await;
+
+    nats.restart().await;
+    bridge.wait_ready().await;
+    let consumer = nats.client().await;
+    let mut subscriber = subscribe(&consumer, "apizee.>").await;
+    accepted_id(&bridge.post(MARKER).await, "apizee.smsmessage.create");
+    let first = next_message(&mut subscriber).await;
+    assert_eq!(first.payload, Bytes::from_static(MARKER.as_bytes()));
+
+    let js = jetstream::new(consumer);
+    assert_eq!(stream_messages(&js, "WITNESS").await, 1);
+    let stored = stored_message(&js, "WITNESS", 1).await;
+    assert_eq!(stored.payload, Bytes::from_static(MARKER.as_bytes()));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_refused_while_down_is_never_stored_later() {
+    let mut nats = NatsServer::start(true).await;
+    let bridge = start_bridge(&nats, &["--nats-jetstream", "--nats-stream", "WEBHOOKS"]).await;
+    kill_and_assert_down(&mut nats, &bridge).await;
+
+    nats.restart().await;
+    bridge.wait_ready().await;
+    accepted_id(&bridge.post(MARKER).await, "apizee.smsmessage.create");
+    let js = jetstream::new(nats.client().await);
+    assert_eq!(stream_messages(&js, "WEBHOOKS").await, 1);
+    let stored = stored_message(&js, "WEBHOOKS", 1).await;
+    assert_eq!(stored.payload, Bytes::from_static(MARKER.as_bytes()));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn becomes_ready_when_the_server_comes_up() {
+    let mut nats = NatsServer::reserve(false, ServerAuth::None);
+    let bridge = start_bridge(&nats, &[]).await;
+    let readyz = get(bridge.addr, "/readyz")
+        .await
+        .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
+    assert_eq!(readyz.status, 503, "{}", readyz.text());
+    assert_broker_unavailable(&bridge.post(SPEC_TICKET).await);
+
+    nats.start_now().await;
+    bridge.wait_ready().await;
+    let consumer = nats.client().await;
+    let mut subscriber = subscribe(&consumer, "apizee.>").await;
+    accepted_id(&bridge.post(MARKER).await, "apizee.smsmessage.create");
+    let first = next_message(&mut subscriber).await;
+    assert_eq!(first.payload, Bytes::from_static(MARKER.as_bytes()));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_publish_nothing() {
+    let nats = NatsServer::start(false).await;
+    let bridge = start_bridge(&nats, &["--max-body-bytes", "1024"]).await;
+    bridge.wait_ready().await;
+    let consumer = nats.client().await;
+    let mut subscriber = subscribe(&consumer, ">").await;
+
+    let json = [("content-type", "application/json")];
+    let rejected = [
+        (400, &json[..], Bytes::from_static(b"{\"event\":")),
+        (
+            422,
+            &json[..],
+            Bytes::from(json!({"event": "update", "object": "ticket"}).to_string()),
+        ),
+        (
+            415,
+            &[("content-type", "text/plain")][..],
+            Bytes::from_static(SPEC_TICKET.as_bytes()),
+        ),
+        (
+            413,
+            &json[..],
+            Bytes::from(
+                json!({
+                    "event": "update", "time": 1, "object": "ticket", "objectId": 1,
+                    "props": {"padding": "x".repeat(2048)}
+                })
+                .to_string(),
+            ),
+        ),
+    ];
+    for (status, headers, body) in rejected {
+        let reply = bridge.request("POST", "/webhooks", headers, body).await;
+        assert_eq!(reply.status, status, "{}", reply.text());
+    }
+
+    accepted_id(&bridge.post(MARKER).await, "apizee.smsmessage.create");
+    let first = next_message(&mut subscriber).await;
+    assert_eq!(first.subject.as_str(), "apizee.smsmessage.create");
+    assert_eq!(first.payload, Bytes::from_static(MARKER.as_bytes()));
+    bridge.stop().await;
+}
+
+/// The bridge connects with the credentials it is given and publishes; with
+/// wrong ones it stays not ready and answers 503.
+async fn check_auth(auth: ServerAuth, good: &[&str], bad: &[&str]) {
+    let nats = NatsServer::start_with_auth(false, auth).await;
+
+    let refused = start_bridge(&nats, bad).await;
+    let readyz = get(refused.addr, "/readyz")
+        .await
+        .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
+    assert_eq!(readyz.status, 503, "wrong credentials: {}", readyz.text());
+    assert_broker_unavailable(&refused.post(SPEC_TICKET).await);
+    refused.stop().await;
+
+    let bridge = start_bridge(&nats, good).await;
+    bridge.wait_ready().await;
+    let consumer = nats.client().await;
+    let mut subscriber = subscribe(&consumer, "apizee.>").await;
+    let id = accepted_id(&bridge.post(SPEC_TICKET).await, "apizee.ticket.update");
+    let message = next_message(&mut subscriber).await;
+    assert_eq!(message.payload, Bytes::from_static(SPEC_TICKET.as_bytes()));
+    assert_eq!(header(&message, "apizee-event-id"), Some(id.as_str()));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_user_and_password() {
+    check_auth(
+        ServerAuth::user_password("u", "p"),
+        &["--nats-user", "u", "--nats-password", "p"],
+        &["--nats-user", "u", "--nats-password", "wrong"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_token() {
+    check_auth(
+        ServerAuth::Token("tok".into()),
+        &["--nats-token", "tok"],
+        &["--nats-token", "wrong"],
+    )
+    .await;
 }

@@ -87,36 +87,108 @@ pub fn nats_server_binary() -> PathBuf {
     panic!("nats-server not found: install Debian's nats-server package (bash .ci/run does)");
 }
 
+/// How clients must authenticate to a [`NatsServer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAuth {
+    None,
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+impl ServerAuth {
+    pub fn user_password(user: &str, password: &str) -> Self {
+        Self::UserPassword {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+
+    fn server_args(&self) -> Vec<String> {
+        match self {
+            Self::None => Vec::new(),
+            Self::UserPassword { user, password } => {
+                vec![
+                    "--user".into(),
+                    user.clone(),
+                    "--pass".into(),
+                    password.clone(),
+                ]
+            }
+            Self::Token(token) => vec!["--auth".into(), token.clone()],
+        }
+    }
+
+    /// Options for a client that passes this authentication.
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        match self {
+            Self::None => async_nats::ConnectOptions::new(),
+            Self::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            Self::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        }
+    }
+}
+
 /// A nats-server child process on a free loopback port, with JetStream
 /// storing in its own temporary directory. Killed when dropped.
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     jetstream: bool,
+    auth: ServerAuth,
     store: tempfile::TempDir,
 }
 
 impl NatsServer {
     pub async fn start(jetstream: bool) -> Self {
+        Self::start_with_auth(jetstream, ServerAuth::None).await
+    }
+
+    /// Starts a server that only accepts clients passing `auth`.
+    pub async fn start_with_auth(jetstream: bool, auth: ServerAuth) -> Self {
+        let mut server = Self::reserve(jetstream, auth);
+        server.spawn().await;
+        server
+    }
+
+    /// Picks a port and a store without starting the server, so a client can
+    /// be pointed at it before it runs; [`NatsServer::start_now`] starts it.
+    pub fn reserve(jetstream: bool, auth: ServerAuth) -> Self {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut server = Self {
+        Self {
             child: None,
             port: free_port(),
             jetstream,
+            auth,
             store,
-        };
-        server.spawn().await;
-        server
+        }
+    }
+
+    /// Starts a reserved (or killed) server and waits until it takes clients.
+    pub async fn start_now(&mut self) {
+        self.kill();
+        self.spawn().await;
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A new client of this server, authenticated as the server requires.
+    pub async fn client(&self) -> async_nats::Client {
+        self.auth
+            .connect_options()
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to nats-server at {}: {e}", self.url()))
+    }
+
     async fn spawn(&mut self) {
         let mut command = Command::new(nats_server_binary());
         command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(self.auth.server_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.jetstream {
@@ -128,13 +200,23 @@ impl NatsServer {
         self.child = Some(child);
         let url = self.url();
         let jetstream = self.jetstream;
+        let auth = self.auth.clone();
         wait_until("nats-server to accept clients", async || {
-            match async_nats::connect(&url).await {
-                // With JetStream, also wait until its API answers.
-                Ok(client) if jetstream => async_nats::jetstream::new(client)
-                    .query_account()
+            match auth.connect_options().connect(&url).await {
+                // With JetStream, also wait until its API answers. A raw
+                // request, because async-nats 0.51's `query_account` cannot
+                // parse a 2.9 server's answer (it lacks `reserved_memory`).
+                Ok(client) if jetstream => client
+                    .request("$JS.API.INFO", Bytes::new())
                     .await
-                    .is_ok(),
+                    .ok()
+                    .and_then(|reply| {
+                        serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
+                    })
+                    .is_some_and(|info| {
+                        info["type"] == "io.nats.jetstream.api.v1.account_info_response"
+                            && info.get("error").is_none()
+                    }),
                 Ok(_) => true,
                 Err(_) => false,
             }
