@@ -423,3 +423,23 @@ async fn nats_token() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_stream_deleted_under_the_bridge_is_created_again() {
+    let nats = NatsServer::start(true).await;
+    let bridge = start_bridge(&nats, &["--nats-jetstream", "--nats-stream", "WEBHOOKS"]).await;
+    bridge.wait_ready().await;
+    let js = jetstream::new(nats.client().await);
+    js.delete_stream("WEBHOOKS")
+        .await
+        .unwrap_or_else(|e| panic!("delete the stream: {e}"));
+
+    // The first publish finds the stream gone: refused, never stored.
+    assert_broker_unavailable(&bridge.post(SPEC_TICKET).await);
+    bridge.wait_ready().await;
+    accepted_id(&bridge.post(MARKER).await, "apizee.smsmessage.create");
+    assert_eq!(stream_messages(&js, "WEBHOOKS").await, 1);
+    let stored = stored_message(&js, "WEBHOOKS", 1).await;
+    assert_eq!(stored.payload, Bytes::from_static(MARKER.as_bytes()));
+    bridge.stop().await;
+}

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerAddr};
@@ -25,9 +27,8 @@ use crate::route::Message;
 pub struct NatsSink {
     client: Client,
     jetstream: Option<jetstream::Context>,
-    /// False until `--nats-stream` exists on the server; true when no stream
-    /// is to be created.
-    stream_ready: Arc<AtomicBool>,
+    /// Keeps `--nats-stream` in existence; `None` when no stream is managed.
+    stream: Option<Arc<StreamKeeper>>,
     publish_timeout: Duration,
 }
 
@@ -69,20 +70,24 @@ impl NatsSink {
                 .build(client.clone())
         });
 
-        let stream_ready = Arc::new(AtomicBool::new(settings.stream.is_none()));
-        if let (Some(js), Some((name, subject))) = (&jetstream, &settings.stream) {
-            tokio::spawn(ensure_stream(
-                js.clone(),
-                name.clone(),
-                subject.clone(),
-                stream_ready.clone(),
-            ));
-        }
+        let stream = match (&jetstream, &settings.stream) {
+            (Some(js), Some((name, subject))) => {
+                let keeper = Arc::new(StreamKeeper::default());
+                tokio::spawn(keep_stream(
+                    js.clone(),
+                    name.clone(),
+                    subject.clone(),
+                    keeper.clone(),
+                ));
+                Some(keeper)
+            }
+            _ => None,
+        };
 
         Ok(Self {
             client,
             jetstream,
-            stream_ready,
+            stream,
             publish_timeout: settings.publish_timeout,
         })
     }
@@ -135,33 +140,45 @@ async fn connect_options(settings: &NatsSettings) -> Result<ConnectOptions, Nats
         }))
 }
 
+/// Whether the managed stream is known to exist, and a way to ask for it to
+/// be created again when a publish finds it gone (a server that came back
+/// with an empty store, an operator who deleted it).
+#[derive(Default)]
+struct StreamKeeper {
+    ready: AtomicBool,
+    missing: Notify,
+}
+
 /// Creates the stream if it does not exist, retrying until the server
-/// answers. An existing stream is left as its operator configured it.
-async fn ensure_stream(
+/// answers, then waits until a publish reports it missing and starts over.
+/// An existing stream is left as its operator configured it.
+async fn keep_stream(
     js: jetstream::Context,
     name: String,
     subject: String,
-    ready: Arc<AtomicBool>,
+    keeper: Arc<StreamKeeper>,
 ) {
-    let mut delay = Duration::from_millis(100);
     loop {
-        let config = jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        };
-        match js.get_or_create_stream(config).await {
-            Ok(_) => {
-                tracing::info!(stream = %name, subject = %subject, "JetStream stream ready");
-                ready.store(true, Ordering::SeqCst);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(stream = %name, error = %e, "cannot create JetStream stream yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let config = jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                ..Default::default()
+            };
+            match js.get_or_create_stream(config).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(stream = %name, error = %e, "cannot create JetStream stream yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
+        tracing::info!(stream = %name, subject = %subject, "JetStream stream ready");
+        keeper.ready.store(true, Ordering::SeqCst);
+        keeper.missing.notified().await;
+        tracing::warn!(stream = %name, "JetStream stream is gone; creating it again");
     }
 }
 
@@ -178,9 +195,17 @@ impl NatsSink {
         match e.kind() {
             PublishErrorKind::TimedOut => PublishError::Timeout(self.publish_timeout),
             PublishErrorKind::BrokenPipe => PublishError::NotConnected,
-            PublishErrorKind::StreamNotFound => PublishError::Refused(format!(
-                "no JetStream stream captures subject {subject}; create one or set --nats-stream"
-            )),
+            PublishErrorKind::StreamNotFound => {
+                if let Some(keeper) = &self.stream {
+                    // Not ready from this moment, not from when the keeper
+                    // task next runs.
+                    keeper.ready.store(false, Ordering::SeqCst);
+                    keeper.missing.notify_one();
+                }
+                PublishError::Refused(format!(
+                    "no JetStream stream captures subject {subject}; create one or set --nats-stream"
+                ))
+            }
             PublishErrorKind::MaxPayloadExceeded
             | PublishErrorKind::WrongLastMessageId
             | PublishErrorKind::WrongLastSequence => PublishError::Refused(e.to_string()),
@@ -233,7 +258,11 @@ impl Sink for NatsSink {
     }
 
     fn is_ready(&self) -> bool {
-        self.connected() && self.stream_ready.load(Ordering::SeqCst)
+        self.connected()
+            && self
+                .stream
+                .as_ref()
+                .is_none_or(|keeper| keeper.ready.load(Ordering::SeqCst))
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>> {
