@@ -3,28 +3,10 @@ use super::*;
 use serde_json::json;
 
 /// The ticket example from the spec, byte for byte.
-const SPEC_TICKET: &str = r#"{
-    "event": "update",
-    "time": 1575976413,
-    "object": "ticket",
-    "objectId": 100,
-    "props": {
-        "state": "invited"
-        }
-}"#;
+const SPEC_TICKET: &str = include_str!("../../tests/samples/spec-ticket.json");
 
 /// The conversation example from the spec, byte for byte.
-const SPEC_CONVERSATION: &str = r#"{
-  "event": "update",
-  "time": 1632144306,
-  "object": "conversation",
-  "objectId": "734e3a7b-eb17-4d3f-901d-bcff178b",
-  "props": {
-    "eventType": "conversationEnded",
-    "name": "TEST",
-    "finishedAt": "2021-09-20T13:25:06+00:00"
-  }
-}"#;
+const SPEC_CONVERSATION: &str = include_str!("../../tests/samples/spec-conversation.json");
 
 const STRICT: Rules = Rules {
     strict: true,

@@ -5,15 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::envelope::ObjectId;
 
 /// The ticket example from the spec, byte for byte.
-const SPEC_TICKET: &[u8] = br#"{
-    "event": "update",
-    "time": 1575976413,
-    "object": "ticket",
-    "objectId": 100,
-    "props": {
-        "state": "invited"
-        }
-}"#;
+const SPEC_TICKET: &[u8] = include_bytes!("../../tests/samples/spec-ticket.json");
 
 const CONVERSATION_UID: &str = "734e3a7b-eb17-4d3f-901d-bcff178b";
 

@@ -26,27 +26,9 @@ use tokio::task::JoinHandle;
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The samples from the platform's specification, byte for byte.
-pub const SPEC_TICKET: &str = r#"{
-    "event": "update",
-    "time": 1575976413,
-    "object": "ticket",
-    "objectId": 100,
-    "props": {
-        "state": "invited"
-        }
-}"#;
+pub const SPEC_TICKET: &str = include_str!("../samples/spec-ticket.json");
 
-pub const SPEC_CONVERSATION: &str = r#"{
-  "event": "update",
-  "time": 1632144306,
-  "object": "conversation",
-  "objectId": "734e3a7b-eb17-4d3f-901d-bcff178b",
-  "props": {
-    "eventType": "conversationEnded",
-    "name": "TEST",
-    "finishedAt": "2021-09-20T13:25:06+00:00"
-  }
-}"#;
+pub const SPEC_CONVERSATION: &str = include_str!("../samples/spec-conversation.json");
 
 /// A port nobody listens on right now. The small window before the caller
 /// binds it is acceptable for loopback tests.
