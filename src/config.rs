@@ -138,6 +138,47 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_NATS_CLIENT_KEY", value_name = "PATH")]
     pub nats_client_key: Option<PathBuf>,
 
+    /// Kafka bootstrap brokers, comma-separated host:port.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_KAFKA_BROKERS",
+        value_name = "HOST:PORT,...",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_brokers: String,
+
+    /// Any librdkafka producer property, as key=value; repeat the flag, or
+    /// separate with ';' in the env var. Applied after the bridge's defaults
+    /// (acks=all, enable.idempotence=true, compression.type=lz4, linger.ms=1,
+    /// message.timeout.ms=--publish-timeout), so it can override them.
+    /// Examples: security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_KAFKA_OPTION",
+        value_name = "KEY=VALUE",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub kafka_option: Vec<String>,
+
+    /// At start-up, create every topic the template can produce (15 with the
+    /// default template); existing topics are left alone. /readyz stays 503
+    /// until done.
+    #[arg(long, env = "APIZEE_BRIDGE_KAFKA_CREATE_TOPICS")]
+    pub kafka_create_topics: bool,
+
+    /// Partitions of topics made by --kafka-create-topics.
+    #[arg(long, env = "APIZEE_BRIDGE_KAFKA_PARTITIONS", default_value_t = 3)]
+    pub kafka_partitions: i32,
+
+    /// Replication factor of topics made by --kafka-create-topics.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_KAFKA_REPLICATION_FACTOR",
+        default_value_t = 3
+    )]
+    pub kafka_replication_factor: i32,
+
     /// Request header that must carry a shared secret (set as a custom
     /// header in the Apizee console). With "Authorization", a "Bearer "
     /// prefix is accepted.
@@ -173,6 +214,7 @@ pub struct Cli {
 pub enum SinkKind {
     Stdout,
     Nats,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,6 +293,29 @@ pub struct HttpSettings {
 pub enum SinkSettings {
     Stdout,
     Nats(Box<NatsSettings>),
+    Kafka(Box<KafkaSettings>),
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub options: Vec<KafkaOption>,
+    pub create_topics: Option<TopicCreation>,
+    pub publish_timeout: Duration,
+}
+
+/// One `--kafka-option`. The value may be a password, so it is a [`Secret`].
+#[derive(Debug, Clone)]
+pub struct KafkaOption {
+    pub key: String,
+    pub value: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicCreation {
+    pub topics: Vec<String>,
+    pub partitions: i32,
+    pub replication_factor: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -347,6 +412,15 @@ impl Settings {
                 },
                 publish_timeout: cli.publish_timeout,
             })),
+            SinkKind::Kafka => SinkSettings::Kafka(Box::new(kafka_settings(
+                cli.kafka_brokers,
+                &cli.kafka_option,
+                cli.kafka_create_topics,
+                cli.kafka_partitions,
+                cli.kafka_replication_factor,
+                &template,
+                cli.publish_timeout,
+            )?)),
         };
         if let SinkSettings::Nats(nats) = &sink
             && nats.urls.is_empty()
@@ -374,6 +448,73 @@ impl Settings {
             log_level: cli.log_level,
         })
     }
+}
+
+fn kafka_settings(
+    brokers: String,
+    options: &[String],
+    create_topics: bool,
+    partitions: i32,
+    replication_factor: i32,
+    template: &TopicTemplate,
+    publish_timeout: Duration,
+) -> Result<KafkaSettings, ConfigError> {
+    if brokers.split(',').all(|b| b.trim().is_empty()) {
+        return Err(ConfigError::new("--kafka-brokers", "names no broker"));
+    }
+    let options = options
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .map(|option| match option.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(KafkaOption {
+                key: key.trim().to_owned(),
+                value: Secret::new(value.to_owned()),
+            }),
+            // The text may hold a password: name the flag, not the value.
+            _ => Err(ConfigError::new(
+                "--kafka-option",
+                "expected KEY=VALUE, such as security.protocol=SASL_SSL",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let create_topics = if create_topics {
+        if partitions < 1 {
+            return Err(ConfigError::new("--kafka-partitions", "must be at least 1"));
+        }
+        if replication_factor < 1 {
+            return Err(ConfigError::new(
+                "--kafka-replication-factor",
+                "must be at least 1",
+            ));
+        }
+        let topics = template.all_topics().ok_or_else(|| {
+            ConfigError::new(
+                "--kafka-create-topics",
+                format!(
+                    "the topic template {template} uses {{objectId}}, so its topics cannot be \
+                     known in advance"
+                ),
+            )
+        })?;
+        Some(TopicCreation {
+            topics,
+            partitions,
+            replication_factor,
+        })
+    } else {
+        None
+    };
+    Ok(KafkaSettings {
+        brokers: brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .collect::<Vec<_>>()
+            .join(","),
+        options,
+        create_topics,
+        publish_timeout,
+    })
 }
 
 fn stream_subject(template: &TopicTemplate) -> Result<String, ConfigError> {

@@ -10,7 +10,7 @@
 //! - [`config`]: flags and env vars, validated once into [`config::Settings`].
 //! - [`envelope`]: body bytes to a validated envelope, or every problem found.
 //! - [`route`]: envelope to topic, key, headers and the untouched payload.
-//! - [`sink`]: the one trait every broker implements (stdout, NATS).
+//! - [`sink`]: the one trait every broker implements (stdout, NATS, Kafka).
 //! - [`http`]: listener, limits, graceful drain, and the status mapping.
 //! - [`metrics`]: every Prometheus metric, with bounded labels.
 //!
@@ -51,6 +51,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Nats(#[from] sink::nats::NatsSetupError),
+    #[error(transparent)]
+    Kafka(#[from] sink::kafka::KafkaSetupError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -62,7 +64,7 @@ const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// resolves; then drains and returns.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new()?);
-    let sink = start_sink(&settings.sink).await?;
+    let sink = start_sink(&settings.sink, &metrics).await?;
     let listener = bind("--listen", settings.listen).await?;
     let metrics_listener = bind("--metrics-listen", settings.metrics_listen).await?;
     tracing::info!(
@@ -86,7 +88,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
 /// Starts the configured sink. Broker clients connect in the background, so
 /// this returns before the broker is reachable; `Sink::is_ready` tells when.
-pub async fn start_sink(settings: &SinkSettings) -> Result<Arc<dyn Sink>, RunError> {
+pub async fn start_sink(
+    settings: &SinkSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Sink>, RunError> {
     Ok(match settings {
         SinkSettings::Stdout => {
             tracing::warn!(
@@ -96,6 +101,10 @@ pub async fn start_sink(settings: &SinkSettings) -> Result<Arc<dyn Sink>, RunErr
             Arc::new(sink::stdout::StdoutSink::new())
         }
         SinkSettings::Nats(nats) => Arc::new(sink::nats::NatsSink::start(nats).await?),
+        SinkSettings::Kafka(kafka) => {
+            metrics.register_kafka()?;
+            Arc::new(sink::kafka::KafkaSink::start(kafka, metrics.clone())?)
+        }
     })
 }
 

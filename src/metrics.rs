@@ -3,6 +3,7 @@
 //! event names, rejection codes, sink names and error kinds. Never an
 //! objectId or anything else a sender controls.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
@@ -34,6 +35,15 @@ pub struct Metrics {
     requests_in_flight: IntGauge,
     broker_connected: IntGaugeVec,
     unknown_enum_values: IntCounterVec,
+    /// Registered only when the Kafka sink starts, so other sinks do not
+    /// export Kafka series stuck at 0.
+    kafka: OnceLock<KafkaMetrics>,
+}
+
+struct KafkaMetrics {
+    delivery_errors: IntCounterVec,
+    queue_messages: IntGauge,
+    in_flight_messages: IntGauge,
 }
 
 impl Metrics {
@@ -144,6 +154,7 @@ impl Metrics {
             requests_in_flight,
             broker_connected,
             unknown_enum_values,
+            kafka: OnceLock::new(),
         })
     }
 
@@ -220,6 +231,57 @@ impl Metrics {
         self.broker_connected
             .with_label_values(&[sink])
             .set(i64::from(connected));
+    }
+
+    fn kafka(&self) -> Option<&KafkaMetrics> {
+        self.kafka.get()
+    }
+
+    /// Registers the Kafka sink's metrics; later calls do nothing.
+    pub fn register_kafka(&self) -> Result<(), prometheus::Error> {
+        if self.kafka.get().is_some() {
+            return Ok(());
+        }
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
+        let delivery_errors = IntCounterVec::new(
+            opts(
+                "kafka_delivery_errors_total",
+                "Kafka publishes that failed, by librdkafka error code name.",
+            ),
+            &["error"],
+        )?;
+        let queue_messages = IntGauge::with_opts(opts(
+            "kafka_queue_messages",
+            "Messages and requests in librdkafka's queues, waiting to be sent or acknowledged.",
+        ))?;
+        let in_flight_messages = IntGauge::with_opts(opts(
+            "kafka_in_flight_messages",
+            "Webhooks handed to the Kafka producer whose delivery report has not come yet.",
+        ))?;
+        self.registry.register(Box::new(delivery_errors.clone()))?;
+        self.registry.register(Box::new(queue_messages.clone()))?;
+        self.registry
+            .register(Box::new(in_flight_messages.clone()))?;
+        let _ = self.kafka.set(KafkaMetrics {
+            delivery_errors,
+            queue_messages,
+            in_flight_messages,
+        });
+        Ok(())
+    }
+
+    /// `error` is a librdkafka error code's name: a fixed set.
+    pub fn kafka_delivery_error(&self, error: &str) {
+        if let Some(kafka) = self.kafka() {
+            kafka.delivery_errors.with_label_values(&[error]).inc();
+        }
+    }
+
+    pub fn set_kafka_queue(&self, queued: i64, in_flight: i64) {
+        if let Some(kafka) = self.kafka() {
+            kafka.queue_messages.set(queued);
+            kafka.in_flight_messages.set(in_flight);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

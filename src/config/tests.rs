@@ -30,7 +30,95 @@ fn nats(args: &[&str]) -> NatsSettings {
     let args: Vec<&str> = ["--sink", "nats"].iter().chain(args).copied().collect();
     match settings(&args).sink {
         SinkSettings::Nats(nats) => *nats,
-        SinkSettings::Stdout => panic!("{args:?} chose stdout"),
+        other => panic!("{args:?} chose {other:?}"),
+    }
+}
+
+fn kafka(args: &[&str]) -> KafkaSettings {
+    let args: Vec<&str> = ["--sink", "kafka"].iter().chain(args).copied().collect();
+    match settings(&args).sink {
+        SinkSettings::Kafka(kafka) => *kafka,
+        other => panic!("{args:?} chose {other:?}"),
+    }
+}
+
+#[test]
+fn kafka_defaults() {
+    let kafka = kafka(&[]);
+    assert_eq!(kafka.brokers, "127.0.0.1:9092");
+    assert!(kafka.options.is_empty());
+    assert!(kafka.create_topics.is_none());
+    assert_eq!(kafka.publish_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn kafka_options_are_key_value_pairs() {
+    let kafka = kafka(&[
+        "--kafka-brokers",
+        " k1:9092 , k2:9092 ",
+        "--kafka-option",
+        "security.protocol=SASL_SSL",
+        "--kafka-option",
+        "sasl.password=p=ss;linger.ms=5",
+    ]);
+    assert_eq!(kafka.brokers, "k1:9092,k2:9092");
+    let pairs: Vec<(&str, &str)> = kafka
+        .options
+        .iter()
+        .map(|o| (o.key.as_str(), o.value.expose()))
+        .collect();
+    // ';' separates options (for the env var); '=' inside a value is kept.
+    assert_eq!(
+        pairs,
+        [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.password", "p=ss"),
+            ("linger.ms", "5"),
+        ]
+    );
+    assert!(!format!("{kafka:?}").contains("p=ss"));
+}
+
+#[test]
+fn kafka_option_errors_name_the_flag_not_the_value() {
+    for option in ["no-equals-secret", "=secret"] {
+        let error = error(&["--sink", "kafka", "--kafka-option", option]);
+        assert_eq!(error.flag, "--kafka-option");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+}
+
+#[test]
+fn kafka_topic_creation() {
+    let creation = kafka(&[
+        "--kafka-create-topics",
+        "--kafka-partitions",
+        "6",
+        "--kafka-replication-factor",
+        "1",
+    ])
+    .create_topics
+    .expect("topic creation");
+    assert_eq!(creation.topics.len(), 15);
+    assert!(creation.topics.contains(&"apizee.ticket.update".to_owned()));
+    assert_eq!((creation.partitions, creation.replication_factor), (6, 1));
+
+    for (args, flag) in [
+        (vec!["--kafka-partitions", "0"], "--kafka-partitions"),
+        (
+            vec!["--kafka-replication-factor", "0"],
+            "--kafka-replication-factor",
+        ),
+        (
+            vec!["--topic-template", "{prefix}.{objectId}"],
+            "--kafka-create-topics",
+        ),
+    ] {
+        let args: Vec<&str> = ["--sink", "kafka", "--kafka-create-topics"]
+            .into_iter()
+            .chain(args)
+            .collect();
+        assert_eq!(error(&args).flag, flag, "{args:?}");
     }
 }
 
@@ -187,7 +275,8 @@ fn clap_refuses_values_of_the_wrong_type() {
         (&["--publish-timeout", "soon"], ErrorKind::ValueValidation),
         (&["--retry-after=-1s"], ErrorKind::ValueValidation),
         (&["--shutdown-timeout", ""], ErrorKind::ValueValidation),
-        (&["--sink", "kafka"], ErrorKind::InvalidValue),
+        (&["--sink", "pulsar"], ErrorKind::InvalidValue),
+        (&["--kafka-partitions", "many"], ErrorKind::ValueValidation),
         (&["--log-format", "xml"], ErrorKind::InvalidValue),
         (&["--no-such-flag"], ErrorKind::UnknownArgument),
     ] {
@@ -743,7 +832,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 27);
+    assert_eq!(checked, 32);
 }
 
 #[test]
@@ -754,6 +843,7 @@ fn env_values_of_secret_flags_are_hidden_from_help() {
         "nats-token",
         "nats-password",
         "auth-token",
+        "kafka-option",
     ];
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else {

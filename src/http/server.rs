@@ -137,6 +137,7 @@ fn metrics_response(
     }
     // Read at scrape time, so the gauge is never stale.
     metrics.set_broker_connected(sink.name(), sink.is_ready());
+    sink.report(metrics);
     let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(

@@ -13,8 +13,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::route::Message;
 
+pub mod kafka;
 pub mod memory;
 pub mod nats;
 pub mod stdout;
@@ -32,6 +34,10 @@ pub trait Sink: Send + Sync + 'static {
 
     /// True while the sink can take messages; drives `/readyz`.
     fn is_ready(&self) -> bool;
+
+    /// Sets sink-specific gauges; called at every scrape so they are never
+    /// stale.
+    fn report(&self, _metrics: &Metrics) {}
 
     /// Sends whatever is buffered, at shutdown.
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>>;

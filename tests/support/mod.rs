@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod kafka;
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -247,15 +249,20 @@ impl Bridge {
     /// Starts the bridge with the sink its flags select.
     pub async fn start(args: &[&str]) -> Self {
         let settings = settings(args);
-        let sink = apizee_bridge::start_sink(&settings.sink)
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+        let sink = apizee_bridge::start_sink(&settings.sink, &metrics)
             .await
             .unwrap_or_else(|e| panic!("cannot start sink: {e}"));
-        Self::with_sink(settings, sink).await
+        Self::serve(settings, sink, metrics).await
     }
 
     /// Starts the bridge with a sink the test holds (a `MemorySink`).
     pub async fn with_sink(settings: Settings, sink: Arc<dyn Sink>) -> Self {
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+        Self::serve(settings, sink, metrics).await
+    }
+
+    async fn serve(settings: Settings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -424,4 +431,14 @@ pub async fn request(
         headers,
         body,
     })
+}
+
+/// The value of one series in a Prometheus text exposition, such as
+/// `apizee_bridge_publishes_total{outcome="ok",sink="nats"}`; 0 if absent.
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }

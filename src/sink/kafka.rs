@@ -1,0 +1,333 @@
+//! Kafka sink: librdkafka's idempotent producer, answering after the
+//! delivery report.
+//!
+//! Defaults favour not losing data: `acks=all` and `enable.idempotence=true`
+//! (no duplicates or reordering from the producer's own retries), and the
+//! delivery timeout equals `--publish-timeout`, so librdkafka gives up on a
+//! message at the moment the sender is told 503 instead of delivering it
+//! later behind the sender's back. Any librdkafka property can be overridden
+//! with `--kafka-option`.
+//!
+//! Readiness comes from a probe that fetches cluster metadata; while it
+//! fails, publishes get `NotConnected` at once rather than waiting out the
+//! timeout in librdkafka's queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{BoxFuture, PublishError, Sink};
+use crate::config::{KafkaSettings, TopicCreation};
+use crate::metrics::Metrics;
+use crate::route::Message;
+
+/// How often the reachability probe asks for metadata, and how long it
+/// waits for an answer. Short enough that `/readyz` follows an outage within
+/// a few seconds, cheap enough to be noise for the broker.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The properties the bridge sets before applying `--kafka-option`.
+pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
+    let delivery_timeout_ms = settings.publish_timeout.as_millis().max(1).to_string();
+    [
+        ("bootstrap.servers", settings.brokers.as_str()),
+        ("client.id", "apizee-bridge"),
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        // lz4: cheap on CPU for small JSON bodies, and every broker since
+        // Kafka 0.10 reads it.
+        ("compression.type", "lz4"),
+        // Every webhook waits for its own delivery report, so linger is pure
+        // added latency when idle. 1 ms still lets concurrent webhooks share
+        // a batch under load, and librdkafka keeps batching whatever queues
+        // up while earlier requests are in flight.
+        ("linger.ms", "1"),
+        ("message.timeout.ms", delivery_timeout_ms.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in default_properties(settings) {
+        config.set(key, value);
+    }
+    // Applied last, so users can override any default.
+    for option in &settings.options {
+        config.set(&option.key, option.value.expose());
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Routes librdkafka's logs and errors to `tracing`.
+#[derive(Default)]
+pub struct LoggingContext;
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// librdkafka refused a property: names it, never echoes its value.
+    #[error("invalid --kafka-option: {0}")]
+    Config(String),
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer<LoggingContext>,
+    state: Arc<State>,
+    metrics: Arc<Metrics>,
+    publish_timeout: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    reachable: AtomicBool,
+    /// False until `--kafka-create-topics` has run; true when not asked.
+    topics_ready: AtomicBool,
+    /// Messages handed to librdkafka whose delivery report has not come.
+    in_flight: AtomicI64,
+}
+
+impl KafkaSink {
+    /// Creates the producer and starts the reachability probe (and topic
+    /// creation, if asked). Returns without waiting for the broker.
+    pub fn start(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Self, KafkaSetupError> {
+        let config = client_config(settings);
+        let producer: FutureProducer<LoggingContext> =
+            config
+                .create_with_context(LoggingContext)
+                .map_err(|e| KafkaSetupError::Config(describe_config_error(&e)))?;
+        let state = Arc::new(State {
+            topics_ready: AtomicBool::new(settings.create_topics.is_none()),
+            ..State::default()
+        });
+
+        tokio::spawn(probe(producer.clone(), state.clone()));
+        if let Some(creation) = &settings.create_topics {
+            let admin: AdminClient<DefaultClientContext> = config
+                .create()
+                .map_err(|e| KafkaSetupError::Config(describe_config_error(&e)))?;
+            tokio::spawn(create_topics(admin, creation.clone(), state.clone()));
+        }
+        Ok(Self {
+            producer,
+            state,
+            metrics,
+            publish_timeout: settings.publish_timeout,
+        })
+    }
+
+    fn error(&self, error: &KafkaError) -> PublishError {
+        let code = error.rdkafka_error_code();
+        // The variant's name: a bounded label, since the enum is fixed.
+        self.metrics.kafka_delivery_error(
+            &code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}")),
+        );
+        match code {
+            Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
+                PublishError::Timeout(self.publish_timeout)
+            }
+            Some(
+                RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::NetworkException,
+            ) => PublishError::NotConnected,
+            Some(RDKafkaErrorCode::QueueFull) => {
+                PublishError::Failed("the producer's local queue is full".into())
+            }
+            Some(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord,
+            ) => PublishError::Refused(error.to_string()),
+            _ => PublishError::Failed(error.to_string()),
+        }
+    }
+}
+
+/// librdkafka's message names the property; the value is left out because
+/// it may be a password.
+fn describe_config_error(error: &KafkaError) -> String {
+    match error {
+        KafkaError::ClientConfig(_, description, key, _value) => {
+            format!("property {key:?}: {description}")
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn probe(producer: FutureProducer<LoggingContext>, state: Arc<State>) {
+    let mut interval = tokio::time::interval(PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let producer = producer.clone();
+        let reachable = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, PROBE_TIMEOUT)
+                .is_ok_and(|metadata| !metadata.brokers().is_empty())
+        })
+        .await
+        .unwrap_or(false);
+        let was = state.reachable.swap(reachable, Ordering::SeqCst);
+        match (was, reachable) {
+            (false, true) => tracing::info!("Kafka brokers reachable"),
+            (true, false) => tracing::warn!("Kafka brokers unreachable"),
+            _ => {}
+        }
+    }
+}
+
+/// Creates every topic the template can produce, retrying until the
+/// cluster answers. Topics that already exist are left as they are.
+async fn create_topics(
+    admin: AdminClient<DefaultClientContext>,
+    creation: TopicCreation,
+    state: Arc<State>,
+) {
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let topics: Vec<NewTopic<'_>> = creation
+            .topics
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    creation.partitions,
+                    TopicReplication::Fixed(creation.replication_factor),
+                )
+            })
+            .collect();
+        let failures: Vec<String> = match admin.create_topics(&topics, &options).await {
+            Ok(results) => results
+                .into_iter()
+                .filter_map(|result| match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                    Err((topic, code)) => Some(format!("{topic}: {code}")),
+                })
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        };
+        if failures.is_empty() {
+            tracing::info!(topics = creation.topics.len(), "Kafka topics ready");
+            state.topics_ready.store(true, Ordering::SeqCst);
+            return;
+        }
+        tracing::warn!(errors = ?failures, "cannot create Kafka topics yet; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn kafka_headers(message: &Message) -> OwnedHeaders {
+    message.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(message.headers.len()),
+        |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
+}
+
+/// Decrements the in-flight count however the publish ends, including when
+/// the caller gives up on it.
+struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            if !self.state.reachable.load(Ordering::SeqCst) {
+                return Err(PublishError::NotConnected);
+            }
+            let record = FutureRecord::to(&message.topic)
+                .key(message.key.as_bytes())
+                .payload(message.payload.as_ref())
+                .headers(kafka_headers(message));
+            self.state.in_flight.fetch_add(1, Ordering::SeqCst);
+            let _in_flight = InFlight(&self.state.in_flight);
+            // send_result fails at once when the local queue is full,
+            // instead of blocking the request while it drains.
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| self.error(&e))?;
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(self.error(&e)),
+                Err(_) => Err(PublishError::Failed(
+                    "the producer dropped the delivery report".into(),
+                )),
+            }
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.state.reachable.load(Ordering::SeqCst)
+            && self.state.topics_ready.load(Ordering::SeqCst)
+    }
+
+    fn report(&self, metrics: &Metrics) {
+        metrics.set_kafka_queue(
+            i64::from(self.producer.in_flight_count()),
+            self.state.in_flight.load(Ordering::SeqCst),
+        );
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>> {
+        let producer = self.producer.clone();
+        let timeout = self.publish_timeout;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|e| PublishError::Failed(e.to_string()))?
+                .map_err(|e| PublishError::Failed(e.to_string()))
+        })
+    }
+}

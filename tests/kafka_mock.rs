@@ -1,0 +1,162 @@
+//! Kafka fault tests with librdkafka's in-process mock cluster: brokers that
+//! go down and come back, and acknowledgements that come too late.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use support::kafka::{key, read_topic};
+use support::*;
+
+const TOPIC: &str = "apizee.ticket.update";
+
+fn ticket(id: u32) -> String {
+    format!(r#"{{"event":"update","time":{id},"object":"ticket","objectId":{id},"props":{{}}}}"#)
+}
+
+async fn bridge_for(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    timeout: &str,
+) -> Bridge {
+    let bootstrap = cluster.bootstrap_servers();
+    Bridge::start(&[
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &bootstrap,
+        "--publish-timeout",
+        timeout,
+        "--retry-after",
+        "2s",
+    ])
+    .await
+}
+
+fn mock_cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).unwrap_or_else(|e| panic!("mock cluster: {e}"));
+    cluster
+        .create_topic(TOPIC, 3, 1)
+        .unwrap_or_else(|e| panic!("create {TOPIC}: {e}"));
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_is_503_and_nothing_is_published_twice() {
+    let cluster = mock_cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let bridge = bridge_for(&cluster, "2s").await;
+    bridge.wait_ready().await;
+    assert_eq!(bridge.post(&ticket(1)).await.status, 200);
+
+    cluster.broker_down(1).unwrap_or_else(|e| panic!("{e}"));
+    bridge.wait_not_ready().await;
+    let reply = bridge.post(&ticket(2)).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("2"));
+    assert_eq!(reply.json()["error"], "broker_unavailable");
+
+    cluster.broker_up(1).unwrap_or_else(|e| panic!("{e}"));
+    bridge.wait_ready().await;
+    assert_eq!(bridge.post(&ticket(3)).await.status, 200);
+
+    let messages = tokio::task::spawn_blocking(move || read_topic(&bootstrap, TOPIC, 2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut keys: Vec<&str> = messages.iter().map(key).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["1", "3"],
+        "the refused event must never arrive, the others once"
+    );
+
+    let metrics = bridge.metrics().await;
+    assert!(
+        metrics.contains(r#"apizee_bridge_publishes_total{outcome="ok",sink="kafka"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"apizee_bridge_publishes_total{outcome="not_connected",sink="kafka"} 1"#),
+        "{metrics}"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_later_than_the_publish_timeout_is_503_without_hanging() {
+    let cluster = mock_cluster();
+    let bridge = bridge_for(&cluster, "500ms").await;
+    bridge.wait_ready().await;
+    // The first produce also fetches the producer id and the topic's
+    // metadata, which can take longer than this short timeout on a busy
+    // machine: warm up until one webhook goes through.
+    accepts_again(&bridge).await;
+
+    // Slower than the publish timeout, faster than the readiness probe's own
+    // timeout: the broker looks up, but acks too late.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(1500))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let reply = bridge.post(&ticket(2)).await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.header("retry-after").is_some());
+    // Bounded by the timeout, not by the broker: generous margin, this only
+    // rules out a hang.
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    let metrics = bridge.metrics().await;
+    let timeouts = metric_value(
+        &metrics,
+        r#"apizee_bridge_publishes_total{outcome="timeout",sink="kafka"}"#,
+    );
+    assert!(timeouts >= 1.0, "{metrics}");
+
+    cluster
+        .broker_round_trip_time(1, Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    accepts_again(&bridge).await;
+    bridge.stop().await;
+}
+
+async fn accepts_again(bridge: &Bridge) {
+    let addr = bridge.addr;
+    wait_until("a webhook to be accepted", async || {
+        matches!(
+            request(addr, "POST", "/webhooks", &[], bytes::Bytes::from(ticket(3))).await,
+            Ok(r) if r.status == 200
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_refusal_is_503_and_counted_by_error_kind() {
+    let cluster = mock_cluster();
+    let bridge = bridge_for(&cluster, "2s").await;
+    bridge.wait_ready().await;
+    // A non-retriable answer to the produce request: librdkafka reports it
+    // at once instead of retrying until the timeout.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let reply = bridge.post(&ticket(1)).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let metrics = bridge.metrics().await;
+    for line in [
+        r#"apizee_bridge_kafka_delivery_errors_total{error="MessageSizeTooLarge"} 1"#,
+        r#"apizee_bridge_publishes_total{outcome="refused",sink="kafka"} 1"#,
+        "apizee_bridge_kafka_queue_messages ",
+        "apizee_bridge_kafka_in_flight_messages 0",
+        r#"apizee_bridge_broker_connected{sink="kafka"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    // The next publish goes through: the error was for that request only.
+    assert_eq!(bridge.post(&ticket(2)).await.status, 200);
+    bridge.stop().await;
+}
