@@ -299,6 +299,10 @@ pub enum SinkSettings {
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
+    /// A topic the template produces, when one is known in advance: the
+    /// readiness probe asks for its metadata rather than for every topic in
+    /// the cluster.
+    pub probe_topic: Option<String>,
     pub options: Vec<KafkaOption>,
     pub create_topics: Option<TopicCreation>,
     pub publish_timeout: Duration,
@@ -505,6 +509,9 @@ fn kafka_settings(
         None
     };
     Ok(KafkaSettings {
+        probe_topic: template
+            .all_topics()
+            .and_then(|topics| topics.into_iter().next()),
         brokers: brokers
             .split(',')
             .map(str::trim)

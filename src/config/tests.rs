@@ -49,6 +49,9 @@ fn kafka_defaults() {
     assert!(kafka.options.is_empty());
     assert!(kafka.create_topics.is_none());
     assert_eq!(kafka.publish_timeout, Duration::from_secs(5));
+    assert_eq!(kafka.probe_topic.as_deref(), Some("apizee.ticket.create"));
+    let per_object = self::kafka(&["--topic-template", "{prefix}.{object}.{objectId}"]);
+    assert_eq!(per_object.probe_topic, None);
 }
 
 #[test]

@@ -133,7 +133,11 @@ impl KafkaSink {
             ..State::default()
         });
 
-        tokio::spawn(probe(producer.clone(), state.clone()));
+        tokio::spawn(probe(
+            producer.clone(),
+            settings.probe_topic.clone(),
+            state.clone(),
+        ));
         if let Some(creation) = &settings.create_topics {
             let admin: AdminClient<DefaultClientContext> = config
                 .create()
@@ -189,16 +193,20 @@ fn describe_config_error(error: &KafkaError) -> String {
     }
 }
 
-async fn probe(producer: FutureProducer<LoggingContext>, state: Arc<State>) {
+/// Asks for metadata every [`PROBE_INTERVAL`]: any answer naming a broker
+/// means the cluster is reachable. One topic's metadata is enough, and keeps
+/// the request small on clusters with thousands of topics.
+async fn probe(producer: FutureProducer<LoggingContext>, topic: Option<String>, state: Arc<State>) {
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let producer = producer.clone();
+        let topic = topic.clone();
         let reachable = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(None, PROBE_TIMEOUT)
+                .fetch_metadata(topic.as_deref(), PROBE_TIMEOUT)
                 .is_ok_and(|metadata| !metadata.brokers().is_empty())
         })
         .await
