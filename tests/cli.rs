@@ -74,6 +74,31 @@ fn invalid_config_exits_non_zero_with_one_line_naming_the_flag() {
     }
 }
 
+/// librdkafka and OpenSSL are compiled in: the binary runs on a host that
+/// has neither.
+#[test]
+fn binary_needs_no_system_librdkafka_or_openssl() {
+    let output = Command::new("ldd")
+        .arg(BINARY)
+        .output()
+        .unwrap_or_else(|e| panic!("ldd: {e}"));
+    let libraries = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{libraries}");
+    for library in [
+        "librdkafka",
+        "libssl",
+        "libcrypto",
+        "libsasl2",
+        "libz",
+        "libzstd",
+    ] {
+        assert!(
+            !libraries.contains(library),
+            "{library} linked:\n{libraries}"
+        );
+    }
+}
+
 #[test]
 fn env_vars_configure_the_binary() {
     let output = Command::new(BINARY)

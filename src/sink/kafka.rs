@@ -339,3 +339,92 @@ impl Sink for KafkaSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KafkaOption, Secret};
+
+    fn settings(options: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:9".into(),
+            probe_topic: None,
+            options: options
+                .iter()
+                .map(|(k, v)| KafkaOption {
+                    key: (*k).into(),
+                    value: Secret::new((*v).into()),
+                })
+                .collect(),
+            create_topics: None,
+            publish_timeout: Duration::from_millis(2500),
+        }
+    }
+
+    #[test]
+    fn tls_sasl_and_compression_are_compiled_in() {
+        let native = ClientConfig::new()
+            .create_native_config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let features = native
+            .get("builtin.features")
+            .unwrap_or_else(|e| panic!("{e}"));
+        for feature in [
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "lz4",
+            "zstd",
+            "gzip",
+        ] {
+            assert!(
+                features.split(',').any(|f| f == feature),
+                "{feature} missing from {features}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_favour_durability_and_follow_the_publish_timeout() {
+        let config = client_config(&settings(&[]));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("compression.type"), Some("lz4"));
+        assert_eq!(config.get("linger.ms"), Some("1"));
+        assert_eq!(config.get("message.timeout.ms"), Some("2500"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9"));
+    }
+
+    #[test]
+    fn options_override_defaults() {
+        let config = client_config(&settings(&[("linger.ms", "20"), ("acks", "1")]));
+        assert_eq!(config.get("linger.ms"), Some("20"));
+        assert_eq!(config.get("acks"), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn sasl_scram_over_tls_configures_a_producer() {
+        let settings = settings(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "bridge"),
+            ("sasl.password", "hunter2"),
+        ]);
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
+        assert!(KafkaSink::start(&settings, metrics).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_bad_property_is_named_without_its_value() {
+        let settings = settings(&[("no.such.property", "hunter2")]);
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
+        let error = match KafkaSink::start(&settings, metrics) {
+            Ok(_) => panic!("a bad property was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("no.such.property"), "{error}");
+        assert!(error.contains("--kafka-option"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}
