@@ -1,0 +1,1154 @@
+//! deploy/kubernetes/ (a Kustomize base and one overlay per sink) is valid
+//! Kubernetes, and agrees with the binary: env var names, settings the binary
+//! accepts, ports, probe paths, shutdown timing, hardening.
+//!
+//! Needs two tools, and fails naming the one that is missing:
+//! - `kubernetes-validate` (PyPI, run as `python3 -m kubernetes_validate`;
+//!   `.ci/run` installs it), for the Kubernetes API schemas;
+//! - `kubectl` (for `kubectl kustomize`; on the machine image), or
+//!   `KUSTOMIZE=/path/to/kustomize`, to build each kustomization as it would
+//!   be applied. Generated names (with their hash) and merged settings are
+//!   checked in that output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use apizee_bridge::config::{Cli, LogFormat, Settings, SinkSettings};
+use clap::{ArgAction, CommandFactory, FromArgMatches};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+
+/// The oldest Kubernetes the manifests are for: the preStop `sleep` action
+/// is on by default from 1.30.
+const OLDEST_KUBERNETES: &str = "1.30.0";
+
+/// Each kustomization that is meant to be applied, and the sink it selects.
+const TARGETS: [(&str, &str); 3] = [
+    ("base", "stdout"),
+    ("overlays/kafka", "kafka"),
+    ("overlays/nats", "nats"),
+];
+
+/// The one kind kubernetes-validate has no schema for (a CRD); checked here
+/// against [`SERVICE_MONITOR_SCHEMA`] instead.
+const SERVICE_MONITOR: (&str, &str) = ("monitoring.coreos.com/v1", "ServiceMonitor");
+
+// ---------------------------------------------------------------------------
+// Files and kustomize output
+// ---------------------------------------------------------------------------
+
+fn root() -> PathBuf {
+    PathBuf::from(ROOT)
+}
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Every file under deploy/kubernetes, sorted.
+fn all_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root(), &mut out);
+    out.sort();
+    assert!(!out.is_empty(), "{ROOT} holds no file");
+    out
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(OsStr::to_str),
+        Some("yaml" | "yml")
+    )
+}
+
+fn is_kustomization(path: &Path) -> bool {
+    path.file_name() == Some(OsStr::new("kustomization.yaml"))
+}
+
+/// Every YAML file that holds Kubernetes objects (not a kustomization.yaml).
+fn manifest_files() -> Vec<PathBuf> {
+    all_files()
+        .into_iter()
+        .filter(|p| is_yaml(p) && !is_kustomization(p))
+        .collect()
+}
+
+fn parse_docs(text: &str, origin: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{origin}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", rel(path)))
+}
+
+/// `kubectl kustomize DIR` (or `$KUSTOMIZE build DIR`).
+fn kustomize_build(dir: &Path) -> String {
+    let (program, mut cmd) = match std::env::var_os("KUSTOMIZE") {
+        Some(k) => {
+            let mut cmd = Command::new(&k);
+            cmd.arg("build");
+            (k.to_string_lossy().into_owned(), cmd)
+        }
+        None => {
+            let mut cmd = Command::new("kubectl");
+            cmd.arg("kustomize");
+            ("kubectl".to_owned(), cmd)
+        }
+    };
+    let out = cmd.arg(dir).output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run `{program}` to build {}: {e}. These tests need `kubectl` \
+             (its built-in `kubectl kustomize`) on PATH, or KUSTOMIZE=/path/to/kustomize",
+            rel(dir)
+        )
+    });
+    assert!(
+        out.status.success(),
+        "`{program}` failed to build {}:\n{}",
+        rel(dir),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kustomize output is UTF-8")
+}
+
+struct Built {
+    target: &'static str,
+    sink: &'static str,
+    yaml: String,
+    objects: Vec<Value>,
+}
+
+/// Each target, built once for all the tests.
+fn built() -> &'static [Built] {
+    static BUILT: OnceLock<Vec<Built>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        TARGETS
+            .iter()
+            .map(|&(target, sink)| {
+                let yaml = kustomize_build(&root().join(target));
+                let objects = parse_docs(&yaml, &format!("kustomize build {target}"));
+                Built {
+                    target,
+                    sink,
+                    yaml,
+                    objects,
+                }
+            })
+            .collect()
+    })
+}
+
+impl Built {
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let all = self.all(kind);
+        assert_eq!(all.len(), 1, "{}: expected one {kind}", self.target);
+        all[0]
+    }
+
+    fn named(&self, kind: &str, name: &str) -> &Value {
+        self.all(kind)
+            .into_iter()
+            .find(|o| o["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{}: no {kind} named {name}", self.target))
+    }
+
+    fn deployment(&self) -> &Value {
+        self.one("Deployment")
+    }
+
+    fn pod(&self) -> &Value {
+        &self.deployment()["spec"]["template"]["spec"]
+    }
+
+    fn container(&self) -> &Value {
+        let containers = self.pod()["containers"].as_sequence().expect("containers");
+        assert_eq!(containers.len(), 1, "{}: one container", self.target);
+        &containers[0]
+    }
+
+    /// The container's environment as the kubelet would build it: envFrom
+    /// in order, then env, which wins.
+    fn env(&self) -> BTreeMap<String, String> {
+        let c = self.container();
+        let mut env = BTreeMap::new();
+        for from in c["envFrom"].as_sequence().into_iter().flatten() {
+            let prefix = from["prefix"].as_str().unwrap_or("");
+            let data = if let Some(name) = from["configMapRef"]["name"].as_str() {
+                string_map(&self.named("ConfigMap", name)["data"])
+            } else if let Some(name) = from["secretRef"]["name"].as_str() {
+                secret_data(self.named("Secret", name))
+            } else {
+                panic!("{}: envFrom entry not handled: {from:?}", self.target)
+            };
+            for (k, v) in data {
+                env.insert(format!("{prefix}{k}"), v);
+            }
+        }
+        for var in c["env"].as_sequence().into_iter().flatten() {
+            let name = var["name"].as_str().expect("env name").to_owned();
+            let value = if let Some(v) = var["value"].as_str() {
+                v.to_owned()
+            } else if let Some(key) = var["valueFrom"]["configMapKeyRef"]["key"].as_str() {
+                let cm = &var["valueFrom"]["configMapKeyRef"]["name"];
+                let cm = self.named("ConfigMap", cm.as_str().unwrap());
+                string_map(&cm["data"])
+                    .remove(key)
+                    .unwrap_or_else(|| panic!("{}: {name}: no key {key}", self.target))
+            } else if let Some(key) = var["valueFrom"]["secretKeyRef"]["key"].as_str() {
+                let secret = &var["valueFrom"]["secretKeyRef"]["name"];
+                let secret = self.named("Secret", secret.as_str().unwrap());
+                secret_data(secret)
+                    .remove(key)
+                    .unwrap_or_else(|| panic!("{}: {name}: no key {key} in Secret", self.target))
+            } else {
+                panic!("{}: env {name}: source not handled: {var:?}", self.target)
+            };
+            env.insert(name, value);
+        }
+        env
+    }
+
+    /// The container port a probe or policy names (by name or number).
+    fn container_port(&self, port: &Value) -> u16 {
+        if let Some(n) = port.as_u64() {
+            return u16::try_from(n).unwrap();
+        }
+        let name = port.as_str().unwrap_or_else(|| panic!("port {port:?}"));
+        self.container()["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .map(|n| u16::try_from(n).unwrap())
+            .unwrap_or_else(|| panic!("{}: no container port named {name}", self.target))
+    }
+
+    /// The container port a Service port sends to.
+    fn service_target(&self, service_port: &Value) -> u16 {
+        let target = &service_port["targetPort"];
+        if target.is_null() {
+            self.container_port(&service_port["port"])
+        } else {
+            self.container_port(target)
+        }
+    }
+
+    /// The binary's flags as this deployment sets them, parsed and checked
+    /// by the binary's own code.
+    fn settings(&self) -> (Cli, Settings) {
+        parse_settings(self.target, &self.env())
+    }
+}
+
+fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_mapping()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = v
+                .as_str()
+                .unwrap_or_else(|| panic!("{k:?}: ConfigMap values must be strings, not {v:?}"));
+            (k.as_str().unwrap().to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn secret_data(secret: &Value) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = string_map(&secret["data"])
+        .into_iter()
+        .map(|(k, v)| {
+            let bytes = base64_decode(&v).unwrap_or_else(|| panic!("Secret key {k}: bad base64"));
+            (k, String::from_utf8(bytes).expect("UTF-8 secret"))
+        })
+        .collect();
+    out.extend(string_map(&secret["stringData"]));
+    out
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Env var name -> long flag, for every flag of the real binary.
+fn flag_env_vars() -> BTreeMap<String, String> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?.to_owned();
+            Some((env, a.get_long()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Parses `env` as the binary would read it from its environment, and
+/// validates it into Settings. The process's own environment plays no part:
+/// each variable becomes its flag, with the same value parser (boolean flags
+/// take `true`/`false`, as they do from the environment).
+fn try_parse_settings(env: &BTreeMap<String, String>) -> Result<(Cli, Settings), String> {
+    let flags = flag_env_vars();
+    let mut args = vec!["apizee-bridge".to_owned()];
+    for (name, value) in env {
+        let long = flags
+            .get(name)
+            .ok_or_else(|| format!("{name} is not the env var of any flag"))?;
+        args.push(format!("--{long}={value}"));
+    }
+    let cmd = Cli::command().mut_args(|a| {
+        let a = a.env(None::<&'static str>);
+        if matches!(a.get_action(), ArgAction::SetTrue) {
+            a.action(ArgAction::Set)
+                .num_args(1)
+                .value_parser(clap::value_parser!(bool))
+                .default_value("false")
+        } else {
+            a
+        }
+    });
+    let matches = cmd.try_get_matches_from(&args).map_err(|e| e.to_string())?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let settings = Settings::from_cli(Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    Ok((cli, settings))
+}
+
+fn parse_settings(origin: &str, env: &BTreeMap<String, String>) -> (Cli, Settings) {
+    try_parse_settings(env)
+        .unwrap_or_else(|e| panic!("{origin}: the binary refuses these settings: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Schemas
+// ---------------------------------------------------------------------------
+
+fn kubernetes_validate(version: Option<&str>, files: &[PathBuf]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "kubernetes_validate", "--strict"]);
+    if let Some(v) = version {
+        cmd.args(["--kubernetes-version", v]);
+    }
+    let out = cmd.args(files).output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run python3 for kubernetes-validate: {e} (.ci/run installs kubernetes-validate)"
+        )
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named kubernetes_validate"),
+        "kubernetes-validate is not installed: `pip install kubernetes-validate` \
+         (.ci/run installs it)"
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate ({}) failed:\n{stdout}{stderr}",
+        version.unwrap_or("newest")
+    );
+    stdout
+}
+
+#[test]
+fn manifests_and_kustomize_output_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = manifest_files();
+    for b in built() {
+        let path = dir
+            .path()
+            .join(format!("built-{}.yaml", b.target.replace('/', "-")));
+        std::fs::write(&path, &b.yaml).unwrap();
+        files.push(path);
+    }
+    let documents: usize = files
+        .iter()
+        .map(|f| parse_docs(&read(f), &rel(f)).len())
+        .sum();
+
+    // The oldest supported release, and the newest the package knows.
+    for version in [Some(OLDEST_KUBERNETES), None] {
+        let report = kubernetes_validate(version, &files);
+        let mut passed = 0;
+        let mut problems = Vec::new();
+        for line in report.lines() {
+            if line.starts_with("INFO ") && line.contains(" passed for resource ") {
+                passed += 1;
+            } else if line.starts_with("WARN ") {
+                // kubernetes-validate warns, and passes, on a kind it has no
+                // schema for. Only the ServiceMonitor may be one.
+                let expected = format!(
+                    "Couldn't find schema for kind {} with api version {}",
+                    SERVICE_MONITOR.1, SERVICE_MONITOR.0
+                );
+                if line.contains(&expected) {
+                    passed += 1;
+                } else {
+                    problems.push(line);
+                }
+            } else if !line.trim().is_empty() {
+                problems.push(line);
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        assert_eq!(
+            passed, documents,
+            "kubernetes-validate did not report on every object:\n{report}"
+        );
+    }
+}
+
+/// The fields of prometheus-operator's ServiceMonitor CRD these manifests
+/// use (monitoring.coreos.com/v1), closed to anything else so that a typo
+/// fails. Duration pattern as in the CRD.
+const SERVICE_MONITOR_SCHEMA: &str = r##"{
+  "type": "object",
+  "required": ["apiVersion", "kind", "metadata", "spec"],
+  "additionalProperties": false,
+  "properties": {
+    "apiVersion": {"const": "monitoring.coreos.com/v1"},
+    "kind": {"const": "ServiceMonitor"},
+    "metadata": {
+      "type": "object",
+      "required": ["name"],
+      "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
+      }
+    },
+    "spec": {
+      "type": "object",
+      "required": ["selector", "endpoints"],
+      "additionalProperties": false,
+      "properties": {
+        "jobLabel": {"type": "string"},
+        "namespaceSelector": {"type": "object"},
+        "selector": {
+          "type": "object",
+          "additionalProperties": false,
+          "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {"type": "array"}
+          }
+        },
+        "endpoints": {
+          "type": "array",
+          "minItems": 1,
+          "items": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+              "port": {"type": "string"},
+              "targetPort": {"type": ["string", "integer"]},
+              "path": {"type": "string", "pattern": "^/"},
+              "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+              "interval": {"$ref": "#/$defs/duration"},
+              "scrapeTimeout": {"$ref": "#/$defs/duration"},
+              "honorLabels": {"type": "boolean"},
+              "honorTimestamps": {"type": "boolean"},
+              "relabelings": {"type": "array"},
+              "metricRelabelings": {"type": "array"}
+            }
+          }
+        }
+      }
+    }
+  },
+  "$defs": {
+    "duration": {
+      "type": "string",
+      "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    }
+  }
+}"##;
+
+fn is_service_monitor(o: &Value) -> bool {
+    o["apiVersion"].as_str() == Some(SERVICE_MONITOR.0)
+        && o["kind"].as_str() == Some(SERVICE_MONITOR.1)
+}
+
+#[test]
+fn service_monitors_match_the_crd_fields() {
+    let schema: serde_json::Value = serde_json::from_str(SERVICE_MONITOR_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut checked = 0;
+    let raw = manifest_files()
+        .into_iter()
+        .flat_map(|f| parse_docs(&read(&f), &rel(&f)))
+        .map(|o| ("file".to_owned(), o));
+    let from_builds = built()
+        .iter()
+        .flat_map(|b| b.objects.iter().map(|o| (b.target.to_owned(), o.clone())));
+    for (origin, object) in raw.chain(from_builds) {
+        if object["kind"].as_str() != Some(SERVICE_MONITOR.1) {
+            continue;
+        }
+        let json: serde_json::Value = serde_json::to_value(&object).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{origin}: ServiceMonitor: {errors:?}");
+        checked += 1;
+    }
+    // servicemonitor.yaml, and the one in each build.
+    assert_eq!(checked, 1 + TARGETS.len(), "ServiceMonitors checked");
+
+    // The schema itself can fail.
+    let mut typo = serde_json::to_value(built()[0].one("ServiceMonitor")).unwrap();
+    typo["spec"]["endpoints"][0]["interval"] = "30 seconds".into();
+    assert!(!validator.is_valid(&typo));
+}
+
+// ---------------------------------------------------------------------------
+// Kustomizations
+// ---------------------------------------------------------------------------
+
+/// Files named in a generator entry: `path` or `key=path`.
+fn generator_files(generator: &Value) -> Vec<String> {
+    ["envs", "files"]
+        .iter()
+        .flat_map(|field| generator[*field].as_sequence().into_iter().flatten())
+        .chain(generator["env"].as_str().map(|_| &generator["env"]))
+        .map(|f| {
+            let f = f.as_str().expect("generator file is a string");
+            f.split_once('=').map_or(f, |(_, path)| path).to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn kustomizations_name_only_files_that_exist_and_every_file_is_used() {
+    let allowed: BTreeSet<&str> = [
+        "apiVersion",
+        "kind",
+        "resources",
+        "components",
+        "patches",
+        "configMapGenerator",
+        "secretGenerator",
+        "generatorOptions",
+        "images",
+        "labels",
+        "namespace",
+        "namePrefix",
+        "nameSuffix",
+        "replicas",
+    ]
+    .into();
+    let mut used: BTreeSet<PathBuf> = BTreeSet::new();
+    let kustomizations: Vec<PathBuf> = all_files()
+        .into_iter()
+        .filter(|p| is_kustomization(p))
+        .collect();
+    for (target, _) in TARGETS {
+        let k = root().join(target).join("kustomization.yaml");
+        assert!(kustomizations.contains(&k), "{} is missing", rel(&k));
+    }
+    for k in &kustomizations {
+        let name = rel(k);
+        let dir = k.parent().unwrap();
+        used.insert(k.canonicalize().unwrap());
+        let doc = parse_docs(&read(k), &name).pop().expect("not empty");
+        assert_eq!(
+            doc["apiVersion"].as_str(),
+            Some("kustomize.config.k8s.io/v1beta1"),
+            "{name}"
+        );
+        assert_eq!(doc["kind"].as_str(), Some("Kustomization"), "{name}");
+        for key in doc.as_mapping().unwrap().keys() {
+            let key = key.as_str().unwrap();
+            assert!(allowed.contains(key), "{name}: unexpected field {key}");
+        }
+
+        let mut named: Vec<(String, PathBuf)> = Vec::new();
+        for field in ["resources", "components"] {
+            for r in doc[field].as_sequence().into_iter().flatten() {
+                let r = r.as_str().expect("resource is a string");
+                named.push((field.to_owned(), dir.join(r)));
+            }
+        }
+        for p in doc["patches"].as_sequence().into_iter().flatten() {
+            if let Some(path) = p["path"].as_str() {
+                named.push(("patches".to_owned(), dir.join(path)));
+            }
+        }
+        for field in ["configMapGenerator", "secretGenerator"] {
+            for g in doc[field].as_sequence().into_iter().flatten() {
+                for f in generator_files(g) {
+                    named.push((field.to_owned(), dir.join(f)));
+                }
+            }
+        }
+        for (field, path) in named {
+            let shown = rel(&path);
+            assert!(
+                path.exists(),
+                "{name}: {field} names {shown}, which does not exist"
+            );
+            if path.is_dir() {
+                assert!(
+                    path.join("kustomization.yaml").is_file(),
+                    "{name}: {field} names the directory {shown}, which has no kustomization.yaml"
+                );
+            } else {
+                used.insert(path.canonicalize().unwrap());
+            }
+        }
+    }
+    for file in all_files() {
+        assert!(
+            used.contains(&file.canonicalize().unwrap()),
+            "{} is in no kustomization: it would never be applied",
+            rel(&file)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Agreement with the binary
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_env_var_is_a_flag_of_the_binary() {
+    let flags = flag_env_vars();
+    assert!(flags.len() > 20, "the flags were not found: {flags:?}");
+    // In the kustomization files themselves, so a failure names the file.
+    for k in all_files().into_iter().filter(|p| is_kustomization(p)) {
+        let doc = parse_docs(&read(&k), &rel(&k)).pop().unwrap();
+        for g in doc["configMapGenerator"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            for literal in g["literals"].as_sequence().into_iter().flatten() {
+                let literal = literal.as_str().unwrap();
+                let (name, _) = literal
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{}: literal {literal} has no =", rel(&k)));
+                assert!(
+                    flags.contains_key(name),
+                    "{}: {name} is not the env var of any flag of apizee-bridge",
+                    rel(&k)
+                );
+            }
+        }
+    }
+    // And in what each target deploys: ConfigMaps read by envFrom, and env.
+    for b in built() {
+        let env = b.env();
+        assert!(env.len() >= 5, "{}: env not found: {env:?}", b.target);
+        for name in env.keys() {
+            assert!(
+                flags.contains_key(name),
+                "{}: the container gets {name}, which is not the env var of any flag",
+                b.target
+            );
+        }
+        for cm in b.all("ConfigMap") {
+            for key in string_map(&cm["data"]).keys() {
+                assert!(flags.contains_key(key), "{}: ConfigMap key {key}", b.target);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
+    for b in built() {
+        let env = b.env();
+        let (cli, settings) = b.settings();
+        let sink = match settings.sink {
+            SinkSettings::Stdout => "stdout",
+            SinkSettings::Kafka(_) => "kafka",
+            SinkSettings::Nats(_) => "nats",
+        };
+        assert_eq!(sink, b.sink, "{}: the sink", b.target);
+        assert_eq!(settings.log_format, LogFormat::Json, "{}: logs", b.target);
+        assert!(
+            settings.http.auth.is_some(),
+            "{}: webhooks must need the shared secret",
+            b.target
+        );
+        assert!(
+            env.contains_key("APIZEE_BRIDGE_AUTH_TOKEN") && cli.auth_header.is_some(),
+            "{}: auth header and token",
+            b.target
+        );
+        // Secrets come from a Secret, never from the ConfigMap.
+        for cm in b.all("ConfigMap") {
+            for key in string_map(&cm["data"]).keys() {
+                assert!(
+                    !["TOKEN", "PASSWORD", "SEED", "KAFKA_OPTION"]
+                        .iter()
+                        .any(|s| key.contains(s)),
+                    "{}: {key} is a secret: give it from a Secret",
+                    b.target
+                );
+            }
+        }
+        match settings.sink {
+            SinkSettings::Kafka(k) => {
+                assert!(k.create_topics.is_some(), "{}: topics", b.target);
+            }
+            SinkSettings::Nats(n) => {
+                assert!(n.jetstream, "{}: JetStream", b.target);
+                assert!(n.stream.is_some(), "{}: stream", b.target);
+            }
+            SinkSettings::Stdout => {}
+        }
+    }
+}
+
+#[test]
+fn a_setting_the_binary_refuses_fails_the_check() {
+    let mut env: BTreeMap<String, String> = [
+        ("APIZEE_BRIDGE_SINK", "nats"),
+        ("APIZEE_BRIDGE_NATS_JETSTREAM", "true"),
+        ("APIZEE_BRIDGE_NATS_STREAM", "APIZEE"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let (_, settings) = parse_settings("test", &env);
+    assert!(matches!(settings.sink, SinkSettings::Nats(n) if n.jetstream));
+    for (name, bad) in [
+        ("APIZEE_BRIDGE_NATS_JETSTREAM", "yes"),
+        ("APIZEE_BRIDGE_NATS_JETSTREAM", "false"), // a stream needs JetStream
+        ("APIZEE_BRIDGE_SHUTDOWN_TIMEOUT", "20"),
+        ("APIZEE_BRIDGE_SINK", "redis"),
+        ("APIZEE_BRIDGE_NO_SUCH_FLAG", "1"),
+    ] {
+        let mut env = env.clone();
+        env.insert(name.to_owned(), bad.to_owned());
+        assert!(
+            try_parse_settings(&env).is_err(),
+            "{name}={bad} was accepted"
+        );
+    }
+    env.insert("APIZEE_BRIDGE_SHUTDOWN_TIMEOUT".into(), "7s".into());
+    let (cli, _) = parse_settings("test", &env);
+    assert_eq!(cli.shutdown_timeout, Duration::from_secs(7));
+}
+
+fn probe<'a>(b: &'a Built, kind: &str) -> &'a Value {
+    let p = &b.container()[kind];
+    assert!(p.is_mapping(), "{}: no {kind}", b.target);
+    &p["httpGet"]
+}
+
+#[test]
+fn ports_probes_and_scrape_target_match_the_binary() {
+    for b in built() {
+        let t = b.target;
+        let (cli, _) = b.settings();
+        for (flag, addr) in [
+            ("--listen", cli.listen),
+            ("--metrics-listen", cli.metrics_listen),
+        ] {
+            assert!(
+                addr.ip().is_unspecified(),
+                "{t}: {flag} {addr} must listen on every address, for probes and the Service"
+            );
+        }
+        let (http, metrics) = (cli.listen.port(), cli.metrics_listen.port());
+
+        let ready = probe(b, "readinessProbe");
+        assert_eq!(ready["path"].as_str(), Some("/readyz"), "{t}: readiness");
+        assert_eq!(
+            b.container_port(&ready["port"]),
+            http,
+            "{t}: readiness port"
+        );
+        let live = probe(b, "livenessProbe");
+        assert_eq!(live["path"].as_str(), Some("/healthz"), "{t}: liveness");
+        assert_eq!(b.container_port(&live["port"]), http, "{t}: liveness port");
+        assert_eq!(b.container_port(&"http".into()), http, "{t}: port http");
+        assert_eq!(
+            b.container_port(&"metrics".into()),
+            metrics,
+            "{t}: port metrics"
+        );
+
+        let service = b.one("Service");
+        assert_eq!(service["spec"]["type"].as_str(), Some("ClusterIP"), "{t}");
+        let ports = service["spec"]["ports"].as_sequence().unwrap();
+        let to = |container: u16| {
+            ports
+                .iter()
+                .find(|p| b.service_target(p) == container)
+                .unwrap_or_else(|| panic!("{t}: no Service port to {container}"))
+        };
+        assert_eq!(to(http)["port"].as_u64(), Some(80), "{t}: Service port 80");
+        let metrics_port_name = to(metrics)["name"].as_str().expect("named");
+
+        let monitor = b
+            .objects
+            .iter()
+            .find(|o| is_service_monitor(o))
+            .unwrap_or_else(|| panic!("{t}: no ServiceMonitor"));
+        let endpoints = monitor["spec"]["endpoints"].as_sequence().unwrap();
+        assert_eq!(endpoints.len(), 1, "{t}");
+        assert_eq!(
+            endpoints[0]["port"].as_str(),
+            Some(metrics_port_name),
+            "{t}"
+        );
+        assert_eq!(endpoints[0]["path"].as_str(), Some("/metrics"), "{t}");
+    }
+}
+
+/// The host:port list of the configured brokers' ports.
+fn broker_ports(settings: &Settings) -> BTreeSet<u16> {
+    let port_of = |addr: &str, default: u16| {
+        let host_port = addr.rsplit('@').next().unwrap().trim_end_matches('/');
+        let host_port = host_port.split("://").last().unwrap();
+        match host_port.rsplit_once(':') {
+            Some((_, p)) => p.parse().unwrap_or_else(|_| panic!("port of {addr}")),
+            None => default,
+        }
+    };
+    match &settings.sink {
+        SinkSettings::Stdout => BTreeSet::new(),
+        SinkSettings::Kafka(k) => k
+            .brokers
+            .split(',')
+            .map(|a| port_of(a.trim(), 9092))
+            .collect(),
+        SinkSettings::Nats(n) => n.urls.iter().map(|u| port_of(u, 4222)).collect(),
+    }
+}
+
+#[test]
+fn network_policy_lets_webhooks_metrics_dns_and_the_broker_through() {
+    for b in built() {
+        let t = b.target;
+        let (cli, settings) = b.settings();
+        let policy = b.one("NetworkPolicy");
+        let spec = &policy["spec"];
+        let types: Vec<&str> = spec["policyTypes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(types, ["Ingress", "Egress"], "{t}");
+
+        let rule_ports = |rule: &Value| -> BTreeSet<u16> {
+            rule["ports"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{t}: a rule without ports opens every port"))
+                .iter()
+                .map(|p| b.container_port(&p["port"]))
+                .collect()
+        };
+        let ingress = spec["ingress"].as_sequence().unwrap();
+        let webhooks = ingress
+            .iter()
+            .find(|r| rule_ports(r).contains(&cli.listen.port()))
+            .unwrap_or_else(|| panic!("{t}: webhooks are not let in"));
+        assert!(
+            !rule_ports(webhooks).contains(&cli.metrics_listen.port()),
+            "{t}: metrics are open to whoever may send webhooks"
+        );
+        let scrape = ingress
+            .iter()
+            .find(|r| rule_ports(r).contains(&cli.metrics_listen.port()))
+            .unwrap_or_else(|| panic!("{t}: metrics are not let in"));
+        let from = scrape["from"].as_sequence().expect("metrics: from");
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+            Some("monitoring"),
+            "{t}: metrics only from the monitoring namespace"
+        );
+
+        let egress: BTreeSet<u16> = spec["egress"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r["ports"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["port"].as_u64().unwrap() as u16)
+            })
+            .collect();
+        assert!(egress.contains(&53), "{t}: DNS");
+        for port in broker_ports(&settings) {
+            assert!(
+                egress.contains(&port),
+                "{t}: the broker port {port} is blocked"
+            );
+        }
+    }
+}
+
+/// The sink flush at exit, after the drain: `SINK_FLUSH_TIMEOUT` in src/lib.rs.
+fn sink_flush_timeout() -> Duration {
+    let lib = read(&PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/lib.rs"
+    )));
+    let prefix = "const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(";
+    let line = lib
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("src/lib.rs: no `{prefix}`: update this test"));
+    Duration::from_secs(line.trim_end_matches(");").parse().unwrap())
+}
+
+#[test]
+fn shutdown_fits_in_the_grace_period() {
+    let flush = sink_flush_timeout();
+    for b in built() {
+        let t = b.target;
+        let (cli, _) = b.settings();
+        let pre_stop = &b.container()["lifecycle"]["preStop"];
+        assert!(
+            pre_stop["exec"].is_null(),
+            "{t}: the image has no shell: use the sleep action"
+        );
+        let sleep = Duration::from_secs(
+            pre_stop["sleep"]["seconds"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{t}: preStop sleep")),
+        );
+        assert!(
+            sleep >= Duration::from_secs(3),
+            "{t}: preStop drains the LB"
+        );
+        let grace = Duration::from_secs(
+            b.pod()["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{t}: terminationGracePeriodSeconds")),
+        );
+        let needed = sleep + cli.shutdown_timeout + flush;
+        assert!(
+            grace > needed,
+            "{t}: terminationGracePeriodSeconds {grace:?} <= preStop {sleep:?} + \
+             --shutdown-timeout {:?} + sink flush {flush:?}",
+            cli.shutdown_timeout
+        );
+    }
+}
+
+#[test]
+fn pods_run_hardened() {
+    for b in built() {
+        let t = b.target;
+        let pod = b.pod();
+        let c = b.container();
+        // The container's securityContext wins over the pod's.
+        let sc = |field: &str| {
+            let own = &c["securityContext"][field];
+            if own.is_null() {
+                &pod["securityContext"][field]
+            } else {
+                own
+            }
+        };
+        assert_eq!(
+            sc("runAsNonRoot").as_bool(),
+            Some(true),
+            "{t}: runAsNonRoot"
+        );
+        assert!(
+            sc("runAsUser").as_u64().is_some_and(|u| u != 0),
+            "{t}: runAsUser"
+        );
+        assert_eq!(
+            sc("seccompProfile")["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{t}: seccomp"
+        );
+        let csc = &c["securityContext"];
+        assert_eq!(
+            csc["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{t}: readOnlyRootFilesystem"
+        );
+        assert_eq!(
+            csc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{t}: allowPrivilegeEscalation"
+        );
+        let drop: Vec<&str> = csc["capabilities"]["drop"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(drop, ["ALL"], "{t}: capabilities");
+        assert!(csc["capabilities"]["add"].is_null(), "{t}: no capability");
+        assert_eq!(
+            pod["automountServiceAccountToken"].as_bool(),
+            Some(false),
+            "{t}: no API token"
+        );
+        assert_eq!(
+            pod["enableServiceLinks"].as_bool(),
+            Some(false),
+            "{t}: service links would add APIZEE_BRIDGE_* variables"
+        );
+        for kind in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    c["resources"][kind][resource].is_string(),
+                    "{t}: resources.{kind}.{resource}"
+                );
+            }
+        }
+        assert!(
+            pod["volumes"].is_null(),
+            "{t}: the bridge writes nothing, needs no volume"
+        );
+    }
+}
+
+#[test]
+fn selectors_find_the_pods_and_scaling_leaves_room_for_disruptions() {
+    for b in built() {
+        let t = b.target;
+        let deployment = b.deployment();
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let labels = string_map(&deployment["spec"]["template"]["metadata"]["labels"]);
+        let matches = |what: &str, selector: &BTreeMap<String, String>| {
+            assert!(!selector.is_empty(), "{t}: {what} selects everything");
+            for (k, v) in selector {
+                assert_eq!(
+                    labels.get(k),
+                    Some(v),
+                    "{t}: {what} does not select the pods"
+                );
+            }
+        };
+        matches(
+            "the Deployment",
+            &string_map(&deployment["spec"]["selector"]["matchLabels"]),
+        );
+        let service = b.one("Service");
+        matches("the Service", &string_map(&service["spec"]["selector"]));
+        let pdb = b.one("PodDisruptionBudget");
+        matches(
+            "the PDB",
+            &string_map(&pdb["spec"]["selector"]["matchLabels"]),
+        );
+        let policy = b.one("NetworkPolicy");
+        matches(
+            "the NetworkPolicy",
+            &string_map(&policy["spec"]["podSelector"]["matchLabels"]),
+        );
+        for c in b.pod()["topologySpreadConstraints"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{t}: topologySpreadConstraints"))
+        {
+            matches(
+                "a spread constraint",
+                &string_map(&c["labelSelector"]["matchLabels"]),
+            );
+        }
+        assert!(
+            b.pod()["topologySpreadConstraints"][0]["topologyKey"].as_str()
+                == Some("kubernetes.io/hostname"),
+            "{t}: spread across nodes first"
+        );
+        // The ServiceMonitor selects the Service.
+        let monitor = b.objects.iter().find(|o| is_service_monitor(o)).unwrap();
+        let service_labels = string_map(&service["metadata"]["labels"]);
+        for (k, v) in string_map(&monitor["spec"]["selector"]["matchLabels"]) {
+            assert_eq!(service_labels.get(&k), Some(&v), "{t}: ServiceMonitor");
+        }
+
+        let hpa = b.one("HorizontalPodAutoscaler");
+        let target = &hpa["spec"]["scaleTargetRef"];
+        assert_eq!(target["kind"].as_str(), Some("Deployment"), "{t}");
+        assert_eq!(target["name"].as_str(), Some(name), "{t}: HPA target");
+        let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
+        let max = hpa["spec"]["maxReplicas"].as_u64().unwrap();
+        let min_available = pdb["spec"]["minAvailable"].as_u64().unwrap();
+        assert!(
+            min > min_available,
+            "{t}: with minReplicas {min} and minAvailable {min_available} no pod can be evicted"
+        );
+        assert!(max >= min, "{t}: HPA bounds");
+        assert_eq!(
+            deployment["spec"]["replicas"].as_u64(),
+            Some(min),
+            "{t}: replicas as the HPA's minimum"
+        );
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["name"].as_str(),
+            Some("cpu"),
+            "{t}: scales on CPU"
+        );
+    }
+}
+
+#[test]
+fn no_real_secret_is_committed() {
+    for b in built() {
+        let secrets = b.all("Secret");
+        assert!(!secrets.is_empty(), "{}: no Secret", b.target);
+        for secret in secrets {
+            for (key, value) in secret_data(secret) {
+                assert!(
+                    value.contains("change-me"),
+                    "{}: Secret key {key} holds something other than the placeholder: \
+                     keep real secrets out of the repository",
+                    b.target
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn base64_decoding_is_right() {
+    assert_eq!(base64_decode("Y2hhbmdlLW1l").unwrap(), b"change-me");
+    assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+    assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+    assert!(base64_decode("a b").is_none());
+}
