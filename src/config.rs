@@ -46,7 +46,13 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
 
-    /// Retry-After sent with 503 answers (rounded up to whole seconds).
+    /// Most webhooks handled at once; past it the answer is 429 with
+    /// Retry-After, at once, so memory stays bounded (at most this many
+    /// bodies of --max-body-bytes) instead of a queue growing under load.
+    #[arg(long, env = "APIZEE_BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Retry-After sent with 503 and 429 answers (rounded up to whole seconds).
     #[arg(long, env = "APIZEE_BRIDGE_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
     pub retry_after: Duration,
 
@@ -284,6 +290,7 @@ pub struct HttpSettings {
     pub publish_timeout: Duration,
     /// Whole seconds, at least 1.
     pub retry_after_secs: u64,
+    pub max_in_flight: usize,
     pub rules: Rules,
     pub template: TopicTemplate,
     pub auth: Option<Auth>,
@@ -350,6 +357,9 @@ impl Settings {
         }
         if cli.max_body_bytes == 0 {
             return Err(ConfigError::new("--max-body-bytes", "must be at least 1"));
+        }
+        if cli.max_in_flight == 0 {
+            return Err(ConfigError::new("--max-in-flight", "must be at least 1"));
         }
         if cli.publish_timeout.is_zero() {
             return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
@@ -439,6 +449,7 @@ impl Settings {
                 max_body_bytes: cli.max_body_bytes,
                 publish_timeout: cli.publish_timeout,
                 retry_after_secs: cli.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                max_in_flight: cli.max_in_flight,
                 rules: Rules {
                     strict: cli.strict,
                     object_id_in_topic: template.uses_object_id(),

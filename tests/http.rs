@@ -518,3 +518,45 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
         "listener still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn past_max_in_flight_the_answer_is_429_at_once() {
+    let (bridge, sink) = bridge_with(&["--max-in-flight", "1", "--retry-after", "3s"]).await;
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
+    let addr = bridge.addr;
+    let first = tokio::spawn(async move {
+        request(
+            addr,
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/json")],
+            Bytes::from(SPEC_TICKET),
+        )
+        .await
+    });
+    let metrics_addr = bridge.metrics_addr;
+    wait_until("the first request to be in flight", async || {
+        matches!(get(metrics_addr, "/metrics").await,
+            Ok(r) if r.text().contains("apizee_bridge_requests_in_flight 1"))
+    })
+    .await;
+    let second = bridge.post(SPEC_CONVERSATION).await;
+    assert_error(&second, 429, "too_many_requests");
+    assert_eq!(second.header("retry-after"), Some("3"));
+
+    let first = first
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(sink.messages().len(), 1, "only the first was published");
+    // The permit is back: the next webhook goes through.
+    sink.set_behaviour(Behaviour::Accept);
+    assert_eq!(bridge.post(SPEC_CONVERSATION).await.status, 200);
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_rejections_total{reason="too_many_requests"} 1"#)
+    );
+}

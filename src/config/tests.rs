@@ -315,6 +315,13 @@ fn path_must_start_with_a_slash() {
 }
 
 #[test]
+fn max_in_flight_must_be_positive() {
+    assert_eq!(error(&["--max-in-flight", "0"]).flag, "--max-in-flight");
+    assert_eq!(settings(&[]).http.max_in_flight, 1024);
+    assert_eq!(settings(&["--max-in-flight", "7"]).http.max_in_flight, 7);
+}
+
+#[test]
 fn max_body_bytes_must_be_positive() {
     assert_eq!(
         error(&["--max-body-bytes", "0"]),
@@ -835,7 +842,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 32);
+    assert_eq!(checked, 33);
 }
 
 #[test]

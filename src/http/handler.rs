@@ -17,6 +17,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::rejection::{Rejection, json_response};
 use crate::config::HttpSettings;
@@ -31,14 +32,17 @@ pub struct App {
     sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// One permit per webhook being handled: bounds memory and broker queues.
+    in_flight: Arc<Semaphore>,
 }
 
 impl App {
     pub fn new(settings: HttpSettings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
         metrics.prepare(sink.name(), &Rejection::CLIENT_ERROR_CODES);
         Self {
-            settings,
             sink,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            settings,
             metrics,
             draining: AtomicBool::new(false),
         }
@@ -154,6 +158,13 @@ async fn webhook(
     {
         return Err(Rejection::Unauthorized);
     }
+    // Taken before the body is read, so at most max_in_flight bodies are in
+    // memory; refusing at once beats queueing work the sender will time out on.
+    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
+        return Err(Rejection::TooManyRequests {
+            limit: settings.max_in_flight,
+        });
+    };
     check_content_type(request.headers())?;
     check_declared_length(request.headers(), settings.max_body_bytes)?;
     let received_at = SystemTime::now();

@@ -20,6 +20,7 @@ pub enum Rejection {
     UnreadableBody(String),
     MalformedJson(String),
     InvalidEnvelope(Vec<Problem>),
+    TooManyRequests { limit: usize },
     BrokerUnavailable(PublishError),
 }
 
@@ -32,7 +33,7 @@ struct ErrorBody<'a> {
 
 impl Rejection {
     /// Codes of every 4xx, so their counters exist (at 0) from the start.
-    pub const CLIENT_ERROR_CODES: [&str; 8] = [
+    pub const CLIENT_ERROR_CODES: [&str; 9] = [
         "not_found",
         "method_not_allowed",
         "unauthorized",
@@ -41,6 +42,7 @@ impl Rejection {
         "unreadable_body",
         "malformed_json",
         "invalid_envelope",
+        "too_many_requests",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -52,6 +54,7 @@ impl Rejection {
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnreadableBody(_) | Rejection::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Rejection::InvalidEnvelope(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Rejection::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -68,6 +71,7 @@ impl Rejection {
             Rejection::UnreadableBody(_) => "unreadable_body",
             Rejection::MalformedJson(_) => "malformed_json",
             Rejection::InvalidEnvelope(_) => "invalid_envelope",
+            Rejection::TooManyRequests { .. } => "too_many_requests",
             Rejection::BrokerUnavailable(_) => "broker_unavailable",
         }
     }
@@ -97,6 +101,9 @@ impl Rejection {
                 "The JSON is not a valid Apizee webhook envelope ({} problem{}, see details).",
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" }
+            ),
+            Rejection::TooManyRequests { limit } => format!(
+                "{limit} webhooks are already being handled; retry after the delay in Retry-After."
             ),
             Rejection::BrokerUnavailable(_) => {
                 "The message broker did not accept the event; retry later.".into()
@@ -137,7 +144,7 @@ impl Rejection {
             Rejection::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            Rejection::BrokerUnavailable(_) => {
+            Rejection::BrokerUnavailable(_) | Rejection::TooManyRequests { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}
@@ -170,6 +177,7 @@ mod tests {
             Rejection::UnreadableBody("reset".into()),
             Rejection::MalformedJson("eof".into()),
             Rejection::InvalidEnvelope(vec![]),
+            Rejection::TooManyRequests { limit: 1 },
             Rejection::BrokerUnavailable(PublishError::NotConnected),
         ]
     }
