@@ -52,6 +52,21 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Directory of the durable spool. When the broker is down or does not
+    /// acknowledge in time, the webhook is synced here and answered 202,
+    /// then delivered, oldest first, once the broker is back. Survives
+    /// kill -9 and reboots. Without it, such webhooks get 503.
+    #[arg(long, env = "APIZEE_BRIDGE_SPOOL_DIR", value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Largest size of the spool on disk; when full, webhooks get 503.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_SPOOL_MAX_BYTES",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub spool_max_bytes: u64,
+
     /// Retry-After sent with 503 and 429 answers (rounded up to whole seconds).
     #[arg(long, env = "APIZEE_BRIDGE_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -274,6 +289,8 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where and how big the durable spool is, if any.
+    pub spool: Option<(PathBuf, u64)>,
     pub metrics_listen: SocketAddr,
     pub http: HttpSettings,
     pub shutdown_timeout: Duration,
@@ -441,7 +458,11 @@ impl Settings {
         {
             return Err(ConfigError::new("--nats-url", "names no server"));
         }
+        if cli.spool_dir.is_some() && cli.spool_max_bytes == 0 {
+            return Err(ConfigError::new("--spool-max-bytes", "must be at least 1"));
+        }
         Ok(Settings {
+            spool: cli.spool_dir.map(|dir| (dir, cli.spool_max_bytes)),
             listen: cli.listen,
             metrics_listen: cli.metrics_listen,
             http: HttpSettings {

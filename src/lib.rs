@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod http;
 pub mod logging;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod route;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +55,8 @@ pub enum RunError {
     Nats(#[from] sink::nats::NatsSetupError),
     #[error(transparent)]
     Kafka(#[from] sink::kafka::KafkaSetupError),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -74,7 +78,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         sink = sink.name(),
         "apizee-bridge started"
     );
-    let app = Arc::new(App::new(settings.http, sink, metrics));
+    let spool = match &settings.spool {
+        Some((dir, max_bytes)) => {
+            metrics.register_spool()?;
+            let spool = spool::Spool::open(dir, *max_bytes)?;
+            if !spool.is_empty() {
+                tracing::info!(
+                    events = spool.len(),
+                    "spooled webhooks from a previous run will be delivered"
+                );
+            }
+            Some(Arc::new(spool))
+        }
+        None => None,
+    };
+    let app = Arc::new(App::with_spool(settings.http, sink, spool, metrics));
     serve(
         app,
         listener,
@@ -125,10 +143,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let replay = tokio::spawn(app.delivery().clone().replay());
     let metrics_task = tokio::spawn(http::server::serve_metrics(
         metrics_listener,
         app.metrics().clone(),
-        app.sink().clone(),
+        app.delivery().clone(),
         async move {
             let _ = metrics_stopped.await;
         },
@@ -136,7 +155,9 @@ pub async fn serve(
 
     http::server::serve_webhooks(listener, app.clone(), shutdown_timeout, shutdown).await;
 
-    match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.sink().flush()).await {
+    // Events still spooled stay on disk for the next start.
+    replay.abort();
+    match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.delivery().sink().flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),
         Err(_) => tracing::warn!("flushing the sink at shutdown timed out"),

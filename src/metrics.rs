@@ -38,6 +38,17 @@ pub struct Metrics {
     /// Registered only when the Kafka sink starts, so other sinks do not
     /// export Kafka series stuck at 0.
     kafka: OnceLock<KafkaMetrics>,
+    /// Registered only with `--spool-dir`.
+    spool: OnceLock<SpoolMetrics>,
+}
+
+struct SpoolMetrics {
+    events: IntGauge,
+    bytes: IntGauge,
+    oldest_age: prometheus::Gauge,
+    spooled: prometheus::IntCounter,
+    replayed: prometheus::IntCounter,
+    replay_failures: prometheus::IntCounter,
 }
 
 struct KafkaMetrics {
@@ -155,6 +166,7 @@ impl Metrics {
             broker_connected,
             unknown_enum_values,
             kafka: OnceLock::new(),
+            spool: OnceLock::new(),
         })
     }
 
@@ -281,6 +293,76 @@ impl Metrics {
         if let Some(kafka) = self.kafka() {
             kafka.queue_messages.set(queued);
             kafka.in_flight_messages.set(in_flight);
+        }
+    }
+
+    /// Registers the spool's metrics; later calls do nothing.
+    pub fn register_spool(&self) -> Result<(), prometheus::Error> {
+        if self.spool.get().is_some() {
+            return Ok(());
+        }
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
+        let metrics = SpoolMetrics {
+            events: IntGauge::with_opts(opts(
+                "spool_events",
+                "Webhooks waiting in the local spool for the broker.",
+            ))?,
+            bytes: IntGauge::with_opts(opts(
+                "spool_bytes",
+                "Bytes of webhooks in the local spool (bounded by --spool-max-bytes).",
+            ))?,
+            oldest_age: prometheus::Gauge::with_opts(opts(
+                "spool_oldest_age_seconds",
+                "How long the oldest spooled webhook has waited; 0 when the spool is empty.",
+            ))?,
+            spooled: prometheus::IntCounter::with_opts(opts(
+                "spooled_total",
+                "Webhooks answered 202 because they were written to the spool.",
+            ))?,
+            replayed: prometheus::IntCounter::with_opts(opts(
+                "spool_replayed_total",
+                "Spooled webhooks delivered to the broker and removed from the spool.",
+            ))?,
+            replay_failures: prometheus::IntCounter::with_opts(opts(
+                "spool_replay_failures_total",
+                "Failed attempts to deliver a spooled webhook (it stays and is retried).",
+            ))?,
+        };
+        self.registry.register(Box::new(metrics.events.clone()))?;
+        self.registry.register(Box::new(metrics.bytes.clone()))?;
+        self.registry
+            .register(Box::new(metrics.oldest_age.clone()))?;
+        self.registry.register(Box::new(metrics.spooled.clone()))?;
+        self.registry.register(Box::new(metrics.replayed.clone()))?;
+        self.registry
+            .register(Box::new(metrics.replay_failures.clone()))?;
+        let _ = self.spool.set(metrics);
+        Ok(())
+    }
+
+    pub fn spooled(&self) {
+        if let Some(spool) = self.spool.get() {
+            spool.spooled.inc();
+        }
+    }
+
+    pub fn spool_replayed(&self) {
+        if let Some(spool) = self.spool.get() {
+            spool.replayed.inc();
+        }
+    }
+
+    pub fn spool_replay_failed(&self) {
+        if let Some(spool) = self.spool.get() {
+            spool.replay_failures.inc();
+        }
+    }
+
+    pub fn set_spool(&self, events: u64, bytes: u64, oldest_age: Duration) {
+        if let Some(spool) = self.spool.get() {
+            spool.events.set(i64::try_from(events).unwrap_or(i64::MAX));
+            spool.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            spool.oldest_age.set(oldest_age.as_secs_f64());
         }
     }
 

@@ -28,6 +28,23 @@ pub mod header {
     pub const TIME: &str = "apizee-time";
     pub const RECEIVED_AT: &str = "apizee-received-at";
     pub const EVENT_ID: &str = "apizee-event-id";
+
+    /// Every header the bridge sets, in the order it sets them.
+    pub const ALL: [&str; 7] = [
+        CONTENT_TYPE,
+        EVENT,
+        OBJECT,
+        OBJECT_ID,
+        TIME,
+        RECEIVED_AT,
+        EVENT_ID,
+    ];
+
+    /// The `'static` name for a header the bridge sets, as read back from
+    /// storage.
+    pub fn canonical(name: &str) -> Option<&'static str> {
+        ALL.into_iter().find(|known| *known == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -842,7 +842,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 33);
+    assert_eq!(checked, 35);
 }
 
 #[test]

@@ -21,15 +21,17 @@ use tokio::sync::Semaphore;
 
 use super::rejection::{Rejection, json_response};
 use crate::config::HttpSettings;
+use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
 use crate::metrics::Metrics;
 use crate::route;
-use crate::sink::{PublishError, Sink};
+use crate::sink::Sink;
+use crate::spool::Spool;
 
 /// Shared state of the webhook listener.
 pub struct App {
     settings: HttpSettings,
-    sink: Arc<dyn Sink>,
+    delivery: Arc<Delivery>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
     /// One permit per webhook being handled: bounds memory and broker queues.
@@ -37,10 +39,22 @@ pub struct App {
 }
 
 impl App {
+    /// Webhooks go to `sink` only; failures are 503.
     pub fn new(settings: HttpSettings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
+        Self::with_spool(settings, sink, None, metrics)
+    }
+
+    /// Webhooks the broker cannot take in time go to `spool`, if given.
+    pub fn with_spool(
+        settings: HttpSettings,
+        sink: Arc<dyn Sink>,
+        spool: Option<Arc<Spool>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.prepare(sink.name(), &Rejection::CLIENT_ERROR_CODES);
+        let delivery = Delivery::new(sink, spool, settings.publish_timeout, metrics.clone());
         Self {
-            sink,
+            delivery: Arc::new(delivery),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
             metrics,
@@ -48,8 +62,8 @@ impl App {
         }
     }
 
-    pub fn sink(&self) -> &Arc<dyn Sink> {
-        &self.sink
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -62,7 +76,7 @@ impl App {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && self.sink.is_ready()
+        !self.draining.load(Ordering::SeqCst) && self.delivery.is_ready()
     }
 
     fn is_webhook_path(&self, path: &str) -> bool {
@@ -75,6 +89,9 @@ impl App {
 struct Accepted<'a> {
     topic: &'a str,
     id: &'a str,
+    /// Present (true) only on a 202: the event waits in the spool.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spooled: bool,
 }
 
 #[derive(Serialize)]
@@ -183,25 +200,22 @@ async fn webhook(
         })?;
     app.metrics.webhook_received(&envelope);
 
-    let sink = app.sink.name();
-    let publish_started = Instant::now();
-    let outcome = tokio::time::timeout(settings.publish_timeout, app.sink.publish(&message))
+    let delivered = app
+        .delivery
+        .deliver(&message)
         .await
-        .unwrap_or(Err(PublishError::Timeout(settings.publish_timeout)));
-    let outcome_label = match &outcome {
-        Ok(()) => "ok",
-        Err(e) => e.kind(),
+        .map_err(Rejection::BrokerUnavailable)?;
+    let status = match delivered {
+        Delivered::Acknowledged => StatusCode::OK,
+        Delivered::Spooled => StatusCode::ACCEPTED,
     };
-    app.metrics
-        .published(sink, outcome_label, publish_started.elapsed());
-    outcome.map_err(Rejection::BrokerUnavailable)?;
-
-    tracing::debug!(topic = %message.topic, id = %message.event_id, "published");
+    tracing::debug!(topic = %message.topic, id = %message.event_id, ?delivered, "delivered");
     Ok(json_response(
-        StatusCode::OK,
+        status,
         serde_json::to_vec(&Accepted {
             topic: &message.topic,
             id: &message.event_id,
+            spooled: delivered == Delivered::Spooled,
         })
         .unwrap_or_default(),
     ))

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 
 use super::handler::{self, App};
 use super::rejection::Rejection;
+use crate::delivery::Delivery;
 use crate::metrics::Metrics;
-use crate::sink::Sink;
 
 /// A client that has not sent its headers by then is dropped, so idle
 /// half-open connections cannot pile up.
@@ -88,7 +88,7 @@ pub async fn serve_webhooks(
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    sink: Arc<dyn Sink>,
+    delivery: Arc<Delivery>,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
@@ -110,9 +110,9 @@ pub async fn serve_metrics(
             },
         };
         let metrics = metrics.clone();
-        let sink = sink.clone();
+        let delivery = delivery.clone();
         let service = service_fn(move |request| {
-            let response = metrics_response(&metrics, sink.as_ref(), &request);
+            let response = metrics_response(&metrics, &delivery, &request);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -126,7 +126,7 @@ pub async fn serve_metrics(
 
 fn metrics_response(
     metrics: &Metrics,
-    sink: &dyn Sink,
+    delivery: &Delivery,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
@@ -135,9 +135,8 @@ fn metrics_response(
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Rejection::MethodNotAllowed { allow: "GET, HEAD" }.into_response(0);
     }
-    // Read at scrape time, so the gauge is never stale.
-    metrics.set_broker_connected(sink.name(), sink.is_ready());
-    sink.report(metrics);
+    // Read at scrape time, so the gauges are never stale.
+    delivery.report(metrics);
     let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(

@@ -2,7 +2,9 @@
 //! and a consumer that reads a topic back from the beginning with the bundled
 //! librdkafka (Debian's kcat links a librdkafka too old for tansu).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,6 +82,11 @@ impl Tansu {
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The broker's process id, for [`super::send_signal`] and [`super::Frozen`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Tansu {
@@ -88,6 +95,107 @@ impl Drop for Tansu {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A tansu broker storing in a SQLite file in its own temporary directory,
+/// which keeps topics and records across restarts: [`DurableTansu::kill`]
+/// (SIGKILL) and [`DurableTansu::restart`] on the same port and file. Topics
+/// must be created explicitly (auto-created ones are not kept). Its output
+/// goes to `tansu.log` in the same directory, read with
+/// [`DurableTansu::log`]. Killed when dropped.
+pub struct DurableTansu {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl DurableTansu {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut broker = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The directory holding the database (`tansu.db`, with its WAL) and
+    /// the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the broker printed, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap_or_else(|e| panic!("tansu.log: {e}"));
+        let log_err = log.try_clone().unwrap_or_else(|e| panic!("tansu.log: {e}"));
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        // tansu reads `sqlite://` paths relative to its working directory.
+        let child = Command::new(tansu_binary())
+            .current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
+        self.child = Some(child);
+        let bootstrap = self.bootstrap();
+        wait_until("tansu (sqlite) to answer metadata requests", async || {
+            let bootstrap = bootstrap.clone();
+            tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
+                .await
+                .unwrap_or(false)
+        })
+        .await;
+    }
+
+    /// Kills the broker with SIGKILL (no chance to flush anything) and waits
+    /// for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the broker if it runs, then starts it again on the same port
+    /// and database and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for DurableTansu {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -172,4 +280,61 @@ pub fn key(message: &OwnedMessage) -> &str {
         .key()
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or_default()
+}
+
+/// Reads every partition of `topic` from the beginning up to the high
+/// watermark it had when the call began, so nothing the broker holds is
+/// missed and nothing is guessed from a count. Panics if the messages below
+/// a watermark do not all arrive within [`READY_DEADLINE`]. Blocking.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer = consumer(bootstrap);
+    let partitions = partition_count(bootstrap, topic);
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    // Partition -> the offset one past the last message to read.
+    let mut pending = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+        if high > low {
+            pending.insert(partition, high);
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let mut messages = Vec::new();
+    if pending.is_empty() {
+        return messages;
+    }
+    consumer
+        .assign(&assignment)
+        .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+    let deadline = Instant::now() + READY_DEADLINE;
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: after {READY_DEADLINE:?}, {} messages read and partitions \
+             {pending:?} (partition -> high watermark) not read to the end",
+            messages.len()
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let (partition, offset) = (message.partition(), message.offset());
+                if pending.get(&partition).is_some_and(|high| offset < *high) {
+                    messages.push(message.detach());
+                }
+                if pending
+                    .get(&partition)
+                    .is_some_and(|high| offset + 1 >= *high)
+                {
+                    pending.remove(&partition);
+                }
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    messages
 }

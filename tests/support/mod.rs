@@ -221,6 +221,59 @@ impl NatsServer {
         self.kill();
         self.spawn().await;
     }
+
+    /// The running server's process id, for [`send_signal`] and [`Frozen`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Sends `signal` (a name such as `STOP`, `CONT` or `KILL`) to `pid` with
+/// kill(1), so no crate is needed for it.
+pub fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{signal} {pid}: {status}"))
+    }
+}
+
+/// A child process stopped with SIGSTOP: its sockets stay open and nothing
+/// is answered. Dropping the guard (or [`Frozen::thaw`]) sends SIGCONT, so a
+/// failing test never leaves a stopped process behind; the child's own guard
+/// kills with SIGKILL, which a stopped process does not ignore. Declare it
+/// after the child's guard so that it is dropped first.
+pub struct Frozen {
+    pid: Option<u32>,
+}
+
+impl Frozen {
+    pub fn freeze(pid: u32) -> Self {
+        send_signal(pid, "STOP").unwrap_or_else(|e| panic!("{e}"));
+        Self { pid: Some(pid) }
+    }
+
+    /// Resumes the process.
+    pub fn thaw(mut self) {
+        if let Some(pid) = self.pid.take() {
+            send_signal(pid, "CONT").unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = send_signal(pid, "CONT");
+        }
+    }
 }
 
 impl Drop for NatsServer {
@@ -263,6 +316,16 @@ impl Bridge {
     }
 
     async fn serve(settings: Settings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
+        Self::with_app(settings, sink, None, metrics).await
+    }
+
+    /// Starts the bridge with a sink the test holds and, optionally, a spool.
+    pub async fn with_app(
+        settings: Settings,
+        sink: Arc<dyn Sink>,
+        spool: Option<Arc<apizee_bridge::spool::Spool>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -273,7 +336,7 @@ impl Bridge {
         let metrics_addr = metrics_listener
             .local_addr()
             .unwrap_or_else(|e| panic!("{e}"));
-        let app = Arc::new(App::new(settings.http, sink, metrics));
+        let app = Arc::new(App::with_spool(settings.http, sink, spool, metrics));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(apizee_bridge::serve(
             app.clone(),

@@ -1,0 +1,188 @@
+//! Delivery: gets a message to the broker, or, with `--spool-dir`, to the
+//! durable spool when the broker is down or slow, and replays the spool
+//! when the broker is back.
+//!
+//! The HTTP handler asks [`Delivery::deliver`] and answers 200 for
+//! [`Delivered::Acknowledged`], 202 for [`Delivered::Spooled`], and 503 for
+//! an error. Only failures that say nothing about the message itself (not
+//! connected, no ack in time) go to the spool: a message the broker refused
+//! would be refused again on replay and block everything behind it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::route::Message;
+use crate::sink::{PublishError, Sink};
+use crate::spool::Spool;
+
+/// How many spooled events a replay round reads at once.
+const REPLAY_BATCH: usize = 64;
+/// Pause after a failed replay before trying the same event again.
+const REPLAY_BACKOFF: Duration = Duration::from_millis(500);
+/// How often an idle replayer looks at the sink and the spool even without
+/// being woken; a safety net, since appends also wake it.
+const REPLAY_IDLE_CHECK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// The broker acknowledged the message.
+    Acknowledged,
+    /// The message is synced to the local spool and will be delivered.
+    Spooled,
+}
+
+pub struct Delivery {
+    sink: Arc<dyn Sink>,
+    spool: Option<Arc<Spool>>,
+    publish_timeout: Duration,
+    metrics: Arc<Metrics>,
+    spooled: Notify,
+}
+
+impl Delivery {
+    pub fn new(
+        sink: Arc<dyn Sink>,
+        spool: Option<Arc<Spool>>,
+        publish_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            sink,
+            spool,
+            publish_timeout,
+            metrics,
+            spooled: Notify::new(),
+        }
+    }
+
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    /// Ready while the broker takes messages, or while the spool has room
+    /// to keep them.
+    pub fn is_ready(&self) -> bool {
+        self.sink.is_ready() || self.spool.as_ref().is_some_and(|s| s.has_room())
+    }
+
+    pub async fn deliver(&self, message: &Message) -> Result<Delivered, PublishError> {
+        let Some(spool) = &self.spool else {
+            return self
+                .publish(message)
+                .await
+                .map(|()| Delivered::Acknowledged);
+        };
+        // Older events still wait in the spool: this one queues behind them,
+        // so events of one object reach the broker in order.
+        if !spool.is_empty() {
+            return self.spool(spool, message, PublishError::NotConnected).await;
+        }
+        match self.publish(message).await {
+            Ok(()) => Ok(Delivered::Acknowledged),
+            Err(error @ (PublishError::NotConnected | PublishError::Timeout(_))) => {
+                self.spool(spool, message, error).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Publishes with the timeout, and records the outcome.
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.publish_timeout, self.sink.publish(message))
+            .await
+            .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+        let label = match &outcome {
+            Ok(()) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .published(self.sink.name(), label, started.elapsed());
+        outcome
+    }
+
+    /// Appends to the spool; if that fails too, the sender gets the
+    /// original broker error.
+    async fn spool(
+        &self,
+        spool: &Arc<Spool>,
+        message: &Message,
+        broker_error: PublishError,
+    ) -> Result<Delivered, PublishError> {
+        let spool = spool.clone();
+        let owned = message.clone();
+        let appended = tokio::task::spawn_blocking(move || spool.append(&owned))
+            .await
+            .map_err(|e| crate::spool::SpoolError::Storage(e.to_string()))
+            .and_then(|r| r);
+        match appended {
+            Ok(_) => {
+                self.metrics.spooled();
+                self.spooled.notify_one();
+                Ok(Delivered::Spooled)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, broker = %broker_error, "cannot spool the webhook");
+                Err(broker_error)
+            }
+        }
+    }
+
+    /// Replays the spool into the sink, oldest first, until the task is
+    /// dropped. Does nothing without a spool.
+    pub async fn replay(self: Arc<Self>) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        loop {
+            if spool.is_empty() || !self.sink.is_ready() {
+                let _ = tokio::time::timeout(REPLAY_IDLE_CHECK, self.spooled.notified()).await;
+                continue;
+            }
+            let reader = spool.clone();
+            let batch = match tokio::task::spawn_blocking(move || reader.oldest(REPLAY_BATCH)).await
+            {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the spool");
+                    tokio::time::sleep(REPLAY_BACKOFF).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spool reader failed");
+                    continue;
+                }
+            };
+            for spooled in batch {
+                if let Err(e) = self.publish(&spooled.message).await {
+                    self.metrics.spool_replay_failed();
+                    tracing::warn!(error = %e, topic = %spooled.message.topic, "replaying a spooled webhook failed; will retry");
+                    tokio::time::sleep(REPLAY_BACKOFF).await;
+                    break;
+                }
+                let remover = spool.clone();
+                let sequence = spooled.sequence;
+                match tokio::task::spawn_blocking(move || remover.remove(sequence)).await {
+                    Ok(Ok(())) => self.metrics.spool_replayed(),
+                    // Left in place, it is published again later: a
+                    // duplicate with the same event id, never a loss.
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot remove a replayed webhook"),
+                    Err(e) => tracing::error!(error = %e, "spool remover failed"),
+                }
+            }
+        }
+    }
+
+    /// Sets the spool's gauges; called at every scrape.
+    pub fn report(&self, metrics: &Metrics) {
+        metrics.set_broker_connected(self.sink.name(), self.sink.is_ready());
+        self.sink.report(metrics);
+        if let Some(spool) = &self.spool {
+            let age = spool.oldest_age().ok().flatten().unwrap_or_default();
+            metrics.set_spool(spool.len(), spool.bytes(), age);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The durable spool: 202 when the broker cannot take a webhook, delivery in
+//! order once it is back, a bounded size, and survival of `kill -9`.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use apizee_bridge::sink::PublishError;
+use apizee_bridge::sink::memory::{Behaviour, MemorySink};
+use async_nats::jetstream;
+use bytes::Bytes;
+use support::*;
+
+fn ticket(id: u32, time: u32) -> String {
+    format!(r#"{{"event":"update","time":{time},"object":"ticket","objectId":{id},"props":{{}}}}"#)
+}
+
+async fn spooling_bridge(dir: &std::path::Path, extra: &[&str]) -> (Bridge, Arc<MemorySink>) {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut args = vec!["--spool-dir", dir.as_str(), "--publish-timeout", "300ms"];
+    args.extend_from_slice(extra);
+    let settings = settings(&args);
+    let metrics =
+        Arc::new(apizee_bridge::metrics::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+    metrics
+        .register_spool()
+        .unwrap_or_else(|e| panic!("spool metrics: {e}"));
+    let (spool_dir, max_bytes) = settings.spool.clone().unwrap_or_else(|| panic!("no spool"));
+    let spool = apizee_bridge::spool::Spool::open(&spool_dir, max_bytes)
+        .unwrap_or_else(|e| panic!("open spool: {e}"));
+    let sink = Arc::new(MemorySink::new());
+    let bridge = Bridge::with_app(settings, sink.clone(), Some(Arc::new(spool)), metrics).await;
+    (bridge, sink)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_means_202_then_delivery_in_order_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (bridge, sink) = spooling_bridge(dir.path(), &[]).await;
+    sink.set_ready(false);
+    sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+
+    let bodies: Vec<String> = [(1, 1), (2, 1), (1, 2), (1, 3)]
+        .into_iter()
+        .map(|(id, time)| ticket(id, time))
+        .collect();
+    for body in &bodies {
+        let reply = bridge.post(body).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        assert_eq!(reply.json()["spooled"], true);
+        assert_eq!(reply.json()["topic"], "apizee.ticket.update");
+    }
+    // The spool accepts, so the bridge stays in the load balancer.
+    bridge.wait_ready().await;
+    let metrics = bridge.metrics().await;
+    assert_eq!(metric_value(&metrics, "apizee_bridge_spool_events"), 4.0);
+    assert!(metric_value(&metrics, "apizee_bridge_spool_bytes") > 0.0);
+    assert_eq!(metric_value(&metrics, "apizee_bridge_spooled_total"), 4.0);
+    assert!(metric_value(&metrics, "apizee_bridge_spool_oldest_age_seconds") >= 0.0);
+    for name in [
+        "apizee_bridge_spool_oldest_age_seconds",
+        "apizee_bridge_spool_replay_failures_total",
+    ] {
+        assert!(metrics.contains(&format!("# TYPE {name} ")), "{name}");
+    }
+    assert!(sink.messages().is_empty());
+
+    sink.set_behaviour(Behaviour::Accept);
+    sink.set_ready(true);
+    wait_until("the spool to drain into the broker", async || {
+        sink.messages().len() == bodies.len()
+    })
+    .await;
+    let delivered: Vec<Bytes> = sink.messages().into_iter().map(|m| m.payload).collect();
+    let sent: Vec<Bytes> = bodies.iter().map(|b| Bytes::from(b.clone())).collect();
+    assert_eq!(delivered, sent, "oldest first, exact bytes");
+
+    let metrics_addr = bridge.metrics_addr;
+    wait_until("the spool gauges to reach zero", async || {
+        matches!(get(metrics_addr, "/metrics").await,
+            Ok(r) if metric_value(&r.text(), "apizee_bridge_spool_events") == 0.0)
+    })
+    .await;
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "apizee_bridge_spool_replayed_total"),
+        4.0
+    );
+    // With the spool empty, webhooks go straight to the broker again.
+    let reply = bridge.post(&ticket(3, 1)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.json().get("spooled").is_none());
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_queue_behind_the_spool_to_keep_per_object_order() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (bridge, sink) = spooling_bridge(dir.path(), &[]).await;
+    sink.set_behaviour(Behaviour::Hang); // no ack in time: spooled
+    sink.set_ready(false); // and no replay yet
+    assert_eq!(bridge.post(&ticket(1, 1)).await.status, 202);
+    // The broker takes messages again, but the spool is not empty yet: the
+    // next event for the same object must not overtake the first.
+    sink.set_behaviour(Behaviour::Accept);
+    assert_eq!(bridge.post(&ticket(1, 2)).await.status, 202);
+    sink.set_ready(true);
+    wait_until("both events delivered", async || sink.messages().len() == 2).await;
+    let times: Vec<Bytes> = sink.messages().into_iter().map(|m| m.payload).collect();
+    assert_eq!(
+        times,
+        [Bytes::from(ticket(1, 1)), Bytes::from(ticket(1, 2))]
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_means_503_and_a_refusal_is_never_spooled() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (bridge, sink) = spooling_bridge(dir.path(), &["--spool-max-bytes", "1000"]).await;
+    sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        statuses.push(bridge.post(&ticket(n, n)).await.status);
+    }
+    assert_eq!(statuses[0], 202);
+    assert!(statuses.contains(&503), "{statuses:?}");
+    let first_503 = statuses.iter().position(|s| *s == 503).unwrap_or_default();
+    assert!(
+        statuses[first_503..].iter().all(|s| *s == 503),
+        "{statuses:?}"
+    );
+
+    // A refusal says something about the message: it is not spooled.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (bridge, sink) = spooling_bridge(dir.path(), &[]).await;
+    sink.set_behaviour(Behaviour::Fail(PublishError::Refused("too large".into())));
+    let reply = bridge.post(&ticket(1, 1)).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(
+        metric_value(&bridge.metrics().await, "apizee_bridge_spool_events"),
+        0.0
+    );
+}
+
+/// The binary as a child process, killed by its own id when dropped.
+struct BridgeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl BridgeProcess {
+    fn spawn(args: &[&str]) -> Self {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_apizee-bridge"))
+            .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics])
+            .args(args)
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the bridge: {e}"));
+        Self { child, addr }
+    }
+
+    async fn wait_ready(&self) {
+        let addr = self.addr;
+        wait_until(
+            "the bridge to be ready",
+            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
+        )
+        .await;
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
+    let mut nats = NatsServer::start(true).await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().to_string_lossy().into_owned();
+    let args = [
+        "--sink",
+        "nats",
+        "--nats-url",
+        url.as_str(),
+        "--nats-jetstream",
+        "--nats-stream",
+        "WEBHOOKS",
+        "--publish-timeout",
+        "500ms",
+        "--spool-dir",
+        spool.as_str(),
+    ];
+    let mut bridge = BridgeProcess::spawn(&args);
+    bridge.wait_ready().await;
+    // The stream exists now; stop the broker.
+    nats.kill();
+
+    let count = 50;
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let reply = request(
+            bridge.addr,
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/JSON")],
+            Bytes::from(ticket(n, n)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap_or_default().to_owned());
+    }
+    bridge.kill_9();
+
+    nats.restart().await;
+    let bridge = BridgeProcess::spawn(&args);
+    bridge.wait_ready().await;
+    let js = jetstream::new(nats.client().await);
+    wait_until(
+        "every spooled webhook to reach the stream",
+        async || match js.get_stream("WEBHOOKS").await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .is_ok_and(|info| info.state.messages >= u64::from(count)),
+            Err(_) => false,
+        },
+    )
+    .await;
+    let mut stream = js
+        .get_stream("WEBHOOKS")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stored = stream
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .state
+        .messages;
+    let mut found = Vec::new();
+    for sequence in 1..=stored {
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = message
+            .headers
+            .get("apizee-event-id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        found.push(id);
+    }
+    let lost = ids.iter().filter(|id| !found.contains(id)).count();
+    println!(
+        "spool kill -9: sent={count} accepted={} found={} duplicates={} lost={lost}",
+        ids.len(),
+        found.len(),
+        found.len().saturating_sub(ids.len())
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(found, ids, "delivered once each, in arrival order");
+    drop(bridge);
+}
