@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::auth::Auth;
 use crate::envelope::Rules;
-use crate::route::{DEFAULT_TEMPLATE, TopicTemplate};
+use crate::route::{DEFAULT_TEMPLATE, TopicTemplate, is_valid_topic};
 
 /// Receives Apizee (ApiRTC) webhooks and publishes each one to NATS, or to
 /// standard output for development, on a topic named by object and event
@@ -66,6 +66,17 @@ pub struct Cli {
         default_value_t = 1024 * 1024 * 1024
     )]
     pub spool_max_bytes: u64,
+
+    /// Publish every request refused with 422 (JSON, but not a valid
+    /// envelope) to this topic, body untouched, with the reason in the
+    /// apizee-rejection-reason and apizee-rejection-details headers. The
+    /// sender still gets the 422.
+    #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_TOPIC", value_name = "NAME")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Also dead-letter bodies that are not JSON at all (400).
+    #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_MALFORMED")]
+    pub dead_letter_malformed: bool,
 
     /// Retry-After sent with 503 and 429 answers (rounded up to whole seconds).
     #[arg(long, env = "APIZEE_BRIDGE_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
@@ -308,9 +319,18 @@ pub struct HttpSettings {
     /// Whole seconds, at least 1.
     pub retry_after_secs: u64,
     pub max_in_flight: usize,
+    /// Where refused-but-readable requests go, if anywhere.
+    pub dead_letter: Option<DeadLetter>,
     pub rules: Rules,
     pub template: TopicTemplate,
     pub auth: Option<Auth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    /// Also bodies that are not JSON (400), not only invalid envelopes (422).
+    pub malformed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -458,6 +478,27 @@ impl Settings {
         {
             return Err(ConfigError::new("--nats-url", "names no server"));
         }
+        let dead_letter = match (cli.dead_letter_topic, cli.dead_letter_malformed) {
+            (Some(topic), malformed) if is_valid_topic(&topic) => {
+                Some(DeadLetter { topic, malformed })
+            }
+            (Some(topic), _) => {
+                return Err(ConfigError::new(
+                    "--dead-letter-topic",
+                    format!(
+                        "{topic:?} is not a valid topic: use ASCII letters, digits, '-', '_' \
+                         and '.' between non-empty parts"
+                    ),
+                ));
+            }
+            (None, true) => {
+                return Err(ConfigError::new(
+                    "--dead-letter-malformed",
+                    "needs --dead-letter-topic",
+                ));
+            }
+            (None, false) => None,
+        };
         if cli.spool_dir.is_some() && cli.spool_max_bytes == 0 {
             return Err(ConfigError::new("--spool-max-bytes", "must be at least 1"));
         }
@@ -471,6 +512,7 @@ impl Settings {
                 publish_timeout: cli.publish_timeout,
                 retry_after_secs: cli.retry_after.as_secs_f64().ceil().max(1.0) as u64,
                 max_in_flight: cli.max_in_flight,
+                dead_letter,
                 rules: Rules {
                     strict: cli.strict,
                     object_id_in_topic: template.uses_object_id(),

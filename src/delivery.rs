@@ -89,6 +89,23 @@ impl Delivery {
         }
     }
 
+    /// Publishes a refused request to the dead-letter topic. Never spooled
+    /// and never retried: the sender got its 4xx and still owns the event;
+    /// this copy is for operators. The outcome is counted and, on failure,
+    /// logged.
+    pub async fn dead_letter(&self, message: &Message) {
+        let outcome = tokio::time::timeout(self.publish_timeout, self.sink.publish(message))
+            .await
+            .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+        match outcome {
+            Ok(()) => self.metrics.dead_lettered("ok"),
+            Err(e) => {
+                self.metrics.dead_lettered(e.kind());
+                tracing::warn!(error = %e, topic = %message.topic, "dead letter not published");
+            }
+        }
+    }
+
     /// Publishes with the timeout, and records the outcome.
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let started = Instant::now();

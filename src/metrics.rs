@@ -35,6 +35,7 @@ pub struct Metrics {
     requests_in_flight: IntGauge,
     broker_connected: IntGaugeVec,
     unknown_enum_values: IntCounterVec,
+    dead_letters: IntCounterVec,
     /// Registered only when the Kafka sink starts, so other sinks do not
     /// export Kafka series stuck at 0.
     kafka: OnceLock<KafkaMetrics>,
@@ -125,6 +126,13 @@ impl Metrics {
             ),
             &["object", "field"],
         )?;
+        let dead_letters = IntCounterVec::new(
+            opts(
+                "dead_letters_total",
+                "Refused requests published to --dead-letter-topic, by outcome (ok or the error kind).",
+            ),
+            &["outcome"],
+        )?;
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -145,6 +153,7 @@ impl Metrics {
         registry.register(Box::new(requests_in_flight.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
         registry.register(Box::new(unknown_enum_values.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -165,6 +174,7 @@ impl Metrics {
             requests_in_flight,
             broker_connected,
             unknown_enum_values,
+            dead_letters,
             kafka: OnceLock::new(),
             spool: OnceLock::new(),
         })
@@ -190,6 +200,7 @@ impl Metrics {
         }
         for outcome in PUBLISH_OUTCOMES {
             self.publishes.with_label_values(&[sink, outcome]);
+            self.dead_letters.with_label_values(&[outcome]);
         }
         self.publish_duration.with_label_values(&[sink]);
         self.broker_connected.with_label_values(&[sink]);
@@ -230,6 +241,11 @@ impl Metrics {
         self.publish_duration
             .with_label_values(&[sink])
             .observe(duration.as_secs_f64());
+    }
+
+    /// `outcome` is `ok` or a [`crate::sink::PublishError::kind`].
+    pub fn dead_lettered(&self, outcome: &'static str) {
+        self.dead_letters.with_label_values(&[outcome]).inc();
     }
 
     /// Counts a request as in flight until the guard is dropped, whichever

@@ -40,6 +40,11 @@ pub mod header {
         EVENT_ID,
     ];
 
+    /// On dead letters only: why the request was refused (the `error` code
+    /// of the answer) and the details, as the JSON array of the answer.
+    pub const REJECTION_REASON: &str = "apizee-rejection-reason";
+    pub const REJECTION_DETAILS: &str = "apizee-rejection-details";
+
     /// The `'static` name for a header the bridge sets, as read back from
     /// storage.
     pub fn canonical(name: &str) -> Option<&'static str> {
@@ -263,3 +268,45 @@ pub fn build_message(
 
 #[cfg(test)]
 mod tests;
+
+/// Longest `apizee-rejection-details` header: enough for dozens of problems,
+/// small enough for any broker's header limits.
+const MAX_DETAILS_BYTES: usize = 4096;
+
+/// A refused request, as published to `--dead-letter-topic`: the body byte
+/// for byte, keyed and identified by its event id, with the reason in
+/// headers so an operator can see, fix and replay it.
+pub fn dead_letter_message(
+    topic: &str,
+    body: Bytes,
+    reason: &str,
+    details: &str,
+    received_at: SystemTime,
+) -> Message {
+    let event_id = event_id(&body);
+    let mut details = details.to_owned();
+    if details.len() > MAX_DETAILS_BYTES {
+        let mut cut = MAX_DETAILS_BYTES;
+        while !details.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        details.truncate(cut);
+    }
+    // Header values must stay on one line.
+    let details = details.replace(['\r', '\n'], " ");
+    Message {
+        topic: topic.to_owned(),
+        key: event_id.clone(),
+        headers: vec![
+            (header::REJECTION_REASON, reason.to_owned()),
+            (header::REJECTION_DETAILS, details),
+            (
+                header::RECEIVED_AT,
+                humantime::format_rfc3339_millis(received_at).to_string(),
+            ),
+            (header::EVENT_ID, event_id.clone()),
+        ],
+        event_id,
+        payload: body,
+    }
+}

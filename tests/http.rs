@@ -560,3 +560,73 @@ async fn past_max_in_flight_the_answer_is_429_at_once() {
             .contains(r#"apizee_bridge_rejections_total{reason="too_many_requests"} 1"#)
     );
 }
+
+#[tokio::test]
+async fn refused_but_readable_requests_go_to_the_dead_letter_topic() {
+    let (bridge, sink) = bridge_with(&["--dead-letter-topic", "apizee.dead-letters"]).await;
+    let invalid = r#"{"event":"upsert","time":1,"object":"ticket","objectId":5,"props":{}}"#;
+    let reply = bridge.post(invalid).await;
+    assert_error(&reply, 422, "invalid_envelope");
+    // Not JSON, wrong media type: not dead-lettered without the opt-in, and
+    // never for a 415.
+    assert_error(&bridge.post("{not json").await, 400, "malformed_json");
+    let reply = bridge
+        .request(
+            "POST",
+            "/webhooks",
+            &[("content-type", "text/plain")],
+            Bytes::from(invalid),
+        )
+        .await;
+    assert_error(&reply, 415, "unsupported_media_type");
+
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let dead = &messages[0];
+    assert_eq!(dead.topic, "apizee.dead-letters");
+    assert_eq!(dead.payload, Bytes::from(invalid));
+    let header = |name: &str| {
+        dead.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("apizee-rejection-reason"), "invalid_envelope");
+    let details: serde_json::Value = serde_json::from_str(&header("apizee-rejection-details"))
+        .unwrap_or_else(|e| panic!("details are not JSON: {e}"));
+    assert_eq!(details[0]["field"], "event");
+    assert_eq!(header("apizee-event-id"), dead.event_id);
+    assert_eq!(dead.key, dead.event_id);
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_dead_letters_total{outcome="ok"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx() {
+    let (bridge, sink) =
+        bridge_with(&["--dead-letter-topic", "dlq", "--dead-letter-malformed"]).await;
+    assert_error(&bridge.post("{not json").await, 400, "malformed_json");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].payload, Bytes::from("{not json"));
+    assert!(
+        messages[0]
+            .headers
+            .contains(&("apizee-rejection-reason", "malformed_json".to_owned()))
+    );
+
+    // A broker that is down does not change the answer to the sender.
+    sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+    assert_error(&bridge.post("[1,2").await, 400, "malformed_json");
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains(r#"apizee_bridge_dead_letters_total{outcome="not_connected"} 1"#)
+    );
+}

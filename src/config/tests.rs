@@ -315,6 +315,39 @@ fn path_must_start_with_a_slash() {
 }
 
 #[test]
+fn dead_letter_topic() {
+    assert_eq!(settings(&[]).http.dead_letter, None);
+    let dead = settings(&[
+        "--dead-letter-topic",
+        "apizee.dlq",
+        "--dead-letter-malformed",
+    ])
+    .http
+    .dead_letter
+    .expect("dead letters configured");
+    assert_eq!((dead.topic.as_str(), dead.malformed), ("apizee.dlq", true));
+    assert_eq!(
+        error(&["--dead-letter-topic", "bad topic"]).flag,
+        "--dead-letter-topic"
+    );
+    assert_eq!(
+        error(&["--dead-letter-malformed"]).flag,
+        "--dead-letter-malformed"
+    );
+}
+
+#[test]
+fn spool_settings() {
+    assert_eq!(settings(&[]).spool, None);
+    let spool = settings(&["--spool-dir", "/var/lib/x", "--spool-max-bytes", "1000"]).spool;
+    assert_eq!(spool, Some(("/var/lib/x".into(), 1000)));
+    assert_eq!(
+        error(&["--spool-dir", "/x", "--spool-max-bytes", "0"]).flag,
+        "--spool-max-bytes"
+    );
+}
+
+#[test]
 fn max_in_flight_must_be_positive() {
     assert_eq!(error(&["--max-in-flight", "0"]).flag, "--max-in-flight");
     assert_eq!(settings(&[]).http.max_in_flight, 1024);
@@ -842,7 +875,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 35);
+    assert_eq!(checked, 37);
 }
 
 #[test]

@@ -187,17 +187,27 @@ async fn webhook(
     let received_at = SystemTime::now();
     let body = read_body(request.into_body(), settings.max_body_bytes).await?;
 
-    let envelope = envelope::parse(&body, settings.rules).map_err(|e| match e {
-        EnvelopeError::Malformed(reason) => Rejection::MalformedJson(reason),
-        EnvelopeError::Invalid(problems) => Rejection::InvalidEnvelope(problems),
-    })?;
+    let envelope = match envelope::parse(&body, settings.rules) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let rejection = match e {
+                EnvelopeError::Malformed(reason) => Rejection::MalformedJson(reason),
+                EnvelopeError::Invalid(problems) => Rejection::InvalidEnvelope(problems),
+            };
+            return Err(dead_letter(app, rejection, body, received_at).await);
+        }
+    };
     let message =
-        route::build_message(&envelope, body, &settings.template, received_at).map_err(|e| {
-            Rejection::InvalidEnvelope(vec![Problem {
-                field: "objectId".into(),
-                problem: e.to_string(),
-            }])
-        })?;
+        match route::build_message(&envelope, body.clone(), &settings.template, received_at) {
+            Ok(message) => message,
+            Err(e) => {
+                let rejection = Rejection::InvalidEnvelope(vec![Problem {
+                    field: "objectId".into(),
+                    problem: e.to_string(),
+                }]);
+                return Err(dead_letter(app, rejection, body, received_at).await);
+            }
+        };
     app.metrics.webhook_received(&envelope);
 
     let delivered = app
@@ -219,6 +229,36 @@ async fn webhook(
         })
         .unwrap_or_default(),
     ))
+}
+
+/// Publishes a refused-but-readable request to `--dead-letter-topic`, if
+/// configured, and hands the rejection back for the answer.
+async fn dead_letter(
+    app: &App,
+    rejection: Rejection,
+    body: Bytes,
+    received_at: SystemTime,
+) -> Rejection {
+    let Some(dead_letter) = &app.settings.dead_letter else {
+        return rejection;
+    };
+    let wanted = match &rejection {
+        Rejection::InvalidEnvelope(_) => true,
+        Rejection::MalformedJson(_) => dead_letter.malformed,
+        _ => false,
+    };
+    if wanted {
+        let details = serde_json::to_string(&rejection.details()).unwrap_or_default();
+        let message = route::dead_letter_message(
+            &dead_letter.topic,
+            body,
+            rejection.code(),
+            &details,
+            received_at,
+        );
+        app.delivery.dead_letter(&message).await;
+    }
+    rejection
 }
 
 /// A missing Content-Type is accepted: not every sender sets one. An

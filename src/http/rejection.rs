@@ -111,7 +111,8 @@ impl Rejection {
         }
     }
 
-    fn details(&self) -> Vec<serde_json::Value> {
+    /// What the `details` array of the answer holds.
+    pub fn details(&self) -> Vec<serde_json::Value> {
         match self {
             Rejection::InvalidEnvelope(problems) => problems
                 .iter()

@@ -602,3 +602,36 @@ fn build_message_refuses_a_topic_made_too_long_by_the_object_id() {
         format!("the topic {expected:?} built from the objectId is longer than 249 characters")
     );
 }
+
+#[test]
+fn dead_letters_keep_the_body_and_bound_the_details_header() {
+    let details = format!("[\"{}\n\"]", "é".repeat(3000));
+    let body = Bytes::from_static(b"{\"event\":1}");
+    let message = dead_letter_message(
+        "apizee.dlq",
+        body.clone(),
+        "invalid_envelope",
+        &details,
+        UNIX_EPOCH + Duration::from_secs(1_575_976_413),
+    );
+    assert_eq!(message.topic, "apizee.dlq");
+    assert_eq!(message.payload, body);
+    assert_eq!(message.key, event_id(&body));
+    let (_, shown) = message
+        .headers
+        .iter()
+        .find(|(name, _)| *name == header::REJECTION_DETAILS)
+        .expect("details header");
+    assert!(shown.len() <= 4096, "{}", shown.len());
+    assert!(!shown.contains('\n'));
+    assert!(
+        message
+            .headers
+            .contains(&(header::REJECTION_REASON, "invalid_envelope".to_owned()))
+    );
+    assert!(
+        message
+            .headers
+            .contains(&(header::RECEIVED_AT, "2019-12-10T11:13:33.000Z".to_owned()))
+    );
+}
