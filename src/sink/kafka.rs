@@ -14,7 +14,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -33,6 +34,8 @@ use crate::route::Message;
 /// a few seconds, cheap enough to be noise for the broker.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest time between two replacements of a broken producer.
+const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The properties the bridge sets before applying `--kafka-option`.
 pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
@@ -104,7 +107,11 @@ pub enum KafkaSetupError {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer<LoggingContext>,
+    /// Replaced when librdkafka reports the idempotent producer unusable
+    /// (see [`KafkaSink::renew_if_broken`]); shared with the probe.
+    producer: Arc<RwLock<FutureProducer<LoggingContext>>>,
+    config: ClientConfig,
+    last_renewal: Mutex<Option<Instant>>,
     state: Arc<State>,
     metrics: Arc<Metrics>,
     publish_timeout: Duration,
@@ -133,6 +140,7 @@ impl KafkaSink {
             ..State::default()
         });
 
+        let producer = Arc::new(RwLock::new(producer));
         tokio::spawn(probe(
             producer.clone(),
             settings.probe_topic.clone(),
@@ -146,14 +154,57 @@ impl KafkaSink {
         }
         Ok(Self {
             producer,
+            config,
+            last_renewal: Mutex::new(None),
             state,
             metrics,
             publish_timeout: settings.publish_timeout,
         })
     }
 
+    fn producer(&self) -> FutureProducer<LoggingContext> {
+        current(&self.producer)
+    }
+
+    /// Replaces the producer when librdkafka says it can no longer produce:
+    /// a fatal error, or the broker refusing its producer id or epoch (some
+    /// brokers never accept the epoch librdkafka bumps after a timeout, and
+    /// every later send would fail). A new producer gets a new id. At most
+    /// once per [`RENEWAL_INTERVAL`], so a broken cluster is not hammered.
+    fn renew_if_broken(&self, code: Option<RDKafkaErrorCode>) {
+        let fenced = matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            )
+        );
+        let fatal = self.producer().client().fatal_error();
+        if !fenced && fatal.is_none() {
+            return;
+        }
+        {
+            let mut last = self.last_renewal.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < RENEWAL_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.config.create_with_context(LoggingContext) {
+            Ok(fresh) => {
+                tracing::warn!(error = ?code, fatal = ?fatal, "Kafka producer unusable; replaced it with a new one");
+                *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
+        }
+    }
+
     fn error(&self, error: &KafkaError) -> PublishError {
         let code = error.rdkafka_error_code();
+        self.renew_if_broken(code);
         // The variant's name: a bounded label, since the enum is fixed.
         self.metrics.kafka_delivery_error(
             &code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}")),
@@ -196,12 +247,20 @@ fn describe_config_error(error: &KafkaError) -> String {
 /// Asks for metadata every [`PROBE_INTERVAL`]: any answer naming a broker
 /// means the cluster is reachable. One topic's metadata is enough, and keeps
 /// the request small on clusters with thousands of topics.
-async fn probe(producer: FutureProducer<LoggingContext>, topic: Option<String>, state: Arc<State>) {
+fn current(producer: &RwLock<FutureProducer<LoggingContext>>) -> FutureProducer<LoggingContext> {
+    producer.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+async fn probe(
+    producer: Arc<RwLock<FutureProducer<LoggingContext>>>,
+    topic: Option<String>,
+    state: Arc<State>,
+) {
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let producer = producer.clone();
+        let producer = current(&producer);
         let topic = topic.clone();
         let reachable = tokio::task::spawn_blocking(move || {
             producer
@@ -302,8 +361,8 @@ impl Sink for KafkaSink {
             let _in_flight = InFlight(&self.state.in_flight);
             // send_result fails at once when the local queue is full,
             // instead of blocking the request while it drains.
-            let delivery = self
-                .producer
+            let producer = self.producer();
+            let delivery = producer
                 .send_result(record)
                 .map_err(|(e, _)| self.error(&e))?;
             match delivery.await {
@@ -323,13 +382,13 @@ impl Sink for KafkaSink {
 
     fn report(&self, metrics: &Metrics) {
         metrics.set_kafka_queue(
-            i64::from(self.producer.in_flight_count()),
+            i64::from(self.producer().in_flight_count()),
             self.state.in_flight.load(Ordering::SeqCst),
         );
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let timeout = self.publish_timeout;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || producer.flush(timeout))
