@@ -278,3 +278,71 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
     assert_eq!(found, ids, "delivered once each, in arrival order");
     drop(bridge);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
+    use support::kafka::{DurableTansu, header, read_topic};
+
+    let mut broker = DurableTansu::start().await;
+    let bootstrap = broker.bootstrap();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().to_string_lossy().into_owned();
+    let args = [
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        bootstrap.as_str(),
+        "--kafka-create-topics",
+        "--kafka-partitions",
+        "3",
+        "--kafka-replication-factor",
+        "1",
+        "--publish-timeout",
+        "500ms",
+        "--spool-dir",
+        spool.as_str(),
+    ];
+    let mut bridge = BridgeProcess::spawn(&args);
+    // Ready means the topics exist, stored by the broker: they outlive it.
+    bridge.wait_ready().await;
+    broker.kill();
+
+    let count = 30;
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let reply = request(
+            bridge.addr,
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/JSON")],
+            Bytes::from(ticket(n, n)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap_or_default().to_owned());
+    }
+    bridge.kill_9();
+
+    broker.restart().await;
+    let bridge = BridgeProcess::spawn(&args);
+    bridge.wait_ready().await;
+    let messages = tokio::task::spawn_blocking(move || {
+        read_topic(&bootstrap, "apizee.ticket.update", count as usize)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let found: Vec<String> = messages
+        .iter()
+        .filter_map(|m| header(m, "apizee-event-id").map(str::to_owned))
+        .collect();
+    let lost = ids.iter().filter(|id| !found.contains(id)).count();
+    println!(
+        "spool kill -9 kafka: sent={count} accepted={} found={} duplicates={} lost={lost}",
+        ids.len(),
+        found.len(),
+        found.len().saturating_sub(ids.len())
+    );
+    assert_eq!(lost, 0);
+    drop(bridge);
+}
