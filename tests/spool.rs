@@ -188,6 +188,38 @@ impl Drop for BridgeProcess {
     }
 }
 
+/// Posts `count` distinct webhooks, each of which must be spooled (202),
+/// and returns their event ids in order.
+async fn post_all_spooled(bridge: &BridgeProcess, count: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let reply = request(
+            bridge.addr,
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/JSON")],
+            Bytes::from(ticket(n, n)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap_or_default().to_owned());
+    }
+    ids
+}
+
+/// Prints the counts and fails if any accepted event is missing.
+fn assert_none_lost(broker: &str, accepted: &[String], found: &[String]) {
+    let lost = accepted.iter().filter(|id| !found.contains(id)).count();
+    println!(
+        "spool kill -9 {broker}: accepted={} found={} duplicates={} lost={lost}",
+        accepted.len(),
+        found.len(),
+        found.len().saturating_sub(accepted.len())
+    );
+    assert_eq!(lost, 0, "{broker}: accepted events missing after kill -9");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
     let mut nats = NatsServer::start(true).await;
@@ -213,20 +245,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
     nats.kill();
 
     let count = 50;
-    let mut ids = Vec::new();
-    for n in 0..count {
-        let reply = request(
-            bridge.addr,
-            "POST",
-            "/webhooks",
-            &[("content-type", "application/JSON")],
-            Bytes::from(ticket(n, n)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(reply.status, 202, "{}", reply.text());
-        ids.push(reply.json()["id"].as_str().unwrap_or_default().to_owned());
-    }
+    let ids = post_all_spooled(&bridge, count).await;
     bridge.kill_9();
 
     nats.restart().await;
@@ -267,14 +286,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
             .unwrap_or_default();
         found.push(id);
     }
-    let lost = ids.iter().filter(|id| !found.contains(id)).count();
-    println!(
-        "spool kill -9: sent={count} accepted={} found={} duplicates={} lost={lost}",
-        ids.len(),
-        found.len(),
-        found.len().saturating_sub(ids.len())
-    );
-    assert_eq!(lost, 0);
+    assert_none_lost("nats", &ids, &found);
     assert_eq!(found, ids, "delivered once each, in arrival order");
     drop(bridge);
 }
@@ -308,20 +320,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
     broker.kill();
 
     let count = 30;
-    let mut ids = Vec::new();
-    for n in 0..count {
-        let reply = request(
-            bridge.addr,
-            "POST",
-            "/webhooks",
-            &[("content-type", "application/JSON")],
-            Bytes::from(ticket(n, n)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(reply.status, 202, "{}", reply.text());
-        ids.push(reply.json()["id"].as_str().unwrap_or_default().to_owned());
-    }
+    let ids = post_all_spooled(&bridge, count).await;
     bridge.kill_9();
 
     broker.restart().await;
@@ -336,13 +335,6 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
         .iter()
         .filter_map(|m| header(m, "apizee-event-id").map(str::to_owned))
         .collect();
-    let lost = ids.iter().filter(|id| !found.contains(id)).count();
-    println!(
-        "spool kill -9 kafka: sent={count} accepted={} found={} duplicates={} lost={lost}",
-        ids.len(),
-        found.len(),
-        found.len().saturating_sub(ids.len())
-    );
-    assert_eq!(lost, 0);
+    assert_none_lost("kafka", &ids, &found);
     drop(bridge);
 }
