@@ -78,6 +78,27 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_MALFORMED")]
     pub dead_letter_malformed: bool,
 
+    /// Most client connections open at once on the webhook listener; past
+    /// it, new connections wait in the kernel's backlog until one closes.
+    #[arg(long, env = "APIZEE_BRIDGE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Largest request head (request line and headers); larger heads get
+    /// 431 and the connection is closed.
+    #[arg(long, env = "APIZEE_BRIDGE_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Time a client has to send a request's headers, counted from when the
+    /// bridge waits for them; also closes keep-alive connections idle for
+    /// that long.
+    #[arg(long, env = "APIZEE_BRIDGE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Time a client has to send the whole body once the headers are in;
+    /// slower clients get 408.
+    #[arg(long, env = "APIZEE_BRIDGE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
     /// Retry-After sent with 503 and 429 answers (rounded up to whole seconds).
     #[arg(long, env = "APIZEE_BRIDGE_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -319,11 +340,21 @@ pub struct HttpSettings {
     /// Whole seconds, at least 1.
     pub retry_after_secs: u64,
     pub max_in_flight: usize,
+    pub limits: Limits,
     /// Where refused-but-readable requests go, if anywhere.
     pub dead_letter: Option<DeadLetter>,
     pub rules: Rules,
     pub template: TopicTemplate,
     pub auth: Option<Auth>,
+}
+
+/// Limits against slow and greedy clients on the webhook listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,6 +425,24 @@ impl Settings {
         }
         if cli.max_body_bytes == 0 {
             return Err(ConfigError::new("--max-body-bytes", "must be at least 1"));
+        }
+        if cli.max_connections == 0 {
+            return Err(ConfigError::new("--max-connections", "must be at least 1"));
+        }
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        if cli.max_header_bytes < 8192 {
+            return Err(ConfigError::new(
+                "--max-header-bytes",
+                "must be at least 8192",
+            ));
+        }
+        for (flag, value) in [
+            ("--header-read-timeout", cli.header_read_timeout),
+            ("--body-read-timeout", cli.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(flag, "must be more than 0"));
+            }
         }
         if cli.max_in_flight == 0 {
             return Err(ConfigError::new("--max-in-flight", "must be at least 1"));
@@ -512,6 +561,12 @@ impl Settings {
                 publish_timeout: cli.publish_timeout,
                 retry_after_secs: cli.retry_after.as_secs_f64().ceil().max(1.0) as u64,
                 max_in_flight: cli.max_in_flight,
+                limits: Limits {
+                    max_connections: cli.max_connections,
+                    max_header_bytes: cli.max_header_bytes,
+                    header_read_timeout: cli.header_read_timeout,
+                    body_read_timeout: cli.body_read_timeout,
+                },
                 dead_letter,
                 rules: Rules {
                     strict: cli.strict,

@@ -630,3 +630,130 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
             .contains(r#"apizee_bridge_dead_letters_total{outcome="not_connected"} 1"#)
     );
 }
+
+/// Reads from a raw connection until it closes or `limit` passes.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431_and_publishes_nothing() {
+    let (bridge, sink) = bridge_with(&["--max-header-bytes", "8192"]).await;
+    let huge = "x".repeat(20 * 1024);
+    let mut stream = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: x\r\nx-padding: {huge}\r\ncontent-length: {}\r\n\r\n{SPEC_TICKET}",
+        SPEC_TICKET.len()
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer to an oversized head"));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(sink.messages().is_empty());
+    assert_eq!(bridge.post(SPEC_TICKET).await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
+    let (bridge, sink) = bridge_with(&["--header-read-timeout", "300ms"]).await;
+    // Half a request head, then silence.
+    let mut slow = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    slow.write_all(b"POST /webhooks HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        read_until_closed(&mut slow, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "a client that never finished its headers kept its connection"
+    );
+    // A keep-alive connection that goes quiet after one request.
+    let mut idle = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{SPEC_TICKET}",
+        SPEC_TICKET.len()
+    );
+    idle.write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answer = read_until_closed(&mut idle, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("an idle keep-alive connection was never closed"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn slow_body_is_408_and_publishes_nothing() {
+    let (bridge, sink) = bridge_with(&["--body-read-timeout", "300ms"]).await;
+    let mut stream = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Announces 100 bytes, sends 10, then stalls.
+    stream
+        .write_all(b"POST /webhooks HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"event\":")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to a stalled body"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn past_max_connections_new_clients_wait_for_a_free_slot() {
+    let (bridge, sink) = bridge_with(&["--max-connections", "1"]).await;
+    let request = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{SPEC_TICKET}",
+        SPEC_TICKET.len()
+    );
+    let mut first = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    first
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buffer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buffer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer on the first connection"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+
+    // The first connection stays open (keep-alive): the second is not
+    // served while it does...
+    let mut second = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    second
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buffer)).await;
+    assert!(early.is_err(), "a connection past the limit was served");
+    // ...and is served as soon as the first closes.
+    drop(first);
+    let read = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buffer))
+        .await
+        .unwrap_or_else(|_| panic!("the waiting connection was never served"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    assert_eq!(sink.messages().len(), 2);
+}

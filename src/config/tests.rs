@@ -337,6 +337,23 @@ fn dead_letter_topic() {
 }
 
 #[test]
+fn client_limits() {
+    let limits = settings(&[]).http.limits;
+    assert_eq!(limits.max_connections, 4096);
+    assert_eq!(limits.max_header_bytes, 16 * 1024);
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(limits.body_read_timeout, Duration::from_secs(30));
+    for (args, flag) in [
+        (["--max-connections", "0"], "--max-connections"),
+        (["--max-header-bytes", "100"], "--max-header-bytes"),
+        (["--header-read-timeout", "0s"], "--header-read-timeout"),
+        (["--body-read-timeout", "0s"], "--body-read-timeout"),
+    ] {
+        assert_eq!(error(&args).flag, flag);
+    }
+}
+
+#[test]
 fn spool_settings() {
     assert_eq!(settings(&[]).spool, None);
     let spool = settings(&["--spool-dir", "/var/lib/x", "--spool-max-bytes", "1000"]).spool;
@@ -875,7 +892,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 37);
+    assert_eq!(checked, 41);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::rejection::{Rejection, json_response};
-use crate::config::HttpSettings;
+use crate::config::{HttpSettings, Limits};
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
 use crate::metrics::Metrics;
@@ -60,6 +60,10 @@ impl App {
             metrics,
             draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.settings.limits
     }
 
     pub fn delivery(&self) -> &Arc<Delivery> {
@@ -185,7 +189,12 @@ async fn webhook(
     check_content_type(request.headers())?;
     check_declared_length(request.headers(), settings.max_body_bytes)?;
     let received_at = SystemTime::now();
-    let body = read_body(request.into_body(), settings.max_body_bytes).await?;
+    let body = tokio::time::timeout(
+        settings.limits.body_read_timeout,
+        read_body(request.into_body(), settings.max_body_bytes),
+    )
+    .await
+    .map_err(|_| Rejection::RequestTimeout)??;
 
     let envelope = match envelope::parse(&body, settings.rules) {
         Ok(envelope) => envelope,

@@ -21,6 +21,7 @@ pub enum Rejection {
     MalformedJson(String),
     InvalidEnvelope(Vec<Problem>),
     TooManyRequests { limit: usize },
+    RequestTimeout,
     BrokerUnavailable(PublishError),
 }
 
@@ -33,7 +34,7 @@ struct ErrorBody<'a> {
 
 impl Rejection {
     /// Codes of every 4xx, so their counters exist (at 0) from the start.
-    pub const CLIENT_ERROR_CODES: [&str; 9] = [
+    pub const CLIENT_ERROR_CODES: [&str; 10] = [
         "not_found",
         "method_not_allowed",
         "unauthorized",
@@ -43,6 +44,7 @@ impl Rejection {
         "malformed_json",
         "invalid_envelope",
         "too_many_requests",
+        "request_timeout",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -55,6 +57,7 @@ impl Rejection {
             Rejection::UnreadableBody(_) | Rejection::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Rejection::InvalidEnvelope(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejection::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -72,6 +75,7 @@ impl Rejection {
             Rejection::MalformedJson(_) => "malformed_json",
             Rejection::InvalidEnvelope(_) => "invalid_envelope",
             Rejection::TooManyRequests { .. } => "too_many_requests",
+            Rejection::RequestTimeout => "request_timeout",
             Rejection::BrokerUnavailable(_) => "broker_unavailable",
         }
     }
@@ -102,6 +106,9 @@ impl Rejection {
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" }
             ),
+            Rejection::RequestTimeout => {
+                "The body did not arrive in time; send it faster or in one go.".into()
+            }
             Rejection::TooManyRequests { limit } => format!(
                 "{limit} webhooks are already being handled; retry after the delay in Retry-After."
             ),
@@ -179,6 +186,7 @@ mod tests {
             Rejection::MalformedJson("eof".into()),
             Rejection::InvalidEnvelope(vec![]),
             Rejection::TooManyRequests { limit: 1 },
+            Rejection::RequestTimeout,
             Rejection::BrokerUnavailable(PublishError::NotConnected),
         ]
     }

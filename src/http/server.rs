@@ -17,14 +17,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::handler::{self, App};
 use super::rejection::Rejection;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 
-/// A client that has not sent its headers by then is dropped, so idle
-/// half-open connections cannot pile up.
+/// On the metrics listener: a scraper that has not sent its headers by then
+/// is dropped, so idle half-open connections cannot pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves webhooks until `shutdown` resolves, then drains.
@@ -34,15 +35,29 @@ pub async fn serve_webhooks(
     shutdown_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = app.limits();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
 
     loop {
+        // Past --max-connections, stop accepting: new clients wait in the
+        // kernel's backlog instead of costing memory here.
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -67,6 +82,7 @@ pub async fn serve_webhooks(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
+            drop(permit);
         });
     }
 
