@@ -1,0 +1,1545 @@
+//! Hostile input against the in-process bridge with a memory sink: broken,
+//! odd, lying, oversized and piled-up requests. For every case the answer is
+//! exact (status and `error` code), nothing reaches the sink, and the bridge
+//! still serves a valid webhook afterwards.
+//!
+//! Raw-socket cases write exactly the bytes they mean and read every answer
+//! against a deadline, so a bridge that hangs fails the test instead of
+//! stalling it. Answers that hyper gives on its own (a head it cannot parse,
+//! too many or too large headers) have an empty body, not our JSON: those
+//! requests never reach the handler.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apizee_bridge::sink::memory::MemorySink;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Deadline for any single answer or close on a raw socket.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn bridge_with(args: &[&str]) -> (Bridge, Arc<MemorySink>) {
+    let sink = Arc::new(MemorySink::new());
+    let bridge = Bridge::with_sink(settings(args), sink.clone()).await;
+    (bridge, sink)
+}
+
+async fn post_bytes(bridge: &Bridge, body: impl Into<Bytes>) -> Reply {
+    bridge
+        .request(
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/json")],
+            body.into(),
+        )
+        .await
+}
+
+/// Checks a JSON error answer and returns its body.
+fn assert_error(reply: &Reply, status: u16, code: &str, case: &str) -> Value {
+    assert_eq!(reply.status, status, "{case}: {}", reply.text());
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{case}"
+    );
+    let body: Value = serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("{case}: answer is not JSON ({e}): {}", reply.text()));
+    assert_eq!(body["error"], code, "{case}: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{case}: {body}"
+    );
+    assert!(body["details"].is_array(), "{case}: {body}");
+    body
+}
+
+/// A 400 `malformed_json` carrying the parser's message.
+fn assert_malformed(reply: &Reply, case: &str) -> String {
+    let body = assert_error(reply, 400, "malformed_json", case);
+    body["details"][0]["problem"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{case}: no parser message in {body}"))
+        .to_owned()
+}
+
+/// A 422 naming exactly one problem, at `field`.
+fn assert_one_problem(reply: &Reply, field: &str, case: &str) {
+    let body = assert_error(reply, 422, "invalid_envelope", case);
+    let details = body["details"].as_array().cloned().unwrap_or_default();
+    assert_eq!(details.len(), 1, "{case}: {body}");
+    assert_eq!(details[0]["field"], field, "{case}: {body}");
+    assert!(
+        details[0]["problem"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{case}: {body}"
+    );
+}
+
+/// A 200 whose message is the body, byte for byte, and the only new one.
+fn assert_published(reply: &Reply, sink: &MemorySink, before: usize, body: &[u8], case: &str) {
+    assert_eq!(reply.status, 200, "{case}: {}", reply.text());
+    let messages = sink.messages();
+    assert_eq!(messages.len(), before + 1, "{case}");
+    assert_eq!(messages[before].payload, body, "{case}");
+}
+
+fn assert_nothing_published(sink: &MemorySink, expected: usize, case: &str) {
+    let published = sink.messages().len();
+    assert_eq!(
+        published, expected,
+        "{case}: a rejected request was published"
+    );
+}
+
+/// Sends a valid webhook that no case sends and checks that it, alone, is
+/// published: the bridge still serves and nothing else slipped through.
+async fn assert_still_serving(bridge: &Bridge, sink: &MemorySink) {
+    let before = sink.messages().len();
+    let body = format!(
+        r#"{{"event":"create","time":1,"object":"ticket","objectId":"still-serving-{before}","props":{{"state":"new"}}}}"#
+    );
+    let reply = bridge.post(&body).await;
+    assert_published(&reply, sink, before, body.as_bytes(), "still serving");
+    let health = bridge.request("GET", "/healthz", &[], Bytes::new()).await;
+    assert_eq!(health.status, 200);
+}
+
+/// `POST /webhooks` with an honest Content-Length, as raw bytes.
+fn raw_post(body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// One answer read off a raw socket.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The `error` code of our JSON answers; None for hyper's own empty ones.
+    fn error_code(&self) -> Option<String> {
+        let body: Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("error")?.as_str().map(str::to_owned)
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{}\r\n\r\n{}",
+            self.head,
+            String::from_utf8_lossy(&self.body)
+        )
+    }
+}
+
+/// A TCP client that writes exactly the bytes it is given and reads every
+/// answer against [`IO_TIMEOUT`].
+struct RawClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(bridge: &Bridge) -> Self {
+        let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(bridge.addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect timed out"))
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        Self {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes`; false if the bridge closed or reset the connection
+    /// first (it may answer and hang up before reading everything).
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        match tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => panic!("writing {} bytes blocked for {IO_TIMEOUT:?}", bytes.len()),
+        }
+    }
+
+    /// Ends our side (FIN) but keeps reading.
+    async fn shutdown_write(&mut self) {
+        let _ = tokio::time::timeout(IO_TIMEOUT, self.stream.shutdown()).await;
+    }
+
+    /// The next whole answer, or None when the bridge closed the connection
+    /// (or reset it, which may discard an answer in flight) before one.
+    async fn response(&mut self) -> Option<RawResponse> {
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(response) = self.take(false) {
+                return Some(response);
+            }
+            let mut chunk = vec![0; 64 * 1024];
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no whole answer within {IO_TIMEOUT:?}; so far: {:?}",
+                        String::from_utf8_lossy(&self.buffer)
+                    )
+                });
+            match read {
+                Ok(0) => {
+                    let response = self.take(true);
+                    assert!(
+                        response.is_some() || self.buffer.is_empty(),
+                        "connection closed in the middle of an answer: {:?}",
+                        String::from_utf8_lossy(&self.buffer)
+                    );
+                    return response;
+                }
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    let response = self.take(true);
+                    self.buffer.clear();
+                    return response;
+                }
+            }
+        }
+    }
+
+    /// Waits until the bridge closes the connection, sending nothing more.
+    async fn assert_closed(&mut self, case: &str) {
+        assert!(
+            self.buffer.is_empty(),
+            "{case}: unread bytes {:?}",
+            self.buffer
+        );
+        let mut chunk = [0; 1024];
+        match tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut chunk)).await {
+            Err(_) => panic!("{case}: connection still open after {IO_TIMEOUT:?}"),
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => panic!(
+                "{case}: more bytes after the last answer: {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+        }
+    }
+
+    /// Splits one whole answer off the buffer, if there is one.
+    fn take(&mut self, at_eof: bool) -> Option<RawResponse> {
+        let end = self.buffer.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP/1.1 answer: {head:?}"));
+        let length = head.lines().skip(1).find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        });
+        let start = end + 4;
+        let stop = match length {
+            _ if status < 200 => start,
+            Some(length) => start + length,
+            None if at_eof => self.buffer.len(),
+            None => return None,
+        };
+        if self.buffer.len() < stop {
+            return None;
+        }
+        let body = self.buffer[start..stop].to_vec();
+        self.buffer.drain(..stop);
+        Some(RawResponse { status, head, body })
+    }
+}
+
+/// A valid conversation envelope that exercises every kind of JSON token:
+/// escapes, multi-byte UTF-8 (so some prefixes end inside a character),
+/// `true`, `false`, `null`, exponents and nested containers.
+const RICH_CONVERSATION: &str = r#"{"event":"create","time":1632144306,"object":"conversation","objectId":"c0ffee-\u00e9-é","props":{"eventType":"conversationEnded","name":"Caf\u00e9 \"quoted\" \\ ☕ 😀","finishedAt":"2021-09-20T13:25:06+00:00","extra":[1,-2.5e3,true,false,null,{},[]]}}"#;
+
+#[tokio::test]
+async fn every_truncation_of_a_valid_body_is_refused_and_only_the_whole_body_is_published() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let mut malformed = 0;
+    let mut published = 0;
+    for full in [SPEC_TICKET, SPEC_CONVERSATION, RICH_CONVERSATION] {
+        let full = full.as_bytes();
+        for length in 0..=full.len() {
+            let prefix = &full[..length];
+            let case = format!("prefix of {length}/{} bytes", full.len());
+            let before = sink.messages().len();
+            let reply = post_bytes(&bridge, prefix.to_vec()).await;
+            // A sample that ends with a newline is still whole without it,
+            // and accepted.
+            if prefix.trim_ascii_end() == full.trim_ascii_end() {
+                assert_published(&reply, &sink, before, prefix, &case);
+                published += 1;
+            } else if serde_json::from_slice::<Value>(prefix).is_ok() {
+                // Impossible for a document that starts with `{`, but the
+                // rule holds for any sample: complete JSON is at worst a 422.
+                assert_error(&reply, 422, "invalid_envelope", &case);
+                assert_nothing_published(&sink, before, &case);
+            } else {
+                assert_malformed(&reply, &case);
+                assert_nothing_published(&sink, before, &case);
+                malformed += 1;
+            }
+        }
+    }
+    // Per sample: the whole body, and each prefix that lacks only some of
+    // its trailing whitespace.
+    let whole: usize = [SPEC_TICKET, SPEC_CONVERSATION, RICH_CONVERSATION]
+        .iter()
+        .map(|s| 1 + s.len() - s.trim_end().len())
+        .sum();
+    assert_eq!(published, whole);
+    assert_eq!(sink.messages().len(), whole);
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"apizee_bridge_rejections_total{reason="malformed_json"}"#
+        ),
+        f64::from(malformed)
+    );
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn malformed_json_variants_are_400_and_non_objects_are_422() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let valid =
+        r#"{"event":"update","time":1,"object":"ticket","objectId":100,"props":{"state":"open"}}"#;
+    let malformed: &[(&str, String)] = &[
+        (
+            "trailing comma in an object",
+            valid.replace(r#""open"}"#, r#""open",}"#),
+        ),
+        ("trailing comma at the end", valid.replace("}}", "},}")),
+        (
+            "trailing comma in an array",
+            valid.replace(r#""open""#, r#""open","list":[1,2,]"#),
+        ),
+        ("single-quoted string", valid.replace(r#""open""#, "'open'")),
+        ("single-quoted key", valid.replace(r#""state""#, "'state'")),
+        ("unquoted key", valid.replace(r#""state""#, "state")),
+        (
+            "line comment",
+            valid.replace(r#","time""#, "// c\n,\"time\""),
+        ),
+        (
+            "block comment",
+            valid.replace(r#","time""#, r#"/* c */,"time""#),
+        ),
+        ("comment after the object", format!("{valid}/* c */")),
+        ("hash comment", format!("# c\n{valid}")),
+        ("NaN", valid.replace(r#""open""#, "NaN")),
+        ("Infinity", valid.replace(r#""open""#, "Infinity")),
+        ("-Infinity", valid.replace(r#""open""#, "-Infinity")),
+        ("leading plus", valid.replace(":1,", ":+1,")),
+        ("leading zero", valid.replace(":100,", ":0100,")),
+        ("hex number", valid.replace(":100,", ":0x64,")),
+        ("bare fraction", valid.replace(":1,", ":.5,")),
+        ("dangling dot", valid.replace(":1,", ":1.,")),
+        ("dangling exponent", valid.replace(":1,", ":1e,")),
+        ("TRUE in capitals", valid.replace(r#""open""#, "TRUE")),
+        ("undefined", valid.replace(r#""open""#, "undefined")),
+        ("missing colon", valid.replace(r#""time":"#, r#""time""#)),
+        (
+            "missing comma",
+            valid.replace(r#"1,"object""#, r#"1 "object""#),
+        ),
+        (
+            "unterminated string",
+            valid.replace(r#""open"}}"#, r#""open}}"#),
+        ),
+        ("invalid escape", valid.replace(r#""open""#, r#""\x41""#)),
+        (
+            "short unicode escape",
+            valid.replace(r#""open""#, r#""\u41""#),
+        ),
+        (
+            "unescaped newline",
+            valid.replace(r#""open""#, "\"op\nen\""),
+        ),
+        ("unescaped tab", valid.replace(r#""open""#, "\"op\ten\"")),
+        ("garbage after the object", format!("{valid} x")),
+        ("a second object after the first", format!("{valid}{valid}")),
+        ("newline-separated objects", format!("{valid}\n{valid}\n")),
+        ("an extra closing brace", format!("{valid}}}")),
+        ("an unclosed object", valid.trim_end_matches('}').to_owned()),
+        ("empty body", String::new()),
+        ("only whitespace", " \r\n\t ".to_owned()),
+        ("JSONP", format!("callback({valid})")),
+        ("form encoding", "event=update&time=1".to_owned()),
+    ];
+    for (case, body) in malformed {
+        let reply = post_bytes(&bridge, body.clone()).await;
+        assert_malformed(&reply, case);
+        assert_nothing_published(&sink, 0, case);
+    }
+    // Complete JSON that is not an object.
+    for body in [
+        "null",
+        "true",
+        "0",
+        r#""text""#,
+        "[]",
+        &format!("[{valid}]"),
+        &format!("  {}  ", serde_json::to_string(valid).unwrap_or_default()),
+    ] {
+        let reply = post_bytes(&bridge, body.to_owned()).await;
+        assert_one_problem(&reply, "$", body);
+        assert_nothing_published(&sink, 0, body);
+    }
+    // Whitespace around a valid document is JSON whitespace: accepted, and
+    // published as received.
+    let padded = format!(" \r\n\t{valid} \r\n\t");
+    let reply = post_bytes(&bridge, padded.clone()).await;
+    assert_published(&reply, &sink, 0, padded.as_bytes(), "padded");
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn deep_nesting_is_400_at_once_without_overflowing_the_stack() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let envelope_around = |inner: &str| {
+        format!(
+            r#"{{"event":"update","time":1,"object":"ticket","objectId":1,"props":{{"state":"open","deep":{inner}}}}}"#
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("100k unclosed [", "[".repeat(100_000)),
+        (
+            "100k balanced []",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+        ("40k unclosed {\"a\":", r#"{"a":"#.repeat(40_000)),
+        (
+            "40k balanced {\"a\":}",
+            format!("{}1{}", r#"{"a":"#.repeat(40_000), "}".repeat(40_000)),
+        ),
+        ("alternating [{", r#"[{"a":"#.repeat(20_000)),
+        ("100k [ inside props", envelope_around(&"[".repeat(100_000))),
+    ];
+    for (case, body) in cases {
+        let started = Instant::now();
+        let reply = post_bytes(&bridge, body).await;
+        let problem = assert_malformed(&reply, case);
+        assert!(problem.contains("recursion limit"), "{case}: {problem}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{case}: took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_nothing_published(&sink, 0, "deep nesting");
+
+    // serde_json's limit is 128 levels in all: the root object and props
+    // take two, so 125 arrays inside props still pass through untouched,
+    // and 126 do not.
+    let nested =
+        |depth: usize| envelope_around(&format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+    let deepest = nested(125);
+    let reply = post_bytes(&bridge, deepest.clone()).await;
+    assert_published(&reply, &sink, 0, deepest.as_bytes(), "125 levels in props");
+    let reply = post_bytes(&bridge, nested(126)).await;
+    assert_malformed(&reply, "126 levels in props");
+    assert_nothing_published(&sink, 1, "126 levels in props");
+    assert_still_serving(&bridge, &sink).await;
+}
+
+/// What a number literal placed in a field leads to.
+enum Outcome {
+    /// Published; the topic key, if the literal is the objectId.
+    Accepted(Option<&'static str>),
+    /// 422 naming this field.
+    Invalid(&'static str),
+    /// 400: serde_json cannot represent it (out of f64 range).
+    Malformed,
+}
+
+#[tokio::test]
+async fn huge_and_odd_numbers_get_exact_answers() {
+    use Outcome::*;
+    let (bridge, sink) = bridge_with(&[]).await;
+    let ten_to_400 = format!("1{}", "0".repeat(400));
+    let ten_to_300 = format!("1{}", "0".repeat(300));
+    let tiny = format!("0.{}1", "0".repeat(10_000));
+    let time = r#"{"event":"update","time":@,"object":"ticket","objectId":1,"props":{}}"#;
+    let object_id = r#"{"event":"update","time":1,"object":"ticket","objectId":@,"props":{}}"#;
+    let lat = r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"geoloc":{"lat":@}}}"#;
+    let parent_id =
+        r#"{"event":"update","time":1,"object":"media","objectId":1,"props":{"_parent.id":@}}"#;
+    let extra = r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"extra":@}}"#;
+    let cases: Vec<(&str, &str, Outcome)> = vec![
+        (time, "0", Accepted(None)),
+        (time, "9223372036854775807", Accepted(None)),
+        (time, "9223372036854775808", Invalid("time")),
+        (time, "18446744073709551616", Invalid("time")),
+        (time, "-1", Invalid("time")),
+        // serde_json reads -0 as the float -0.0, not as the integer 0.
+        (time, "-0", Invalid("time")),
+        (time, "1.0", Invalid("time")),
+        (time, "1e3", Invalid("time")),
+        (time, "1e400", Malformed),
+        (time, &ten_to_400, Malformed),
+        (object_id, "0", Accepted(Some("0"))),
+        (
+            object_id,
+            "18446744073709551615",
+            Accepted(Some("18446744073709551615")),
+        ),
+        (object_id, "18446744073709551616", Invalid("objectId")),
+        (object_id, "-0", Invalid("objectId")),
+        (object_id, "1.0", Invalid("objectId")),
+        (object_id, "1e2", Invalid("objectId")),
+        (object_id, "-1e400", Malformed),
+        (lat, "-0", Accepted(None)),
+        (lat, "90", Accepted(None)),
+        // Rounds to 90.0 when parsed: in range.
+        (lat, "90.0000000000000001", Accepted(None)),
+        (lat, "90.00000000000001", Invalid("props.geoloc.lat")),
+        (lat, "1e-400", Accepted(None)),
+        (lat, &tiny, Accepted(None)),
+        (lat, "1e2", Invalid("props.geoloc.lat")),
+        (lat, "1E400", Malformed),
+        (parent_id, "-9223372036854775808", Accepted(None)),
+        (parent_id, "18446744073709551615", Accepted(None)),
+        (
+            parent_id,
+            "18446744073709551616",
+            Invalid(r#"props["_parent.id"]"#),
+        ),
+        (
+            parent_id,
+            "-9223372036854775809",
+            Invalid(r#"props["_parent.id"]"#),
+        ),
+        (parent_id, "1.0", Invalid(r#"props["_parent.id"]"#)),
+        // Unknown fields pass through as received, digits and all...
+        (extra, "18446744073709551616", Accepted(None)),
+        (extra, &ten_to_300, Accepted(None)),
+        (extra, "-0.0e-0", Accepted(None)),
+        // ...unless serde_json cannot hold them at all: a number outside the
+        // f64 range is refused even where the bridge does not look.
+        (extra, "1e400", Malformed),
+    ];
+    for (template, literal, outcome) in cases {
+        let body = template.replace('@', literal);
+        let case = format!("{} in {template}", &literal[..literal.len().min(24)]);
+        let before = sink.messages().len();
+        let reply = post_bytes(&bridge, body.clone()).await;
+        match outcome {
+            Accepted(key) => {
+                assert_published(&reply, &sink, before, body.as_bytes(), &case);
+                if let Some(key) = key {
+                    assert_eq!(sink.messages()[before].key, key, "{case}");
+                }
+            }
+            Invalid(field) => {
+                assert_one_problem(&reply, field, &case);
+                assert_nothing_published(&sink, before, &case);
+            }
+            Malformed => {
+                let problem = assert_malformed(&reply, &case);
+                assert!(problem.contains("out of range"), "{case}: {problem}");
+                assert_nothing_published(&sink, before, &case);
+            }
+        }
+    }
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn huge_strings_are_accepted_within_the_body_limit_and_413_over_it() {
+    let with_string = |field: &str, value: &str| {
+        format!(
+            r#"{{"event":"update","time":1,"object":"conversation","objectId":"c-1","props":{{"{field}":"{value}"}}}}"#
+        )
+    };
+    let huge = "x".repeat(200 * 1024);
+    let in_name = with_string("name", &huge);
+    let in_unknown = with_string("transcript", &"\\u0000\\n\\\"".repeat(200 * 1024 / 10));
+    let huge_key = format!(
+        r#"{{"event":"update","time":1,"object":"conversation","objectId":"c-1","props":{{"{huge}":1}}}}"#
+    );
+
+    // Default limit: 256 KiB. Valid bodies with 200 KiB strings go through.
+    let (bridge, sink) = bridge_with(&[]).await;
+    for (case, body) in [
+        ("200 KiB name", &in_name),
+        ("200 KiB of escapes", &in_unknown),
+        ("200 KiB key", &huge_key),
+    ] {
+        assert!(body.len() < 256 * 1024, "{case}");
+        let before = sink.messages().len();
+        let reply = post_bytes(&bridge, body.clone()).await;
+        assert_published(&reply, &sink, before, body.as_bytes(), case);
+    }
+    // A huge objectId is still only 128 characters at most; characters, not
+    // bytes.
+    let published = sink.messages().len();
+    let body = format!(
+        r#"{{"event":"update","time":1,"object":"conversation","objectId":"{huge}","props":{{}}}}"#
+    );
+    let reply = post_bytes(&bridge, body).await;
+    assert_one_problem(&reply, "objectId", "200 KiB objectId");
+    let id = |chars: usize| {
+        format!(
+            r#"{{"event":"update","time":1,"object":"conversation","objectId":"{}","props":{{}}}}"#,
+            "é".repeat(chars)
+        )
+    };
+    let reply = post_bytes(&bridge, id(129)).await;
+    assert_one_problem(&reply, "objectId", "129 two-byte characters");
+    assert_nothing_published(&sink, published, "huge objectId");
+    let reply = post_bytes(&bridge, id(128)).await;
+    assert_published(
+        &reply,
+        &sink,
+        published,
+        id(128).as_bytes(),
+        "128 characters",
+    );
+    assert_still_serving(&bridge, &sink).await;
+
+    // Under a smaller limit the same bodies are 413, declared or chunked.
+    let (small, small_sink) = bridge_with(&["--max-body-bytes", "102400"]).await;
+    let reply = post_bytes(&small, in_name.clone()).await;
+    assert_error(&reply, 413, "payload_too_large", "200 KiB, declared");
+    let mut client = RawClient::connect(&small).await;
+    let head = "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ntransfer-encoding: chunked\r\n\r\n";
+    let mut request = head.as_bytes().to_vec();
+    for piece in in_name.as_bytes().chunks(8192) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    client.send(&request).await;
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("no answer to a 200 KiB chunked body"));
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert_eq!(answer.error_code().as_deref(), Some("payload_too_large"));
+    assert_nothing_published(&small_sink, 0, "200 KiB over a 100 KiB limit");
+    assert_still_serving(&small, &small_sink).await;
+}
+
+/// serde_json keeps the last of duplicate keys, and the bridge publishes the
+/// body as received, with both. A consumer whose parser keeps the first
+/// value (or refuses duplicates) reads another event, object or id than the
+/// topic, key and headers say. This asserts today's behaviour.
+#[tokio::test]
+async fn duplicate_keys_last_value_wins() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let header = |message: &apizee_bridge::route::Message, name: &str| {
+        message
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let accepted = [
+        (
+            r#"{"event":"update","event":"delete","time":1,"object":"ticket","objectId":100,"props":{}}"#,
+            "apizee.ticket.delete",
+            "100",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","object":"media","objectId":100,"props":{}}"#,
+            "apizee.media.update",
+            "100",
+        ),
+        // The first objectId would be refused on its own (a control
+        // character); the last one is valid, so the body is accepted.
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":"bad\u0000id","objectId":7,"props":{}}"#,
+            "apizee.ticket.update",
+            "7",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":5,"state":"open"}}"#,
+            "apizee.ticket.update",
+            "1",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":"none","props":{}}"#,
+            "apizee.ticket.update",
+            "1",
+        ),
+    ];
+    for (index, (body, topic, key)) in accepted.into_iter().enumerate() {
+        let reply = post_bytes(&bridge, body).await;
+        assert_published(&reply, &sink, index, body.as_bytes(), body);
+        let message = &sink.messages()[index];
+        assert_eq!(message.topic, topic, "{body}");
+        assert_eq!(message.key, key, "{body}");
+        assert_eq!(header(message, "apizee-object-id").as_deref(), Some(key));
+    }
+    assert_eq!(
+        header(&sink.messages()[0], "apizee-event").as_deref(),
+        Some("delete")
+    );
+    // And the other way round: a valid first value does not save an invalid
+    // last one.
+    for (body, field) in [
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":7,"objectId":"bad\u0000id","props":{}}"#,
+            "objectId",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":"open","state":5}}"#,
+            "props.state",
+        ),
+        (
+            r#"{"event":"update","time":1,"time":-1,"object":"ticket","objectId":1,"props":{}}"#,
+            "time",
+        ),
+    ] {
+        let reply = post_bytes(&bridge, body).await;
+        assert_one_problem(&reply, field, body);
+        assert_nothing_published(&sink, accepted.len(), body);
+    }
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_nul_bytes_are_400_and_control_characters_in_object_id_422() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    // `name` and `objectId` of a conversation, spliced in as raw bytes.
+    let body = |object_id: &[u8], name: &[u8]| {
+        let mut body =
+            br#"{"event":"update","time":1,"object":"conversation","objectId":""#.to_vec();
+        body.extend_from_slice(object_id);
+        body.extend_from_slice(br#"","props":{"name":""#);
+        body.extend_from_slice(name);
+        body.extend_from_slice(br#""}}"#);
+        body
+    };
+    let valid = body(b"c-1", b"n");
+    let with = |prefix: &[u8], suffix: &[u8]| [prefix, valid.as_slice(), suffix].concat();
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        ("0xFF in objectId", body(b"c\xff1", b"n")),
+        ("Latin-1 e-acute in name", body(b"c-1", b"caf\xe9")),
+        ("overlong NUL in name", body(b"c-1", b"\xc0\x80")),
+        (
+            "UTF-8-encoded surrogate in name",
+            body(b"c-1", b"\xed\xa0\x80"),
+        ),
+        (
+            "code point above U+10FFFF",
+            body(b"c-1", b"\xf4\x90\x80\x80"),
+        ),
+        ("truncated sequence in name", body(b"c-1", b"caf\xc3")),
+        ("lone continuation byte", body(b"c-1", b"\x80")),
+        ("0xFF between tokens", {
+            let mut bytes = valid.clone();
+            let comma = bytes.iter().position(|&b| b == b',').unwrap_or_default();
+            bytes.insert(comma, 0xff);
+            bytes
+        }),
+        ("0xFF after the object", with(b"", b"\xff")),
+        ("UTF-8 byte order mark", with(b"\xef\xbb\xbf", b"")),
+        ("UTF-16 byte order mark", with(b"\xff\xfe", b"")),
+        ("raw NUL in objectId", body(b"c\x001", b"n")),
+        ("raw NUL in name", body(b"c-1", b"a\x00b")),
+        ("raw control character in name", body(b"c-1", b"a\x01b")),
+        ("raw NUL before the object", with(b"\x00", b"")),
+        ("raw NUL after the object", with(b"", b"\x00")),
+        ("a lone NUL", b"\x00".to_vec()),
+        (
+            "C string terminator mid-body",
+            valid[..20].iter().chain(b"\x00").copied().collect(),
+        ),
+        (
+            "lone high surrogate escape in objectId",
+            body(br"\ud800", b"n"),
+        ),
+        (
+            "lone low surrogate escape in name",
+            body(b"c-1", br"\udc00"),
+        ),
+        ("reversed surrogate pair", body(b"c-1", br"\ude00\ud83d")),
+    ];
+    for (case, body) in malformed {
+        let reply = post_bytes(&bridge, body).await;
+        assert_malformed(&reply, case);
+        assert_nothing_published(&sink, 0, case);
+    }
+    for (case, id) in [
+        ("escaped NUL", r"\u0000".as_bytes()),
+        ("escaped NUL inside", br"a\u0000b"),
+        ("unit separator", br"a\u001fb"),
+        ("DEL", br"a\u007fb"),
+        ("C1 NEL", br"a\u0085b"),
+        ("CR LF", br"line\r\nbreak"),
+        ("tab", br"a\tb"),
+        ("escape", br"a\u001b[31mred"),
+    ] {
+        let reply = post_bytes(&bridge, body(id, b"n")).await;
+        assert_one_problem(&reply, "objectId", case);
+        assert_nothing_published(&sink, 0, case);
+    }
+    let reply = post_bytes(
+        &bridge,
+        br#"{"event":"update\u0000","time":1,"object":"ticket","objectId":1,"props":{}}"#.to_vec(),
+    )
+    .await;
+    assert_one_problem(&reply, "event", "NUL after the event name");
+    assert_nothing_published(&sink, 0, "NUL in event");
+
+    // Accepted, as the README says: an escaped NUL in a prop the bridge only
+    // type-checks is passed through; an objectId may hold any non-control
+    // character, including a surrogate pair and format characters.
+    for (case, id, name, key) in [
+        ("escaped NUL in name", &b"c-1"[..], &br"a\u0000b"[..], "c-1"),
+        ("surrogate pair in objectId", br"\ud83d\ude00", b"n", "😀"),
+        ("raw UTF-8 in objectId", "café".as_bytes(), b"n", "café"),
+        (
+            "right-to-left override in objectId",
+            br"a\u202eb",
+            b"n",
+            "a\u{202e}b",
+        ),
+        (
+            "line separator in objectId",
+            br"a\u2028b",
+            b"n",
+            "a\u{2028}b",
+        ),
+    ] {
+        let before = sink.messages().len();
+        let body = body(id, name);
+        let reply = post_bytes(&bridge, body.clone()).await;
+        assert_published(&reply, &sink, before, &body, case);
+        assert_eq!(sink.messages()[before].key, key, "{case}");
+    }
+    assert_still_serving(&bridge, &sink).await;
+}
+
+/// A valid envelope per object, with every known prop present and valid.
+fn valid_envelope(object: &str) -> Value {
+    let props = match object {
+        "ticket" => json!({"state": "open", "geoloc": {"lat": 1.5, "lng": 2.5}}),
+        "media" => json!({"state": "completed", "_parent": {"name": "ticket", "id": 3}}),
+        "conversation" => json!({
+            "eventType": "conversationEnded",
+            "name": "n",
+            "finishedAt": "2021-09-20T13:25:06+00:00"
+        }),
+        "conversationevent" => json!({
+            "eventType": "media.OCRDone",
+            "eventCode": 1,
+            "ticketId": 2,
+            "conversationId": 3
+        }),
+        _ => json!({}),
+    };
+    json!({"event": "update", "time": 1632144306, "object": object, "objectId": 100, "props": props})
+}
+
+/// Sets `path` (keys from the root; a dotted key is one flat key) to `value`.
+fn set(document: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        *document = value;
+        return;
+    };
+    let mut at = document;
+    for key in parents {
+        at = &mut at[*key];
+    }
+    at[*last] = value;
+}
+
+#[tokio::test]
+async fn wrong_types_in_every_field_are_422_naming_that_field() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let kinds = [
+        ("null", json!(null)),
+        ("boolean", json!(true)),
+        ("integer", json!(7)),
+        ("negative", json!(-7)),
+        ("fraction", json!(1.5)),
+        ("string", json!("s")),
+        ("array", json!([])),
+        ("object", json!({})),
+    ];
+    const NUMBER: &[&str] = &["null", "integer", "negative", "fraction"];
+    const INTEGER: &[&str] = &["null", "integer", "negative"];
+    const STRING: &[&str] = &["null", "string"];
+    const OBJECT: &[&str] = &["null", "object"];
+    // (object, path, field named in the 422, kinds accepted). A string that
+    // is not a listed enum value is accepted (and counted) outside --strict.
+    let fields: &[(&str, &[&str], &str, &[&str])] = &[
+        ("ticket", &[], "$", &["object"]),
+        ("ticket", &["event"], "event", &[]),
+        ("ticket", &["time"], "time", &["integer"]),
+        ("ticket", &["object"], "object", &[]),
+        ("ticket", &["objectId"], "objectId", &["integer", "string"]),
+        ("ticket", &["props"], "props", &["object"]),
+        ("smsmessage", &["props"], "props", OBJECT),
+        ("ticket", &["props", "state"], "props.state", STRING),
+        ("ticket", &["props", "geoloc"], "props.geoloc", OBJECT),
+        (
+            "ticket",
+            &["props", "geoloc", "lat"],
+            "props.geoloc.lat",
+            NUMBER,
+        ),
+        (
+            "ticket",
+            &["props", "geoloc", "lng"],
+            "props.geoloc.lng",
+            NUMBER,
+        ),
+        (
+            "ticket",
+            &["props", "geoloc.lat"],
+            r#"props["geoloc.lat"]"#,
+            NUMBER,
+        ),
+        (
+            "ticket",
+            &["props", "geoloc.lng"],
+            r#"props["geoloc.lng"]"#,
+            NUMBER,
+        ),
+        ("media", &["props", "state"], "props.state", STRING),
+        ("media", &["props", "_parent"], "props._parent", OBJECT),
+        (
+            "media",
+            &["props", "_parent", "name"],
+            "props._parent.name",
+            STRING,
+        ),
+        (
+            "media",
+            &["props", "_parent", "id"],
+            "props._parent.id",
+            INTEGER,
+        ),
+        (
+            "media",
+            &["props", "_parent.name"],
+            r#"props["_parent.name"]"#,
+            STRING,
+        ),
+        (
+            "media",
+            &["props", "_parent.id"],
+            r#"props["_parent.id"]"#,
+            INTEGER,
+        ),
+        (
+            "conversation",
+            &["props", "eventType"],
+            "props.eventType",
+            STRING,
+        ),
+        ("conversation", &["props", "name"], "props.name", STRING),
+        // "s" is a string but not an RFC 3339 date.
+        (
+            "conversation",
+            &["props", "finishedAt"],
+            "props.finishedAt",
+            &["null"],
+        ),
+        (
+            "conversationevent",
+            &["props", "eventType"],
+            "props.eventType",
+            STRING,
+        ),
+        (
+            "conversationevent",
+            &["props", "eventCode"],
+            "props.eventCode",
+            INTEGER,
+        ),
+        (
+            "conversationevent",
+            &["props", "ticketId"],
+            "props.ticketId",
+            INTEGER,
+        ),
+        (
+            "conversationevent",
+            &["props", "conversationId"],
+            "props.conversationId",
+            INTEGER,
+        ),
+    ];
+    let mut published = 0;
+    for object in [
+        "ticket",
+        "media",
+        "conversation",
+        "smsmessage",
+        "conversationevent",
+    ] {
+        let body = serde_json::to_vec(&valid_envelope(object)).unwrap_or_default();
+        let reply = post_bytes(&bridge, body.clone()).await;
+        assert_published(&reply, &sink, published, &body, object);
+        published += 1;
+    }
+    for (object, path, field, accepted) in fields {
+        for (kind, value) in &kinds {
+            // `{}` as the whole document is an object missing every field.
+            if path.is_empty() && *kind == "object" {
+                continue;
+            }
+            let mut document = valid_envelope(object);
+            set(&mut document, path, value.clone());
+            let body = serde_json::to_vec(&document).unwrap_or_default();
+            let case = format!("{object} {field} = {value}");
+            let reply = post_bytes(&bridge, body.clone()).await;
+            if accepted.contains(kind) {
+                assert_published(&reply, &sink, published, &body, &case);
+                published += 1;
+            } else {
+                assert_one_problem(&reply, field, &case);
+                assert_nothing_published(&sink, published, &case);
+            }
+        }
+    }
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn declared_oversized_body_is_413_before_it_is_sent() {
+    let (bridge, sink) = bridge_with(&["--max-body-bytes", "4096"]).await;
+    for (case, extra) in [
+        ("plain", ""),
+        ("expecting 100-continue", "expect: 100-continue\r\n"),
+    ] {
+        // Only the head: the 1 GB body never comes, so an answer proves the
+        // bridge did not wait for it.
+        let mut client = RawClient::connect(&bridge).await;
+        let head = format!(
+            "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/json\r\n{extra}content-length: 1000000000\r\n\r\n"
+        );
+        client.send(head.as_bytes()).await;
+        let answer = client
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{case}: closed without an answer"));
+        // Never "100 Continue": the client is not invited to send the body.
+        assert_eq!(answer.status, 413, "{case}: {}", answer.text());
+        assert_eq!(answer.error_code().as_deref(), Some("payload_too_large"));
+        // The body was not read, so the connection cannot be reused.
+        client.assert_closed(case).await;
+    }
+    // The limit is inclusive: exactly 4096 bytes pass, 4097 do not, whether
+    // the length is declared or the body is chunked.
+    let padded = |length: usize| {
+        let mut body = SPEC_TICKET.as_bytes().to_vec();
+        body.resize(length, b' ');
+        body
+    };
+    let chunked = |body: &[u8]| {
+        let mut request =
+            b"POST /webhooks HTTP/1.1\r\nhost: bridge\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+        for piece in body.chunks(1000) {
+            request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            request.extend_from_slice(piece);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        request
+    };
+    let reply = post_bytes(&bridge, padded(4097)).await;
+    assert_error(&reply, 413, "payload_too_large", "4097 declared");
+    let mut client = RawClient::connect(&bridge).await;
+    client.send(&chunked(&padded(4097))).await;
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("4097 chunked: no answer"));
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert_nothing_published(&sink, 0, "over the limit");
+
+    let reply = post_bytes(&bridge, padded(4096)).await;
+    assert_published(&reply, &sink, 0, &padded(4096), "4096 declared");
+    let mut client = RawClient::connect(&bridge).await;
+    client.send(&chunked(&padded(4096))).await;
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("4096 chunked: no answer"));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(sink.messages().len(), 2);
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_over_the_limit_or_badly_framed_are_refused() {
+    let (bridge, sink) = bridge_with(&["--max-body-bytes", "4096"]).await;
+    let head = "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    // One chunk announced at 1 MiB: the bridge stops at the limit, while the
+    // chunk is still coming.
+    let mut client = RawClient::connect(&bridge).await;
+    client.send(head.as_bytes()).await;
+    client.send(b"100000\r\n").await;
+    for _ in 0..16 {
+        if !client.send(&[b' '; 512]).await {
+            break;
+        }
+    }
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("no answer to a 1 MiB chunk"));
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert_eq!(answer.error_code().as_deref(), Some("payload_too_large"));
+
+    // Framing errors inside the body reach the handler as a read error.
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("chunk size not hex", b"zz\r\nabc\r\n0\r\n\r\n".to_vec()),
+        (
+            "chunk size overflows u64",
+            b"fffffffffffffffffff\r\nabc\r\n".to_vec(),
+        ),
+        (
+            "chunk longer than announced",
+            b"2\r\n{}}\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "64 KiB of chunk extensions",
+            format!("2;{}\r\n{{}}\r\n0\r\n\r\n", "ext=value;".repeat(6554)).into_bytes(),
+        ),
+        ("missing CRLF after data", b"2\r\n{}0\r\n\r\n".to_vec()),
+    ];
+    for (case, body) in cases {
+        let mut client = RawClient::connect(&bridge).await;
+        client.send(&[head.as_bytes(), &body].concat()).await;
+        let answer = client
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{case}: no answer"));
+        assert_eq!(answer.status, 400, "{case}: {}", answer.text());
+        assert_eq!(
+            answer.error_code().as_deref(),
+            Some("unreadable_body"),
+            "{case}"
+        );
+    }
+    assert_nothing_published(&sink, 0, "chunked");
+
+    // Content-Length and Transfer-Encoding together: hyper follows
+    // Transfer-Encoding alone and closes the connection after answering
+    // (RFC 9112 6.1), so nothing can be smuggled behind the body.
+    let smuggled = raw_post(SPEC_CONVERSATION.as_bytes());
+    let body = format!("{:x}\r\n{SPEC_TICKET}\r\n0\r\n\r\n", SPEC_TICKET.len());
+    let request = [
+        format!(
+            "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+        )
+        .into_bytes(),
+        smuggled,
+    ]
+    .concat();
+    let mut client = RawClient::connect(&bridge).await;
+    client.send(&request).await;
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("CL + TE: no answer"));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("connection"), Some("close"));
+    client.assert_closed("after CL + TE").await;
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1, "the request behind CL + TE was served");
+    assert_eq!(messages[0].payload, SPEC_TICKET.as_bytes());
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn bodies_that_lie_about_their_length_publish_nothing() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let ticket = SPEC_TICKET.as_bytes();
+
+    // Declares 10, sends all of it: the bridge reads 10 bytes (not JSON:
+    // 400), then takes the rest for the next request, which hyper cannot
+    // parse (its own 400, empty) and closes.
+    for declared in [10, ticket.len() - 1] {
+        let case = format!("declares {declared}, sends {}", ticket.len());
+        let mut client = RawClient::connect(&bridge).await;
+        let head = format!(
+            "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-length: {declared}\r\n\r\n"
+        );
+        client.send(&[head.as_bytes(), ticket].concat()).await;
+        // Without more bytes coming, a leftover that is the start of a head
+        // is dropped with the connection instead of awaited.
+        client.shutdown_write().await;
+        let first = client
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{case}: no answer"));
+        assert_eq!(first.status, 400, "{case}: {}", first.text());
+        assert_eq!(
+            first.error_code().as_deref(),
+            Some("malformed_json"),
+            "{case}"
+        );
+        if let Some(second) = client.response().await {
+            assert_eq!(second.status, 400, "{case}: {}", second.text());
+            assert!(second.body.is_empty(), "{case}: {}", second.text());
+            client.assert_closed(&case).await;
+        }
+        assert_nothing_published(&sink, 0, &case);
+    }
+
+    // Declares more than it sends, then half-closes: the body cannot be
+    // read to its end.
+    let mut client = RawClient::connect(&bridge).await;
+    let head = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-length: {}\r\n\r\n",
+        ticket.len() + 100
+    );
+    client.send(&[head.as_bytes(), ticket].concat()).await;
+    client.shutdown_write().await;
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("half-closed short body: no answer"));
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert_eq!(answer.error_code().as_deref(), Some("unreadable_body"));
+    client.assert_closed("after a short body").await;
+
+    // Same, but the client vanishes altogether: nobody to answer, so wait
+    // for the handler to count the rejection, then check the sink.
+    let mut client = RawClient::connect(&bridge).await;
+    client
+        .send(&[head.as_bytes(), &ticket[..10]].concat())
+        .await;
+    drop(client);
+    let reason = r#"apizee_bridge_rejections_total{reason="unreadable_body"}"#;
+    wait_until("the vanished client's request to be refused", async || {
+        metric_value(&bridge.metrics().await, reason) == 2.0
+    })
+    .await;
+    assert_nothing_published(&sink, 0, "short bodies");
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn stalled_body_holds_its_slot_only_until_the_body_read_timeout() {
+    let (bridge, sink) =
+        bridge_with(&["--max-in-flight", "1", "--body-read-timeout", "500ms"]).await;
+    let mut client = RawClient::connect(&bridge).await;
+    // Announces 100 bytes, sends 10, then nothing.
+    client
+        .send(b"POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-length: 100\r\n\r\n{\"event\":")
+        .await;
+    // While it stalls, it holds the only slot...
+    let in_flight = "apizee_bridge_requests_in_flight";
+    wait_until("the stalled request to be in flight", async || {
+        metric_value(&bridge.metrics().await, in_flight) == 1.0
+    })
+    .await;
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_error(&reply, 429, "too_many_requests", "while a body stalls");
+    // ...until the timeout answers it.
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("no answer to a stalled body"));
+    assert_eq!(answer.status, 408, "{}", answer.text());
+    assert_eq!(answer.error_code().as_deref(), Some("request_timeout"));
+    assert_nothing_published(&sink, 0, "stalled body");
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_published_once_each() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let other_ticket = SPEC_TICKET.replace("100", "101");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: bridge\r\n\r\n").into_bytes();
+    let chunked = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{other_ticket}\r\n0\r\n\r\n",
+        other_ticket.len()
+    );
+    let requests: Vec<(Vec<u8>, u16, Option<&str>)> = vec![
+        (raw_post(SPEC_TICKET.as_bytes()), 200, None),
+        (raw_post(br#"{"event":"#), 400, Some("malformed_json")),
+        (
+            raw_post(
+                br#"{"event":"update","time":"now","object":"ticket","objectId":1,"props":{}}"#,
+            ),
+            422,
+            Some("invalid_envelope"),
+        ),
+        (raw_post(SPEC_CONVERSATION.as_bytes()), 200, None),
+        (get("/healthz"), 200, None),
+        (raw_post(&[b'['; 10_000]), 400, Some("malformed_json")),
+        (get("/webhooks"), 405, Some("method_not_allowed")),
+        (chunked.into_bytes(), 200, None),
+        (get("/nowhere"), 404, Some("not_found")),
+        (raw_post(SPEC_TICKET.as_bytes()), 200, None),
+    ];
+    let all: Vec<u8> = requests.iter().flat_map(|(r, _, _)| r.clone()).collect();
+    let mut client = RawClient::connect(&bridge).await;
+    assert!(client.send(&all).await, "one write of every request");
+    for (index, (_, status, code)) in requests.iter().enumerate() {
+        let answer = client
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("request {index}: connection closed"));
+        assert_eq!(answer.status, *status, "request {index}: {}", answer.text());
+        assert_eq!(answer.error_code().as_deref(), *code, "request {index}");
+    }
+    let payloads: Vec<Bytes> = sink.messages().into_iter().map(|m| m.payload).collect();
+    assert_eq!(
+        payloads,
+        [
+            SPEC_TICKET.as_bytes(),
+            SPEC_CONVERSATION.as_bytes(),
+            other_ticket.as_bytes(),
+            SPEC_TICKET.as_bytes()
+        ]
+    );
+    // The connection is still good for one more.
+    assert!(client.send(&raw_post(SPEC_CONVERSATION.as_bytes())).await);
+    let answer = client
+        .response()
+        .await
+        .unwrap_or_else(|| panic!("no answer after the pipeline"));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(sink.messages().len(), 5);
+    assert_still_serving(&bridge, &sink).await;
+}
+
+#[tokio::test]
+async fn absurd_request_heads_get_hyper_4xx_and_publish_nothing() {
+    // Default limits: hyper's 100 headers, --max-header-bytes 16 KiB.
+    let (bridge, sink) = bridge_with(&[]).await;
+    let with_headers = |count: usize| {
+        // host, content-type and content-length are three of them.
+        let mut head = String::from(
+            "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/json\r\n",
+        );
+        for i in 0..count - 3 {
+            head.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        head.push_str(&format!(
+            "content-length: {}\r\n\r\n{SPEC_TICKET}",
+            SPEC_TICKET.len()
+        ));
+        head.into_bytes()
+    };
+    let with_header = |name: &str, value: &[u8]| {
+        let mut head = format!("POST /webhooks HTTP/1.1\r\nhost: bridge\r\n{name}: ").into_bytes();
+        head.extend_from_slice(value);
+        head.extend_from_slice(
+            format!(
+                "\r\ncontent-length: {}\r\n\r\n{SPEC_TICKET}",
+                SPEC_TICKET.len()
+            )
+            .as_bytes(),
+        );
+        head
+    };
+
+    // Within the limits: served.
+    for (case, request) in [
+        ("100 headers", with_headers(100)),
+        ("a 12 KiB header", with_header("x-big", &[b'a'; 12 * 1024])),
+    ] {
+        let mut client = RawClient::connect(&bridge).await;
+        client.send(&request).await;
+        let answer = client
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{case}: no answer"));
+        assert_eq!(answer.status, 200, "{case}: {}", answer.text());
+    }
+    assert_eq!(sink.messages().len(), 2);
+
+    // hyper answers these itself (empty body) and closes. When the bridge
+    // stops reading before the client stops writing, the kernel may reset
+    // the connection and drop the answer: then "closed" is all we see.
+    let mut uri = b"POST /webhooks?".to_vec();
+    uri.extend_from_slice(&[b'a'; 20 * 1024]);
+    uri.extend_from_slice(b" HTTP/1.1\r\nhost: bridge\r\ncontent-length: 2\r\n\r\n{}");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("101 headers", with_headers(101), 431),
+        ("10 000 headers", with_headers(10_000), 431),
+        (
+            "a 1 MiB header",
+            with_header("x-big", &vec![b'a'; 1 << 20]),
+            431,
+        ),
+        ("a 20 KiB URI", uri, 431),
+        ("NUL in a header value", with_header("x-a", b"a\0b"), 400),
+        ("CR in a header value", with_header("x-a", b"a\rb"), 400),
+        ("space in a header name", with_header("x a", b"v"), 400),
+        (
+            "content-length too large for u64",
+            with_header("content-length", b"99999999999999999999999"),
+            400,
+        ),
+        (
+            "negative content-length",
+            with_header("content-length", b"-1"),
+            400,
+        ),
+        (
+            "two different content-lengths",
+            with_header("content-length", b"5"),
+            400,
+        ),
+        (
+            "transfer-encoding not ending in chunked",
+            with_header("transfer-encoding", b"gzip"),
+            400,
+        ),
+        (
+            "a TLS client hello",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            400,
+        ),
+        (
+            "an HTTP/1.1 line without a method",
+            b"/webhooks HTTP/1.1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "an unknown HTTP version",
+            b"POST /webhooks HTTP/9.9\r\nhost: bridge\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (case, request, status) in cases {
+        let mut client = RawClient::connect(&bridge).await;
+        client.send(&request).await;
+        client.shutdown_write().await;
+        if let Some(answer) = client.response().await {
+            assert_eq!(answer.status, status, "{case}: {}", answer.text());
+            assert!(answer.body.is_empty(), "{case}: {}", answer.text());
+            assert_eq!(answer.header("connection"), Some("close"), "{case}");
+            client.assert_closed(case).await;
+        }
+        assert_nothing_published(&sink, 2, case);
+    }
+
+    // The HTTP/2 preface: hyper's HTTP/1 server only closes.
+    let mut client = RawClient::connect(&bridge).await;
+    client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(
+        client.response().await.is_none(),
+        "an answer to the HTTP/2 preface"
+    );
+    assert_nothing_published(&sink, 2, "HTTP/2 preface");
+    assert_still_serving(&bridge, &sink).await;
+}
+
+/// Coarse: the bridge runs inside this test process, so the resident size
+/// measured is the whole test binary's, other tests running in parallel
+/// included. The bound is generous; it catches a leak or an unbounded buffer
+/// of the order of the bytes sent (about 100 MB here), not small growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_after_2000_hostile_requests() {
+    const REQUESTS: usize = 2000;
+    const CONCURRENCY: usize = 16;
+    const BOUND: f64 = 200.0 * 1024.0 * 1024.0;
+    let (bridge, sink) = bridge_with(&[]).await;
+    let bodies: Arc<Vec<Bytes>> = Arc::new(vec![
+        Bytes::from("[".repeat(100_000)),
+        Bytes::from(format!(
+            r#"{{"event":"update","time":1,"object":"conversation","objectId":"{}","props":{{}}}}"#,
+            "x".repeat(200 * 1024)
+        )),
+        Bytes::from(&SPEC_TICKET.as_bytes()[..SPEC_TICKET.len() / 2]),
+        Bytes::from_static(b"{\"event\":\"\xff\"}"),
+        Bytes::from_static(br#"{"event":1,"time":"x","object":[],"objectId":null,"props":7}"#),
+        Bytes::from(format!(r#"{{"a":"{}"#, "y".repeat(64 * 1024))),
+        Bytes::from_static(b"\x00\x00\x00"),
+        Bytes::from(format!(
+            "{}{}",
+            r#"{"a":"#.repeat(30_000),
+            "}".repeat(30_000)
+        )),
+    ]);
+    let addr = bridge.addr;
+    let mut workers = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let bodies = bodies.clone();
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for n in (worker..REQUESTS).step_by(CONCURRENCY) {
+                let body = bodies[n % bodies.len()].clone();
+                let reply = request(
+                    addr,
+                    "POST",
+                    "/webhooks",
+                    &[("content-type", "application/json")],
+                    body,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("request {n}: {e}"));
+                statuses.push(reply.status);
+            }
+            statuses
+        }));
+    }
+    let mut answered = 0;
+    for worker in workers {
+        let statuses = worker.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            statuses.iter().all(|s| *s == 400 || *s == 422),
+            "{statuses:?}"
+        );
+        answered += statuses.len();
+    }
+    assert_eq!(answered, REQUESTS);
+    assert_nothing_published(&sink, 0, "hostile load");
+
+    let metrics = bridge.metrics().await;
+    let rejected: f64 = ["malformed_json", "invalid_envelope"]
+        .iter()
+        .map(|reason| {
+            metric_value(
+                &metrics,
+                &format!(r#"apizee_bridge_rejections_total{{reason="{reason}"}}"#),
+            )
+        })
+        .sum();
+    assert_eq!(rejected, REQUESTS as f64);
+    assert_eq!(
+        metric_value(&metrics, "apizee_bridge_requests_in_flight"),
+        0.0
+    );
+    let resident = metric_value(&metrics, "apizee_bridge_process_resident_memory_bytes");
+    assert!(resident > 0.0, "no resident memory metric");
+    assert!(
+        resident < BOUND,
+        "resident memory {:.0} MiB after {REQUESTS} hostile requests",
+        resident / 1024.0 / 1024.0
+    );
+    assert_still_serving(&bridge, &sink).await;
+}
