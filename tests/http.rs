@@ -483,10 +483,11 @@ async fn metrics_pass_promtool_check() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_lets_in_flight_requests_finish_then_stops() {
-    let (bridge, sink) = bridge_with(&[]).await;
-    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
+/// Starts a POST of the ticket sample in the background and returns once
+/// the bridge counts it in flight (the sink should be slow for that).
+async fn post_and_wait_in_flight(
+    bridge: &Bridge,
+) -> tokio::task::JoinHandle<Result<Reply, String>> {
     let addr = bridge.addr;
     let in_flight = tokio::spawn(async move {
         request(
@@ -504,6 +505,15 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
             Ok(r) if r.text().contains("apizee_bridge_requests_in_flight 1"))
     })
     .await;
+    in_flight
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_then_stops() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
+    let addr = bridge.addr;
+    let in_flight = post_and_wait_in_flight(&bridge).await;
     let app = bridge.app.clone();
     bridge.stop().await;
     let reply = in_flight
@@ -523,23 +533,7 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
 async fn past_max_in_flight_the_answer_is_429_at_once() {
     let (bridge, sink) = bridge_with(&["--max-in-flight", "1", "--retry-after", "3s"]).await;
     sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
-    let addr = bridge.addr;
-    let first = tokio::spawn(async move {
-        request(
-            addr,
-            "POST",
-            "/webhooks",
-            &[("content-type", "application/json")],
-            Bytes::from(SPEC_TICKET),
-        )
-        .await
-    });
-    let metrics_addr = bridge.metrics_addr;
-    wait_until("the first request to be in flight", async || {
-        matches!(get(metrics_addr, "/metrics").await,
-            Ok(r) if r.text().contains("apizee_bridge_requests_in_flight 1"))
-    })
-    .await;
+    let first = post_and_wait_in_flight(&bridge).await;
     let second = bridge.post(SPEC_CONVERSATION).await;
     assert_error(&second, 429, "too_many_requests");
     assert_eq!(second.header("retry-after"), Some("3"));
