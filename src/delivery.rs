@@ -94,10 +94,7 @@ impl Delivery {
     /// this copy is for operators. The outcome is counted and, on failure,
     /// logged.
     pub async fn dead_letter(&self, message: &Message) {
-        let outcome = tokio::time::timeout(self.publish_timeout, self.sink.publish(message))
-            .await
-            .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
-        match outcome {
+        match self.publish_within_timeout(message).await {
             Ok(()) => self.metrics.dead_lettered("ok"),
             Err(e) => {
                 self.metrics.dead_lettered(e.kind());
@@ -106,12 +103,17 @@ impl Delivery {
         }
     }
 
-    /// Publishes with the timeout, and records the outcome.
+    /// Publishes, giving up after `--publish-timeout`.
+    async fn publish_within_timeout(&self, message: &Message) -> Result<(), PublishError> {
+        tokio::time::timeout(self.publish_timeout, self.sink.publish(message))
+            .await
+            .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)))
+    }
+
+    /// Publishes a webhook with the timeout, and records the outcome.
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.publish_timeout, self.sink.publish(message))
-            .await
-            .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+        let outcome = self.publish_within_timeout(message).await;
         let label = match &outcome {
             Ok(()) => "ok",
             Err(e) => e.kind(),

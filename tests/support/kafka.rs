@@ -69,13 +69,7 @@ impl Tansu {
             port,
         };
         let bootstrap = broker.bootstrap();
-        wait_until("tansu to answer metadata requests", async || {
-            let bootstrap = bootstrap.clone();
-            tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
-                .await
-                .unwrap_or(false)
-        })
-        .await;
+        wait_for_metadata("tansu to answer metadata requests", bootstrap).await;
         broker
     }
 
@@ -167,13 +161,7 @@ impl DurableTansu {
             .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
         self.child = Some(child);
         let bootstrap = self.bootstrap();
-        wait_until("tansu (sqlite) to answer metadata requests", async || {
-            let bootstrap = bootstrap.clone();
-            tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
-                .await
-                .unwrap_or(false)
-        })
-        .await;
+        wait_for_metadata("tansu (sqlite) to answer metadata requests", bootstrap).await;
     }
 
     /// Kills the broker with SIGKILL (no chance to flush anything) and waits
@@ -207,6 +195,17 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
         .set("log_level", "3")
         .create()
         .unwrap_or_else(|e| panic!("cannot create a Kafka consumer: {e}"))
+}
+
+/// Polls until a broker at `bootstrap` answers a metadata request.
+async fn wait_for_metadata(what: &str, bootstrap: String) {
+    wait_until(what, async || {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
+            .await
+            .unwrap_or(false)
+    })
+    .await;
 }
 
 /// True when a broker answers a metadata request.
