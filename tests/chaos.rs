@@ -201,6 +201,16 @@ async fn load_with_chaos(bridge: &Bridge, run: &'static str, chaos: impl AsyncFn
         load.acknowledged_before < EVENTS,
         "every event was acknowledged before the kill: the test killed nothing mid-load"
     );
+    // Printed before the topic is read, so a failure while reading still
+    // shows how the load went.
+    println!(
+        "chaos {run}: load over after {:?}: sent={} acknowledged={} requests={} refusals {:?}",
+        load.duration,
+        load.sent,
+        load.ids.len(),
+        load.attempts,
+        load.refusals
+    );
     load
 }
 
