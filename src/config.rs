@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::auth::Auth;
+use crate::auth::{
+    BasicAuth, Cidr, Guard, SharedSecret, Signature, SignatureEncoding, SourceFilter,
+};
 use crate::envelope::Rules;
 use crate::route::{DEFAULT_TEMPLATE, TopicTemplate, is_valid_topic};
+use crate::tls::{TlsFiles, TlsSettings};
 
 /// Receives Apizee (ApiRTC) webhooks and publishes each one to NATS, or to
 /// standard output for development, on a topic named by object and event
@@ -29,6 +32,28 @@ pub struct Cli {
     /// URL path that accepts webhooks (POST). A trailing slash is also accepted.
     #[arg(long, env = "APIZEE_BRIDGE_PATH", default_value = "/webhooks")]
     pub path: String,
+
+    /// Certificate chain (PEM, leaf first) to serve webhooks over TLS
+    /// (with --tls-key); HTTP/2 and HTTP/1.1 are offered by ALPN. Reloaded
+    /// on SIGHUP and when the file changes; open connections keep theirs.
+    #[arg(long, env = "APIZEE_BRIDGE_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "APIZEE_BRIDGE_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM): every client must present a certificate
+    /// signed by one of them, or the TLS handshake is refused. Needs
+    /// --tls-cert.
+    #[arg(long, env = "APIZEE_BRIDGE_TLS_CLIENT_CA", value_name = "PATH")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are read to see whether they changed; a
+    /// change (or SIGHUP) reloads them. A failed reload keeps the previous
+    /// certificate.
+    #[arg(long, env = "APIZEE_BRIDGE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
 
     /// Address for Prometheus metrics (/metrics).
     #[arg(
@@ -89,8 +114,9 @@ pub struct Cli {
     pub max_header_bytes: usize,
 
     /// Time a client has to send a request's headers, counted from when the
-    /// bridge waits for them; also closes keep-alive connections idle for
-    /// that long.
+    /// bridge waits for them (with TLS, also to finish the handshake); also
+    /// closes keep-alive connections, HTTP/2 ones included, idle for that
+    /// long.
     #[arg(long, env = "APIZEE_BRIDGE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -254,6 +280,94 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_AUTH_TOKEN_FILE", value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// Accepted HTTP Basic credentials, as USER:PASSWORD; repeat the flag or
+    /// separate with commas. Prefer --basic-auth-file, which also allows
+    /// commas in passwords.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_BASIC_AUTH",
+        value_name = "USER:PASSWORD",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub basic_auth: Vec<String>,
+
+    /// File with accepted HTTP Basic credentials, one USER:PASSWORD per line
+    /// (blank lines and # comments ignored).
+    #[arg(long, env = "APIZEE_BRIDGE_BASIC_AUTH_FILE", value_name = "PATH")]
+    pub basic_auth_file: Option<PathBuf>,
+
+    /// Require an HMAC-SHA256 signature of the raw body, made with this key,
+    /// in --hmac-header. Repeat the flag or separate with commas to rotate
+    /// keys. Prefer the env var or --hmac-secret-file to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_HMAC_SECRET",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub hmac_secret: Vec<String>,
+
+    /// File with HMAC keys, one per line (blank lines and # comments ignored).
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_SECRET_FILE", value_name = "PATH")]
+    pub hmac_secret_file: Option<PathBuf>,
+
+    /// Request header that carries the HMAC signature, optionally prefixed
+    /// by "sha256=".
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_HMAC_HEADER",
+        value_name = "NAME",
+        default_value = "X-Signature"
+    )]
+    pub hmac_header: String,
+
+    /// How the signature is written in --hmac-header.
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_ENCODING", value_enum, default_value_t = SignatureEncoding::Hex)]
+    pub hmac_encoding: SignatureEncoding,
+
+    /// Request header with the time of signing, in UNIX seconds. When set,
+    /// the signed bytes are "<timestamp>.<body>" and a request whose
+    /// timestamp is further than --hmac-tolerance from now is refused, so a
+    /// captured request cannot be replayed later.
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_TIMESTAMP_HEADER", value_name = "NAME")]
+    pub hmac_timestamp_header: Option<String>,
+
+    /// Largest accepted difference between --hmac-timestamp-header and the
+    /// bridge's clock, either way.
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
+    pub hmac_tolerance: Duration,
+
+    /// Accept webhooks only from these client addresses (CIDR ranges or
+    /// single addresses); repeat the flag or separate with commas. Others get
+    /// 403.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_ALLOW_CIDR",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_cidr: Vec<String>,
+
+    /// Proxies and load balancers whose X-Forwarded-For is believed when
+    /// checking --allow-cidr (CIDR ranges or addresses; repeat or separate
+    /// with commas). From any other peer, the connection's own address is
+    /// the client.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+
+    /// Accept webhooks only with a User-Agent that starts with this text (the
+    /// platform sends "Cloud Apizee"); others get 403. A filter against stray
+    /// traffic, not authentication: any client can send it.
+    #[arg(long, env = "APIZEE_BRIDGE_REQUIRE_USER_AGENT", value_name = "TEXT")]
+    pub require_user_agent: Option<String>,
+
     /// Log format.
     #[arg(long, env = "APIZEE_BRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -321,6 +435,9 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// TLS on `listen`, its files already loaded and checked; plain HTTP
+    /// without it.
+    pub tls: Option<TlsSettings>,
     /// Where and how big the durable spool is, if any.
     pub spool: Option<(PathBuf, u64)>,
     pub metrics_listen: SocketAddr,
@@ -345,7 +462,8 @@ pub struct HttpSettings {
     pub dead_letter: Option<DeadLetter>,
     pub rules: Rules,
     pub template: TopicTemplate,
-    pub auth: Option<Auth>,
+    /// Who may send webhooks; the default lets everyone in.
+    pub guard: Guard,
 }
 
 /// Limits against slow and greedy clients on the webhook listener.
@@ -460,11 +578,7 @@ impl Settings {
                 };
                 ConfigError::new(flag, e.to_string())
             })?;
-        let auth = auth_from_cli(
-            cli.auth_header.as_deref(),
-            cli.auth_token,
-            cli.auth_token_file.as_deref(),
-        )?;
+        let guard = guard_from_cli(&cli)?;
         let sink = match cli.sink {
             SinkKind::Stdout => SinkSettings::Stdout,
             SinkKind::Nats => SinkSettings::Nats(Box::new(NatsSettings {
@@ -551,9 +665,17 @@ impl Settings {
         if cli.spool_dir.is_some() && cli.spool_max_bytes == 0 {
             return Err(ConfigError::new("--spool-max-bytes", "must be at least 1"));
         }
+        // Last: the only check that reads files.
+        let tls = tls_settings(
+            cli.tls_cert,
+            cli.tls_key,
+            cli.tls_client_ca,
+            cli.tls_reload_interval,
+        )?;
         Ok(Settings {
             spool: cli.spool_dir.map(|dir| (dir, cli.spool_max_bytes)),
             listen: cli.listen,
+            tls,
             metrics_listen: cli.metrics_listen,
             http: HttpSettings {
                 path: cli.path,
@@ -573,7 +695,7 @@ impl Settings {
                     object_id_in_topic: template.uses_object_id(),
                 },
                 template,
-                auth,
+                guard,
             },
             shutdown_timeout: cli.shutdown_timeout,
             sink,
@@ -581,6 +703,50 @@ impl Settings {
             log_level: cli.log_level,
         })
     }
+}
+
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    reload_interval: Duration,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if client_ca.is_some() => {
+            return Err(ConfigError::new(
+                "--tls-client-ca",
+                "needs --tls-cert and --tls-key: client certificates are only asked for over TLS",
+            ));
+        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "--tls-cert",
+                "needs --tls-key: give the certificate's private key (PEM) too",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "--tls-key",
+                "needs --tls-cert: give the certificate chain (PEM) the key belongs to",
+            ));
+        }
+    };
+    if reload_interval.is_zero() {
+        return Err(ConfigError::new(
+            "--tls-reload-interval",
+            "must be more than 0",
+        ));
+    }
+    let files = TlsFiles {
+        cert,
+        key,
+        client_ca,
+    };
+    TlsSettings::load(files, reload_interval)
+        .map(Some)
+        .map_err(|e| ConfigError::new(e.flag, e.to_string()))
 }
 
 fn kafka_settings(
@@ -665,22 +831,143 @@ fn stream_subject(template: &TopicTemplate) -> Result<String, ConfigError> {
     })
 }
 
-fn auth_from_cli(
-    header: Option<&str>,
-    tokens: Vec<String>,
-    token_file: Option<&std::path::Path>,
-) -> Result<Option<Auth>, ConfigError> {
-    let mut secrets: Vec<Secret> = tokens
-        .into_iter()
+fn guard_from_cli(cli: &Cli) -> Result<Guard, ConfigError> {
+    let shared_secret = shared_secret_from_cli(
+        cli.auth_header.as_deref(),
+        &cli.auth_token,
+        cli.auth_token_file.as_deref(),
+    )?;
+
+    let basic_pairs = secrets_from_cli(
+        "--basic-auth-file",
+        "USER:PASSWORD line",
+        &cli.basic_auth,
+        cli.basic_auth_file.as_deref(),
+    )?;
+    let basic = if basic_pairs.is_empty() {
+        None
+    } else {
+        let flag = if cli.basic_auth_file.is_some() {
+            "--basic-auth-file"
+        } else {
+            "--basic-auth"
+        };
+        if shared_secret
+            .as_ref()
+            .is_some_and(|s| s.header() == http::header::AUTHORIZATION)
+        {
+            return Err(ConfigError::new(
+                flag,
+                "cannot be combined with --auth-header Authorization: both need the \
+                 Authorization header; name another header for the shared secret",
+            ));
+        }
+        Some(BasicAuth::new(&basic_pairs).map_err(|e| ConfigError::new(flag, e.to_string()))?)
+    };
+
+    let hmac_keys = secrets_from_cli(
+        "--hmac-secret-file",
+        "key",
+        &cli.hmac_secret,
+        cli.hmac_secret_file.as_deref(),
+    )?;
+    let signature = if hmac_keys.is_empty() {
+        if cli.hmac_timestamp_header.is_some() {
+            return Err(ConfigError::new(
+                "--hmac-timestamp-header",
+                "needs a key: set --hmac-secret or --hmac-secret-file",
+            ));
+        }
+        None
+    } else {
+        let header = header_name("--hmac-header", &cli.hmac_header)?;
+        let timestamp = match &cli.hmac_timestamp_header {
+            Some(name) => {
+                if cli.hmac_tolerance.is_zero() {
+                    return Err(ConfigError::new("--hmac-tolerance", "must be more than 0"));
+                }
+                Some((
+                    header_name("--hmac-timestamp-header", name)?,
+                    cli.hmac_tolerance,
+                ))
+            }
+            None => None,
+        };
+        Some(Signature::new(
+            header,
+            cli.hmac_encoding,
+            &hmac_keys,
+            timestamp,
+        ))
+    };
+
+    let allow = cidrs("--allow-cidr", &cli.allow_cidr)?;
+    let trusted_proxies = cidrs("--trusted-proxy", &cli.trusted_proxy)?;
+    let source = match (allow.is_empty(), trusted_proxies.is_empty()) {
+        (true, true) => None,
+        (true, false) => {
+            return Err(ConfigError::new(
+                "--trusted-proxy",
+                "only takes effect with --allow-cidr: add the client ranges to accept",
+            ));
+        }
+        (false, _) => Some(SourceFilter::new(allow, trusted_proxies)),
+    };
+
+    let user_agent = match cli.require_user_agent.as_deref() {
+        None => None,
+        Some("") => {
+            return Err(ConfigError::new(
+                "--require-user-agent",
+                "is empty, which every request matches: give the expected text, such as \
+                 \"Cloud Apizee\"",
+            ));
+        }
+        Some(text) => Some(text.to_owned()),
+    };
+
+    Ok(Guard {
+        source,
+        user_agent,
+        shared_secret,
+        basic,
+        signature,
+    })
+}
+
+fn header_name(flag: &'static str, name: &str) -> Result<http::HeaderName, ConfigError> {
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ConfigError::new(flag, format!("{name:?} is not a valid HTTP header name")))
+}
+
+fn cidrs(flag: &'static str, values: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Cidr>()
+                .map_err(|e| ConfigError::new(flag, e.to_string()))
+        })
+        .collect()
+}
+
+/// Secrets from a repeatable flag plus a file of one per line. An empty or
+/// commented-out file is an error: it must not silently turn a check off.
+fn secrets_from_cli(
+    file_flag: &'static str,
+    entry: &str,
+    values: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut secrets: Vec<Secret> = values
+        .iter()
         .filter(|t| !t.is_empty())
-        .map(Secret::new)
+        .map(|t| Secret::new(t.clone()))
         .collect();
-    if let Some(path) = token_file {
+    if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                "--auth-token-file",
-                format!("cannot read {}: {e}", path.display()),
-            )
+            ConfigError::new(file_flag, format!("cannot read {}: {e}", path.display()))
         })?;
         let before = secrets.len();
         secrets.extend(
@@ -689,14 +976,22 @@ fn auth_from_cli(
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(|l| Secret::new(l.to_owned())),
         );
-        // An empty file must not silently turn authentication off.
         if secrets.len() == before {
             return Err(ConfigError::new(
-                "--auth-token-file",
-                format!("{} holds no token", path.display()),
+                file_flag,
+                format!("{} holds no {entry}", path.display()),
             ));
         }
     }
+    Ok(secrets)
+}
+
+fn shared_secret_from_cli(
+    header: Option<&str>,
+    tokens: &[String],
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<SharedSecret>, ConfigError> {
+    let secrets = secrets_from_cli("--auth-token-file", "token", tokens, token_file)?;
     match (header, secrets.is_empty()) {
         (None, true) => Ok(None),
         (None, false) => Err(ConfigError::new(
@@ -707,7 +1002,7 @@ fn auth_from_cli(
             "--auth-token",
             "no token given for --auth-header: set --auth-token or --auth-token-file",
         )),
-        (Some(name), false) => Auth::new(name, secrets)
+        (Some(name), false) => SharedSecret::new(name, secrets)
             .map(Some)
             .map_err(|e| ConfigError::new("--auth-header", e.to_string())),
     }

@@ -12,6 +12,7 @@
 //! - [`route`]: envelope to topic, key, headers and the untouched payload.
 //! - [`sink`]: the one trait every broker implements (stdout, NATS, Kafka).
 //! - [`http`]: listener, limits, graceful drain, and the status mapping.
+//! - [`tls`]: the listener's optional TLS configuration and its reloading.
 //! - [`metrics`]: every Prometheus metric, with bounded labels.
 //!
 //! The pure middle (`envelope`, `route`) has no I/O and is unit-tested; the
@@ -29,6 +30,7 @@ pub mod route;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,6 +78,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         path = %settings.http.path,
         metrics = %settings.metrics_listen,
         sink = sink.name(),
+        tls = settings.tls.is_some(),
         "apizee-bridge started"
     );
     let spool = match &settings.spool {
@@ -92,11 +95,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         }
         None => None,
     };
+    let tls = match settings.tls {
+        Some(tls) => {
+            metrics.register_tls()?;
+            Some(tls::ServerTls::new(tls, metrics.clone()))
+        }
+        None => None,
+    };
     let app = Arc::new(App::with_spool(settings.http, sink, spool, metrics));
-    serve(
+    serve_with_tls(
         app,
         listener,
         metrics_listener,
+        tls,
         settings.shutdown_timeout,
         shutdown,
     )
@@ -142,6 +153,31 @@ pub async fn serve(
     shutdown_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with_tls(
+        app,
+        listener,
+        metrics_listener,
+        None,
+        shutdown_timeout,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`], with webhooks over TLS when `tls` is given; its files are
+/// reloaded on SIGHUP and when they change, until shutdown.
+pub async fn serve_with_tls(
+    app: Arc<App>,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    tls: Option<Arc<tls::ServerTls>>,
+    shutdown_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    // SIGHUP is taken over before the first connection is accepted.
+    let reload = tls
+        .clone()
+        .map(|tls| tokio::spawn(tls.watch(tls::ReloadSignal::register())));
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let replay = tokio::spawn(app.delivery().clone().replay());
     let metrics_task = tokio::spawn(http::server::serve_metrics(
@@ -153,10 +189,13 @@ pub async fn serve(
         },
     ));
 
-    http::server::serve_webhooks(listener, app.clone(), shutdown_timeout, shutdown).await;
+    http::server::serve_webhooks(listener, app.clone(), tls, shutdown_timeout, shutdown).await;
 
     // Events still spooled stay on disk for the next start.
     replay.abort();
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.delivery().sink().flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),

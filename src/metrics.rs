@@ -11,6 +11,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::auth::Denial;
 use crate::envelope::{ENUM_FIELDS, Envelope, Event, ObjectKind, UnknownValue};
 
 const NAMESPACE: &str = "apizee_bridge";
@@ -29,6 +30,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     webhooks_received: IntCounterVec,
     rejections: IntCounterVec,
+    auth_failures: IntCounterVec,
     publishes: IntCounterVec,
     publish_duration: HistogramVec,
     request_duration: Histogram,
@@ -41,6 +43,13 @@ pub struct Metrics {
     kafka: OnceLock<KafkaMetrics>,
     /// Registered only with `--spool-dir`.
     spool: OnceLock<SpoolMetrics>,
+    /// Registered only with `--tls-cert`.
+    tls: OnceLock<TlsMetrics>,
+}
+
+struct TlsMetrics {
+    reloads: IntCounterVec,
+    handshake_failures: prometheus::IntCounter,
 }
 
 struct SpoolMetrics {
@@ -87,6 +96,13 @@ impl Metrics {
             opts(
                 "rejections_total",
                 "Requests refused with a 4xx, by reason (the error code in the body).",
+            ),
+            &["reason"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            opts(
+                "auth_failures_total",
+                "Webhooks refused with 401 or 403, by the check that failed.",
             ),
             &["reason"],
         )?;
@@ -147,6 +163,7 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(webhooks_received.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(publishes.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -168,6 +185,7 @@ impl Metrics {
             http_requests,
             webhooks_received,
             rejections,
+            auth_failures,
             publishes,
             publish_duration,
             request_duration,
@@ -177,6 +195,7 @@ impl Metrics {
             dead_letters,
             kafka: OnceLock::new(),
             spool: OnceLock::new(),
+            tls: OnceLock::new(),
         })
     }
 
@@ -197,6 +216,9 @@ impl Metrics {
         }
         for reason in rejection_reasons {
             self.rejections.with_label_values(&[reason]);
+        }
+        for denial in Denial::ALL {
+            self.auth_failures.with_label_values(&[denial.label()]);
         }
         for outcome in PUBLISH_OUTCOMES {
             self.publishes.with_label_values(&[sink, outcome]);
@@ -233,6 +255,11 @@ impl Metrics {
 
     pub fn rejected(&self, reason: &'static str) {
         self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// `reason` is a [`Denial::label`].
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// `outcome` is `ok` or a [`crate::sink::PublishError::kind`].
@@ -309,6 +336,51 @@ impl Metrics {
         if let Some(kafka) = self.kafka() {
             kafka.queue_messages.set(queued);
             kafka.in_flight_messages.set(in_flight);
+        }
+    }
+
+    /// Registers the TLS metrics, both reload results at 0; later calls do
+    /// nothing.
+    pub fn register_tls(&self) -> Result<(), prometheus::Error> {
+        if self.tls.get().is_some() {
+            return Ok(());
+        }
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
+        let metrics = TlsMetrics {
+            reloads: IntCounterVec::new(
+                opts(
+                    "tls_reloads_total",
+                    "Reloads of the TLS certificate (SIGHUP or changed files), by result \
+                     (success, failure: the previous certificate stays).",
+                ),
+                &["result"],
+            )?,
+            handshake_failures: prometheus::IntCounter::with_opts(opts(
+                "tls_handshake_failures_total",
+                "TLS handshakes on the webhook listener that failed or timed out \
+                 (bad or missing client certificate, plain HTTP, stalled client).",
+            ))?,
+        };
+        for result in ["success", "failure"] {
+            metrics.reloads.with_label_values(&[result]);
+        }
+        self.registry.register(Box::new(metrics.reloads.clone()))?;
+        self.registry
+            .register(Box::new(metrics.handshake_failures.clone()))?;
+        let _ = self.tls.set(metrics);
+        Ok(())
+    }
+
+    pub fn tls_reloaded(&self, success: bool) {
+        if let Some(tls) = self.tls.get() {
+            let result = if success { "success" } else { "failure" };
+            tls.reloads.with_label_values(&[result]).inc();
+        }
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        if let Some(tls) = self.tls.get() {
+            tls.handshake_failures.inc();
         }
     }
 

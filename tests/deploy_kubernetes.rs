@@ -708,7 +708,7 @@ fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
         assert_eq!(sink, b.sink, "{}: the sink", b.target);
         assert_eq!(settings.log_format, LogFormat::Json, "{}: logs", b.target);
         assert!(
-            settings.http.auth.is_some(),
+            settings.http.guard.shared_secret.is_some(),
             "{}: webhooks must need the shared secret",
             b.target
         );

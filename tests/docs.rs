@@ -53,10 +53,11 @@ async fn readme_metrics_table_matches_the_exported_metrics() {
         .lines()
         .filter_map(|l| l.strip_prefix("| `apizee_bridge_"))
         .filter_map(|l| l.split('`').next())
-        // Kafka and spool series exist only with --sink kafka / --spool-dir:
-        // tests/kafka*.rs and tests/spool.rs check those.
+        // Kafka, spool and TLS series exist only with --sink kafka /
+        // --spool-dir / --tls-cert: tests/kafka*.rs, tests/spool.rs and
+        // tests/tls.rs check those.
         .filter(|name| {
-            !["process_", "kafka_", "spool"]
+            !["process_", "kafka_", "spool", "tls_"]
                 .iter()
                 .any(|p| name.starts_with(p))
         })

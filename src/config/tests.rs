@@ -168,7 +168,9 @@ fn defaults() {
         settings.http.template.to_string(),
         "apizee.{object}.{event}"
     );
-    assert!(settings.http.auth.is_none());
+    let guard = &settings.http.guard;
+    assert!(guard.shared_secret.is_none() && guard.basic.is_none() && guard.signature.is_none());
+    assert!(guard.source.is_none() && guard.user_agent.is_none());
     assert_eq!(settings.shutdown_timeout, Duration::from_secs(20));
     assert!(matches!(settings.sink, SinkSettings::Stdout));
     assert_eq!(settings.log_format, LogFormat::Text);
@@ -506,7 +508,7 @@ fn auth_tokens_from_commas_and_repeated_flags() {
         "--auth-token",
         "newest",
     ]);
-    let auth = settings.http.auth.expect("auth configured");
+    let auth = settings.http.guard.shared_secret.expect("auth configured");
     assert_eq!(auth.header().as_str(), "x-apizee-secret");
     for token in ["old", "new", "newest"] {
         assert!(auth.allows(&headers("x-apizee-secret", token)), "{token}");
@@ -516,7 +518,7 @@ fn auth_tokens_from_commas_and_repeated_flags() {
     }
     assert_eq!(
         format!("{auth:?}"),
-        r#"Auth { header: "x-apizee-secret", tokens: 3 }"#
+        r#"SharedSecret { header: "x-apizee-secret", tokens: 3 }"#
     );
 }
 
@@ -535,10 +537,10 @@ fn auth_token_file_skips_comments_and_blank_lines() {
         "--auth-token-file",
         file.to_str().unwrap(),
     ]);
-    let auth = settings.http.auth.expect("auth configured");
+    let auth = settings.http.guard.shared_secret.expect("auth configured");
     assert_eq!(
         format!("{auth:?}"),
-        r#"Auth { header: "authorization", tokens: 3 }"#
+        r#"SharedSecret { header: "authorization", tokens: 3 }"#
     );
     for token in ["first-token", "second-token", "third", "Bearer third"] {
         assert!(auth.allows(&headers("authorization", token)), "{token}");
@@ -572,7 +574,7 @@ fn auth_token_file_adds_to_auth_token() {
         "--auth-token-file",
         file.to_str().unwrap(),
     ]);
-    let auth = settings.http.auth.expect("auth configured");
+    let auth = settings.http.guard.shared_secret.expect("auth configured");
     assert!(auth.allows(&headers("x-token", "from-flag")));
     assert!(auth.allows(&headers("x-token", "from-file")));
 }
@@ -892,7 +894,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 41);
+    assert_eq!(checked, 56);
 }
 
 #[test]
@@ -904,6 +906,8 @@ fn env_values_of_secret_flags_are_hidden_from_help() {
         "nats-password",
         "auth-token",
         "kafka-option",
+        "basic-auth",
+        "hmac-secret",
     ];
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else {
@@ -922,4 +926,151 @@ fn config_error_displays_as_one_line_naming_the_flag() {
     let error = config_error("--nats-url", "names no server");
     assert_eq!(error.to_string(), "invalid --nats-url: names no server");
     assert!(!error.to_string().contains('\n'));
+}
+
+// Basic, HMAC, source and User-Agent checks
+
+fn written(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn basic_auth_from_flags_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = written(&dir, "users", "# ops\nfile-user:pass,with,commas\n");
+    let settings = settings(&["--basic-auth", "a:1,b:2", "--basic-auth-file", &file]);
+    let basic = settings.http.guard.basic.expect("basic configured");
+    assert_eq!(format!("{basic:?}"), "BasicAuth { users: 3 }");
+    assert_eq!(
+        error(&["--basic-auth", "nocolon"]),
+        ConfigError::new(
+            "--basic-auth",
+            "expected USER:PASSWORD, found no ':' in an entry"
+        )
+    );
+    let empty = written(&dir, "empty", "# none\n");
+    let refused = error(&["--basic-auth-file", &empty]);
+    assert_eq!(refused.flag, "--basic-auth-file");
+    assert!(
+        refused.reason.contains("holds no USER:PASSWORD line"),
+        "{}",
+        refused.reason
+    );
+    // Both would need the Authorization header.
+    let clash = error(&[
+        "--basic-auth",
+        "a:1",
+        "--auth-header",
+        "Authorization",
+        "--auth-token",
+        "t",
+    ]);
+    assert_eq!(clash.flag, "--basic-auth");
+    assert!(
+        clash.reason.contains("--auth-header Authorization"),
+        "{}",
+        clash.reason
+    );
+}
+
+#[test]
+fn hmac_flags() {
+    let settings = settings(&[
+        "--hmac-secret",
+        "k1,k2",
+        "--hmac-encoding",
+        "base64",
+        "--hmac-timestamp-header",
+        "X-Timestamp",
+        "--hmac-tolerance",
+        "2m",
+    ]);
+    let signature = settings.http.guard.signature.expect("signature configured");
+    let shown = format!("{signature:?}");
+    assert!(shown.contains(r#"header: "x-signature""#), "{shown}");
+    assert!(shown.contains("keys: 2"), "{shown}");
+    assert!(shown.contains("Base64"), "{shown}");
+    assert!(shown.contains("120s"), "{shown}");
+    assert!(!shown.contains("k1"), "{shown}");
+
+    assert_eq!(
+        error(&["--hmac-timestamp-header", "X-Timestamp"]),
+        ConfigError::new(
+            "--hmac-timestamp-header",
+            "needs a key: set --hmac-secret or --hmac-secret-file"
+        )
+    );
+    assert_eq!(
+        error(&["--hmac-secret", "k", "--hmac-header", "bad header"]).flag,
+        "--hmac-header"
+    );
+    assert_eq!(
+        error(&[
+            "--hmac-secret",
+            "k",
+            "--hmac-timestamp-header",
+            "X-T",
+            "--hmac-tolerance",
+            "0s"
+        ]),
+        ConfigError::new("--hmac-tolerance", "must be more than 0")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = written(&dir, "keys", "\n");
+    assert_eq!(
+        error(&["--hmac-secret-file", &empty]).flag,
+        "--hmac-secret-file"
+    );
+}
+
+#[test]
+fn source_allow_list_flags() {
+    let settings = settings(&[
+        "--allow-cidr",
+        "203.0.113.0/24, 2001:db8::/32",
+        "--trusted-proxy",
+        "10.0.0.0/8",
+    ]);
+    let source = settings
+        .http
+        .guard
+        .source
+        .expect("source filter configured");
+    let peer: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    assert!(source.allows(peer, &headers("x-forwarded-for", "203.0.113.9")));
+    assert!(!source.allows(peer, &headers("x-forwarded-for", "198.51.100.9")));
+
+    let bad = error(&["--allow-cidr", "10.1.2.3/8"]);
+    assert_eq!(bad.flag, "--allow-cidr");
+    assert!(
+        bad.reason.contains("did you mean 10.0.0.0/8?"),
+        "{}",
+        bad.reason
+    );
+    assert_eq!(
+        error(&["--allow-cidr", "10.0.0.0/8", "--trusted-proxy", "nope"]).flag,
+        "--trusted-proxy"
+    );
+    assert_eq!(
+        error(&["--trusted-proxy", "10.0.0.0/8"]),
+        ConfigError::new(
+            "--trusted-proxy",
+            "only takes effect with --allow-cidr: add the client ranges to accept"
+        )
+    );
+}
+
+#[test]
+fn user_agent_flag() {
+    let settings = settings(&["--require-user-agent", "Cloud Apizee"]);
+    assert_eq!(
+        settings.http.guard.user_agent.as_deref(),
+        Some("Cloud Apizee")
+    );
+    assert_eq!(
+        error(&["--require-user-agent", ""]).flag,
+        "--require-user-agent"
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -126,7 +126,7 @@ pub async fn handle(
         Endpoint::Other
     };
     let result = match endpoint {
-        Endpoint::Webhook => webhook(&app, request).await,
+        Endpoint::Webhook => webhook(&app, peer, request).await,
         Endpoint::Health => health(&app, &request),
         Endpoint::Other => Err(Rejection::NotFound),
     };
@@ -137,7 +137,23 @@ pub async fn handle(
             if rejection.is_client_error() {
                 app.metrics.rejected(rejection.code());
             }
-            rejection.into_response(app.settings.retry_after_secs)
+            let challenge = match &rejection {
+                Rejection::Denied(denial) => {
+                    app.metrics.auth_failure(denial.label());
+                    app.settings.guard.challenge()
+                }
+                _ => None,
+            };
+            let mut response = rejection.into_response(app.settings.retry_after_secs);
+            if let Some(challenge) = challenge
+                && response.status() == StatusCode::UNAUTHORIZED
+            {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            response
         }
     };
     let label = match endpoint {
@@ -167,6 +183,7 @@ fn health(app: &App, request: &Request<Incoming>) -> Result<Response<Full<Bytes>
 
 async fn webhook(
     app: &App,
+    peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Rejection> {
     if request.method() != Method::POST {
@@ -174,11 +191,10 @@ async fn webhook(
     }
     let _in_flight = app.metrics.in_flight();
     let settings = &app.settings;
-    if let Some(auth) = &settings.auth
-        && !auth.allows(request.headers())
-    {
-        return Err(Rejection::Unauthorized);
-    }
+    settings
+        .guard
+        .check_request(peer.ip(), request.headers())
+        .map_err(Rejection::Denied)?;
     // Taken before the body is read, so at most max_in_flight bodies are in
     // memory; refusing at once beats queueing work the sender will time out on.
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
@@ -189,12 +205,18 @@ async fn webhook(
     check_content_type(request.headers())?;
     check_declared_length(request.headers(), settings.max_body_bytes)?;
     let received_at = SystemTime::now();
+    let (head, body) = request.into_parts();
     let body = tokio::time::timeout(
         settings.limits.body_read_timeout,
-        read_body(request.into_body(), settings.max_body_bytes),
+        read_body(body, settings.max_body_bytes),
     )
     .await
     .map_err(|_| Rejection::RequestTimeout)??;
+    // Before parsing: an unsigned body is not even worth a dead letter.
+    settings
+        .guard
+        .check_body(&head.headers, &body, received_at)
+        .map_err(Rejection::Denied)?;
 
     let envelope = match envelope::parse(&body, settings.rules) {
         Ok(envelope) => envelope,
@@ -326,6 +348,10 @@ fn log_rejection(rejection: &Rejection, peer: SocketAddr) {
         Rejection::InvalidEnvelope(problems) => {
             let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
             tracing::warn!(%peer, status, reason = rejection.code(), fields = ?fields, "webhook rejected");
+        }
+        Rejection::Denied(denial) => {
+            // The sender is not told which check failed; the operator is.
+            tracing::warn!(%peer, status, reason = rejection.code(), check = denial.label(), "webhook refused");
         }
         Rejection::MalformedJson(detail) | Rejection::UnreadableBody(detail) => {
             tracing::warn!(%peer, status, reason = rejection.code(), detail = %detail, "webhook rejected");

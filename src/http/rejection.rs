@@ -7,20 +7,29 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::auth::Denial;
 use crate::envelope::Problem;
 use crate::sink::PublishError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rejection {
     NotFound,
-    MethodNotAllowed { allow: &'static str },
-    Unauthorized,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    /// 401 or 403 by the denial's kind; which check failed stays in the
+    /// logs and metrics.
+    Denied(Denial),
     UnsupportedMediaType(String),
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     UnreadableBody(String),
     MalformedJson(String),
     InvalidEnvelope(Vec<Problem>),
-    TooManyRequests { limit: usize },
+    TooManyRequests {
+        limit: usize,
+    },
     RequestTimeout,
     BrokerUnavailable(PublishError),
 }
@@ -34,10 +43,11 @@ struct ErrorBody<'a> {
 
 impl Rejection {
     /// Codes of every 4xx, so their counters exist (at 0) from the start.
-    pub const CLIENT_ERROR_CODES: [&str; 10] = [
+    pub const CLIENT_ERROR_CODES: [&str; 11] = [
         "not_found",
         "method_not_allowed",
         "unauthorized",
+        "forbidden",
         "unsupported_media_type",
         "payload_too_large",
         "unreadable_body",
@@ -51,7 +61,8 @@ impl Rejection {
         match self {
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
+            Rejection::Denied(denial) if denial.is_forbidden() => StatusCode::FORBIDDEN,
+            Rejection::Denied(_) => StatusCode::UNAUTHORIZED,
             Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnreadableBody(_) | Rejection::MalformedJson(_) => StatusCode::BAD_REQUEST,
@@ -68,7 +79,8 @@ impl Rejection {
         match self {
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-            Rejection::Unauthorized => "unauthorized",
+            Rejection::Denied(denial) if denial.is_forbidden() => "forbidden",
+            Rejection::Denied(_) => "unauthorized",
             Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
             Rejection::UnreadableBody(_) => "unreadable_body",
@@ -90,8 +102,11 @@ impl Rejection {
             Rejection::MethodNotAllowed { allow } => {
                 format!("This path only accepts {allow}.")
             }
-            Rejection::Unauthorized => {
-                "Missing or wrong credentials: send the configured secret header.".into()
+            Rejection::Denied(denial) if denial.is_forbidden() => {
+                "This client may not send webhooks here; ask the operator to allow it.".into()
+            }
+            Rejection::Denied(_) => {
+                "Missing or wrong credentials: send what the bridge's operator configured.".into()
             }
             Rejection::UnsupportedMediaType(found) => {
                 format!("Content-Type must be application/json, found {found:?}.")
@@ -179,7 +194,8 @@ mod tests {
         vec![
             Rejection::NotFound,
             Rejection::MethodNotAllowed { allow: "POST" },
-            Rejection::Unauthorized,
+            Rejection::Denied(Denial::SharedSecret),
+            Rejection::Denied(Denial::SourceNotAllowed),
             Rejection::UnsupportedMediaType("text/plain".into()),
             Rejection::PayloadTooLarge { limit: 1 },
             Rejection::UnreadableBody("reset".into()),
@@ -214,6 +230,24 @@ mod tests {
                 "{rejection:?}"
             );
             assert!(server_error || rejection.is_client_error());
+        }
+    }
+
+    #[test]
+    fn denials_never_say_which_check_failed() {
+        let answers: Vec<(u16, String)> = Denial::ALL
+            .iter()
+            .map(|&denial| {
+                let response = Rejection::Denied(denial).into_response(1);
+                (response.status().as_u16(), format!("{:?}", response.body()))
+            })
+            .collect();
+        for (denial, (status, body)) in Denial::ALL.iter().zip(&answers) {
+            let expected = if denial.is_forbidden() { 403 } else { 401 };
+            assert_eq!(*status, expected, "{denial:?}");
+            // Every 401 reads the same, and so does every 403.
+            let same_status = answers.iter().filter(|(s, _)| s == status);
+            assert!(same_status.clone().all(|(_, b)| b == body), "{denial:?}");
         }
     }
 

@@ -1,27 +1,22 @@
 //! Shared-secret authentication: the Apizee console adds a custom header to
 //! each webhook, and the bridge accepts the request only if that header holds
 //! one of the configured tokens.
-//!
-//! Tokens are kept as SHA-256 digests and compared in constant time, digest
-//! against digest, so neither the content nor the length of a token leaks
-//! through timing. Every configured token is compared on every request, so
-//! the number of tokens does not leak either.
+//! Tokens are compared as [`Digests`], in constant time.
 
 use http::{HeaderMap, HeaderName};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use super::Digests;
 use crate::config::Secret;
 
 #[derive(Clone)]
-pub struct Auth {
+pub struct SharedSecret {
     header: HeaderName,
-    digests: Vec<[u8; 32]>,
+    digests: Digests,
 }
 
-impl std::fmt::Debug for Auth {
+impl std::fmt::Debug for SharedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
+        f.debug_struct("SharedSecret")
             .field("header", &self.header)
             .field("tokens", &self.digests.len())
             .finish()
@@ -32,14 +27,11 @@ impl std::fmt::Debug for Auth {
 #[error("{0:?} is not a valid HTTP header name")]
 pub struct InvalidHeaderName(String);
 
-impl Auth {
+impl SharedSecret {
     pub fn new(header: &str, tokens: Vec<Secret>) -> Result<Self, InvalidHeaderName> {
         let header = HeaderName::from_bytes(header.as_bytes())
             .map_err(|_| InvalidHeaderName(header.to_owned()))?;
-        let digests = tokens
-            .iter()
-            .map(|t| digest(t.expose().as_bytes()))
-            .collect();
+        let digests = Digests::new(tokens.iter().map(|t| t.expose().as_bytes()));
         Ok(Self { header, digests })
     }
 
@@ -56,17 +48,10 @@ impl Auth {
             if bearer && presented.len() > 7 && presented[..7].eq_ignore_ascii_case(b"bearer ") {
                 presented = &presented[7..];
             }
-            let presented = digest(presented);
-            for expected in &self.digests {
-                allowed |= presented.ct_eq(expected);
-            }
+            allowed |= self.digests.matches(presented);
         }
         allowed.into()
     }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 #[cfg(test)]
@@ -74,8 +59,8 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn auth(header: &str, tokens: &[&str]) -> Auth {
-        Auth::new(
+    fn auth(header: &str, tokens: &[&str]) -> SharedSecret {
+        SharedSecret::new(
             header,
             tokens.iter().map(|t| Secret::new((*t).into())).collect(),
         )
@@ -124,6 +109,6 @@ mod tests {
 
     #[test]
     fn rejects_invalid_header_names() {
-        assert!(Auth::new("bad header", vec![Secret::new("x".into())]).is_err());
+        assert!(SharedSecret::new("bad header", vec![Secret::new("x".into())]).is_err());
     }
 }
