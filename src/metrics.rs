@@ -22,6 +22,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The `kind` label of `apizee_bridge_connection_errors_total`.
+pub const CONNECTION_ERROR_KINDS: [&str; 5] = [
+    "head_too_large",
+    "malformed_head",
+    "header_timeout",
+    "incomplete_message",
+    "other",
+];
+
 /// `ok` and every [`crate::sink::PublishError::kind`].
 const PUBLISH_OUTCOMES: [&str; 5] = ["ok", "not_connected", "timeout", "refused", "failed"];
 
@@ -31,6 +40,7 @@ pub struct Metrics {
     webhooks_received: IntCounterVec,
     rejections: IntCounterVec,
     auth_failures: IntCounterVec,
+    connection_errors: IntCounterVec,
     publishes: IntCounterVec,
     publish_duration: HistogramVec,
     request_duration: Histogram,
@@ -106,6 +116,16 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let connection_errors = IntCounterVec::new(
+            opts(
+                "connection_errors_total",
+                "Webhook connections that ended in an error, by kind: head_too_large and \
+                 malformed_head (answered 431/400 by the HTTP layer, before any handler), \
+                 header_timeout (no complete request head within --header-read-timeout, \
+                 including an idle keep-alive connection), incomplete_message, other.",
+            ),
+            &["kind"],
+        )?;
         let publishes = IntCounterVec::new(
             opts(
                 "publishes_total",
@@ -164,6 +184,7 @@ impl Metrics {
         registry.register(Box::new(webhooks_received.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(connection_errors.clone()))?;
         registry.register(Box::new(publishes.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -186,6 +207,7 @@ impl Metrics {
             webhooks_received,
             rejections,
             auth_failures,
+            connection_errors,
             publishes,
             publish_duration,
             request_duration,
@@ -219,6 +241,9 @@ impl Metrics {
         }
         for denial in Denial::ALL {
             self.auth_failures.with_label_values(&[denial.label()]);
+        }
+        for kind in CONNECTION_ERROR_KINDS {
+            self.connection_errors.with_label_values(&[kind]);
         }
         for outcome in PUBLISH_OUTCOMES {
             self.publishes.with_label_values(&[sink, outcome]);
@@ -255,6 +280,11 @@ impl Metrics {
 
     pub fn rejected(&self, reason: &'static str) {
         self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// `kind` is one of [`CONNECTION_ERROR_KINDS`].
+    pub fn connection_error(&self, kind: &'static str) {
+        self.connection_errors.with_label_values(&[kind]).inc();
     }
 
     /// `reason` is a [`Denial::label`].

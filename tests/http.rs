@@ -652,6 +652,26 @@ async fn oversized_request_head_is_431_and_publishes_nothing() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(sink.messages().is_empty());
     assert_eq!(bridge.post(SPEC_TICKET).await.status, 200, "still serving");
+    // hyper answered it, not the handler: it shows in the connection errors.
+    wait_for_connection_errors(&bridge, "head_too_large", 1.0).await;
+
+    let mut garbage = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = garbage.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+    let answer = read_until_closed(&mut garbage, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer to a malformed head"));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    wait_for_connection_errors(&bridge, "malformed_head", 1.0).await;
+}
+
+async fn wait_for_connection_errors(bridge: &Bridge, kind: &str, expected: f64) {
+    let series = format!("apizee_bridge_connection_errors_total{{kind=\"{kind}\"}}");
+    wait_until(&format!("{series} to reach {expected}"), async || {
+        metric_value(&bridge.metrics().await, &series) == expected
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -686,6 +706,7 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         .unwrap_or_else(|| panic!("an idle keep-alive connection was never closed"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(sink.messages().len(), 1);
+    wait_for_connection_errors(&bridge, "header_timeout", 2.0).await;
 }
 
 #[tokio::test]

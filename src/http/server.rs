@@ -116,11 +116,12 @@ pub async fn serve_webhooks(
             });
             continue;
         }
+        let metrics = app.metrics().clone();
         let service = service_fn(move |request| handler::handle(app.clone(), peer, request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection closed with an error");
+                connection_failed(&metrics, peer, &e);
             }
             drop(permit);
         });
@@ -139,6 +140,26 @@ pub async fn serve_webhooks(
             "some requests did not finish within --shutdown-timeout; closing them"
         );
     }
+}
+
+/// Counts a connection that ended in an error by its kind. Malformed or
+/// oversized request heads are answered by hyper itself (400 or 431, no
+/// JSON body) and never reach the handler, so this is the only place they
+/// show up in the metrics.
+fn connection_failed(metrics: &Metrics, peer: SocketAddr, error: &hyper::Error) {
+    let kind = if error.is_parse_too_large() {
+        "head_too_large"
+    } else if error.is_parse() {
+        "malformed_head"
+    } else if error.is_timeout() {
+        "header_timeout"
+    } else if error.is_incomplete_message() {
+        "incomplete_message"
+    } else {
+        "other"
+    };
+    metrics.connection_error(kind);
+    tracing::debug!(%peer, kind, %error, "connection closed with an error");
 }
 
 fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
@@ -195,6 +216,7 @@ impl TlsConnection {
             }
         };
         let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        let metrics = app.metrics().clone();
         let io = TokioIo::new(stream);
         let result = if is_h2 {
             serve_h2(&http2, io, app, peer, watcher, draining, timeout).await
@@ -203,7 +225,7 @@ impl TlsConnection {
             watcher.watch(http1.serve_connection(io, service)).await
         };
         if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection closed with an error");
+            connection_failed(&metrics, peer, &e);
         }
     }
 }
