@@ -9,6 +9,14 @@
 //! Validation collects *every* problem instead of stopping at the first, so a
 //! sender fixing its payload sees the whole list in one 422.
 //!
+//! One exception: an object that has the same key twice, at any depth, is
+//! refused with that one problem. JSON parsers disagree on which value wins
+//! (serde_json keeps the last, others the first or refuse), and we publish
+//! the raw body, so a consumer could read another event than the topic and
+//! headers announce; checking the other fields of such a document would only
+//! check one reading of it. Duplicates are found while the body is parsed,
+//! in the same single pass (`UniqueKeys`).
+//!
 //! Enum values the spec does not list (a new ticket state, say) are a
 //! judgement call: the platform may ship new values before we learn of them,
 //! and refusing them would lose events. By default they are accepted and
@@ -18,7 +26,9 @@
 use std::fmt;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
 
 /// What happened to the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,8 +193,7 @@ pub struct Rules {
 
 /// Parses and validates one webhook body.
 pub fn parse(body: &[u8], rules: Rules) -> Result<Envelope, EnvelopeError> {
-    let document: Value =
-        serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let document = read_document(body)?;
     let Value::Object(root) = document else {
         return Err(EnvelopeError::Invalid(vec![Problem::new(
             "$",
@@ -197,6 +206,235 @@ pub fn parse(body: &[u8], rules: Rules) -> Result<Envelope, EnvelopeError> {
         unknown: Vec::new(),
     }
     .check(&root)
+}
+
+/// Reads the body as `serde_json::from_slice::<Value>` would, in one pass,
+/// and refuses a document in which an object has the same key twice.
+///
+/// A body that is not JSON is `Malformed` even when a duplicate came first:
+/// a 422 always means "JSON, but not an envelope".
+fn read_document(body: &[u8]) -> Result<Value, EnvelopeError> {
+    let mut duplicate = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let read = UniqueKeys {
+        depth: 0,
+        duplicate: &mut duplicate,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|document| deserializer.end().map(|()| document));
+    match (read, duplicate) {
+        (Err(e), _) => Err(EnvelopeError::Malformed(e.to_string())),
+        (Ok(_), Some(duplicate)) => Err(EnvelopeError::Invalid(vec![duplicate.problem()])),
+        (Ok(document), None) => Ok(document),
+    }
+}
+
+/// Longest attacker-chosen key shown whole in a problem, in its text or in
+/// its path; longer ones are cut, and say so.
+const MAX_KEY_CHARS_SHOWN: usize = 64;
+
+/// The first repeated key of a document, and where it is.
+struct Duplicate {
+    key: String,
+    /// Nesting depth of the object holding the key (the root is 0): the
+    /// number of steps its path will have.
+    depth: usize,
+    /// The path to that object, innermost step first: filled in as the
+    /// containers around it finish, since a container learns of the
+    /// duplicate only once its child is done.
+    steps: Vec<Step>,
+}
+
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Duplicate {
+    fn problem(&self) -> Problem {
+        let mut field = String::from("$");
+        for (n, step) in self.steps.iter().rev().enumerate() {
+            match step {
+                // `props.state`, as in every other problem, and no `$.`.
+                Step::Key(key) if is_identifier(key) => {
+                    if n == 0 {
+                        field.clear();
+                    } else {
+                        field.push('.');
+                    }
+                    field.push_str(key);
+                }
+                // `props["geoloc.lat"]`, or `$["a b"]` at the root; escaped
+                // as the problems escape values.
+                Step::Key(key) => {
+                    let (shown, cut) = shorten(key);
+                    field.push('[');
+                    field.push_str(&format!("{shown:?}"));
+                    // Outside the quotes, so a shortened key cannot be read
+                    // as a real one ending in an ellipsis.
+                    if cut {
+                        field.push('…');
+                    }
+                    field.push(']');
+                }
+                Step::Index(index) => field.push_str(&format!("[{index}]")),
+            }
+        }
+        let (shown, cut) = shorten(&self.key);
+        let problem = if cut {
+            format!(
+                "has the key starting with {shown:?} ({} characters) more than once",
+                self.key.chars().count()
+            )
+        } else {
+            format!("has the key {shown:?} more than once")
+        };
+        Problem::new(field, problem)
+    }
+}
+
+/// A key written `.key` in a path: short, ASCII, not starting with a digit.
+fn is_identifier(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && key.len() <= MAX_KEY_CHARS_SHOWN
+}
+
+/// The first [`MAX_KEY_CHARS_SHOWN`] characters of `key`, and whether that
+/// is not all of it.
+fn shorten(key: &str) -> (&str, bool) {
+    match key.char_indices().nth(MAX_KEY_CHARS_SHOWN) {
+        Some((end, _)) => (&key[..end], true),
+        None => (key, false),
+    }
+}
+
+/// Builds the same [`Value`] as serde_json's own `Deserialize`, and notes the
+/// first object that has a key twice (keys compare after unescaping, so
+/// `"a"` and `"\u0061"` are the same key) instead of letting the last value
+/// win. It keeps parsing after that: only a complete parse tells a 422 from
+/// a 400.
+///
+/// Costs the same as `Value`'s own: one `Map` entry per key, so n keys are
+/// O(n log n), never quadratic, and no hash to flood (a `BTreeMap`; an
+/// `IndexMap` with std's random hasher if serde_json's `preserve_order` is
+/// ever turned on).
+/// Nesting stays bounded by serde_json's recursion limit (128 levels), which
+/// its deserializer applies to every visitor, this one included.
+struct UniqueKeys<'a> {
+    /// Depth of the value being read: the root is 0.
+    depth: usize,
+    duplicate: &'a mut Option<Duplicate>,
+}
+
+impl UniqueKeys<'_> {
+    /// Called by a container once its child at `step` is read: adds `step`
+    /// to the duplicate's path if the duplicate is inside that child and the
+    /// path has not gone past this level yet.
+    fn after_child(&mut self, step: impl FnOnce() -> Step) {
+        if let Some(duplicate) = self.duplicate.as_mut()
+            && duplicate.steps.len() + self.depth + 1 == duplicate.depth
+        {
+            duplicate.steps.push(step());
+        }
+    }
+
+    fn child(&mut self) -> UniqueKeys<'_> {
+        UniqueKeys {
+            depth: self.depth + 1,
+            duplicate: &mut *self.duplicate,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        // serde_json never yields a non-finite number; Value's own visitor
+        // makes the same choice if one came.
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self.child())? {
+            let index = items.len();
+            self.after_child(|| Step::Index(index));
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self.child())?;
+            self.after_child(|| Step::Key(key.clone()));
+            match object.entry(key) {
+                Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+                Entry::Occupied(entry) => {
+                    if self.duplicate.is_none() {
+                        *self.duplicate = Some(Duplicate {
+                            key: entry.key().clone(),
+                            depth: self.depth,
+                            steps: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Checks one prop value found at the given path.
@@ -325,10 +563,15 @@ impl Checker {
                     );
                     return None;
                 }
-                // The id travels in a message header; control characters
-                // would break the NATS header block and mean nothing as a key.
-                if s.chars().any(char::is_control) {
-                    self.problem("objectId", "must not contain control characters");
+                // The id is the Kafka key and travels in a message header:
+                // control characters would break the NATS header block, and
+                // invisible ones would make two keys look the same to a
+                // person (or reorder the text around them, U+202E).
+                if let Some((c, what)) = s.chars().find_map(|c| invisible(c).map(|w| (c, w))) {
+                    self.problem(
+                        "objectId",
+                        format!("contains U+{:04X}, {what}", u32::from(c)),
+                    );
                     return None;
                 }
                 ObjectId::Uid(s.clone())
@@ -566,6 +809,51 @@ impl Checker {
         }
     }
 }
+
+/// What `c` is, if it is a character a string objectId may not hold: a
+/// control character (general category Cc), a line or paragraph separator
+/// (Zl, Zp), or a format character (Cf), which renders as nothing or
+/// changes how the text around it is shown.
+fn invisible(c: char) -> Option<&'static str> {
+    match c {
+        ' '..='~' => None,
+        '\u{2028}' => Some("a line separator"),
+        '\u{2029}' => Some("a paragraph separator"),
+        _ if c.is_control() => Some("a control character"),
+        _ if FORMAT_CHARACTERS.iter().any(|range| range.contains(&c)) => {
+            Some("an invisible formatting character")
+        }
+        _ => None,
+    }
+}
+
+/// General category Cf, complete as of Unicode 17.0 (170 code points; the
+/// category grows rarely, U+13439..U+1343F in 15.0 being the last addition).
+/// std has no general-category lookup, and one small table is cheaper than a
+/// dependency.
+const FORMAT_CHARACTERS: [std::ops::RangeInclusive<char>; 21] = [
+    '\u{00AD}'..='\u{00AD}',   // soft hyphen
+    '\u{0600}'..='\u{0605}',   // Arabic number signs
+    '\u{061C}'..='\u{061C}',   // Arabic letter mark
+    '\u{06DD}'..='\u{06DD}',   // Arabic end of ayah
+    '\u{070F}'..='\u{070F}',   // Syriac abbreviation mark
+    '\u{0890}'..='\u{0891}',   // Arabic pound and piastre marks above
+    '\u{08E2}'..='\u{08E2}',   // Arabic disputed end of ayah
+    '\u{180E}'..='\u{180E}',   // Mongolian vowel separator
+    '\u{200B}'..='\u{200F}',   // zero width space, joiners, LRM, RLM
+    '\u{202A}'..='\u{202E}',   // bidi embeddings and overrides
+    '\u{2060}'..='\u{2064}',   // word joiner, invisible operators
+    '\u{2066}'..='\u{206F}',   // bidi isolates, deprecated format characters
+    '\u{FEFF}'..='\u{FEFF}',   // zero width no-break space (BOM)
+    '\u{FFF9}'..='\u{FFFB}',   // interlinear annotation
+    '\u{110BD}'..='\u{110BD}', // Kaithi number sign
+    '\u{110CD}'..='\u{110CD}', // Kaithi number sign above
+    '\u{13430}'..='\u{1343F}', // Egyptian hieroglyph format controls
+    '\u{1BCA0}'..='\u{1BCA3}', // shorthand format controls
+    '\u{1D173}'..='\u{1D17A}', // musical symbol beams and phrases
+    '\u{E0001}'..='\u{E0001}', // language tag
+    '\u{E0020}'..='\u{E007F}', // tag characters
+];
 
 fn type_name(value: &Value) -> &'static str {
     match value {

@@ -649,86 +649,113 @@ async fn huge_strings_are_accepted_within_the_body_limit_and_413_over_it() {
     assert_still_serving(&small, &small_sink).await;
 }
 
-/// serde_json keeps the last of duplicate keys, and the bridge publishes the
-/// body as received, with both. A consumer whose parser keeps the first
-/// value (or refuses duplicates) reads another event, object or id than the
-/// topic, key and headers say. This asserts today's behaviour.
+/// The bridge publishes the body as received, so an object with the same key
+/// twice would reach consumers with both values: a parser that keeps the
+/// first one (or refuses duplicates) would read another event, object or id
+/// than the topic, key and headers say. Every such body is 422, whichever
+/// value is valid, at any depth, however the key is escaped.
 #[tokio::test]
-async fn duplicate_keys_last_value_wins() {
+async fn duplicate_keys_are_422_naming_the_object_and_the_key() {
     let (bridge, sink) = bridge_with(&[]).await;
-    let header = |message: &apizee_bridge::route::Message, name: &str| {
-        message
-            .headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let accepted = [
+    let cases = [
         (
             r#"{"event":"update","event":"delete","time":1,"object":"ticket","objectId":100,"props":{}}"#,
-            "apizee.ticket.delete",
-            "100",
+            "$",
+            "event",
         ),
         (
             r#"{"event":"update","time":1,"object":"ticket","object":"media","objectId":100,"props":{}}"#,
-            "apizee.media.update",
-            "100",
+            "$",
+            "object",
         ),
-        // The first objectId would be refused on its own (a control
-        // character); the last one is valid, so the body is accepted.
+        // Either order, whichever value would be refused on its own.
         (
             r#"{"event":"update","time":1,"object":"ticket","objectId":"bad\u0000id","objectId":7,"props":{}}"#,
-            "apizee.ticket.update",
-            "7",
-        ),
-        (
-            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":5,"state":"open"}}"#,
-            "apizee.ticket.update",
-            "1",
-        ),
-        (
-            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":"none","props":{}}"#,
-            "apizee.ticket.update",
-            "1",
-        ),
-    ];
-    for (index, (body, topic, key)) in accepted.into_iter().enumerate() {
-        let reply = post_bytes(&bridge, body).await;
-        assert_published(&reply, &sink, index, body.as_bytes(), body);
-        let message = &sink.messages()[index];
-        assert_eq!(message.topic, topic, "{body}");
-        assert_eq!(message.key, key, "{body}");
-        assert_eq!(header(message, "apizee-object-id").as_deref(), Some(key));
-    }
-    assert_eq!(
-        header(&sink.messages()[0], "apizee-event").as_deref(),
-        Some("delete")
-    );
-    // And the other way round: a valid first value does not save an invalid
-    // last one.
-    for (body, field) in [
-        (
-            r#"{"event":"update","time":1,"object":"ticket","objectId":7,"objectId":"bad\u0000id","props":{}}"#,
+            "$",
             "objectId",
         ),
         (
-            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":"open","state":5}}"#,
-            "props.state",
+            r#"{"event":"update","time":1,"object":"ticket","objectId":7,"objectId":"bad\u0000id","props":{}}"#,
+            "$",
+            "objectId",
         ),
         (
             r#"{"event":"update","time":1,"time":-1,"object":"ticket","objectId":1,"props":{}}"#,
+            "$",
             "time",
         ),
-    ] {
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":"none","props":{}}"#,
+            "$",
+            "props",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":5,"state":"open"}}"#,
+            "props",
+            "state",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":"open","state":"open"}}"#,
+            "props",
+            "state",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"geoloc":{"lat":1,"lat":95}}}"#,
+            "props.geoloc",
+            "lat",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"smsmessage","objectId":1,"props":{"list":[{"a":1},{"a":1,"a":2}]}}"#,
+            "props.list[1]",
+            "a",
+        ),
+        // Escapes are undone before keys are compared.
+        (
+            r#"{"event":"update","\u0065vent":"delete","time":1,"object":"ticket","objectId":1,"props":{}}"#,
+            "$",
+            "event",
+        ),
+    ];
+    for (body, field, key) in cases {
         let reply = post_bytes(&bridge, body).await;
         assert_one_problem(&reply, field, body);
-        assert_nothing_published(&sink, accepted.len(), body);
+        let answer: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        assert_eq!(
+            answer["details"][0]["problem"],
+            format!("has the key {key:?} more than once"),
+            "{body}"
+        );
+        assert_nothing_published(&sink, 0, body);
     }
+    // A 10 000-character key is named by its start only.
+    let long = "k".repeat(10_000);
+    let body = format!(
+        r#"{{"event":"update","time":1,"object":"ticket","objectId":1,"props":{{"{long}":1,"{long}":2}}}}"#
+    );
+    let reply = post_bytes(&bridge, body).await;
+    assert_one_problem(&reply, "props", "a long duplicate key");
+    assert!(reply.body.len() < 1024, "{}", reply.text());
+    // Not JSON at all: 400, even when a duplicate comes first.
+    let reply = post_bytes(&bridge, r#"{"event":"update","event":"delete""#).await;
+    assert_malformed(&reply, "a duplicate, then the end of the body");
+    assert_nothing_published(&sink, 0, "duplicate keys");
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"apizee_bridge_rejections_total{reason="invalid_envelope"}"#
+        ),
+        (cases.len() + 1) as f64
+    );
+    // The same key in sibling objects is fine.
+    let body = r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"geoloc":{"lat":1},"other":{"lat":1},"list":[{"a":1},{"a":1}]}}"#;
+    let reply = post_bytes(&bridge, body).await;
+    assert_published(&reply, &sink, 0, body.as_bytes(), "siblings");
     assert_still_serving(&bridge, &sink).await;
 }
 
 #[tokio::test]
-async fn invalid_utf8_and_nul_bytes_are_400_and_control_characters_in_object_id_422() {
+async fn invalid_utf8_and_nul_bytes_are_400_and_invisible_characters_in_object_id_422() {
     let (bridge, sink) = bridge_with(&[]).await;
     // `name` and `objectId` of a conversation, spliced in as raw bytes.
     let body = |object_id: &[u8], name: &[u8]| {
@@ -799,11 +826,25 @@ async fn invalid_utf8_and_nul_bytes_are_400_and_control_characters_in_object_id_
         ("CR LF", br"line\r\nbreak"),
         ("tab", br"a\tb"),
         ("escape", br"a\u001b[31mred"),
+        ("right-to-left override", br"a\u202eb"),
+        ("raw right-to-left override", "a\u{202e}b".as_bytes()),
+        ("line separator", br"a\u2028b"),
+        ("paragraph separator", br"a\u2029b"),
+        ("zero width space", br"a\u200bb"),
+        ("byte order mark in front", br"\ufeffc-1"),
+        ("soft hyphen", br"c\u00ad1"),
+        ("tag characters", br"c-1\udb40\udc41"),
     ] {
         let reply = post_bytes(&bridge, body(id, b"n")).await;
         assert_one_problem(&reply, "objectId", case);
         assert_nothing_published(&sink, 0, case);
     }
+    let reply = post_bytes(&bridge, body(br"abc\u202egpj.exe", b"n")).await;
+    let answer: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    assert_eq!(
+        answer["details"][0]["problem"],
+        "contains U+202E, an invisible formatting character"
+    );
     let reply = post_bytes(
         &bridge,
         br#"{"event":"update\u0000","time":1,"object":"ticket","objectId":1,"props":{}}"#.to_vec(),
@@ -812,25 +853,20 @@ async fn invalid_utf8_and_nul_bytes_are_400_and_control_characters_in_object_id_
     assert_one_problem(&reply, "event", "NUL after the event name");
     assert_nothing_published(&sink, 0, "NUL in event");
 
-    // Accepted, as the README says: an escaped NUL in a prop the bridge only
-    // type-checks is passed through; an objectId may hold any non-control
-    // character, including a surrogate pair and format characters.
+    // Accepted, as the README says: an escaped NUL or an invisible character
+    // in a prop the bridge only type-checks is passed through; an objectId
+    // may hold any visible character, including a surrogate pair.
     for (case, id, name, key) in [
         ("escaped NUL in name", &b"c-1"[..], &br"a\u0000b"[..], "c-1"),
+        (
+            "right-to-left override in name",
+            b"c-1",
+            br"a\u202eb",
+            "c-1",
+        ),
         ("surrogate pair in objectId", br"\ud83d\ude00", b"n", "😀"),
         ("raw UTF-8 in objectId", "café".as_bytes(), b"n", "café"),
-        (
-            "right-to-left override in objectId",
-            br"a\u202eb",
-            b"n",
-            "a\u{202e}b",
-        ),
-        (
-            "line separator in objectId",
-            br"a\u2028b",
-            b"n",
-            "a\u{2028}b",
-        ),
+        ("no-break space in objectId", br"a\u00a0b", b"n", "a\u{a0}b"),
     ] {
         let before = sink.messages().len();
         let body = body(id, name);

@@ -5,7 +5,9 @@
 //! Inputs come from five generators: arbitrary bytes, arbitrary JSON values,
 //! envelope-shaped JSON (the right field names with right, wrong or random
 //! values), the valid samples of `tests/samples` with random byte mutations,
-//! and well-formed envelopes of every object type, which must be accepted.
+//! and well-formed envelopes of every object type, which must be accepted,
+//! and refused once a key is repeated or an invisible character is put in
+//! their objectId.
 //!
 //! Reproducing a failure: proptest prints the shrunk input (bodies as Rust
 //! byte-string literals, ready to paste into a unit test) and every property
@@ -15,6 +17,7 @@
 //! values as long as the generators do not change, so a failure found here
 //! becomes a named unit test instead. `PROPTEST_CASES=<n>` runs longer.
 
+use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::fs;
@@ -33,6 +36,7 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::{RngSeed, TestCaseError};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -116,6 +120,7 @@ fn received_at() -> SystemTime {
 /// envelope whose message agrees with the body. Stricter rules accept less.
 fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
     let document = serde_json::from_slice::<Value>(body);
+    let duplicated = has_duplicate_keys(body).unwrap_or(false);
     let mut envelopes = Vec::new();
     for rules in ALL_RULES {
         match envelope::parse(body, rules) {
@@ -126,11 +131,22 @@ fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
             Err(EnvelopeError::Invalid(problems)) => {
                 prop_assert!(document.is_ok(), "non-JSON reported as invalid");
                 prop_assert!(!problems.is_empty(), "refused without a problem");
+                // A repeated key is the one problem, and only then.
+                let repeated = |p: &envelope::Problem| p.problem.starts_with("has the key ");
+                if duplicated {
+                    prop_assert!(
+                        problems.len() == 1 && repeated(&problems[0]),
+                        "repeated key, but {problems:?}"
+                    );
+                } else {
+                    prop_assert!(!problems.iter().any(repeated), "{problems:?}");
+                }
                 envelopes.push(None);
             }
             Ok(envelope) => {
                 let document = document.as_ref().ok();
                 prop_assert!(document.is_some(), "non-JSON accepted");
+                prop_assert!(!duplicated, "a repeated key accepted");
                 check_accepted(body, document.unwrap(), &envelope, rules)?;
                 envelopes.push(Some(envelope));
             }
@@ -190,6 +206,10 @@ fn check_accepted(
     );
     let object_id = object_id.unwrap();
     prop_assert!(!object_id.is_empty() && object_id.chars().count() <= MAX_OBJECT_ID_CHARS);
+    prop_assert!(
+        !object_id.chars().any(is_invisible),
+        "objectId {object_id:?} accepted"
+    );
     if rules.strict {
         prop_assert!(envelope.unknown_values.is_empty());
     }
@@ -275,6 +295,102 @@ fn check_accepted(
         );
     }
     Ok(())
+}
+
+/// Whether an object in the JSON text has the same key twice, found without
+/// `envelope`: a set of each object's keys. Err when the text is not JSON.
+fn has_duplicate_keys(body: &[u8]) -> Result<bool, serde_json::Error> {
+    struct Finder;
+
+    impl<'de> DeserializeSeed<'de> for Finder {
+        type Value = bool;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Finder {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            let mut found = false;
+            while let Some(inner) = seq.next_element_seed(Finder)? {
+                found |= inner;
+            }
+            Ok(found)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut keys = HashSet::new();
+            let mut found = false;
+            while let Some(key) = map.next_key::<String>()? {
+                found |= !keys.insert(key);
+                found |= map.next_value_seed(Finder)?;
+            }
+            Ok(found)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let found = Finder.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(found)
+}
+
+/// What a string objectId may not hold, written again from the Unicode
+/// Character Database (17.0): Cc, then Zl and Zp, then every Cf range.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{0}', '\u{1F}'),
+    ('\u{7F}', '\u{9F}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{AD}', '\u{AD}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61C}', '\u{61C}'),
+    ('\u{6DD}', '\u{6DD}'),
+    ('\u{70F}', '\u{70F}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8E2}', '\u{8E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+fn is_invisible(c: char) -> bool {
+    INVISIBLE
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
 }
 
 /// The event id, computed here: the first 16 bytes of SHA-256, lower-case hex.
@@ -913,7 +1029,7 @@ fn join((a, b): (Fields, Fields)) -> Fields {
 }
 
 /// A valid objectId: any u64, a topic-safe uid, or any uid without control
-/// characters, up to the limit in characters (not bytes).
+/// or invisible characters, up to the limit in characters (not bytes).
 fn object_id() -> impl Strategy<Value = ObjectId> {
     prop_oneof![
         any::<u64>().prop_map(ObjectId::Number),
@@ -921,11 +1037,142 @@ fn object_id() -> impl Strategy<Value = ObjectId> {
         "[A-Za-z0-9_-]{1,128}".prop_map(ObjectId::Uid),
         "[A-Za-z0-9_.*> /+#-]{1,16}".prop_map(ObjectId::Uid),
         vec(
-            any::<char>().prop_filter("control", |c| !c.is_control()),
+            any::<char>().prop_filter("invisible", |c| !is_invisible(*c)),
             1..=MAX_OBJECT_ID_CHARS
         )
         .prop_map(|chars| ObjectId::Uid(chars.into_iter().collect())),
     ]
+}
+
+/// Any character of [`INVISIBLE`], each range as likely as the others.
+fn invisible_char() -> impl Strategy<Value = char> {
+    (select(INVISIBLE), any::<u32>()).prop_map(|((first, last), n)| {
+        let (first, last) = (u32::from(first), u32::from(last));
+        char::from_u32(first + n % (last - first + 1)).unwrap()
+    })
+}
+
+/// One step from a value to a member: an object key or an array index.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Every non-empty object in `value`, as the steps that lead to it.
+fn objects(value: &Value, at: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+    match value {
+        Value::Object(map) => {
+            if !map.is_empty() {
+                out.push(at.clone());
+            }
+            for (key, inner) in map {
+                at.push(Step::Key(key.clone()));
+                objects(inner, at, out);
+                at.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (index, inner) in items.iter().enumerate() {
+                at.push(Step::Index(index));
+                objects(inner, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How the bridge names the place of an object, written again: `$` for the
+/// root, `.name` for short identifiers (no `$.` in front), `["name"]`
+/// (Rust-escaped) for other keys, `[n]` for indices, a key of more than 64
+/// characters cut with `…` after its closing quote.
+fn field_name(steps: &[Step]) -> String {
+    let mut field = "$".to_owned();
+    for (n, step) in steps.iter().enumerate() {
+        match step {
+            Step::Key(key)
+                if key.len() <= 64
+                    && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                if n == 0 {
+                    field.clear();
+                } else {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            Step::Key(key) if key.chars().count() > 64 => {
+                let shown: String = key.chars().take(64).collect();
+                field.push_str(&format!("[{shown:?}…]"));
+            }
+            Step::Key(key) => field.push_str(&format!("[{key:?}]")),
+            Step::Index(index) => field.push_str(&format!("[{index}]")),
+        }
+    }
+    field
+}
+
+/// Every UTF-16 unit of `key` as a `\uXXXX` escape: the same key to a JSON
+/// parser, other bytes on the wire.
+fn escaped_everywhere(key: &str) -> String {
+    let mut out = String::from('"');
+    for unit in key.encode_utf16() {
+        out.push_str(&format!("\\u{unit:04x}"));
+    }
+    out.push('"');
+    out
+}
+
+/// A valid envelope in which one object, at any depth, has one of its keys
+/// twice (spelled the same or escaped), and where that is.
+#[derive(Debug, Clone)]
+struct Repeated {
+    body: Body,
+    field: String,
+    key: String,
+}
+
+fn repeated_key() -> impl Strategy<Value = Repeated> {
+    (
+        valid_envelope(),
+        any::<Index>(),
+        any::<Index>(),
+        any::<bool>(),
+    )
+        .prop_map(|(generated, which_object, which_key, escape)| {
+            /// Sorts first in a BTreeMap, so the copy comes before the key.
+            const MARKER: &str = "\u{0}repeated";
+            let mut document: Value = serde_json::from_slice(&generated.body.0).unwrap();
+            let mut found = Vec::new();
+            objects(&document, &mut Vec::new(), &mut found);
+            let steps = found.swap_remove(which_object.index(found.len()));
+            let mut target = &mut document;
+            for step in &steps {
+                target = match step {
+                    Step::Key(key) => &mut target[key.as_str()],
+                    Step::Index(index) => &mut target[*index],
+                };
+            }
+            let map = target.as_object_mut().unwrap();
+            let key = map.keys().nth(which_key.index(map.len())).unwrap().clone();
+            let copy = map[&key].clone();
+            map.insert(MARKER.to_owned(), copy);
+            let spelled = if escape {
+                escaped_everywhere(&key)
+            } else {
+                serde_json::to_string(&key).unwrap()
+            };
+            let marker = serde_json::to_string(MARKER).unwrap();
+            let text = serde_json::to_string(&document).unwrap();
+            assert_eq!(text.matches(&marker).count(), 1);
+            Repeated {
+                body: Body(text.replacen(&marker, &spelled, 1).into_bytes()),
+                field: field_name(&steps),
+                key,
+            }
+        })
 }
 
 fn valid_envelope() -> impl Strategy<Value = Generated> {
@@ -1124,6 +1371,69 @@ proptest! {
             }
         }
         check_body(body)?;
+    }
+
+    /// (c) A valid envelope with one key repeated, at any depth and however
+    /// it is escaped, is refused under every rule set with that one
+    /// problem: the object's place and the key.
+    #[test]
+    fn a_repeated_key_is_the_one_problem(repeated in repeated_key()) {
+        let body = &repeated.body.0;
+        prop_assert_eq!(has_duplicate_keys(body).ok(), Some(true));
+        let shown: String = repeated.key.chars().take(64).collect();
+        let expected = if shown.len() == repeated.key.len() {
+            format!("has the key {shown:?} more than once")
+        } else {
+            format!(
+                "has the key starting with {shown:?} ({} characters) more than once",
+                repeated.key.chars().count()
+            )
+        };
+        for rules in ALL_RULES {
+            match envelope::parse(body, rules) {
+                Err(EnvelopeError::Invalid(problems)) => {
+                    prop_assert_eq!(problems.len(), 1, "{:?}", problems);
+                    prop_assert_eq!(&problems[0].field, &repeated.field);
+                    prop_assert_eq!(&problems[0].problem, &expected);
+                }
+                other => prop_assert!(false, "under {rules:?}: {other:?}"),
+            }
+        }
+        check_body(body)?;
+    }
+
+    /// (c) A valid envelope whose string objectId gets an invisible
+    /// character anywhere is refused with one problem naming it.
+    #[test]
+    fn an_invisible_character_in_the_object_id_is_named(
+        generated in valid_envelope(),
+        uid in "[A-Za-z0-9_-]{0,127}",
+        at in any::<Index>(),
+        invisible in invisible_char(),
+    ) {
+        let mut document: Value = serde_json::from_slice(&generated.body.0).unwrap();
+        let mut chars: Vec<char> = uid.chars().collect();
+        chars.insert(at.index(chars.len() + 1), invisible);
+        document["objectId"] = Value::String(chars.into_iter().collect());
+        let body = serde_json::to_vec(&document).unwrap();
+        let what = match invisible {
+            '\u{2028}' => "a line separator",
+            '\u{2029}' => "a paragraph separator",
+            c if c.is_control() => "a control character",
+            _ => "an invisible formatting character",
+        };
+        let expected = format!("contains U+{:04X}, {what}", u32::from(invisible));
+        for rules in ALL_RULES {
+            match envelope::parse(&body, rules) {
+                Err(EnvelopeError::Invalid(problems)) => {
+                    let on_id: Vec<_> = problems.iter().filter(|p| p.field == "objectId").collect();
+                    prop_assert_eq!(on_id.len(), 1, "{:?}", problems);
+                    prop_assert_eq!(&on_id[0].problem, &expected);
+                }
+                other => prop_assert!(false, "under {rules:?}: {other:?}"),
+            }
+        }
+        check_body(&body)?;
     }
 
     /// (d) Any template and prefix: an error, or a template whose every

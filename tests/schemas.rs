@@ -306,6 +306,8 @@ fn expected_problems(sample: &str) -> &'static [&'static str] {
         "objectid-c1-control-character.json" => &["objectId"],
         "objectid-control-character.json" => &["objectId"],
         "objectid-empty.json" => &["objectId"],
+        "objectid-format-character.json" => &["objectId"],
+        "objectid-line-separator.json" => &["objectId"],
         "objectid-missing.json" => &["objectId"],
         "objectid-negative.json" => &["objectId"],
         "objectid-null.json" => &["objectId"],
@@ -566,8 +568,16 @@ fn edge_cases() -> Vec<(String, Expect)> {
         (r#""a\u007fb""#.to_owned(), Refuse),
         (r#""a\u009fb""#.to_owned(), Refuse),
         (r#""a\u00a0b""#.to_owned(), Accept),
-        (r#""a\u200bb""#.to_owned(), Accept),
-        (r#""a\u2028b""#.to_owned(), Accept),
+        (r#""a\u00adb""#.to_owned(), Refuse),
+        (r#""a\u200ab""#.to_owned(), Accept),
+        (r#""a\u200bb""#.to_owned(), Refuse),
+        (r#""a\u202eb""#.to_owned(), Refuse),
+        (r#""a\u2028b""#.to_owned(), Refuse),
+        (r#""a\u2029b""#.to_owned(), Refuse),
+        (r#""\ufeffa""#.to_owned(), Refuse),
+        (r#""a\ufffcb""#.to_owned(), Accept),
+        // Format characters above the BMP: left out of the pattern.
+        (r#""a\udb40\udc41b""#.to_owned(), SchemaOnly),
         (r#""a/b c.d""#.to_owned(), Accept),
     ] {
         cases.push((envelope_text("1", "conversation", &id, "{}"), expect));

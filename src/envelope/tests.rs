@@ -525,27 +525,27 @@ fn object_id_rejections() {
         ),
         (
             json!("abc\ndef"),
-            "must not contain control characters".to_owned(),
+            "contains U+000A, a control character".to_owned(),
         ),
         (
             json!("abc\rdef"),
-            "must not contain control characters".to_owned(),
+            "contains U+000D, a control character".to_owned(),
         ),
         (
             json!("\t"),
-            "must not contain control characters".to_owned(),
+            "contains U+0009, a control character".to_owned(),
         ),
         (
             json!("nul\u{0}"),
-            "must not contain control characters".to_owned(),
+            "contains U+0000, a control character".to_owned(),
         ),
         (
             json!("del\u{7f}"),
-            "must not contain control characters".to_owned(),
+            "contains U+007F, a control character".to_owned(),
         ),
         (
             json!("c1\u{85}"),
-            "must not contain control characters".to_owned(),
+            "contains U+0085, a control character".to_owned(),
         ),
     ] {
         assert_eq!(
@@ -558,6 +558,184 @@ fn object_id_rejections() {
         reject(without(ticket(json!({})), "objectId")),
         vec![problem("objectId", "is required")]
     );
+}
+
+#[test]
+fn object_id_refuses_invisible_characters_naming_the_first() {
+    let formatting = "an invisible formatting character";
+    for (id, message) in [
+        (
+            "a\u{200B}b".to_owned(),
+            format!("contains U+200B, {formatting}"),
+        ),
+        (
+            "\u{200C}".to_owned(),
+            format!("contains U+200C, {formatting}"),
+        ),
+        (
+            "a\u{200D}".to_owned(),
+            format!("contains U+200D, {formatting}"),
+        ),
+        (
+            "a\u{200E}b".to_owned(),
+            format!("contains U+200E, {formatting}"),
+        ),
+        (
+            "a\u{200F}b".to_owned(),
+            format!("contains U+200F, {formatting}"),
+        ),
+        (
+            "abc\u{202E}fdp.exe".to_owned(),
+            format!("contains U+202E, {formatting}"),
+        ),
+        (
+            "\u{202A}a".to_owned(),
+            format!("contains U+202A, {formatting}"),
+        ),
+        (
+            "a\u{2060}b".to_owned(),
+            format!("contains U+2060, {formatting}"),
+        ),
+        (
+            "a\u{2064}b".to_owned(),
+            format!("contains U+2064, {formatting}"),
+        ),
+        (
+            "a\u{2066}b\u{2069}".to_owned(),
+            format!("contains U+2066, {formatting}"),
+        ),
+        (
+            "\u{FEFF}734e3a7b".to_owned(),
+            format!("contains U+FEFF, {formatting}"),
+        ),
+        (
+            "soft\u{AD}hyphen".to_owned(),
+            format!("contains U+00AD, {formatting}"),
+        ),
+        (
+            "a\u{61C}b".to_owned(),
+            format!("contains U+061C, {formatting}"),
+        ),
+        (
+            "a\u{180E}b".to_owned(),
+            format!("contains U+180E, {formatting}"),
+        ),
+        (
+            "a\u{600}".to_owned(),
+            format!("contains U+0600, {formatting}"),
+        ),
+        (
+            "a\u{FFFB}".to_owned(),
+            format!("contains U+FFFB, {formatting}"),
+        ),
+        // Outside the BMP: tag characters can spell hidden ASCII.
+        (
+            "id\u{E0041}\u{E0042}".to_owned(),
+            format!("contains U+E0041, {formatting}"),
+        ),
+        (
+            "a\u{E0001}".to_owned(),
+            format!("contains U+E0001, {formatting}"),
+        ),
+        (
+            "a\u{1D173}".to_owned(),
+            format!("contains U+1D173, {formatting}"),
+        ),
+        (
+            "a\u{1343F}".to_owned(),
+            format!("contains U+1343F, {formatting}"),
+        ),
+        (
+            "a\u{2028}b".to_owned(),
+            "contains U+2028, a line separator".to_owned(),
+        ),
+        (
+            "a\u{2029}b".to_owned(),
+            "contains U+2029, a paragraph separator".to_owned(),
+        ),
+        // The first one found is named.
+        (
+            "a\u{202E}b\nc".to_owned(),
+            format!("contains U+202E, {formatting}"),
+        ),
+        (
+            "a\nb\u{202E}c".to_owned(),
+            "contains U+000A, a control character".to_owned(),
+        ),
+    ] {
+        assert_eq!(
+            reject(with(ticket(json!({})), "objectId", json!(id))),
+            vec![problem("objectId", &message)],
+            "{id:?}"
+        );
+    }
+}
+
+#[test]
+fn object_id_invisible_characters_are_one_problem_even_in_a_topic() {
+    // The character is named; the topic rule, which would refuse it too,
+    // adds nothing.
+    assert_eq!(
+        reject_with(
+            with(ticket(json!({})), "objectId", json!("a\u{200B}b")),
+            IN_TOPIC
+        ),
+        vec![problem(
+            "objectId",
+            "contains U+200B, an invisible formatting character"
+        )]
+    );
+}
+
+#[test]
+fn object_id_keeps_visible_unicode_next_to_the_refused_ranges() {
+    // Neighbours of the refused code points, and characters that look like
+    // spaces but are visible separators (Zs) or letters.
+    for id in [
+        "café",
+        "a\u{A0}b",
+        "a\u{200A}b",
+        "a\u{2010}b",
+        "a\u{2027}b",
+        "a\u{202F}b",
+        "a\u{205F}b",
+        "a\u{2065}b",
+        "a\u{2070}",
+        "a\u{3000}b",
+        "a\u{FEFE}",
+        "a\u{FFF8}",
+        "a\u{FFFC}",
+        "a\u{AC}\u{AE}",
+        "a\u{5FF}\u{606}",
+        "a\u{E0000}",
+        "a\u{E0002}",
+        "a\u{E0080}",
+        "a\u{1D172}\u{1D17B}",
+        "😀",
+        "日本語",
+    ] {
+        assert_eq!(
+            accept(with(ticket(json!({})), "objectId", json!(id))).object_id,
+            ObjectId::Uid(id.to_owned()),
+            "{id:?}"
+        );
+    }
+}
+
+#[test]
+fn format_character_table_is_sorted_and_counts_170_code_points() {
+    // 170: the size of general category Cf in Unicode 15.0 to 17.0
+    // (DerivedGeneralCategory.txt). Sorted and disjoint, so a range typed
+    // wrong or twice shows as a wrong count.
+    let mut count = 0;
+    for pair in FORMAT_CHARACTERS.windows(2) {
+        assert!(pair[0].end() < pair[1].start(), "{pair:?}");
+    }
+    for range in &FORMAT_CHARACTERS {
+        assert!(range.start() <= range.end(), "{range:?}");
+        count += u32::from(*range.end()) - u32::from(*range.start()) + 1;
+    }
+    assert_eq!(count, 170);
 }
 
 #[test]
@@ -1150,4 +1328,364 @@ fn whitespace_and_key_order_do_not_matter() {
         parse(compact, Rules::default()),
         parse(SPEC_TICKET.as_bytes(), Rules::default())
     );
+}
+
+// ---------------------------------------------------------------------------
+// Duplicate keys
+
+/// The problems for a raw body, which `json!` could not hold: it has no
+/// duplicate keys.
+fn reject_body(body: &str) -> Vec<Problem> {
+    match parse(body.as_bytes(), Rules::default()) {
+        Err(EnvelopeError::Invalid(problems)) => problems,
+        other => panic!("expected {body} to be invalid, got {other:?}"),
+    }
+}
+
+/// A valid ticket envelope whose props are `props`, as raw text.
+fn ticket_with_props(props: &str) -> String {
+    format!(r#"{{"event":"update","time":1,"object":"ticket","objectId":100,"props":{props}}}"#)
+}
+
+fn duplicate(field: &str, key: &str) -> Vec<Problem> {
+    vec![problem(
+        field,
+        &format!("has the key {key:?} more than once"),
+    )]
+}
+
+#[test]
+fn duplicate_top_level_key_is_one_problem_at_the_root() {
+    for body in [
+        r#"{"event":"update","event":"delete","time":1,"object":"ticket","objectId":100,"props":{}}"#,
+        // The same value twice is still two keys.
+        r#"{"event":"update","time":1,"object":"ticket","objectId":100,"props":{},"event":"update"}"#,
+        // Whatever else is wrong is not checked: the document is ambiguous.
+        r#"{"event":"nope","time":"x","event":"update","props":7}"#,
+    ] {
+        assert_eq!(reject_body(body), duplicate("$", "event"), "{body}");
+    }
+    for (body, key) in [
+        (
+            r#"{"event":"update","time":1,"object":"ticket","object":"media","objectId":1,"props":{}}"#,
+            "object",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":"bad\u0000id","objectId":7,"props":{}}"#,
+            "objectId",
+        ),
+        (
+            r#"{"event":"update","time":1,"time":-1,"object":"ticket","objectId":1,"props":{}}"#,
+            "time",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":"none","props":{}}"#,
+            "props",
+        ),
+        // Not a key the envelope knows: still ambiguous for a consumer.
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{},"x":1,"x":2}"#,
+            "x",
+        ),
+    ] {
+        assert_eq!(reject_body(body), duplicate("$", key), "{body}");
+    }
+}
+
+#[test]
+fn duplicate_key_inside_props_names_the_object_it_is_in() {
+    for (props, field, key) in [
+        (r#"{"state":"open","state":"closed"}"#, "props", "state"),
+        (r#"{"state":5,"state":"open"}"#, "props", "state"),
+        (
+            r#"{"geoloc":{"lat":1,"lng":2,"lat":3}}"#,
+            "props.geoloc",
+            "lat",
+        ),
+        (
+            r#"{"_parent":{"id":1},"geoloc.lat":1,"geoloc.lat":1}"#,
+            "props",
+            "geoloc.lat",
+        ),
+        (r#"{"geoloc.x":{"k":1,"k":1}}"#, r#"props["geoloc.x"]"#, "k"),
+        (r#"{"0":{"k":1,"k":1}}"#, r#"props["0"]"#, "k"),
+        (r#"{"a-b":{"k":1,"k":1}}"#, r#"props["a-b"]"#, "k"),
+        (r#"{"a\"b":{"k":1,"k":1}}"#, r#"props["a\"b"]"#, "k"),
+        (r#"{"":{"k":1,"k":1}}"#, r#"props[""]"#, "k"),
+        (r#"{"_x9":{"k":1,"k":1}}"#, "props._x9", "k"),
+        (r#"{"a":{"b":{"c":{"":1,"":2}}}}"#, "props.a.b.c", ""),
+    ] {
+        assert_eq!(
+            reject_body(&ticket_with_props(props)),
+            duplicate(field, key),
+            "{props}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_key_inside_arrays_of_objects_is_found_with_its_index() {
+    for (props, field, key) in [
+        (
+            r#"{"items":[{"a":1},{"a":1,"a":2}]}"#,
+            "props.items[1]",
+            "a",
+        ),
+        (
+            r#"{"items":[{"a":1},{"b":[0,[],{"c":1,"c":2}]}]}"#,
+            "props.items[1].b[2]",
+            "c",
+        ),
+        (r#"{"m":[[[{"c":1,"c":2}]]]}"#, "props.m[0][0][0]", "c"),
+    ] {
+        assert_eq!(
+            reject_body(&ticket_with_props(props)),
+            duplicate(field, key),
+            "{props}"
+        );
+    }
+    for (body, field) in [
+        (r#"[{"a":1,"a":2}]"#, "$[0]"),
+        (r#"[1,[{"a":1},{"a":1,"a":2}]]"#, "$[1][1]"),
+        (r#"{"a b":{"a":1,"a":1}}"#, r#"$["a b"]"#),
+        (r#"{"a b":[{"a":1,"a":1}]}"#, r#"$["a b"][0]"#),
+    ] {
+        assert_eq!(reject_body(body), duplicate(field, "a"), "{body}");
+    }
+}
+
+#[test]
+fn the_path_ignores_what_comes_after_the_duplicate() {
+    // Containers read after the duplicate, at every depth, leave the path
+    // alone.
+    let props =
+        r#"{"x":{"k":1,"k":2,"after":{"deep":[{"q":1}]}},"y":{"z":[{"w":1}]},"state":"open"}"#;
+    let body = format!(
+        r#"{{"event":"update","time":1,"object":"ticket","objectId":1,"props":{props},"later":[1,{{"q":{{}}}}]}}"#
+    );
+    assert_eq!(reject_body(&body), duplicate("props.x", "k"));
+}
+
+#[test]
+fn only_the_first_duplicate_is_named() {
+    assert_eq!(
+        reject_body(&ticket_with_props(
+            r#"{"a":1,"a":2,"b":{"c":1,"c":1},"d":1,"d":1}"#
+        )),
+        duplicate("props", "a")
+    );
+    // An inner object is complete before its key is stored in the outer one.
+    assert_eq!(
+        reject_body(r#"{"a":1,"a":{"b":1,"b":2}}"#),
+        duplicate("a", "b")
+    );
+}
+
+#[test]
+fn the_same_key_in_sibling_or_nested_objects_is_fine() {
+    let envelope = parse(
+        ticket_with_props(
+            r#"{"state":"open","geoloc":{"lat":1,"lng":2},"other":{"lat":1,"lng":2},"list":[{"a":1},{"a":1}],"nested":{"state":{"state":1}}}"#,
+        )
+        .as_bytes(),
+        STRICT,
+    );
+    assert!(envelope.is_ok(), "{envelope:?}");
+    // `Event` and `event` are different keys.
+    let body =
+        r#"{"Event":"x","event":"update","time":1,"object":"ticket","objectId":1,"props":{}}"#;
+    assert!(parse(body.as_bytes(), Rules::default()).is_ok());
+}
+
+#[test]
+fn keys_equal_after_unescaping_are_duplicates() {
+    for (props, key) in [
+        (r#"{"a":1,"\u0061":2}"#, "a"),
+        (r#"{"\u0061":1,"a":2}"#, "a"),
+        (r#"{"\u0061":1,"\u0061":2}"#, "a"),
+        (r#"{"st\u0061te":"open","state":"closed"}"#, "state"),
+        (r#"{"é":1,"\u00e9":2}"#, "é"),
+        (r#"{"😀":1,"\ud83d\ude00":2}"#, "😀"),
+        (r#"{"a/b":1,"a\/b":2}"#, "a/b"),
+        (r#"{"a\nb":1,"a\u000ab":2}"#, "a\nb"),
+    ] {
+        assert_eq!(
+            reject_body(&ticket_with_props(props)),
+            duplicate("props", key),
+            "{props}"
+        );
+    }
+    assert_eq!(
+        reject_body(
+            r#"{"event":"update","\u0065vent":"delete","time":1,"object":"ticket","objectId":1,"props":{}}"#
+        ),
+        duplicate("$", "event")
+    );
+    // Unicode normalisation is not applied: precomposed and decomposed é
+    // are different keys, as in every JSON parser.
+    assert!(
+        parse(
+            ticket_with_props(r#"{"é":1,"e\u0301":2}"#).as_bytes(),
+            Rules::default()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn duplicate_keys_are_escaped_and_long_ones_cut() {
+    // Control and invisible characters are escaped, as in other problems.
+    assert_eq!(
+        reject_body(&ticket_with_props(r#"{"a\nb\u202e":1,"a\nb\u202e":2}"#)),
+        vec![problem(
+            "props",
+            r#"has the key "a\nb\u{202e}" more than once"#
+        )]
+    );
+    let long = "k".repeat(10_000);
+    let shown = "k".repeat(MAX_KEY_CHARS_SHOWN);
+    assert_eq!(
+        reject_body(&ticket_with_props(&format!(r#"{{"{long}":1,"{long}":2}}"#))),
+        vec![problem(
+            "props",
+            &format!(r#"has the key starting with "{shown}" (10000 characters) more than once"#)
+        )]
+    );
+    // Characters, not bytes: 64 two-byte characters are shown whole.
+    let accented = "é".repeat(MAX_KEY_CHARS_SHOWN);
+    assert_eq!(
+        reject_body(&ticket_with_props(&format!(
+            r#"{{"{accented}":1,"{accented}":2}}"#
+        ))),
+        duplicate("props", &accented)
+    );
+    // In the path, a long key is cut too, with the cut outside the quotes.
+    assert_eq!(
+        reject_body(&ticket_with_props(&format!(
+            r#"{{"{long}":{{"a":1,"a":2}}}}"#
+        ))),
+        vec![problem(
+            &format!(r#"props["{shown}"…]"#),
+            r#"has the key "a" more than once"#
+        )]
+    );
+    let identifier = "x".repeat(MAX_KEY_CHARS_SHOWN);
+    assert_eq!(
+        reject_body(&ticket_with_props(&format!(
+            r#"{{"{identifier}":{{"a":1,"a":2}}}}"#
+        ))),
+        duplicate(&format!("props.{identifier}"), "a")
+    );
+}
+
+#[test]
+fn a_path_stays_bounded_at_the_deepest_nesting() {
+    // 126 objects under props, each under a 10 000-character key: the path
+    // is cut per key, so it stays a few kilobytes.
+    let long = "k".repeat(10_000);
+    let depth = 126;
+    let props = format!(
+        "{}{{\"a\":1,\"a\":2}}{}",
+        format!(r#"{{"{long}":"#).repeat(depth - 1),
+        "}".repeat(depth - 1)
+    );
+    let problems = reject_body(&ticket_with_props(&props));
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].field.starts_with("props[\""),
+        "{}",
+        &problems[0].field[..80]
+    );
+    assert!(
+        problems[0].field.len() < 10_000,
+        "{}",
+        problems[0].field.len()
+    );
+}
+
+#[test]
+fn a_body_that_is_not_json_is_malformed_even_after_a_duplicate() {
+    for body in [
+        r#"{"a":1,"a":2"#,
+        r#"{"a":1,"a":2,"#,
+        r#"{"a":1,"a":2} x"#,
+        r#"{"a":1,"a":2,"b":1e400}"#,
+        r#"{"a":1,"a":2,"b":"\ud800"}"#,
+        "{\"a\":1,\"a\":2,\"b\":\"\u{1}\"}",
+    ] {
+        match parse(body.as_bytes(), Rules::default()) {
+            Err(EnvelopeError::Malformed(_)) => {}
+            other => panic!("{body}: expected Malformed, got {other:?}"),
+        }
+    }
+    let mut invalid_utf8 = br#"{"a":1,"a":2,"b":""#.to_vec();
+    invalid_utf8.extend_from_slice(b"\xff\"}");
+    assert!(matches!(
+        parse(&invalid_utf8, Rules::default()),
+        Err(EnvelopeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn nesting_is_still_limited_to_128_levels_with_or_without_duplicates() {
+    let nested = |depth: usize, inner: &str| {
+        ticket_with_props(&format!(
+            r#"{{"deep":{}{inner}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        ))
+    };
+    // The root and props take two levels.
+    assert!(parse(nested(125, "").as_bytes(), Rules::default()).is_ok());
+    assert!(parse(nested(124, "{}").as_bytes(), Rules::default()).is_ok());
+    for body in [
+        nested(126, ""),
+        nested(125, "{}"),
+        nested(125, r#"{"a":1,"a":2}"#),
+        format!(r#"{{"a":1,"a":2,"b":{}}}"#, "[".repeat(200)),
+        "[".repeat(100_000),
+        format!("{}1{}", r#"{"a":"#.repeat(40_000), "}".repeat(40_000)),
+    ] {
+        match parse(body.as_bytes(), Rules::default()) {
+            Err(EnvelopeError::Malformed(message)) => {
+                assert!(message.contains("recursion limit"), "{message}");
+            }
+            other => panic!("expected the recursion limit, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        reject_body(&nested(124, r#"{"a":1,"a":2}"#)),
+        duplicate(&format!("props.deep{}", "[0]".repeat(124)), "a")
+    );
+}
+
+#[test]
+fn many_keys_are_checked_without_quadratic_cost() {
+    // 50 000 distinct keys (about 600 KB): a quadratic check would take
+    // minutes here, the map takes milliseconds.
+    let keys: Vec<String> = (0..50_000).map(|i| format!(r#""k{i}":{i}"#)).collect();
+    let props = format!("{{{}}}", keys.join(","));
+    assert!(parse(ticket_with_props(&props).as_bytes(), Rules::default()).is_ok());
+    let props = format!(r#"{{{},"k0":0}}"#, keys.join(","));
+    assert_eq!(
+        reject_body(&ticket_with_props(&props)),
+        duplicate("props", "k0")
+    );
+}
+
+#[test]
+fn parsed_documents_equal_serde_json_values() {
+    // The duplicate-checking reader builds the same value as serde_json.
+    for body in [
+        SPEC_TICKET,
+        SPEC_CONVERSATION,
+        r#"{"a":[1,-2,3.5,1e300,-0.0,18446744073709551615,-9223372036854775808,18446744073709551616],"b":{"c":null,"d":true,"e":false,"f":"\u00e9\n\"","g":[]},"h":{}}"#,
+        "[]",
+        "\"x\"",
+        "0",
+        "null",
+    ] {
+        let expected: Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(read_document(body.as_bytes()), Ok(expected), "{body}");
+    }
 }
