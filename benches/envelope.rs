@@ -1,0 +1,108 @@
+//! Validate-and-route, the pure middle of every webhook, per object type:
+//! `envelope::parse` then `route::build_message`, called as
+//! `src/http/handler.rs` calls them (default rules, default topic template,
+//! a `Bytes` body, `SystemTime::now()` per request). Also each step alone.
+//!
+//! `cargo bench --bench envelope`; the load benchmark is `benches/load.sh`.
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use apizee_bridge::envelope::{self, Rules};
+use apizee_bridge::route::{self, DEFAULT_TEMPLATE, TopicTemplate};
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// One realistic body per object type, from the test samples (the two
+/// from the platform's specification included), as the platform sends
+/// them: pretty-printed.
+const BODIES: [(&str, &[u8]); 5] = [
+    (
+        "ticket",
+        include_bytes!("../tests/samples/spec-ticket.json"),
+    ),
+    (
+        "conversation",
+        include_bytes!("../tests/samples/spec-conversation.json"),
+    ),
+    (
+        "media",
+        include_bytes!("../tests/samples/valid/media-create-parent-nested.json"),
+    ),
+    (
+        "smsmessage",
+        include_bytes!("../tests/samples/valid/smsmessage-delete-extra-props.json"),
+    ),
+    (
+        "conversationevent",
+        include_bytes!("../tests/samples/valid/conversationevent-create.json"),
+    ),
+];
+
+fn template() -> TopicTemplate {
+    TopicTemplate::parse(DEFAULT_TEMPLATE, "apizee").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn validate_and_route(c: &mut Criterion) {
+    let rules = Rules::default();
+    let template = template();
+    let mut group = c.benchmark_group("validate_and_route");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (object, body) in BODIES {
+        let body = Bytes::from_static(body);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(object, |b| {
+            b.iter(|| {
+                let envelope = envelope::parse(black_box(&body), rules)
+                    .unwrap_or_else(|e| panic!("{object}: {e}"));
+                route::build_message(&envelope, body.clone(), &template, SystemTime::now())
+                    .unwrap_or_else(|e| panic!("{object}: {e}"))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn parse_only(c: &mut Criterion) {
+    let rules = Rules::default();
+    let mut group = c.benchmark_group("parse");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (object, body) in BODIES {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(object, |b| {
+            b.iter(|| envelope::parse(black_box(body), rules))
+        });
+    }
+    group.finish();
+}
+
+fn route_only(c: &mut Criterion) {
+    let template = template();
+    let mut group = c.benchmark_group("build_message");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (object, body) in BODIES {
+        let body = Bytes::from_static(body);
+        let envelope =
+            envelope::parse(&body, Rules::default()).unwrap_or_else(|e| panic!("{object}: {e}"));
+        group.bench_function(object, |b| {
+            b.iter(|| {
+                route::build_message(
+                    black_box(&envelope),
+                    body.clone(),
+                    &template,
+                    SystemTime::now(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, validate_and_route, parse_only, route_only);
+criterion_main!(benches);

@@ -1,0 +1,472 @@
+#!/usr/bin/env bash
+# Load benchmark of apizee-bridge, side by side with the least programs that
+# could do its job, in one run on one machine (issue 7).
+#
+#   bash benches/load.sh [--duration S] [--warmup S] [--connections N]
+#                        [--threads N] [--sinks "nats kafka"] [--profile]
+#                        [--no-build] [--out DIR]
+#
+# Every option also reads an environment variable: BENCH_DURATION,
+# BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_SINKS, BENCH_PROFILE=1,
+# BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to the bridge only, for tuning
+# experiments (BENCH_BRIDGE_ARGS='--kafka-option linger.ms=5'); the
+# baselines keep the bridge's defaults, so say so next to such figures.
+#
+# What it does:
+#  1. builds the bridge and the baselines in release mode
+#     (`cargo build --release --locked --bin apizee-bridge --examples`);
+#  2. drives, with wrk and benches/load.lua (a mix of the envelopes in
+#     tests/samples: 5 objects, 3 events, a fresh objectId per request,
+#     `Content-Type: application/JSON`, keep-alive), one target at a time:
+#       - the HTTP ceiling (examples/baseline_http.rs: read, parse, 200);
+#       - per sink, the bridge at full load, then at half its measured rate
+#         for the latency target;
+#       - per sink, the minimal pipeline (examples/baseline_<sink>.rs: the
+#         same server, plus publish and wait for the broker's ack), at full
+#         load and at the bridge's half rate;
+#     each after a warm-up run that is not counted. Every broker target gets
+#     a fresh broker (nats-server -js with its store in a temporary
+#     directory; tansu on memory storage), and creates its stream or topics
+#     before it is probed ready, so no creation is measured;
+#  3. prints, and writes to $OUT/results.md: requests/s, p50/p99/p99.9
+#     latency, errors (non-2xx answers and socket errors), CPU seconds of
+#     the target and of the broker during the measured run, idle RSS (after
+#     start-up and one request) and peak RSS (VmHWM) of the target, and the
+#     ratios bridge / minimal pipeline and bridge / HTTP ceiling;
+#  4. with --profile, builds with line tables (CARGO_PROFILE_RELEASE_DEBUG,
+#     in target/bench-profile so the normal release build is untouched) and
+#     adds, per sink, one more full-load run of the minimal pipeline and of
+#     the bridge under `perf record` with DWARF call graphs (change with
+#     BENCH_PERF_FREQUENCY=499, BENCH_PERF_CALL_GRAPH=dwarf,16384). Reports:
+#     $OUT/profile-{pipeline,bridge}-<sink>.txt; data for `perf report -i`:
+#     $OUT/perf-{pipeline,bridge}-<sink>.data. The table's figures come from
+#     the runs without perf.
+#
+# Load generator settings, for a 2-core machine where wrk, the broker and
+# the target share the cores:
+#  - wrk -t1: one wrk thread can use at most one core, so the target and
+#    its broker always have the other; with -t2 wrk takes CPU from the
+#    thing it measures. It also caps the HTTP ceiling: on 2 cores that
+#    figure is as much wrk's as the server's (see the README).
+#  - 32 connections: enough requests in flight for both brokers to batch
+#    (JetStream acks are pipelined on one client connection; librdkafka
+#    batches per partition) and for the runtime's two workers to stay busy,
+#    far below --max-in-flight (1024), and in the range of concurrent
+#    deliveries a webhook sender keeps. More connections mostly add
+#    queueing latency on 2 cores.
+#
+# Every process it starts is killed by its pid on exit, ports are free
+# loopback ports, and files go to a temporary directory.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+DURATION=${BENCH_DURATION:-10}
+WARMUP=${BENCH_WARMUP:-3}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+THREADS=${BENCH_THREADS:-1}
+SINKS=${BENCH_SINKS:-nats kafka}
+PROFILE=${BENCH_PROFILE:-0}
+OUT=${BENCH_OUT:-$ROOT/target/bench}
+BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
+BUILD=1
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+while (($#)); do
+    case $1 in
+        --duration) DURATION=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --connections) CONNECTIONS=$2; shift 2 ;;
+        --threads) THREADS=$2; shift 2 ;;
+        --sinks) SINKS=${2//,/ }; shift 2 ;;
+        --profile) PROFILE=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --out) OUT=$2; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "load.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+for sink in $SINKS; do
+    case $sink in
+        nats | kafka) ;;
+        *) echo "load.sh: unknown sink $sink (nats, kafka)" >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '[load.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+find_tool() {
+    local name=$1 dir
+    for dir in ${PATH//:/ } /usr/sbin /usr/local/bin "$HOME/.cargo/bin"; do
+        [[ -x $dir/$name ]] && { echo "$dir/$name"; return; }
+    done
+    return 1
+}
+WRK=$(find_tool wrk) || die "wrk not found: apt-get install wrk"
+NATS_SERVER=${NATS_SERVER:-$(find_tool nats-server)} ||
+    die "nats-server not found: apt-get install nats-server"
+TANSU=${TANSU:-$(find_tool tansu || true)}
+[[ " $SINKS " != *" kafka "* || -n $TANSU ]] ||
+    die "tansu not found: cargo install tansu --locked --features dynostore,libsql"
+command -v curl >/dev/null || die "curl not found"
+if ((PROFILE)); then
+    PERF=$(find_tool perf) || die "perf not found: apt-get install linux-perf"
+    PERF_FREQUENCY=${BENCH_PERF_FREQUENCY:-499}
+    PERF_CALL_GRAPH=${BENCH_PERF_CALL_GRAPH:-dwarf,16384}
+fi
+
+# --- build -------------------------------------------------------------------
+
+if ((PROFILE)); then
+    # Line tables give perf file:line for inlined code; a separate target
+    # directory keeps the normal release build as it is.
+    export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench-profile}
+fi
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if ((BUILD)); then
+    log "building (release): the bridge and the baselines"
+    cargo build --release --locked --bin apizee-bridge --examples
+fi
+BRIDGE=$TARGET_DIR/release/apizee-bridge
+EXAMPLES=$TARGET_DIR/release/examples
+for binary in "$BRIDGE" "$EXAMPLES"/baseline_{http,nats,kafka}; do
+    [[ -x $binary ]] || die "$binary is missing (run without --no-build)"
+done
+
+# --- processes, ports, probes ------------------------------------------------
+
+mkdir -p "$OUT"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/apizee-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts "$@" in the background with its output in $TMP/$name.log; the pid
+# is left in $STARTED.
+STARTED=
+start() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+stop() {
+    local pid=$1 kept=() p
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+
+# A loopback port nobody uses and this run has not handed out yet.
+USED_PORTS=" "
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $port "* ]] && continue
+        if ! ss -Htan "( sport = :$port )" 2>/dev/null | grep -q .; then
+            USED_PORTS+="$port "
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# Polls "$@" every 50 ms until it succeeds; gives up after 60 s, or at once
+# when process $pid has exited (its log is printed).
+wait_until() {
+    local what=$1 pid=$2 log=$3
+    shift 3
+    local deadline=$((SECONDS + 60))
+    until "$@" >/dev/null 2>&1; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$log" >&2 || true
+            die "$what exited before it was ready"
+        fi
+        ((SECONDS < deadline)) || { tail -n 30 "$log" >&2; die "timed out waiting for $what"; }
+        sleep 0.05
+    done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+http_ok() { curl -sf -o /dev/null --max-time 2 "$1"; }
+# One real webhook, answered 200: the whole pipeline works.
+post_ok() {
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
+        -H 'Content-Type: application/JSON' \
+        --data-binary @"$ROOT/tests/samples/spec-ticket.json" "$1") == 200 ]]
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+# CPU seconds (user + system, all threads) a process has used so far.
+cpu_seconds() {
+    # Fields after "pid (comm) ": state is 1, utime 12, stime 13.
+    local stat
+    stat=$(<"/proc/$1/stat")
+    awk -v tck="$CLK_TCK" '{ printf "%.3f", ($12 + $13) / tck }' <<<"${stat##*) }"
+}
+# VmRSS or VmHWM of a process, in MiB.
+memory_mib() {
+    awk -v field="$2:" '$1 == field { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
+}
+
+# --- brokers -----------------------------------------------------------------
+
+BROKER_PID=
+BROKER_URL=
+start_broker() {
+    local sink=$1 port
+    port=$(free_port)
+    case $sink in
+        nats)
+            local monitor store
+            monitor=$(free_port)
+            store=$(mktemp -d "$TMP/jetstream.XXXXXX")
+            start nats-server "$NATS_SERVER" -a 127.0.0.1 -p "$port" -m "$monitor" \
+                -js -sd "$store"
+            BROKER_PID=$STARTED
+            BROKER_URL=nats://127.0.0.1:$port
+            wait_until "nats-server" "$BROKER_PID" "$TMP/nats-server.log" \
+                http_ok "http://127.0.0.1:$monitor/healthz"
+            ;;
+        kafka)
+            (cd "$TMP" && exec "$TANSU" broker \
+                --storage-engine memory://tansu/ \
+                --listener-url "tcp://127.0.0.1:$port" \
+                --advertised-listener-url "tcp://127.0.0.1:$port" \
+                >"$TMP/tansu.log" 2>&1) &
+            BROKER_PID=$!
+            PIDS+=("$BROKER_PID")
+            BROKER_URL=127.0.0.1:$port
+            wait_until "tansu" "$BROKER_PID" "$TMP/tansu.log" tcp_open "$port"
+            ;;
+    esac
+}
+
+# --- measuring ---------------------------------------------------------------
+
+ls "$ROOT"/tests/samples/valid/*.json "$ROOT"/tests/samples/spec-*.json >"$TMP/samples.list"
+RUN=0
+# Runs wrk against $1 for $2 seconds (optional $3: mean pause per request per
+# connection, in ms) and leaves its RESULT line in $WRK_RESULT.
+WRK_RESULT=
+drive() {
+    local url=$1 seconds=$2 pause=${3:-}
+    RUN=$((RUN + 1))
+    local args=("$TMP/samples.list" "$RUN")
+    [[ -n $pause ]] && args+=("$pause")
+    WRK_RESULT=$("$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
+        -s "$ROOT/benches/load.lua" "$url" -- "${args[@]}" | grep '^RESULT ') ||
+        die "wrk produced no result against $url"
+}
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $WRK_RESULT"; }
+
+RESULTS=$OUT/results.tsv
+printf 'target\trps\tp50_ms\tp99_ms\tp999_ms\terrors\tcpu_s\tcpu_us_per_req\tbroker_cpu_s\tidle_rss_mib\tpeak_rss_mib\n' >"$RESULTS"
+
+# Measures the target $2 (pid) at $3 (url), with broker pid $4 (or empty),
+# and appends a row named $1. Optional $5: pause per request, as for drive.
+measure() {
+    local name=$1 pid=$2 url=$3 broker=$4 pause=${5:-}
+    local cpu0 cpu1 bcpu0=0 bcpu1=0
+    cpu0=$(cpu_seconds "$pid")
+    [[ -n $broker ]] && bcpu0=$(cpu_seconds "$broker")
+    drive "$url" "$DURATION" "$pause"
+    cpu1=$(cpu_seconds "$pid")
+    [[ -n $broker ]] && bcpu1=$(cpu_seconds "$broker")
+    local requests errors
+    requests=$(field requests)
+    errors=$(($(field err_connect) + $(field err_read) + $(field err_write) + $(field err_status) + $(field err_timeout)))
+    awk -v OFS='\t' -v name="$name" -v rps="$(field rps)" -v p50="$(field p50_us)" \
+        -v p99="$(field p99_us)" -v p999="$(field p999_us)" -v errors="$errors" \
+        -v cpu="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
+        -v bcpu="$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN { printf "%.2f", b - a }')" \
+        -v requests="$requests" -v idle="$IDLE_RSS" -v peak="$(memory_mib "$pid" VmHWM)" \
+        -v has_broker="${broker:+1}" 'BEGIN {
+            print name, rps, p50 / 1000, p99 / 1000, p999 / 1000, errors, cpu,
+                (requests > 0 ? sprintf("%.1f", cpu * 1e6 / requests) : "-"),
+                (has_broker ? bcpu : "-"), idle, peak
+        }' >>"$RESULTS"
+    log "$name: $(field rps) req/s, p99 $(($(field p99_us) / 1000)) ms, $errors errors"
+}
+
+IDLE_RSS=
+# Waits until the target answers a real webhook, notes its idle RSS, and
+# warms it up.
+ready_and_warm() {
+    local name=$1 pid=$2 url=$3
+    wait_until "$name" "$pid" "$TMP/$name.log" post_ok "$url"
+    IDLE_RSS=$(memory_mib "$pid" VmRSS)
+    drive "$url" "$WARMUP"
+}
+
+rps_of() { awk -F'\t' -v name="$1" '$1 == name { print $2 }' "$RESULTS"; }
+
+# Drives the target $2 (pid) at $3 (url) at full load for one more run,
+# under perf, and writes $OUT/profile-$1.txt.
+profile_run() {
+    local name=$1 pid=$2 url=$3
+    local data=$OUT/perf-$name.data
+    # DWARF unwinding: Rust code has no frame pointers, so `-g` alone
+    # would cut most stacks short and the callers of malloc would be lost.
+    "$PERF" record -F "$PERF_FREQUENCY" --call-graph "$PERF_CALL_GRAPH" -o "$data" -p "$pid" \
+        >"$TMP/perf-$name.log" 2>&1 &
+    local perf_pid=$!
+    PIDS+=("$perf_pid")
+    # perf is attached once its output file exists.
+    wait_until "perf record" "$perf_pid" "$TMP/perf-$name.log" test -s "$data"
+    drive "$url" "$DURATION"
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    stop "$perf_pid"
+    # Reports are cut with sed, not head, which would kill perf with SIGPIPE.
+    (
+        set +e +o pipefail
+        echo "# perf record -F $PERF_FREQUENCY --call-graph $PERF_CALL_GRAPH -p <$name>, ${DURATION}s at full load"
+        echo "# $WRK_RESULT"
+        echo
+        echo "## Self time by symbol (>= 0.5%)"
+        "$PERF" report -i "$data" --no-children --sort dso,symbol --percent-limit 0.5 --stdio -g none 2>/dev/null |
+            grep -v -e '^#' -e '^$' | cut -c1-180 | sed -e 's/ *$//' -e '60q'
+        echo
+        echo "## Self time by thread"
+        "$PERF" report -i "$data" --no-children --sort comm --stdio -g none 2>/dev/null |
+            grep -v -e '^#' -e '^$' | sed -e 's/ *$//' -e '20q'
+        echo
+        echo "## Time including callees, by function (>= 1%; inlined frames left out)"
+        "$PERF" report -i "$data" --children --sort symbol --percent-limit 1 --stdio -g none 2>/dev/null |
+            grep -v -e '^#' -e '^$' -e '(inlined)' | cut -c1-180 | sed -e 's/ *$//' -e '120q'
+    ) >"$OUT/profile-$name.txt"
+    log "profile of $name written to $OUT/profile-$name.txt"
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average before: $LOAD_BEFORE; wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up, ${DURATION}s measured"
+
+# HTTP ceiling: no broker, shared by both sinks.
+port=$(free_port)
+start baseline_http "$EXAMPLES/baseline_http" --listen "127.0.0.1:$port"
+pid=$STARTED
+ready_and_warm baseline_http "$pid" "http://127.0.0.1:$port/webhooks"
+measure "http ceiling" "$pid" "http://127.0.0.1:$port/webhooks" ""
+stop "$pid"
+
+# Measures "$1 @ half" at about $5 requests/s: C connections each pausing
+# C/rate between requests. The pause comes on top of each request's own
+# time, so a warm-up run at the nominal pause measures that overhead, and
+# the measured run subtracts it.
+measure_at_rate() {
+    local name=$1 pid=$2 url=$3 broker=$4 rate=$5 pause
+    pause=$(awk -v c="$CONNECTIONS" -v r="$rate" 'BEGIN { printf "%.3f", c / r * 1000 }')
+    drive "$url" "$WARMUP" "$pause"
+    pause=$(awk -v c="$CONNECTIONS" -v r="$rate" -v got="$(field rps)" -v p="$pause" \
+        'BEGIN { d = c / r * 1000 - (c / got * 1000 - p); printf "%.3f", (d > 0 ? d : 0) }')
+    measure "$name @ half" "$pid" "$url" "$broker" "$pause"
+}
+
+for sink in $SINKS; do
+    # The bridge, on a fresh broker, at full load, then at half its rate.
+    start_broker "$sink"
+    port=$(free_port)
+    metrics_port=$(free_port)
+    bridge_args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port")
+    case $sink in
+        nats) bridge_args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream
+            --nats-stream BENCH) ;;
+        kafka) bridge_args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
+            --kafka-partitions 3 --kafka-replication-factor 1) ;;
+    esac
+    # Word-split on purpose: extra flags for experiments.
+    # shellcheck disable=SC2206
+    bridge_args+=($BRIDGE_ARGS)
+    start "bridge_$sink" "$BRIDGE" "${bridge_args[@]}"
+    pid=$STARTED
+    url=http://127.0.0.1:$port/webhooks
+    wait_until "the bridge (/readyz)" "$pid" "$TMP/bridge_$sink.log" \
+        http_ok "http://127.0.0.1:$port/readyz"
+    ready_and_warm "bridge_$sink" "$pid" "$url"
+    measure "$sink bridge" "$pid" "$url" "$BROKER_PID"
+    half=$(awk -v r="$(rps_of "$sink bridge")" 'BEGIN { printf "%.1f", r / 2 }')
+    printf '%s\t%s\n' "$sink" "$half" >>"$TMP/half-targets"
+    measure_at_rate "$sink bridge" "$pid" "$url" "$BROKER_PID" "$half"
+    if ((PROFILE)); then
+        profile_run "bridge-$sink" "$pid" "$url"
+    fi
+    stop "$pid"
+    stop "$BROKER_PID"
+
+    # The minimal pipeline, on a fresh broker too; also at the bridge's half
+    # rate, which tells how much of the latency there is the broker's.
+    start_broker "$sink"
+    port=$(free_port)
+    case $sink in
+        nats) start baseline_nats "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
+            --nats-url "$BROKER_URL" --stream BENCH ;;
+        kafka) start baseline_kafka "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
+            --brokers "$BROKER_URL" --partitions 3 ;;
+    esac
+    pid=$STARTED
+    url=http://127.0.0.1:$port/webhooks
+    ready_and_warm "baseline_$sink" "$pid" "$url"
+    measure "$sink pipeline" "$pid" "$url" "$BROKER_PID"
+    measure_at_rate "$sink pipeline" "$pid" "$url" "$BROKER_PID" "$half"
+    if ((PROFILE)); then
+        profile_run "pipeline-$sink" "$pid" "$url"
+    fi
+    stop "$pid"
+    stop "$BROKER_PID"
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report --------------------------------------------------------------------
+
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem_gib=$(awk '$1 == "MemTotal:" { printf "%.1f", $2 / 1048576 }' /proc/meminfo)
+revision=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" + uncommitted changes"; fi
+{
+    echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($cpu_model), ${mem_gib} GiB;"
+    echo "revision $revision; load average before $LOAD_BEFORE, after $LOAD_AFTER."
+    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage)."
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU s | CPU µs/req | broker CPU s | idle RSS MiB | peak RSS MiB |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' 'NR > 1 {
+        printf "| %s | %.0f | %.2f | %.2f | %.2f | %d | %.2f | %s | %s | %s | %s |\n",
+            $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+    }' "$RESULTS"
+    echo
+    ceiling=$(rps_of "http ceiling")
+    for sink in $SINKS; do
+        awk -F'\t' -v sink="$sink" -v ceiling="$ceiling" -v half="$(awk -v s="$sink" '$1 == s { print $2 }' "$TMP/half-targets")" '
+            $1 == sink " pipeline" { pipeline = $2 }
+            $1 == sink " bridge" { bridge = $2; idle = $10; errors += $6 }
+            $1 == sink " bridge @ half" { hp99 = $4; hrps = $2; peak = $11; errors += $6 }
+            $1 == sink " pipeline @ half" { pp99 = $4 }
+            function verdict(ok) { return ok ? "met" : "NOT met" }
+            END {
+                printf "- %s: bridge / minimal pipeline = %.2f (target >= 0.9: %s); bridge / HTTP ceiling = %.2f\n",
+                    sink, bridge / pipeline, verdict(bridge / pipeline >= 0.9), bridge / ceiling
+                printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms (target < 5 ms: %s; minimal pipeline at that rate: %.2f ms); errors %d (target 0: %s)\n",
+                    half, hrps, hp99, verdict(hp99 < 5), pp99, errors, verdict(errors == 0)
+                printf "  idle RSS %.1f MiB (target < 20: %s); peak RSS %.1f MiB (target < 64: %s)\n",
+                    idle, verdict(idle < 20), peak, verdict(peak < 64)
+            }' "$RESULTS"
+    done
+} >"$OUT/results.md"
+echo
+cat "$OUT/results.md"
+log "written to $OUT/results.md (raw: $RESULTS)"

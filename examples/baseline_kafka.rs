@@ -1,0 +1,114 @@
+//! Minimal Kafka pipeline for `benches/load.sh`: the HTTP ceiling, plus a
+//! produce of each body with rdkafka's `FutureProducer` and a wait for its
+//! delivery report before the 200. No validation, no headers, no metrics,
+//! no readiness probe.
+//!
+//! Same topics and keys as the bridge (`apizee.<object>.<event>`, keyed by
+//! objectId, read from the parsed body), so records spread over the same
+//! partitions: at start-up it creates the 15 topics with `--partitions`
+//! (3, the bridge's `--kafka-partitions` default) and replication factor 1,
+//! then listens. Producer properties as `src/sink/kafka.rs` sets them,
+//! since each changes acked throughput: `acks=all`,
+//! `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=1`, and
+//! `message.timeout.ms=5000` (the bridge's default `--publish-timeout`).
+//! Like the bridge, it uses `send_result`, which fails at once on a full
+//! local queue instead of waiting.
+//!
+//! `cargo run --release --example baseline_kafka -- --listen 127.0.0.1:8083 \
+//!    --brokers 127.0.0.1:9092`
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[path = "support/baseline.rs"]
+mod baseline;
+
+const OBJECTS: [&str; 5] = [
+    "ticket",
+    "media",
+    "conversation",
+    "smsmessage",
+    "conversationevent",
+];
+const EVENTS: [&str; 3] = ["create", "update", "delete"];
+
+#[tokio::main]
+async fn main() {
+    let listen = baseline::required_flag("--listen")
+        .parse()
+        .unwrap_or_else(|e| panic!("--listen: {e}"));
+    let brokers = baseline::required_flag("--brokers");
+    let partitions = baseline::flag("--partitions")
+        .map(|p| p.parse().unwrap_or_else(|e| panic!("--partitions: {e}")))
+        .unwrap_or(3);
+
+    create_topics(&brokers, partitions).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "5000")
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create the producer: {e}"));
+
+    baseline::serve(listen, move |body, value| {
+        let producer = producer.clone();
+        async move {
+            let topic = baseline::topic(&value);
+            let key = baseline::key(&value);
+            let record = FutureRecord::to(&topic).key(&key).payload(body.as_ref());
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| e.to_string())?;
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("delivery report dropped".to_owned()),
+            }
+        }
+    })
+    .await;
+}
+
+/// Creates the bridge's 15 topics, retrying until the broker answers.
+async fn create_topics(brokers: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create the admin client: {e}"));
+    let names: Vec<String> = OBJECTS
+        .iter()
+        .flat_map(|object| {
+            EVENTS
+                .iter()
+                .map(move |event| format!("apizee.{object}.{event}"))
+        })
+        .collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for _ in 0..50 {
+        match admin.create_topics(&topics, &options).await {
+            Ok(results)
+                if results.iter().all(|r| {
+                    matches!(r, Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)))
+                }) =>
+            {
+                return;
+            }
+            Ok(results) => eprintln!("creating topics: {results:?}"),
+            Err(e) => eprintln!("creating topics: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("cannot create the topics on {brokers}");
+}

@@ -1,0 +1,56 @@
+//! Minimal NATS pipeline for `benches/load.sh`: the HTTP ceiling, plus a
+//! JetStream publish of each body and a wait for its PubAck before the 200.
+//! No validation, no headers, no `Nats-Msg-Id`, no metrics.
+//!
+//! Same subjects as the bridge (`apizee.<object>.<event>`, read from the
+//! parsed body), and the same stream: at start-up it creates `--stream` on
+//! `apizee.>` with the defaults the bridge's `--nats-stream` uses (file
+//! storage), then listens. Client and JetStream context as the bridge
+//! builds them where it matters for throughput: default client buffers,
+//! `ContextBuilder::new().timeout(5 s)` (the bridge's default
+//! `--publish-timeout`), default ack in-flight limit (5000).
+//!
+//! `cargo run --release --example baseline_nats -- --listen 127.0.0.1:8082 \
+//!    --nats-url nats://127.0.0.1:4222 --stream BENCH`
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+#[path = "support/baseline.rs"]
+mod baseline;
+
+#[tokio::main]
+async fn main() {
+    let listen = baseline::required_flag("--listen")
+        .parse()
+        .unwrap_or_else(|e| panic!("--listen: {e}"));
+    let url = baseline::required_flag("--nats-url");
+    let stream = baseline::flag("--stream").unwrap_or_else(|| "BENCH".to_owned());
+
+    let client = async_nats::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(client);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec!["apizee.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("cannot create stream {stream}: {e}"));
+
+    baseline::serve(listen, move |body, value| {
+        let js = js.clone();
+        async move {
+            let ack = js
+                .publish(baseline::topic(&value), body)
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(drop).map_err(|e| e.to_string())
+        }
+    })
+    .await;
+}
