@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::auth::Denial;
@@ -55,6 +55,26 @@ pub struct Metrics {
     spool: OnceLock<SpoolMetrics>,
     /// Registered only with `--tls-cert`.
     tls: OnceLock<TlsMetrics>,
+    /// The series every accepted webhook touches, resolved once.
+    hot: HotSeries,
+    /// The sink's success series, resolved by [`Metrics::prepare`].
+    sink: OnceLock<SinkSeries>,
+}
+
+/// A labelled lookup hashes the label values and takes the vector's lock;
+/// the series an accepted webhook always touches are looked up once instead.
+struct HotSeries {
+    /// `webhooks_received_total`, by [`ObjectKind`] then [`Event`].
+    received: [[IntCounter; Event::ALL.len()]; ObjectKind::ALL.len()],
+    /// `http_requests_total{handler="webhook"}` for 200 and 202.
+    webhook_ok: IntCounter,
+    webhook_spooled: IntCounter,
+}
+
+struct SinkSeries {
+    sink: &'static str,
+    published_ok: IntCounter,
+    duration: Histogram,
 }
 
 struct TlsMetrics {
@@ -201,6 +221,15 @@ impl Metrics {
             ),
         ))?;
 
+        let hot = HotSeries {
+            received: ObjectKind::ALL.map(|object| {
+                Event::ALL.map(|event| {
+                    webhooks_received.with_label_values(&[object.as_str(), event.as_str()])
+                })
+            }),
+            webhook_ok: http_requests.with_label_values(&["webhook", "200"]),
+            webhook_spooled: http_requests.with_label_values(&["webhook", "202"]),
+        };
         Ok(Self {
             registry,
             http_requests,
@@ -218,6 +247,8 @@ impl Metrics {
             kafka: OnceLock::new(),
             spool: OnceLock::new(),
             tls: OnceLock::new(),
+            hot,
+            sink: OnceLock::new(),
         })
     }
 
@@ -249,7 +280,11 @@ impl Metrics {
             self.publishes.with_label_values(&[sink, outcome]);
             self.dead_letters.with_label_values(&[outcome]);
         }
-        self.publish_duration.with_label_values(&[sink]);
+        let _ = self.sink.set(SinkSeries {
+            sink,
+            published_ok: self.publishes.with_label_values(&[sink, "ok"]),
+            duration: self.publish_duration.with_label_values(&[sink]),
+        });
         self.broker_connected.with_label_values(&[sink]);
     }
 
@@ -259,18 +294,21 @@ impl Metrics {
         status: http::StatusCode,
         duration: Duration,
     ) {
-        self.http_requests
-            .with_label_values(&[handler, status.as_str()])
-            .inc();
+        match (handler, status.as_u16()) {
+            ("webhook", 200) => self.hot.webhook_ok.inc(),
+            ("webhook", 202) => self.hot.webhook_spooled.inc(),
+            _ => self
+                .http_requests
+                .with_label_values(&[handler, status.as_str()])
+                .inc(),
+        }
         if handler == "webhook" {
             self.request_duration.observe(duration.as_secs_f64());
         }
     }
 
     pub fn webhook_received(&self, envelope: &Envelope) {
-        self.webhooks_received
-            .with_label_values(&[envelope.object.as_str(), envelope.event.as_str()])
-            .inc();
+        self.hot.received[envelope.object as usize][envelope.event as usize].inc();
         for UnknownValue { object, field } in &envelope.unknown_values {
             self.unknown_enum_values
                 .with_label_values(&[object.as_str(), field])
@@ -294,6 +332,14 @@ impl Metrics {
 
     /// `outcome` is `ok` or a [`crate::sink::PublishError::kind`].
     pub fn published(&self, sink: &'static str, outcome: &'static str, duration: Duration) {
+        if let Some(series) = self.sink.get()
+            && series.sink == sink
+            && outcome == "ok"
+        {
+            series.published_ok.inc();
+            series.duration.observe(duration.as_secs_f64());
+            return;
+        }
         self.publishes.with_label_values(&[sink, outcome]).inc();
         self.publish_duration
             .with_label_values(&[sink])
@@ -518,6 +564,34 @@ mod tests {
             PublishError::Failed(String::new()),
         ] {
             assert!(PUBLISH_OUTCOMES.contains(&error.kind()), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn hot_series_count_under_their_own_labels() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        metrics.prepare("nats", &[]);
+        // The table is indexed by discriminant: each slot must be its label.
+        for (i, object) in ObjectKind::ALL.into_iter().enumerate() {
+            assert_eq!(object as usize, i, "{object:?}");
+        }
+        for (i, event) in Event::ALL.into_iter().enumerate() {
+            assert_eq!(event as usize, i, "{event:?}");
+        }
+        metrics.hot.received[ObjectKind::Media as usize][Event::Delete as usize].inc();
+        metrics.http_request("webhook", http::StatusCode::ACCEPTED, Duration::ZERO);
+        metrics.published("nats", "ok", Duration::ZERO);
+        metrics.published("nats", "timeout", Duration::ZERO);
+        let text = String::from_utf8(metrics.render()).unwrap_or_default();
+        for line in [
+            r#"apizee_bridge_webhooks_received_total{event="delete",object="media"} 1"#,
+            r#"apizee_bridge_webhooks_received_total{event="create",object="media"} 0"#,
+            r#"apizee_bridge_http_requests_total{code="202",handler="webhook"} 1"#,
+            r#"apizee_bridge_publishes_total{outcome="ok",sink="nats"} 1"#,
+            r#"apizee_bridge_publishes_total{outcome="timeout",sink="nats"} 1"#,
+            r#"apizee_bridge_publish_duration_seconds_count{sink="nats"} 2"#,
+        ] {
+            assert!(text.contains(line), "missing {line}");
         }
     }
 
