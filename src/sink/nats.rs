@@ -187,7 +187,7 @@ fn nats_headers(message: &Message) -> HeaderMap {
     for (name, value) in &message.headers {
         // Our names are static and valid: `from_static` neither checks nor
         // copies them, where inserting a `&str` would do both per message.
-        headers.insert(HeaderName::from_static(*name), value.as_str());
+        headers.insert(HeaderName::from_static(name), value.as_str());
     }
     headers
 }
