@@ -29,14 +29,22 @@ const SUCCESSFUL_RELOADS: &str = r#"apizee_bridge_tls_reloads_total{result="succ
 const HANDSHAKE_FAILURES: &str = "apizee_bridge_tls_handshake_failures_total";
 
 /// A PKI with the server certificate installed, and a bridge serving it.
-async fn tls_bridge(extra: &[&str]) -> (Pki, Issued, TlsBridge, Arc<MemorySink>) {
+/// The reload handle of a bridge started with [`tls::start_bridge`].
+fn bridge_tls(bridge: &Bridge) -> &apizee_bridge::tls::ServerTls {
+    bridge
+        .tls
+        .as_deref()
+        .unwrap_or_else(|| panic!("the bridge serves no TLS"))
+}
+
+async fn tls_bridge(extra: &[&str]) -> (Pki, Issued, Bridge, Arc<MemorySink>) {
     let pki = Pki::new("apizee-bridge test CA");
     let server = pki.server("bridge-one");
     let mut args = pki.install(&server);
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sink = Arc::new(MemorySink::new());
-    let bridge = TlsBridge::start(&args, sink.clone()).await;
+    let bridge = tls::start_bridge(&args, sink.clone()).await;
     (pki, server, bridge, sink)
 }
 
@@ -210,7 +218,7 @@ async fn client_ca_admits_only_clients_with_a_certificate_it_signed() {
     args.extend(["--tls-client-ca".to_owned(), ca.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sink = Arc::new(MemorySink::new());
-    let bridge = TlsBridge::start(&args, sink.clone()).await;
+    let bridge = tls::start_bridge(&args, sink.clone()).await;
 
     for (who, identity) in [
         ("no client certificate", None),
@@ -270,7 +278,7 @@ async fn changed_files_reach_new_connections_and_open_ones_keep_working() {
     let cert = mount.join("tls.crt").display().to_string();
     let key = mount.join("tls.key").display().to_string();
     let sink = Arc::new(MemorySink::new());
-    let bridge = TlsBridge::start(
+    let bridge = tls::start_bridge(
         &[
             "--tls-cert",
             &cert,
@@ -358,7 +366,7 @@ async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
     // The same broken files are not retried at every poll.
     let metrics = bridge.metrics().await;
     let failures = metric_value(&metrics, FAILED_RELOADS);
-    assert!(bridge.tls.reload_if_changed().is_none());
+    assert!(bridge_tls(&bridge).reload_if_changed().is_none());
     assert_eq!(
         metric_value(&bridge.metrics().await, FAILED_RELOADS),
         failures
@@ -380,7 +388,9 @@ async fn the_reload_entry_point_swaps_the_certificate_in_process() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(connection.server_certificate, server.der);
-    bridge.tls.reload().unwrap_or_else(|e| panic!("{e}"));
+    bridge_tls(&bridge)
+        .reload()
+        .unwrap_or_else(|e| panic!("{e}"));
     let connection = TlsConnection::open(bridge.addr, config)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -288,6 +288,8 @@ pub struct Bridge {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
+    /// Set when webhooks are served over TLS ([`tls::start_bridge`]).
+    pub tls: Option<Arc<apizee_bridge::tls::ServerTls>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -327,6 +329,17 @@ impl Bridge {
         spool: Option<Arc<apizee_bridge::spool::Spool>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::launch(settings, sink, spool, metrics, None).await
+    }
+
+    /// Serves on loopback port 0, over TLS when `tls` is given.
+    pub async fn launch(
+        settings: Settings,
+        sink: Arc<dyn Sink>,
+        spool: Option<Arc<apizee_bridge::spool::Spool>>,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<apizee_bridge::tls::ServerTls>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -339,10 +352,11 @@ impl Bridge {
             .unwrap_or_else(|e| panic!("{e}"));
         let app = Arc::new(App::with_spool(settings.http, sink, spool, metrics));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(apizee_bridge::serve(
+        let task = tokio::spawn(apizee_bridge::serve_with_tls(
             app.clone(),
             listener,
             metrics_listener,
+            tls.clone(),
             settings.shutdown_timeout,
             async move {
                 let _ = stopped.await;
@@ -352,6 +366,7 @@ impl Bridge {
             addr,
             metrics_addr,
             app,
+            tls,
             stop: Some(stop),
             task: Some(task),
         }

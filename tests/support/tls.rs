@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apizee_bridge::http::App;
 use apizee_bridge::metrics::Metrics;
 use apizee_bridge::sink::Sink;
 use apizee_bridge::tls::ServerTls;
@@ -23,12 +22,11 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
-use super::{Reply, get, settings, wait_until};
+use super::{Bridge, Reply, settings, wait_until};
 
 /// A certificate and its key, as PEM, and the certificate as DER to compare
 /// with what a server presents.
@@ -304,85 +302,19 @@ pub async fn post_once(
 }
 
 /// The bridge in-process with TLS, on loopback port 0; stopped on drop.
-pub struct TlsBridge {
-    pub addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub app: Arc<App>,
-    pub tls: Arc<ServerTls>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl TlsBridge {
-    /// Starts with `args` (which must name the TLS files) and `sink`.
-    pub async fn start(args: &[&str], sink: Arc<dyn Sink>) -> Self {
-        let settings = settings(args);
-        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-        metrics
-            .register_tls()
-            .unwrap_or_else(|e| panic!("metrics: {e}"));
-        let tls_settings = settings
-            .tls
-            .clone()
-            .unwrap_or_else(|| panic!("no TLS files in {args:?}"));
-        let tls = ServerTls::new(tls_settings, metrics.clone());
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let metrics_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let metrics_addr = metrics_listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let app = Arc::new(App::with_spool(settings.http, sink, None, metrics));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(apizee_bridge::serve_with_tls(
-            app.clone(),
-            listener,
-            metrics_listener,
-            Some(tls.clone()),
-            settings.shutdown_timeout,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Self {
-            addr,
-            metrics_addr,
-            app,
-            tls,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub async fn metrics(&self) -> String {
-        let reply = get(self.metrics_addr, "/metrics")
-            .await
-            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-        assert_eq!(reply.status, 200);
-        reply.text()
-    }
-
-    /// Stops the bridge as SIGTERM would, and waits for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for TlsBridge {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+/// `args` must name the TLS files.
+pub async fn start_bridge(args: &[&str], sink: Arc<dyn Sink>) -> Bridge {
+    let settings = settings(args);
+    let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+    metrics
+        .register_tls()
+        .unwrap_or_else(|e| panic!("metrics: {e}"));
+    let tls_settings = settings
+        .tls
+        .clone()
+        .unwrap_or_else(|| panic!("no TLS files in {args:?}"));
+    let tls = ServerTls::new(tls_settings, metrics.clone());
+    Bridge::launch(settings, sink, None, metrics, Some(tls)).await
 }
 
 /// Waits until a new connection to `addr` presents `expected`.
