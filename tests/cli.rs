@@ -3,15 +3,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use apizee_bridge::config::Cli;
 use clap::CommandFactory;
+use support::process::{BINARY, BridgeProcess};
 use support::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_apizee-bridge");
 
 fn run(args: &[&str]) -> Output {
     Command::new(BINARY)
@@ -110,88 +107,9 @@ fn env_vars_configure_the_binary() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-body-bytes"));
 }
 
-/// The binary as a child process, killed by its own id when dropped.
-struct Process {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Process {
-    fn spawn(extra: &[&str]) -> Self {
-        let port = free_port();
-        let metrics_port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let metrics = format!("127.0.0.1:{metrics_port}");
-        let child = Command::new(BINARY)
-            .args(["--listen", &listen, "--metrics-listen", &metrics])
-            .args(extra)
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
-        Self {
-            child,
-            addr: listen.parse().unwrap_or_else(|e| panic!("{e}")),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let addr = self.addr;
-        wait_until(
-            "the binary to be ready",
-            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
-        )
-        .await;
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("kill: {e}"));
-        assert!(status.success());
-    }
-
-    /// Waits for exit, polling against a deadline.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the binary did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr_lines(&mut self) -> Vec<String> {
-        self.child
-            .stderr
-            .take()
-            .map(|e| BufReader::new(e).lines().map_while(Result::ok).collect())
-            .unwrap_or_default()
-    }
-
-    fn stdout_lines(&mut self) -> Vec<String> {
-        self.child
-            .stdout
-            .take()
-            .map(|e| BufReader::new(e).lines().map_while(Result::ok).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
-    let mut process = Process::spawn(&[]);
+    let mut process = BridgeProcess::spawn(&[]);
     process.wait_ready().await;
     let reply = request(
         process.addr,
@@ -203,8 +121,8 @@ async fn sigterm_drains_and_exits_zero() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 200);
-    process.terminate();
-    let status = process.wait_exit();
+    process.signal("TERM");
+    let status = process.wait_exit().await;
     assert_eq!(status.code(), Some(0), "exit status {status}");
 
     // The stdout sink printed one JSON line with the exact payload.
@@ -224,7 +142,7 @@ async fn sigterm_drains_and_exits_zero() {
 
 #[tokio::test]
 async fn json_logs_one_line_per_rejection_and_no_secret() {
-    let mut process = Process::spawn(&[
+    let mut process = BridgeProcess::spawn(&[
         "--log-format",
         "json",
         "--auth-header",
@@ -249,8 +167,8 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(reply.status, status, "{}", reply.text());
     }
-    process.terminate();
-    assert_eq!(process.wait_exit().code(), Some(0));
+    process.signal("TERM");
+    assert_eq!(process.wait_exit().await.code(), Some(0));
     let lines = process.stderr_lines();
     let mut reasons = Vec::new();
     for line in &lines {

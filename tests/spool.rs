@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use apizee_bridge::sink::PublishError;
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use async_nats::jetstream;
 use bytes::Bytes;
+use support::process::BridgeProcess;
 use support::*;
 
 fn ticket(id: u32, time: u32) -> String {
@@ -144,50 +144,6 @@ async fn a_full_spool_means_503_and_a_refusal_is_never_spooled() {
     );
 }
 
-/// The binary as a child process, killed by its own id when dropped.
-struct BridgeProcess {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl BridgeProcess {
-    fn spawn(args: &[&str]) -> Self {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_apizee-bridge"))
-            .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics])
-            .args(args)
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the bridge: {e}"));
-        Self { child, addr }
-    }
-
-    async fn wait_ready(&self) {
-        let addr = self.addr;
-        wait_until(
-            "the bridge to be ready",
-            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
-        )
-        .await;
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BridgeProcess {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
-
 /// Posts `count` distinct webhooks, each of which must be spooled (202),
 /// and returns their event ids in order.
 async fn post_all_spooled(bridge: &BridgeProcess, count: u32) -> Vec<String> {
@@ -239,7 +195,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
         "--spool-dir",
         spool.as_str(),
     ];
-    let mut bridge = BridgeProcess::spawn(&args);
+    let mut bridge = BridgeProcess::spawn_quiet(&args);
     bridge.wait_ready().await;
     // The stream exists now; stop the broker.
     nats.kill();
@@ -249,7 +205,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
     bridge.kill_9();
 
     nats.restart().await;
-    let bridge = BridgeProcess::spawn(&args);
+    let bridge = BridgeProcess::spawn_quiet(&args);
     bridge.wait_ready().await;
     let js = jetstream::new(nats.client().await);
     wait_until(
@@ -314,7 +270,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
         "--spool-dir",
         spool.as_str(),
     ];
-    let mut bridge = BridgeProcess::spawn(&args);
+    let mut bridge = BridgeProcess::spawn_quiet(&args);
     // Ready means the topics exist, stored by the broker: they outlive it.
     bridge.wait_ready().await;
     broker.kill();
@@ -324,7 +280,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
     bridge.kill_9();
 
     broker.restart().await;
-    let bridge = BridgeProcess::spawn(&args);
+    let bridge = BridgeProcess::spawn_quiet(&args);
     bridge.wait_ready().await;
     let messages = tokio::task::spawn_blocking(move || {
         read_topic(&bootstrap, "apizee.ticket.update", count as usize)

@@ -6,21 +6,18 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use bytes::Bytes;
 use http::Version;
+use support::process::{BINARY, BridgeProcess};
 use support::tls::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_apizee-bridge");
 
 const TICKET_CREATE: &str = include_str!("samples/valid/ticket-create.json");
 
@@ -420,69 +417,6 @@ async fn tls_metrics_are_exported_and_documented() {
     }
 }
 
-/// The binary as a child process, killed by its own id when dropped.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Process {
-    fn spawn(args: &[String]) -> Self {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BINARY)
-            .args(["--listen", &listen, "--metrics-listen", &metrics])
-            .args(args)
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
-        Self {
-            child,
-            addr: listen.parse().unwrap_or_else(|e| panic!("{e}")),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        send_signal(self.child.id(), signal).unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    /// Waits for exit, polling against a deadline. Async, so that the
-    /// test's own connections are still driven (and closed) meanwhile.
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the binary did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stderr(&mut self) -> String {
-        self.child
-            .stderr
-            .take()
-            .map(|e| {
-                BufReader::new(e)
-                    .lines()
-                    .map_while(Result::ok)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let pki = Pki::new("apizee-bridge test CA");
@@ -491,7 +425,8 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let mut args = pki.install(&first);
     // Polling effectively off: only SIGHUP can reload.
     args.extend(["--tls-reload-interval".to_owned(), "1h".to_owned()]);
-    let mut process = Process::spawn(&args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut process = BridgeProcess::spawn(&args);
     let config = client_config(&pki.ca_der(), None, H2_AND_H1);
     let addr = process.addr;
     wait_until(
@@ -530,7 +465,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     process.signal("TERM");
     let status = process.wait_exit().await;
     assert_eq!(status.code(), Some(0), "exit status {status}");
-    let stderr = process.stderr();
+    let stderr = process.stderr_lines().join("\n");
     assert!(stderr.contains("SIGHUP received"), "{stderr}");
     assert!(stderr.contains("TLS certificate reloaded"), "{stderr}");
     assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod kafka;
+pub mod process;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};

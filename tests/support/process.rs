@@ -1,0 +1,103 @@
+//! The bridge binary as a child process on free loopback ports, killed by
+//! its own id when dropped: for what only the real process shows (signals,
+//! exit codes, logs, kill -9).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{READY_DEADLINE, free_port, get, send_signal, wait_until};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_apizee-bridge");
+
+pub struct BridgeProcess {
+    child: Child,
+    /// The webhook listener.
+    pub addr: SocketAddr,
+}
+
+impl BridgeProcess {
+    /// Starts the binary with `args`, in an empty environment, with its
+    /// output captured for [`Self::stdout_lines`] and [`Self::stderr_lines`].
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::start(args, Stdio::piped)
+    }
+
+    /// The same, with its output discarded: for long runs whose logs nobody
+    /// reads, which would otherwise fill the pipe and block the bridge.
+    pub fn spawn_quiet(args: &[&str]) -> Self {
+        Self::start(args, Stdio::null)
+    }
+
+    fn start(args: &[&str], output: fn() -> Stdio) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BINARY)
+            .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics])
+            .args(args)
+            .env_clear()
+            .stdout(output())
+            .stderr(output())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
+        Self { child, addr }
+    }
+
+    pub async fn wait_ready(&self) {
+        let addr = self.addr;
+        wait_until(
+            "the binary to be ready",
+            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
+        )
+        .await;
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits for exit, polling against a deadline. Async, so that the
+    /// test's own connections are still driven (and closed) meanwhile.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the binary did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything the process wrote to stderr; call once it has exited.
+    pub fn stderr_lines(&mut self) -> Vec<String> {
+        lines(self.child.stderr.take())
+    }
+
+    /// Everything the process wrote to stdout; call once it has exited.
+    pub fn stdout_lines(&mut self) -> Vec<String> {
+        lines(self.child.stdout.take())
+    }
+}
+
+fn lines(output: Option<impl Read>) -> Vec<String> {
+    output
+        .map(|o| BufReader::new(o).lines().map_while(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
