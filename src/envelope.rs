@@ -438,7 +438,40 @@ impl<'de> Visitor<'de> for UniqueKeys<'_> {
 }
 
 /// Checks one prop value found at the given path.
-type PropCheck = fn(&mut Checker, &str, &Value);
+type PropCheck = fn(&mut Checker, PropPath<'_>, &Value);
+
+/// Where a checked prop is. Formatted only for a problem: most webhooks
+/// have none, and a path string per checked prop would cost an allocation
+/// each on every request.
+#[derive(Clone, Copy)]
+enum PropPath<'a> {
+    /// `props.state`
+    Prop(&'a str),
+    /// `props.geoloc.lat`
+    Nested(&'a str, &'a str),
+    /// `props["geoloc.lat"]`: the platform sends some props with a dotted
+    /// key instead of nested.
+    Flat(&'a str, &'a str),
+}
+
+impl fmt::Display for PropPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropPath::Prop(name) => write!(f, "props.{name}"),
+            PropPath::Nested(parent, child) => write!(f, "props.{parent}.{child}"),
+            PropPath::Flat(parent, child) => write!(f, "props[\"{parent}.{child}\"]"),
+        }
+    }
+}
+
+/// A prop the platform may send nested (`{"geoloc":{"lat":1}}`) or flat
+/// (`{"geoloc.lat":1}`).
+struct DottedProp {
+    child: &'static str,
+    /// `<parent>.<child>`, spelled out so looking it up allocates nothing.
+    flat: &'static str,
+    check: PropCheck,
+}
 
 struct Checker {
     rules: Rules,
@@ -639,10 +672,16 @@ impl Checker {
             props,
             "geoloc",
             &[
-                ("lat", |c, path, v| c.number_in_range(path, v, -90.0, 90.0)),
-                ("lng", |c, path, v| {
-                    c.number_in_range(path, v, -180.0, 180.0)
-                }),
+                DottedProp {
+                    child: "lat",
+                    flat: "geoloc.lat",
+                    check: |c, path, v| c.number_in_range(path, v, -90.0, 90.0),
+                },
+                DottedProp {
+                    child: "lng",
+                    flat: "geoloc.lng",
+                    check: |c, path, v| c.number_in_range(path, v, -180.0, 180.0),
+                },
             ],
         );
     }
@@ -655,10 +694,18 @@ impl Checker {
             props,
             "_parent",
             &[
-                ("name", |c, path, v| {
-                    c.enum_value(ObjectKind::Media, "_parent.name", path, v, PARENTS)
-                }),
-                ("id", |c, path, v| c.integer(path, v)),
+                DottedProp {
+                    child: "name",
+                    flat: "_parent.name",
+                    check: |c, path, v| {
+                        c.enum_value(ObjectKind::Media, "_parent.name", path, v, PARENTS)
+                    },
+                },
+                DottedProp {
+                    child: "id",
+                    flat: "_parent.id",
+                    check: |c, path, v| c.integer(path, v),
+                },
             ],
         );
     }
@@ -667,10 +714,10 @@ impl Checker {
         const EVENT_TYPES: &[&str] = &["conversationEnded"];
         self.enum_prop(ObjectKind::Conversation, props, "eventType", EVENT_TYPES);
         if let Some(v) = props.get("name") {
-            self.string("props.name", v);
+            self.string(PropPath::Prop("name"), v);
         }
         if let Some(v) = props.get("finishedAt") {
-            self.rfc3339("props.finishedAt", v);
+            self.rfc3339(PropPath::Prop("finishedAt"), v);
         }
     }
 
@@ -678,11 +725,11 @@ impl Checker {
         // eventType is an open list (the Session Events API keeps adding
         // types), so only its type is checked.
         if let Some(v) = props.get("eventType") {
-            self.string("props.eventType", v);
+            self.string(PropPath::Prop("eventType"), v);
         }
         for name in ["eventCode", "ticketId", "conversationId"] {
             if let Some(v) = props.get(name) {
-                self.integer(&format!("props.{name}"), v);
+                self.integer(PropPath::Prop(name), v);
             }
         }
     }
@@ -692,15 +739,15 @@ impl Checker {
     fn nested_or_flat(
         &mut self,
         props: &Map<String, Value>,
-        parent: &str,
-        children: &[(&str, PropCheck)],
+        parent: &'static str,
+        children: &[DottedProp],
     ) {
         match props.get(parent) {
             None | Some(Value::Null) => {}
             Some(Value::Object(inner)) => {
-                for (child, check) in children {
+                for DottedProp { child, check, .. } in children {
                     if let Some(v) = inner.get(*child) {
-                        check(self, &format!("props.{parent}.{child}"), v);
+                        check(self, PropPath::Nested(parent, child), v);
                     }
                 }
             }
@@ -709,9 +756,10 @@ impl Checker {
                 format!("must be an object, found {}", type_name(other)),
             ),
         }
-        for (child, check) in children {
-            if let Some(v) = props.get(&format!("{parent}.{child}")) {
-                check(self, &format!("props[\"{parent}.{child}\"]"), v);
+        for DottedProp { child, flat, check } in children {
+            debug_assert_eq!(*flat, format!("{parent}.{child}"));
+            if let Some(v) = props.get(*flat) {
+                check(self, PropPath::Flat(parent, child), v);
             }
         }
     }
@@ -724,7 +772,7 @@ impl Checker {
         allowed: &[&str],
     ) {
         if let Some(v) = props.get(name) {
-            self.enum_value(object, name, &format!("props.{name}"), v, allowed);
+            self.enum_value(object, name, PropPath::Prop(name), v, allowed);
         }
     }
 
@@ -732,7 +780,7 @@ impl Checker {
         &mut self,
         object: ObjectKind,
         field: &'static str,
-        path: &str,
+        path: PropPath<'_>,
         value: &Value,
         allowed: &[&str],
     ) {
@@ -740,61 +788,66 @@ impl Checker {
             Value::Null => {}
             Value::String(s) if allowed.contains(&s.as_str()) => {}
             Value::String(s) if self.rules.strict => self.problem(
-                path,
+                path.to_string(),
                 format!("must be one of {}, found {s:?}", allowed.join(", ")),
             ),
             Value::String(_) => self.unknown.push(UnknownValue { object, field }),
             other => self.problem(
-                path,
+                path.to_string(),
                 format!("must be a string, found {}", type_name(other)),
             ),
         }
     }
 
-    fn number_in_range(&mut self, path: &str, value: &Value, min: f64, max: f64) {
+    fn number_in_range(&mut self, path: PropPath<'_>, value: &Value, min: f64, max: f64) {
         match value {
             Value::Null => {}
             Value::Number(n) => match n.as_f64() {
                 Some(x) if (min..=max).contains(&x) => {}
-                _ => self.problem(path, format!("must be between {min} and {max}, found {n}")),
+                _ => self.problem(
+                    path.to_string(),
+                    format!("must be between {min} and {max}, found {n}"),
+                ),
             },
             other => self.problem(
-                path,
+                path.to_string(),
                 format!("must be a number, found {}", type_name(other)),
             ),
         }
     }
 
-    fn integer(&mut self, path: &str, value: &Value) {
+    fn integer(&mut self, path: PropPath<'_>, value: &Value) {
         match value {
             Value::Null => {}
             Value::Number(n) if n.is_i64() || n.is_u64() => {}
-            Value::Number(n) => self.problem(path, format!("must be an integer, found {n}")),
+            Value::Number(n) => {
+                self.problem(path.to_string(), format!("must be an integer, found {n}"))
+            }
             other => self.problem(
-                path,
+                path.to_string(),
                 format!("must be an integer, found {}", type_name(other)),
             ),
         }
     }
 
-    fn string(&mut self, path: &str, value: &Value) {
+    fn string(&mut self, path: PropPath<'_>, value: &Value) {
         match value {
             Value::Null | Value::String(_) => {}
             other => self.problem(
-                path,
+                path.to_string(),
                 format!("must be a string, found {}", type_name(other)),
             ),
         }
     }
 
-    fn rfc3339(&mut self, path: &str, value: &Value) {
+    fn rfc3339(&mut self, path: PropPath<'_>, value: &Value) {
         use time::format_description::well_known::Rfc3339;
         match value {
             Value::Null => {}
             Value::String(s) => {
                 if time::OffsetDateTime::parse(s, &Rfc3339).is_err() {
                     self.problem(
-                        path,
+                        path.to_string(),
                         format!(
                             "must be an RFC 3339 date-time such as \
                              \"2021-08-03T15:05:50+00:00\", found {s:?}"
@@ -803,7 +856,7 @@ impl Checker {
                 }
             }
             other => self.problem(
-                path,
+                path.to_string(),
                 format!("must be a string, found {}", type_name(other)),
             ),
         }
