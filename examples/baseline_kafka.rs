@@ -7,18 +7,21 @@
 //! objectId, read from the parsed body), so records spread over the same
 //! partitions: at start-up it creates the 15 topics with `--partitions`
 //! (3, the bridge's `--kafka-partitions` default) and replication factor 1,
-//! then listens. Producer properties as `src/sink/kafka.rs` sets them,
-//! since each changes acked throughput: `acks=all`,
-//! `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=1`, and
-//! `message.timeout.ms=5000` (the bridge's default `--publish-timeout`).
-//! Like the bridge, it uses `send_result`, which fails at once on a full
-//! local queue instead of waiting.
+//! then listens. Producer properties are the bridge's defaults, taken from
+//! `apizee_bridge::sink::kafka::default_properties` so they cannot drift
+//! apart, since each changes acked throughput (`acks=all`,
+//! `enable.idempotence=true`, linger, compression), with the bridge's
+//! default `--publish-timeout` (5 s) as `message.timeout.ms`. Like the
+//! bridge, it uses `send_result`, which fails at once on a full local queue
+//! instead of waiting.
 //!
 //! `cargo run --release --example baseline_kafka -- --listen 127.0.0.1:8083 \
 //!    --brokers 127.0.0.1:9092`
 
 use std::time::Duration;
 
+use apizee_bridge::config::KafkaSettings;
+use apizee_bridge::sink::kafka::default_properties;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -48,13 +51,17 @@ async fn main() {
         .unwrap_or(3);
 
     create_topics(&brokers, partitions).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "5000")
+    let mut config = ClientConfig::new();
+    for (key, value) in default_properties(&KafkaSettings {
+        brokers: brokers.clone(),
+        probe_topic: None,
+        options: Vec::new(),
+        create_topics: None,
+        publish_timeout: Duration::from_secs(5),
+    }) {
+        config.set(key, value);
+    }
+    let producer: FutureProducer = config
         .create()
         .unwrap_or_else(|e| panic!("cannot create the producer: {e}"));
 

@@ -228,7 +228,7 @@ pub struct Cli {
 
     /// Any librdkafka producer property, as key=value; repeat the flag, or
     /// separate with ';' in the env var. Applied after the bridge's defaults
-    /// (acks=all, enable.idempotence=true, compression.type=lz4, linger.ms=1,
+    /// (acks=all, enable.idempotence=true, compression.type=none, linger.ms=0,
     /// message.timeout.ms=--publish-timeout), so it can override them.
     /// Examples: security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512.
     #[arg(
