@@ -4,11 +4,11 @@
 #
 #   bash benches/load.sh [--rounds N] [--duration S] [--warmup S]
 #                        [--connections N] [--threads N] [--sinks "nats kafka"]
-#                        [--profile] [--no-build] [--out DIR]
+#                        [--with-headers] [--profile] [--no-build] [--out DIR]
 #
 # Every option also reads an environment variable: BENCH_ROUNDS,
 # BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_SINKS,
-# BENCH_PROFILE=1, BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to the bridge only, for tuning
+# BENCH_WITH_HEADERS=1, BENCH_PROFILE=1, BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to the bridge only, for tuning
 # experiments (BENCH_BRIDGE_ARGS='--kafka-option linger.ms=5'); the
 # baselines keep the bridge's defaults, so say so next to such figures.
 #
@@ -40,7 +40,13 @@
 #     and the ratios bridge / minimal pipeline (the median of each round's
 #     ratio, with the lowest and highest) and bridge / HTTP ceiling. Every
 #     round's rows are in $OUT/results.tsv;
-#  5. with --profile, builds with line tables (CARGO_PROFILE_RELEASE_DEBUG,
+#  5. with --with-headers, also runs per sink and round, at full load, the
+#     minimal pipeline with the bridge's message headers (and Nats-Msg-Id):
+#     "<sink> pipeline+headers". It is not a baseline of the issue; it
+#     splits the gap between the bridge and the minimal pipeline into what
+#     the headers cost (in the process and in the broker) and what the rest
+#     of the bridge costs;
+#  6. with --profile, builds with line tables (CARGO_PROFILE_RELEASE_DEBUG,
 #     in target/bench-profile so the normal release build is untouched) and
 #     adds, per sink, one more full-load run of the minimal pipeline and of
 #     the bridge under `perf record` with DWARF call graphs (change with
@@ -76,6 +82,7 @@ CONNECTIONS=${BENCH_CONNECTIONS:-32}
 THREADS=${BENCH_THREADS:-1}
 SINKS=${BENCH_SINKS:-nats kafka}
 PROFILE=${BENCH_PROFILE:-0}
+WITH_HEADERS=${BENCH_WITH_HEADERS:-0}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
 BUILD=1
@@ -91,6 +98,7 @@ while (($#)); do
         --threads) THREADS=$2; shift 2 ;;
         --sinks) SINKS=${2//,/ }; shift 2 ;;
         --profile) PROFILE=1; shift ;;
+        --with-headers) WITH_HEADERS=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -440,6 +448,23 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         fi
         stop "$pid"
         stop "$BROKER_PID"
+
+        if ((WITH_HEADERS)); then
+            start_broker "$sink"
+            port=$(free_port)
+            case $sink in
+                nats) start baseline_nats "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
+                    --nats-url "$BROKER_URL" --stream BENCH --headers ;;
+                kafka) start baseline_kafka "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
+                    --brokers "$BROKER_URL" --partitions 3 --headers ;;
+            esac
+            pid=$STARTED
+            url=http://127.0.0.1:$port/webhooks
+            ready_and_warm "baseline_$sink" "$pid" "$url"
+            measure "$sink pipeline+headers" "$pid" "$url" "$BROKER_PID"
+            stop "$pid"
+            stop "$BROKER_PID"
+        fi
     done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -505,6 +530,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
             $2 == sink " bridge" { bridge[$1] = $3; idle[$1] = $11; errors += $7 }
             $2 == sink " bridge @ half" { hp99[$1] = $5; hrps[$1] = $3; errors += $7; if ($12 > peak) peak = $12 }
             $2 == sink " pipeline" { pipeline[$1] = $3 }
+            $2 == sink " pipeline+headers" { headers[$1] = $3 }
             $2 == sink " pipeline @ half" { pp99[$1] = $5 }
             function verdict(ok) { return ok ? "met" : "NOT met" }
             function of(array,    r, list) {
@@ -523,6 +549,15 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
                 r = of(ratio)
                 printf "- %s: bridge / minimal pipeline = %.2f (target >= 0.9: %s; rounds: %s); bridge / HTTP ceiling = %.2f\n",
                     sink, r, verdict(r >= 0.9), each, of(to_ceiling)
+                if (length(headers) > 0) {
+                    each = ""
+                    for (r = 1; r <= rounds; r++) {
+                        with[r] = bridge[r] / headers[r]
+                        each = each (r > 1 ? ", " : "") sprintf("%.2f", with[r])
+                    }
+                    printf "  bridge / pipeline with the same headers = %.2f (rounds: %s); pipeline with headers / minimal pipeline = %.2f\n",
+                        of(with), each, of(headers) / of(pipeline)
+                }
                 p = of(hp99)
                 printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms (target < 5 ms: %s; minimal pipeline at that rate: %.2f ms); errors %d (target 0: %s)\n",
                     of(asked), of(hrps), p, verdict(p < 5), of(pp99), errors, verdict(errors == 0)

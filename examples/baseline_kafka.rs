@@ -1,7 +1,8 @@
 //! Minimal Kafka pipeline for `benches/load.sh`: the HTTP ceiling, plus a
 //! produce of each body with rdkafka's `FutureProducer` and a wait for its
 //! delivery report before the 200. No validation, no headers, no metrics,
-//! no readiness probe.
+//! no readiness probe. With `--headers`, it adds the bridge's headers: not
+//! the minimal pipeline any more, a variant for telling costs apart.
 //!
 //! Same topics and keys as the bridge (`apizee.<object>.<event>`, keyed by
 //! objectId, read from the parsed body), so records spread over the same
@@ -26,6 +27,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[path = "support/baseline.rs"]
@@ -70,7 +72,20 @@ async fn main() {
         async move {
             let topic = baseline::topic(&value);
             let key = baseline::key(&value);
-            let record = FutureRecord::to(&topic).key(&key).payload(body.as_ref());
+            let headers = baseline::contract_headers(&body, &value).map(|headers| {
+                headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |all, (name, value)| {
+                        all.insert(Header {
+                            key: name,
+                            value: Some(value.as_bytes()),
+                        })
+                    })
+            });
+            let mut record = FutureRecord::to(&topic).key(&key).payload(body.as_ref());
+            if let Some(headers) = headers {
+                record = record.headers(headers);
+            }
             let delivery = producer
                 .send_result(record)
                 .map_err(|(e, _)| e.to_string())?;

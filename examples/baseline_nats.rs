@@ -1,6 +1,8 @@
 //! Minimal NATS pipeline for `benches/load.sh`: the HTTP ceiling, plus a
 //! JetStream publish of each body and a wait for its PubAck before the 200.
-//! No validation, no headers, no `Nats-Msg-Id`, no metrics.
+//! No validation, no headers, no `Nats-Msg-Id`, no metrics. With
+//! `--headers`, it adds the bridge's headers and `Nats-Msg-Id`: not the
+//! minimal pipeline any more, a variant for telling costs apart.
 //!
 //! Same subjects as the bridge (`apizee.<object>.<event>`, read from the
 //! parsed body), and the same stream: at start-up it creates `--stream` on
@@ -15,7 +17,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::{HeaderMap, HeaderName};
 
 #[path = "support/baseline.rs"]
 mod baseline;
@@ -45,10 +48,23 @@ async fn main() {
     baseline::serve(listen, move |body, value| {
         let js = js.clone();
         async move {
-            let ack = js
-                .publish(baseline::topic(&value), body)
-                .await
-                .map_err(|e| e.to_string())?;
+            let topic = baseline::topic(&value);
+            let ack = match baseline::contract_headers(&body, &value) {
+                None => js.publish(topic, body).await,
+                Some(headers) => {
+                    let id = headers[headers.len() - 1].1.clone();
+                    let mut map = HeaderMap::new();
+                    for (name, value) in headers {
+                        map.insert(HeaderName::from_static(name), value);
+                    }
+                    let message = PublishMessage::build()
+                        .payload(body)
+                        .headers(map)
+                        .message_id(id);
+                    js.send_publish(topic, message).await
+                }
+            }
+            .map_err(|e| e.to_string())?;
             ack.await.map(drop).map_err(|e| e.to_string())
         }
     })
