@@ -174,10 +174,13 @@ pub async fn serve_with_tls(
     shutdown_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    // SIGHUP is taken over before the first connection is accepted.
-    let reload = tls
-        .clone()
-        .map(|tls| tokio::spawn(tls.watch(tls::ReloadSignal::register())));
+    // SIGHUP is taken over before the first connection is accepted: it
+    // reloads the TLS files, or without TLS is logged, never fatal.
+    let hangup = tls::ReloadSignal::register();
+    let reload = match tls.clone() {
+        Some(tls) => tokio::spawn(tls.watch(hangup)),
+        None => tokio::spawn(hangup.ignore()),
+    };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let replay = tokio::spawn(app.delivery().clone().replay());
     let metrics_task = tokio::spawn(http::server::serve_metrics(
@@ -193,9 +196,7 @@ pub async fn serve_with_tls(
 
     // Events still spooled stay on disk for the next start.
     replay.abort();
-    if let Some(reload) = reload {
-        reload.abort();
-    }
+    reload.abort();
     match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.delivery().sink().flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),

@@ -244,6 +244,16 @@ impl ReloadSignal {
         Self {}
     }
 
+    /// Without TLS there is nothing to reload, but a SIGHUP (`systemctl
+    /// reload`, a closed terminal, a habit) must not end the process and
+    /// the deliveries in flight: it is logged, and otherwise ignored.
+    pub async fn ignore(mut self) {
+        loop {
+            self.recv().await;
+            tracing::info!("SIGHUP received: nothing to reload without --tls-cert");
+        }
+    }
+
     /// Resolves on the next SIGHUP; never, if there is none to listen to.
     async fn recv(&mut self) {
         #[cfg(unix)]

@@ -107,6 +107,30 @@ fn env_vars_configure_the_binary() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-body-bytes"));
 }
 
+/// SIGHUP's default action ends a process; without TLS there is nothing to
+/// reload, and a `systemctl reload` must not drop the deliveries in flight.
+#[tokio::test]
+async fn sighup_without_tls_does_not_stop_the_bridge() {
+    let mut process = BridgeProcess::spawn(&[]);
+    process.wait_ready().await;
+    process.signal("HUP");
+    // The signal is pending once kill(1) returns, and acted on at the
+    // process's next return to user space, long before it could answer.
+    let reply = request(
+        process.addr,
+        "POST",
+        "/webhooks",
+        &[("content-type", "application/JSON")],
+        bytes::Bytes::from(SPEC_TICKET),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the bridge stopped answering after SIGHUP: {e}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    process.signal("TERM");
+    let status = process.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
     let mut process = BridgeProcess::spawn(&[]);
