@@ -388,6 +388,27 @@ measure_at_rate() {
     measure "$name @ half" "$pid" "$url" "$broker" "$pause"
 }
 
+# Starts a fresh broker for sink $1 and the sink's baseline on it, with
+# any further arguments (--headers), and warms it up; leaves its pid in
+# $PIPELINE_PID and its URL in $PIPELINE_URL.
+PIPELINE_PID=
+PIPELINE_URL=
+start_pipeline() {
+    local sink=$1 port
+    shift
+    start_broker "$sink"
+    port=$(free_port)
+    case $sink in
+        nats) start baseline_nats "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
+            --nats-url "$BROKER_URL" --stream BENCH "$@" ;;
+        kafka) start baseline_kafka "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
+            --brokers "$BROKER_URL" --partitions 3 "$@" ;;
+    esac
+    PIPELINE_PID=$STARTED
+    PIPELINE_URL=http://127.0.0.1:$port/webhooks
+    ready_and_warm "baseline_$sink" "$PIPELINE_PID" "$PIPELINE_URL"
+}
+
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     # HTTP ceiling: no broker, shared by both sinks.
     port=$(free_port)
@@ -430,39 +451,19 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
 
         # The minimal pipeline, on a fresh broker too; also at the bridge's
         # half rate, which tells how much of the latency there is the broker's.
-        start_broker "$sink"
-        port=$(free_port)
-        case $sink in
-            nats) start baseline_nats "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
-                --nats-url "$BROKER_URL" --stream BENCH ;;
-            kafka) start baseline_kafka "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
-                --brokers "$BROKER_URL" --partitions 3 ;;
-        esac
-        pid=$STARTED
-        url=http://127.0.0.1:$port/webhooks
-        ready_and_warm "baseline_$sink" "$pid" "$url"
-        measure "$sink pipeline" "$pid" "$url" "$BROKER_PID"
-        measure_at_rate "$sink pipeline" "$pid" "$url" "$BROKER_PID" "$half"
+        start_pipeline "$sink"
+        measure "$sink pipeline" "$PIPELINE_PID" "$PIPELINE_URL" "$BROKER_PID"
+        measure_at_rate "$sink pipeline" "$PIPELINE_PID" "$PIPELINE_URL" "$BROKER_PID" "$half"
         if ((PROFILE && ROUND == ROUNDS)); then
-            profile_run "pipeline-$sink" "$pid" "$url"
+            profile_run "pipeline-$sink" "$PIPELINE_PID" "$PIPELINE_URL"
         fi
-        stop "$pid"
+        stop "$PIPELINE_PID"
         stop "$BROKER_PID"
 
         if ((WITH_HEADERS)); then
-            start_broker "$sink"
-            port=$(free_port)
-            case $sink in
-                nats) start baseline_nats "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
-                    --nats-url "$BROKER_URL" --stream BENCH --headers ;;
-                kafka) start baseline_kafka "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
-                    --brokers "$BROKER_URL" --partitions 3 --headers ;;
-            esac
-            pid=$STARTED
-            url=http://127.0.0.1:$port/webhooks
-            ready_and_warm "baseline_$sink" "$pid" "$url"
-            measure "$sink pipeline+headers" "$pid" "$url" "$BROKER_PID"
-            stop "$pid"
+            start_pipeline "$sink" --headers
+            measure "$sink pipeline+headers" "$PIPELINE_PID" "$PIPELINE_URL" "$BROKER_PID"
+            stop "$PIPELINE_PID"
             stop "$BROKER_PID"
         fi
     done

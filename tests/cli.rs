@@ -107,6 +107,18 @@ fn env_vars_configure_the_binary() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-body-bytes"));
 }
 
+/// The spec's ticket webhook, with the platform's content type.
+async fn post_spec_ticket(process: &BridgeProcess) -> Result<Reply, String> {
+    request(
+        process.addr,
+        "POST",
+        "/webhooks",
+        &[("content-type", "application/JSON")],
+        bytes::Bytes::from(SPEC_TICKET),
+    )
+    .await
+}
+
 /// SIGHUP's default action ends a process; without TLS there is nothing to
 /// reload, and a `systemctl reload` must not drop the deliveries in flight.
 #[tokio::test]
@@ -116,15 +128,9 @@ async fn sighup_without_tls_does_not_stop_the_bridge() {
     process.signal("HUP");
     // The signal is pending once kill(1) returns, and acted on at the
     // process's next return to user space, long before it could answer.
-    let reply = request(
-        process.addr,
-        "POST",
-        "/webhooks",
-        &[("content-type", "application/JSON")],
-        bytes::Bytes::from(SPEC_TICKET),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("the bridge stopped answering after SIGHUP: {e}"));
+    let reply = post_spec_ticket(&process)
+        .await
+        .unwrap_or_else(|e| panic!("the bridge stopped answering after SIGHUP: {e}"));
     assert_eq!(reply.status, 200, "{}", reply.text());
     process.signal("TERM");
     let status = process.wait_exit().await;
@@ -135,15 +141,9 @@ async fn sighup_without_tls_does_not_stop_the_bridge() {
 async fn sigterm_drains_and_exits_zero() {
     let mut process = BridgeProcess::spawn(&[]);
     process.wait_ready().await;
-    let reply = request(
-        process.addr,
-        "POST",
-        "/webhooks",
-        &[("content-type", "application/JSON")],
-        bytes::Bytes::from(SPEC_TICKET),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let reply = post_spec_ticket(&process)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 200);
     process.signal("TERM");
     let status = process.wait_exit().await;
