@@ -3,20 +3,12 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use apizee_bridge::config::Cli;
 use clap::CommandFactory;
-use support::process::{BINARY, BridgeProcess};
+use support::process::{BINARY, BridgeProcess, run};
 use support::*;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BINARY)
-        .args(args)
-        .env_clear()
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {BINARY}: {e}"))
-}
 
 #[test]
 fn help_documents_every_flag_with_its_env_var() {

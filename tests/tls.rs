@@ -6,14 +6,13 @@
 
 mod support;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use bytes::Bytes;
 use http::Version;
-use support::process::{BINARY, BridgeProcess};
+use support::process::{BridgeProcess, run};
 use support::tls::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -469,14 +468,6 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     assert!(stderr.contains("SIGHUP received"), "{stderr}");
     assert!(stderr.contains("TLS certificate reloaded"), "{stderr}");
     assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
-}
-
-fn run(args: &[String]) -> Output {
-    Command::new(BINARY)
-        .args(args)
-        .env_clear()
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {BINARY}: {e}"))
 }
 
 #[test]

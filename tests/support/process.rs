@@ -2,14 +2,25 @@
 //! its own id when dropped: for what only the real process shows (signals,
 //! exit codes, logs, kill -9).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{READY_DEADLINE, free_port, get, send_signal, wait_until};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_apizee-bridge");
+
+/// Runs the binary to completion with `args`, in an empty environment: for
+/// `--help` and for flags it must refuse at start-up.
+pub fn run(args: &[impl AsRef<OsStr>]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BINARY}: {e}"))
+}
 
 pub struct BridgeProcess {
     child: Child,
