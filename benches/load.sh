@@ -19,19 +19,21 @@
 #     tests/samples: 5 objects, 3 events, a fresh objectId per request,
 #     `Content-Type: application/JSON`, keep-alive), one target at a time:
 #       - the HTTP ceiling (examples/baseline_http.rs: read, parse, 200);
-#       - per sink, the bridge at full load, then at half its measured rate
-#         for the latency target;
-#       - per sink, the minimal pipeline (examples/baseline_<sink>.rs: the
-#         same server, plus publish and wait for the broker's ack), at full
-#         load and at the bridge's half rate;
-#     each after a warm-up run that is not counted. Every broker target gets
-#     a fresh broker (nats-server -js with its store in a temporary
-#     directory; tansu on memory storage), and creates its stream or topics
-#     before it is probed ready, so no creation is measured;
+#       - per sink, the bridge and the minimal pipeline
+#         (examples/baseline_<sink>.rs: the same server, plus publish and
+#         wait for the broker's ack), both started side by side, each on its
+#         own fresh broker (nats-server -js with its store in a temporary
+#         directory; tansu on memory storage) that has its stream or topics
+#         before the target is probed ready, so no creation is measured;
+#         then each at full load, one run right after the other, and each at
+#         half the bridge's measured rate for the latency target;
+#     every target after a warm-up run that is not counted;
 #  3. does all of step 2 --rounds times (3 by default), one round after the
-#     other: on a shared 2-core machine one 10 s run of the same program
-#     varies by 10-20%, more than the differences being measured, and a
-#     bridge run next to its pipeline run sees the same machine;
+#     other, with the sink's targets in the opposite order in even rounds:
+#     on a shared 2-core machine the speed of the same program drifts by
+#     10-40% over minutes, more than the differences being measured. Runs
+#     compared in a ratio follow each other, and a drift during a round
+#     favours the bridge in one round and the pipeline in the next;
 #  4. prints, and writes to $OUT/results.md: per target, the median over the
 #     rounds of requests/s, p50/p99/p99.9 latency, CPU seconds of the target
 #     and of the broker during the measured run, and CPU µs per request; the
@@ -243,21 +245,23 @@ memory_mib() {
 
 # --- brokers -----------------------------------------------------------------
 
+# Starts a fresh broker for sink $1, its log named after $2; leaves its pid
+# in $BROKER_PID and its address in $BROKER_URL.
 BROKER_PID=
 BROKER_URL=
 start_broker() {
-    local sink=$1 port
+    local sink=$1 log=$2-broker port
     port=$(free_port)
     case $sink in
         nats)
             local monitor store
             monitor=$(free_port)
             store=$(mktemp -d "$TMP/jetstream.XXXXXX")
-            start nats-server "$NATS_SERVER" -a 127.0.0.1 -p "$port" -m "$monitor" \
+            start "$log" "$NATS_SERVER" -a 127.0.0.1 -p "$port" -m "$monitor" \
                 -js -sd "$store"
             BROKER_PID=$STARTED
             BROKER_URL=nats://127.0.0.1:$port
-            wait_until "nats-server" "$BROKER_PID" "$TMP/nats-server.log" \
+            wait_until "nats-server" "$BROKER_PID" "$TMP/$log.log" \
                 http_ok "http://127.0.0.1:$monitor/healthz"
             ;;
         kafka)
@@ -265,11 +269,11 @@ start_broker() {
                 --storage-engine memory://tansu/ \
                 --listener-url "tcp://127.0.0.1:$port" \
                 --advertised-listener-url "tcp://127.0.0.1:$port" \
-                >"$TMP/tansu.log" 2>&1) &
+                >"$TMP/$log.log" 2>&1) &
             BROKER_PID=$!
             PIDS+=("$BROKER_PID")
             BROKER_URL=127.0.0.1:$port
-            wait_until "tansu" "$BROKER_PID" "$TMP/tansu.log" tcp_open "$port"
+            wait_until "tansu" "$BROKER_PID" "$TMP/$log.log" tcp_open "$port"
             ;;
     esac
 }
@@ -312,7 +316,7 @@ measure() {
         -v p99="$(field p99_us)" -v p999="$(field p999_us)" -v errors="$errors" \
         -v cpu="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
         -v bcpu="$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN { printf "%.2f", b - a }')" \
-        -v requests="$requests" -v idle="$IDLE_RSS" -v peak="$(memory_mib "$pid" VmHWM)" \
+        -v requests="$requests" -v idle="${IDLE_RSS[$pid]}" -v peak="$(memory_mib "$pid" VmHWM)" \
         -v has_broker="${broker:+1}" 'BEGIN {
             print round, name, rps, p50 / 1000, p99 / 1000, p999 / 1000, errors, cpu,
                 (requests > 0 ? sprintf("%.1f", cpu * 1e6 / requests) : "-"),
@@ -321,13 +325,14 @@ measure() {
     log "round $ROUND/$ROUNDS, $name: $(field rps) req/s, p99 $(($(field p99_us) / 1000)) ms, $errors errors"
 }
 
-IDLE_RSS=
+# Idle RSS (MiB) by pid.
+declare -A IDLE_RSS=()
 # Waits until the target answers a real webhook, notes its idle RSS, and
 # warms it up.
 ready_and_warm() {
     local name=$1 pid=$2 url=$3
     wait_until "$name" "$pid" "$TMP/$name.log" post_ok "$url"
-    IDLE_RSS=$(memory_mib "$pid" VmRSS)
+    IDLE_RSS[$pid]=$(memory_mib "$pid" VmRSS)
     drive "$url" "$WARMUP"
 }
 
@@ -388,25 +393,69 @@ measure_at_rate() {
     measure "$name @ half" "$pid" "$url" "$broker" "$pause"
 }
 
-# Starts a fresh broker for sink $1 and the sink's baseline on it, with
-# any further arguments (--headers), and warms it up; leaves its pid in
-# $PIPELINE_PID and its URL in $PIPELINE_URL.
-PIPELINE_PID=
-PIPELINE_URL=
-start_pipeline() {
-    local sink=$1 port
-    shift
-    start_broker "$sink"
+# The targets of a sink, each on its own fresh broker, by name ("nats
+# bridge"): pid, URL, and broker pid.
+declare -A TARGET_PID=() TARGET_URL=() TARGET_BROKER=()
+
+# Starts target $1 for sink $2, of kind $3 (bridge or pipeline; further
+# arguments go to the pipeline: --headers), on a fresh broker, and warms it
+# up.
+start_target() {
+    local name=$1 sink=$2 kind=$3 log=${1//[^a-z]/-} port metrics_port url
+    shift 3
+    start_broker "$sink" "$log"
     port=$(free_port)
-    case $sink in
-        nats) start baseline_nats "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
-            --nats-url "$BROKER_URL" --stream BENCH "$@" ;;
-        kafka) start baseline_kafka "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
-            --brokers "$BROKER_URL" --partitions 3 "$@" ;;
+    url=http://127.0.0.1:$port/webhooks
+    case $kind in
+        bridge)
+            metrics_port=$(free_port)
+            local args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port")
+            case $sink in
+                nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream
+                    --nats-stream BENCH) ;;
+                kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
+                    --kafka-partitions 3 --kafka-replication-factor 1) ;;
+            esac
+            # Word-split on purpose: extra flags for experiments.
+            # shellcheck disable=SC2206
+            args+=($BRIDGE_ARGS)
+            start "$log" "$BRIDGE" "${args[@]}"
+            wait_until "the bridge (/readyz)" "$STARTED" "$TMP/$log.log" \
+                http_ok "http://127.0.0.1:$port/readyz"
+            ;;
+        pipeline)
+            case $sink in
+                nats) start "$log" "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
+                    --nats-url "$BROKER_URL" --stream BENCH "$@" ;;
+                kafka) start "$log" "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
+                    --brokers "$BROKER_URL" --partitions 3 "$@" ;;
+            esac
+            ;;
     esac
-    PIPELINE_PID=$STARTED
-    PIPELINE_URL=http://127.0.0.1:$port/webhooks
-    ready_and_warm "baseline_$sink" "$PIPELINE_PID" "$PIPELINE_URL"
+    TARGET_PID[$name]=$STARTED
+    TARGET_URL[$name]=$url
+    TARGET_BROKER[$name]=$BROKER_PID
+    ready_and_warm "$log" "$STARTED" "$url"
+}
+
+stop_target() {
+    stop "${TARGET_PID[$1]}"
+    stop "${TARGET_BROKER[$1]}"
+}
+
+# Measures target $1 at full load, or with $2 at about that many requests/s.
+measure_target() {
+    local name=$1 pid=${TARGET_PID[$1]} url=${TARGET_URL[$1]} broker=${TARGET_BROKER[$1]}
+    if (($# > 1)); then
+        measure_at_rate "$name" "$pid" "$url" "$broker" "$2"
+    else
+        measure "$name" "$pid" "$url" "$broker"
+    fi
+}
+
+# Prints its arguments one per line, reversed in even rounds.
+in_round_order() {
+    if ((ROUND % 2)); then printf '%s\n' "$@"; else printf '%s\n' "$@" | tac; fi
 }
 
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
@@ -419,53 +468,31 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     stop "$pid"
 
     for sink in $SINKS; do
-        # The bridge, on a fresh broker, at full load, then at half its rate.
-        start_broker "$sink"
-        port=$(free_port)
-        metrics_port=$(free_port)
-        bridge_args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port")
-        case $sink in
-            nats) bridge_args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream
-                --nats-stream BENCH) ;;
-            kafka) bridge_args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
-                --kafka-partitions 3 --kafka-replication-factor 1) ;;
-        esac
-        # Word-split on purpose: extra flags for experiments.
-        # shellcheck disable=SC2206
-        bridge_args+=($BRIDGE_ARGS)
-        start "bridge_$sink" "$BRIDGE" "${bridge_args[@]}"
-        pid=$STARTED
-        url=http://127.0.0.1:$port/webhooks
-        wait_until "the bridge (/readyz)" "$pid" "$TMP/bridge_$sink.log" \
-            http_ok "http://127.0.0.1:$port/readyz"
-        ready_and_warm "bridge_$sink" "$pid" "$url"
-        measure "$sink bridge" "$pid" "$url" "$BROKER_PID"
+        # Every target of the sink runs side by side, each on its own fresh
+        # broker; an idle one costs nothing. Their full-load runs follow one
+        # another, first to last in odd rounds and last to first in even
+        # ones: the machine's speed drifts by tens of percent over minutes,
+        # and the runs compared in a ratio should see the same machine.
+        targets=("$sink bridge" "$sink pipeline")
+        ((WITH_HEADERS)) && targets+=("$sink pipeline+headers")
+        start_target "$sink bridge" "$sink" bridge
+        start_target "$sink pipeline" "$sink" pipeline
+        ((WITH_HEADERS)) && start_target "$sink pipeline+headers" "$sink" pipeline --headers
+        while read -r name; do
+            measure_target "$name"
+        done < <(in_round_order "${targets[@]}")
+        # At half the bridge's rate: the latency target, and how much of
+        # that latency the minimal pipeline has too.
         half=$(awk -v r="$(rps_of "$sink bridge")" 'BEGIN { printf "%.1f", r / 2 }')
         printf '%s\t%s\t%s\n' "$ROUND" "$sink" "$half" >>"$TMP/half-targets"
-        measure_at_rate "$sink bridge" "$pid" "$url" "$BROKER_PID" "$half"
+        while read -r name; do
+            measure_target "$name" "$half"
+        done < <(in_round_order "$sink bridge" "$sink pipeline")
         if ((PROFILE && ROUND == ROUNDS)); then
-            profile_run "bridge-$sink" "$pid" "$url"
+            profile_run "bridge-$sink" "${TARGET_PID[$sink bridge]}" "${TARGET_URL[$sink bridge]}"
+            profile_run "pipeline-$sink" "${TARGET_PID[$sink pipeline]}" "${TARGET_URL[$sink pipeline]}"
         fi
-        stop "$pid"
-        stop "$BROKER_PID"
-
-        # The minimal pipeline, on a fresh broker too; also at the bridge's
-        # half rate, which tells how much of the latency there is the broker's.
-        start_pipeline "$sink"
-        measure "$sink pipeline" "$PIPELINE_PID" "$PIPELINE_URL" "$BROKER_PID"
-        measure_at_rate "$sink pipeline" "$PIPELINE_PID" "$PIPELINE_URL" "$BROKER_PID" "$half"
-        if ((PROFILE && ROUND == ROUNDS)); then
-            profile_run "pipeline-$sink" "$PIPELINE_PID" "$PIPELINE_URL"
-        fi
-        stop "$PIPELINE_PID"
-        stop "$BROKER_PID"
-
-        if ((WITH_HEADERS)); then
-            start_pipeline "$sink" --headers
-            measure "$sink pipeline+headers" "$PIPELINE_PID" "$PIPELINE_URL" "$BROKER_PID"
-            stop "$PIPELINE_PID"
-            stop "$BROKER_PID"
-        fi
+        for name in "${targets[@]}"; do stop_target "$name"; done
     done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
