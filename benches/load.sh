@@ -482,12 +482,12 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
             measure_target "$name"
         done < <(in_round_order "${targets[@]}")
         # At half the bridge's rate: the latency target, and how much of
-        # that latency the minimal pipeline has too.
+        # that latency the pipelines have too.
         half=$(awk -v r="$(rps_of "$sink bridge")" 'BEGIN { printf "%.1f", r / 2 }')
         printf '%s\t%s\t%s\n' "$ROUND" "$sink" "$half" >>"$TMP/half-targets"
         while read -r name; do
             measure_target "$name" "$half"
-        done < <(in_round_order "$sink bridge" "$sink pipeline")
+        done < <(in_round_order "${targets[@]}")
         if ((PROFILE && ROUND == ROUNDS)); then
             profile_run "bridge-$sink" "${TARGET_PID[$sink bridge]}" "${TARGET_URL[$sink bridge]}"
             profile_run "pipeline-$sink" "${TARGET_PID[$sink pipeline]}" "${TARGET_URL[$sink pipeline]}"
@@ -560,6 +560,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
             $2 == sink " pipeline" { pipeline[$1] = $3 }
             $2 == sink " pipeline+headers" { headers[$1] = $3 }
             $2 == sink " pipeline @ half" { pp99[$1] = $5 }
+            $2 == sink " pipeline+headers @ half" { wp99[$1] = $5 }
             function verdict(ok) { return ok ? "met" : "NOT met" }
             function of(array,    r, list) {
                 for (r = 1; r <= rounds; r++) { list[r] = array[r] }
@@ -578,13 +579,16 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
                 printf "- %s: bridge / minimal pipeline = %.2f (target >= 0.9: %s; rounds: %s); bridge / HTTP ceiling = %.2f\n",
                     sink, r, verdict(r >= 0.9), each, of(to_ceiling)
                 if (length(headers) > 0) {
-                    each = ""
+                    each = ""; cost = ""
                     for (r = 1; r <= rounds; r++) {
                         with[r] = bridge[r] / headers[r]
+                        contract[r] = headers[r] / pipeline[r]
                         each = each (r > 1 ? ", " : "") sprintf("%.2f", with[r])
+                        cost = cost (r > 1 ? ", " : "") sprintf("%.2f", contract[r])
                     }
-                    printf "  bridge / pipeline with the same headers = %.2f (rounds: %s); pipeline with headers / minimal pipeline = %.2f\n",
-                        of(with), each, of(headers) / of(pipeline)
+                    printf "  pipeline with headers / minimal pipeline = %.2f (rounds: %s); its p99 at half load: %.2f ms\n",
+                        of(contract), cost, of(wp99)
+                    printf "  bridge / pipeline with the same headers = %.2f (rounds: %s)\n", of(with), each
                 }
                 p = of(hp99)
                 printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms (target < 5 ms: %s; minimal pipeline at that rate: %.2f ms); errors %d (target 0: %s)\n",
