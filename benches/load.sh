@@ -11,6 +11,10 @@
 # BENCH_WITH_HEADERS=1, BENCH_PROFILE=1, BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to the bridge only, for tuning
 # experiments (BENCH_BRIDGE_ARGS='--kafka-option linger.ms=5'); the
 # baselines keep the bridge's defaults, so say so next to such figures.
+# BENCH_HEADERS_ARGS replaces the flags of the "pipeline+headers" target
+# (default --headers): BENCH_HEADERS_ARGS='--headers --no-message-id' for
+# the header block without JetStream de-duplication, '--message-id-only'
+# for the de-duplication without the header block (NATS only).
 #
 # What it does:
 #  1. builds the bridge and the baselines in release mode
@@ -87,6 +91,7 @@ PROFILE=${BENCH_PROFILE:-0}
 WITH_HEADERS=${BENCH_WITH_HEADERS:-0}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
+HEADERS_ARGS=${BENCH_HEADERS_ARGS:---headers}
 BUILD=1
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -477,7 +482,9 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         ((WITH_HEADERS)) && targets+=("$sink pipeline+headers")
         start_target "$sink bridge" "$sink" bridge
         start_target "$sink pipeline" "$sink" pipeline
-        ((WITH_HEADERS)) && start_target "$sink pipeline+headers" "$sink" pipeline --headers
+        # Word-split on purpose, as BRIDGE_ARGS.
+        # shellcheck disable=SC2086
+        ((WITH_HEADERS)) && start_target "$sink pipeline+headers" "$sink" pipeline $HEADERS_ARGS
         while read -r name; do
             measure_target "$name"
         done < <(in_round_order "${targets[@]}")

@@ -2,7 +2,10 @@
 //! JetStream publish of each body and a wait for its PubAck before the 200.
 //! No validation, no headers, no `Nats-Msg-Id`, no metrics. With
 //! `--headers`, it adds the bridge's headers and `Nats-Msg-Id`: not the
-//! minimal pipeline any more, a variant for telling costs apart.
+//! minimal pipeline any more, a variant for telling costs apart. Two more
+//! split the broker's share of that cost: `--headers --no-message-id` (the
+//! header block, no de-duplication) and `--message-id-only` (`Nats-Msg-Id`
+//! and nothing else).
 //!
 //! Same subjects as the bridge (`apizee.<object>.<event>`, read from the
 //! parsed body), and the same stream: at start-up it creates `--stream` on
@@ -17,6 +20,7 @@
 
 use std::time::Duration;
 
+use apizee_bridge::route::event_id;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, HeaderName};
 
@@ -30,6 +34,8 @@ async fn main() {
         .unwrap_or_else(|e| panic!("--listen: {e}"));
     let url = baseline::required_flag("--nats-url");
     let stream = baseline::flag("--stream").unwrap_or_else(|| "BENCH".to_owned());
+    let has = |name: &str| std::env::args().any(|arg| arg == name);
+    let (message_id_only, no_message_id) = (has("--message-id-only"), has("--no-message-id"));
 
     let client = async_nats::connect(&url)
         .await
@@ -50,6 +56,11 @@ async fn main() {
         async move {
             let topic = baseline::topic(&value);
             let ack = match baseline::contract_headers(&body, &value) {
+                None if message_id_only => {
+                    let id = event_id(&body);
+                    let message = PublishMessage::build().payload(body).message_id(id);
+                    js.send_publish(topic, message).await
+                }
                 None => js.publish(topic, body).await,
                 Some(headers) => {
                     let id = headers[headers.len() - 1].1.clone();
@@ -57,10 +68,10 @@ async fn main() {
                     for (name, value) in headers {
                         map.insert(HeaderName::from_static(name), value);
                     }
-                    let message = PublishMessage::build()
-                        .payload(body)
-                        .headers(map)
-                        .message_id(id);
+                    let mut message = PublishMessage::build().payload(body).headers(map);
+                    if !no_message_id {
+                        message = message.message_id(id);
+                    }
                     js.send_publish(topic, message).await
                 }
             }
