@@ -473,11 +473,8 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     stop "$pid"
 
     for sink in $SINKS; do
-        # Every target of the sink runs side by side, each on its own fresh
-        # broker; an idle one costs nothing. Their full-load runs follow one
-        # another, first to last in odd rounds and last to first in even
-        # ones: the machine's speed drifts by tens of percent over minutes,
-        # and the runs compared in a ratio should see the same machine.
+        # Side by side, each on its own broker (an idle one uses no CPU), in
+        # the round's order: see steps 2 and 3 at the top.
         targets=("$sink bridge" "$sink pipeline")
         ((WITH_HEADERS)) && targets+=("$sink pipeline+headers")
         start_target "$sink bridge" "$sink" bridge
