@@ -63,6 +63,7 @@ async fn main() {
     }) {
         config.set(key, value);
     }
+    let with_headers = baseline::switch("--headers");
     let producer: FutureProducer = config
         .create()
         .unwrap_or_else(|e| panic!("cannot create the producer: {e}"));
@@ -72,15 +73,16 @@ async fn main() {
         async move {
             let topic = baseline::topic(&value);
             let key = baseline::key(&value);
-            let headers = baseline::contract_headers(&body, &value).map(|headers| {
-                headers
-                    .iter()
-                    .fold(OwnedHeaders::new(), |all, (name, value)| {
+            let headers = with_headers.then(|| {
+                baseline::contract_headers(&body, &value).iter().fold(
+                    OwnedHeaders::new(),
+                    |all, (name, value)| {
                         all.insert(Header {
                             key: name,
                             value: Some(value.as_bytes()),
                         })
-                    })
+                    },
+                )
             });
             let mut record = FutureRecord::to(&topic).key(&key).payload(body.as_ref());
             if let Some(headers) = headers {

@@ -34,8 +34,9 @@ async fn main() {
         .unwrap_or_else(|e| panic!("--listen: {e}"));
     let url = baseline::required_flag("--nats-url");
     let stream = baseline::flag("--stream").unwrap_or_else(|| "BENCH".to_owned());
-    let has = |name: &str| std::env::args().any(|arg| arg == name);
-    let (message_id_only, no_message_id) = (has("--message-id-only"), has("--no-message-id"));
+    let with_headers = baseline::switch("--headers");
+    let message_id_only = baseline::switch("--message-id-only");
+    let no_message_id = baseline::switch("--no-message-id");
 
     let client = async_nats::connect(&url)
         .await
@@ -55,7 +56,8 @@ async fn main() {
         let js = js.clone();
         async move {
             let topic = baseline::topic(&value);
-            let ack = match baseline::contract_headers(&body, &value) {
+            let headers = with_headers.then(|| baseline::contract_headers(&body, &value));
+            let ack = match headers {
                 None if message_id_only => {
                     let id = event_id(&body);
                     let message = PublishMessage::build().payload(body).message_id(id);

@@ -39,6 +39,12 @@ pub fn flag(name: &str) -> Option<String> {
     None
 }
 
+/// Whether the switch `name` (`--headers`) was given. Read once at start-up:
+/// `std::env::args()` builds a `String` per argument on every call.
+pub fn switch(name: &str) -> bool {
+    std::env::args().skip(1).any(|arg| arg == name)
+}
+
 pub fn required_flag(name: &str) -> String {
     flag(name).unwrap_or_else(|| {
         eprintln!("missing {name} VALUE");
@@ -66,18 +72,15 @@ pub fn key(value: &Value) -> String {
     }
 }
 
-/// With `--headers`: the headers the bridge puts on every message, with the
+/// For `--headers`: the headers the bridge puts on every message, with the
 /// same names and values of the same shape, built the simplest way. Not part
 /// of the minimal pipeline (which has no headers): a variant that tells how
 /// much of the bridge's cost is the headers and message id themselves, in
 /// the process and in the broker, and how much is everything else it does.
-pub fn contract_headers(body: &[u8], value: &Value) -> Option<Vec<(&'static str, String)>> {
+pub fn contract_headers(body: &[u8], value: &Value) -> Vec<(&'static str, String)> {
     use apizee_bridge::route::{event_id, header};
-    if !std::env::args().any(|arg| arg == "--headers") {
-        return None;
-    }
     let text = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
-    Some(vec![
+    vec![
         (header::CONTENT_TYPE, "application/json".to_owned()),
         (header::EVENT, text("event")),
         (header::OBJECT, text("object")),
@@ -88,7 +91,7 @@ pub fn contract_headers(body: &[u8], value: &Value) -> Option<Vec<(&'static str,
             humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         ),
         (header::EVENT_ID, event_id(body)),
-    ])
+    ]
 }
 
 /// Serves on `listen` until the process is killed. `publish` gets the body
