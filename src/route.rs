@@ -198,6 +198,21 @@ pub fn is_valid_topic(topic: &str) -> bool {
         })
 }
 
+/// Whether a NATS subject filter (`*` one token, `>` one or more at the
+/// end) captures `subject`, as JetStream decides which stream stores it.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (literal, Some(found)) if literal == found => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 /// What a sink publishes: everything a broker needs, nothing of HTTP.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {

@@ -29,7 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use apizee_bridge::envelope::{
     self, Envelope, EnvelopeError, Event, MAX_OBJECT_ID_CHARS, ObjectId, ObjectKind, Rules,
 };
-use apizee_bridge::route::{self, DEFAULT_TEMPLATE, MAX_TOPIC_LEN, TopicTemplate, header};
+use apizee_bridge::route::{
+    self, DEFAULT_TEMPLATE, MAX_TOPIC_LEN, TopicTemplate, header, subject_matches,
+};
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::option;
@@ -1268,20 +1270,6 @@ fn prefix_text() -> impl Strategy<Value = String> {
         "[a-z]{215,250}",
         any::<String>(),
     ]
-}
-
-/// NATS subject matching, enough for literal tokens and a trailing `>`.
-fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for token in filter.split('.') {
-        if token == ">" {
-            return subject_tokens.next().is_some();
-        }
-        if subject_tokens.next() != Some(token) {
-            return false;
-        }
-    }
-    subject_tokens.next().is_none()
 }
 
 // ---------------------------------------------------------------------------

@@ -32,20 +32,6 @@ fn ticket_update() -> Envelope {
     envelope(ObjectKind::Ticket, Event::Update, ObjectId::Number(100))
 }
 
-/// NATS subject matching, enough for literal tokens and a trailing `>`.
-fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for token in filter.split('.') {
-        if token == ">" {
-            return subject_tokens.next().is_some();
-        }
-        if subject_tokens.next() != Some(token) {
-            return false;
-        }
-    }
-    subject_tokens.next().is_none()
-}
-
 // ---------------------------------------------------------------------------
 // TopicTemplate::parse and render
 
@@ -336,6 +322,10 @@ fn subject_filter_matches_every_topic_the_template_produces() {
     assert!(!subject_matches("apizee.>", "apizee"));
     assert!(!subject_matches("apizee.>", "other.ticket.create"));
     assert!(!subject_matches("a.b", "a.b.c"));
+    assert!(subject_matches("a.*.c", "a.b.c"));
+    assert!(!subject_matches("a.*", "a"));
+    assert!(!subject_matches("a.>", "b.c"));
+    assert!(subject_matches("apizee.dead-letter", "apizee.dead-letter"));
 }
 
 // ---------------------------------------------------------------------------

@@ -10,8 +10,8 @@
 //! within the stream's duplicate window (2 minutes by default) is stored once,
 //! including the case where an ack was lost and the sender got a 503.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,8 +21,8 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAddr};
 
 use super::{BoxFuture, PublishError, Sink};
-use crate::config::{NatsAuth, NatsSettings};
-use crate::route::Message;
+use crate::config::{NatsAuth, NatsSettings, StreamSettings};
+use crate::route::{Message, subject_matches};
 
 pub struct NatsSink {
     client: Client,
@@ -71,14 +71,9 @@ impl NatsSink {
         });
 
         let stream = match (&jetstream, &settings.stream) {
-            (Some(js), Some((name, subject))) => {
+            (Some(js), Some(stream)) => {
                 let keeper = Arc::new(StreamKeeper::default());
-                tokio::spawn(keep_stream(
-                    js.clone(),
-                    name.clone(),
-                    subject.clone(),
-                    keeper.clone(),
-                ));
+                tokio::spawn(keep_stream(js.clone(), stream.clone(), keeper.clone()));
                 Some(keeper)
             }
             _ => None,
@@ -140,42 +135,75 @@ async fn connect_options(settings: &NatsSettings) -> Result<ConnectOptions, Nats
         }))
 }
 
-/// Whether the managed stream is known to exist, and a way to ask for it to
-/// be created again when a publish finds it gone (a server that came back
-/// with an empty store, an operator who deleted it).
+/// Whether the managed stream is known to exist, which subjects it was
+/// found capturing, and a way to ask for it to be created again when a
+/// publish finds it gone (a server that came back with an empty store, an
+/// operator who deleted it).
 #[derive(Default)]
 struct StreamKeeper {
     ready: AtomicBool,
+    /// The stream's subjects as the server reported them.
+    captured: RwLock<Vec<String>>,
     missing: Notify,
+}
+
+impl StreamKeeper {
+    /// Whether "no stream" for `subject` means the managed stream is gone.
+    /// A subject it was never found capturing (a dead-letter subject left
+    /// out of a stream made by hand) says nothing about it.
+    fn captures(&self, subject: &str) -> bool {
+        self.captured
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|filter| subject_matches(filter, subject))
+    }
 }
 
 /// Creates the stream if it does not exist, retrying until the server
 /// answers, then waits until a publish reports it missing and starts over.
-/// An existing stream is left as its operator configured it.
-async fn keep_stream(
-    js: jetstream::Context,
-    name: String,
-    subject: String,
-    keeper: Arc<StreamKeeper>,
-) {
+/// An existing stream is left as its operator configured it; a subject it
+/// does not capture is logged, since what is published there is lost.
+async fn keep_stream(js: jetstream::Context, settings: StreamSettings, keeper: Arc<StreamKeeper>) {
+    let name = &settings.name;
     loop {
         let mut delay = Duration::from_millis(100);
-        loop {
+        let stream = loop {
             let config = jetstream::stream::Config {
                 name: name.clone(),
-                subjects: vec![subject.clone()],
+                subjects: settings.subjects.clone(),
                 ..Default::default()
             };
             match js.get_or_create_stream(config).await {
-                Ok(_) => break,
+                Ok(stream) => break stream,
                 Err(e) => {
                     tracing::warn!(stream = %name, error = %e, "cannot create JetStream stream yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        };
+        let captured = stream.cached_info().config.subjects.clone();
+        for wanted in &settings.subjects {
+            if !captured
+                .iter()
+                .any(|filter| subject_matches(filter, wanted))
+            {
+                tracing::error!(
+                    stream = %name,
+                    subject = %wanted,
+                    captured = ?captured,
+                    "the existing JetStream stream does not capture this subject, so what the \
+                     bridge publishes there is refused; add the subject to the stream \
+                     (nats stream edit {name} --subjects ...) or name another --nats-stream"
+                );
+            }
         }
-        tracing::info!(stream = %name, subject = %subject, "JetStream stream ready");
+        tracing::info!(stream = %name, subjects = ?captured, "JetStream stream ready");
+        *keeper
+            .captured
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = captured;
         keeper.ready.store(true, Ordering::SeqCst);
         keeper.missing.notified().await;
         tracing::warn!(stream = %name, "JetStream stream is gone; creating it again");
@@ -198,7 +226,7 @@ impl NatsSink {
             PublishErrorKind::TimedOut => PublishError::Timeout(self.publish_timeout),
             PublishErrorKind::BrokenPipe => PublishError::NotConnected,
             PublishErrorKind::StreamNotFound => {
-                if let Some(keeper) = &self.stream {
+                if let Some(keeper) = self.stream.as_ref().filter(|k| k.captures(subject)) {
                     // Not ready from this moment, not from when the keeper
                     // task next runs.
                     keeper.ready.store(false, Ordering::SeqCst);
