@@ -13,7 +13,7 @@ use crate::auth::{
     BasicAuth, Cidr, Guard, SharedSecret, Signature, SignatureEncoding, SourceFilter,
 };
 use crate::envelope::Rules;
-use crate::route::{DEFAULT_TEMPLATE, TopicTemplate, is_valid_topic};
+use crate::route::{DEFAULT_TEMPLATE, TopicTemplate, is_valid_topic, subject_matches};
 use crate::tls::{TlsFiles, TlsSettings};
 
 /// Receives Apizee (ApiRTC) webhooks and publishes each one to NATS, or to
@@ -77,6 +77,19 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Most bodies read at once before their request is authenticated: with
+    /// an HMAC signature (--hmac-secret) as the only credential, a body
+    /// must be read before it can be checked, so these draw on this budget
+    /// instead of --max-in-flight, and senders without the secret cannot
+    /// take the slots signed webhooks need. Past it, 429. Unused when a
+    /// token or Basic credential is checked from the headers first.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_MAX_UNAUTHENTICATED_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    pub max_unauthenticated_in_flight: usize,
+
     /// Directory of the durable spool. When the broker is down or does not
     /// acknowledge in time, the webhook is synced here and answered 202,
     /// then delivered, oldest first, once the broker is back. Survives
@@ -95,13 +108,22 @@ pub struct Cli {
     /// Publish every request refused with 422 (JSON, but not a valid
     /// envelope) to this topic, body untouched, with the reason in the
     /// apizee-rejection-reason and apizee-rejection-details headers. The
-    /// sender still gets the 422.
+    /// sender gets its 422 at once; the dead letter is published in the
+    /// background. Created with the template's topics by
+    /// --kafka-create-topics, and captured by --nats-stream.
     #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_TOPIC", value_name = "NAME")]
     pub dead_letter_topic: Option<String>,
 
     /// Also dead-letter bodies that are not JSON at all (400).
     #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_MALFORMED")]
     pub dead_letter_malformed: bool,
+
+    /// Most dead letters waiting to be published. When the broker is slow
+    /// or down and the queue is full, the newest dead letter is dropped and
+    /// counted (apizee_bridge_dead_letters_total{outcome="shed"}). Each
+    /// holds its body: at most this many times --max-body-bytes of memory.
+    #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_QUEUE", default_value_t = 128)]
+    pub dead_letter_queue: usize,
 
     /// Most client connections open at once on the webhook listener; past
     /// it, new connections wait in the kernel's backlog until one closes.
@@ -457,6 +479,8 @@ pub struct HttpSettings {
     /// Whole seconds, at least 1.
     pub retry_after_secs: u64,
     pub max_in_flight: usize,
+    /// Bodies read before their request is authenticated (HMAC only).
+    pub max_unauthenticated_in_flight: usize,
     pub limits: Limits,
     /// Where refused-but-readable requests go, if anywhere.
     pub dead_letter: Option<DeadLetter>,
@@ -480,6 +504,8 @@ pub struct DeadLetter {
     pub topic: String,
     /// Also bodies that are not JSON (400), not only invalid envelopes (422).
     pub malformed: bool,
+    /// Most dead letters waiting to be published.
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -519,12 +545,21 @@ pub struct TopicCreation {
 pub struct NatsSettings {
     pub urls: Vec<String>,
     pub jetstream: bool,
-    /// Stream name and the subject filter it captures.
-    pub stream: Option<(String, String)>,
+    /// The stream `--nats-stream` creates, if asked.
+    pub stream: Option<StreamSettings>,
     pub auth: NatsAuth,
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub publish_timeout: Duration,
+}
+
+/// A JetStream stream the bridge creates when it does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    pub name: String,
+    /// The template's subject filter first, then the dead-letter subject
+    /// when the filter does not already capture it.
+    pub subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -565,6 +600,12 @@ impl Settings {
         if cli.max_in_flight == 0 {
             return Err(ConfigError::new("--max-in-flight", "must be at least 1"));
         }
+        if cli.max_unauthenticated_in_flight == 0 {
+            return Err(ConfigError::new(
+                "--max-unauthenticated-in-flight",
+                "must be at least 1",
+            ));
+        }
         if cli.publish_timeout.is_zero() {
             return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
         }
@@ -579,6 +620,36 @@ impl Settings {
                 ConfigError::new(flag, e.to_string())
             })?;
         let guard = guard_from_cli(&cli)?;
+        let dead_letter = match (cli.dead_letter_topic.clone(), cli.dead_letter_malformed) {
+            (Some(_), _) if cli.dead_letter_queue == 0 => {
+                return Err(ConfigError::new(
+                    "--dead-letter-queue",
+                    "must be at least 1",
+                ));
+            }
+            (Some(topic), malformed) if is_valid_topic(&topic) => Some(DeadLetter {
+                topic,
+                malformed,
+                queue: cli.dead_letter_queue,
+            }),
+            (Some(topic), _) => {
+                return Err(ConfigError::new(
+                    "--dead-letter-topic",
+                    format!(
+                        "{topic:?} is not a valid topic: use ASCII letters, digits, '-', '_' \
+                         and '.' between non-empty parts"
+                    ),
+                ));
+            }
+            (None, true) => {
+                return Err(ConfigError::new(
+                    "--dead-letter-malformed",
+                    "needs --dead-letter-topic",
+                ));
+            }
+            (None, false) => None,
+        };
+        let dead_letter_topic = dead_letter.as_ref().map(|d| d.topic.as_str());
         let sink = match cli.sink {
             SinkKind::Stdout => SinkSettings::Stdout,
             SinkKind::Nats => SinkSettings::Nats(Box::new(NatsSettings {
@@ -598,7 +669,10 @@ impl Settings {
                             "needs --nats-jetstream: only JetStream publishes are stored",
                         ));
                     }
-                    Some(name) => Some((name, stream_subject(&template)?)),
+                    Some(name) => Some(StreamSettings {
+                        subjects: stream_subjects(&template, dead_letter_topic)?,
+                        name,
+                    }),
                 },
                 auth: nats_auth(
                     cli.nats_creds_file,
@@ -627,13 +701,9 @@ impl Settings {
                 publish_timeout: cli.publish_timeout,
             })),
             SinkKind::Kafka => SinkSettings::Kafka(Box::new(kafka_settings(
-                cli.kafka_brokers,
-                &cli.kafka_option,
-                cli.kafka_create_topics,
-                cli.kafka_partitions,
-                cli.kafka_replication_factor,
+                &cli,
                 &template,
-                cli.publish_timeout,
+                dead_letter_topic,
             )?)),
         };
         if let SinkSettings::Nats(nats) = &sink
@@ -641,27 +711,6 @@ impl Settings {
         {
             return Err(ConfigError::new("--nats-url", "names no server"));
         }
-        let dead_letter = match (cli.dead_letter_topic, cli.dead_letter_malformed) {
-            (Some(topic), malformed) if is_valid_topic(&topic) => {
-                Some(DeadLetter { topic, malformed })
-            }
-            (Some(topic), _) => {
-                return Err(ConfigError::new(
-                    "--dead-letter-topic",
-                    format!(
-                        "{topic:?} is not a valid topic: use ASCII letters, digits, '-', '_' \
-                         and '.' between non-empty parts"
-                    ),
-                ));
-            }
-            (None, true) => {
-                return Err(ConfigError::new(
-                    "--dead-letter-malformed",
-                    "needs --dead-letter-topic",
-                ));
-            }
-            (None, false) => None,
-        };
         if cli.spool_dir.is_some() && cli.spool_max_bytes == 0 {
             return Err(ConfigError::new("--spool-max-bytes", "must be at least 1"));
         }
@@ -683,6 +732,7 @@ impl Settings {
                 publish_timeout: cli.publish_timeout,
                 retry_after_secs: cli.retry_after.as_secs_f64().ceil().max(1.0) as u64,
                 max_in_flight: cli.max_in_flight,
+                max_unauthenticated_in_flight: cli.max_unauthenticated_in_flight,
                 limits: Limits {
                     max_connections: cli.max_connections,
                     max_header_bytes: cli.max_header_bytes,
@@ -750,18 +800,17 @@ fn tls_settings(
 }
 
 fn kafka_settings(
-    brokers: String,
-    options: &[String],
-    create_topics: bool,
-    partitions: i32,
-    replication_factor: i32,
+    cli: &Cli,
     template: &TopicTemplate,
-    publish_timeout: Duration,
+    dead_letter_topic: Option<&str>,
 ) -> Result<KafkaSettings, ConfigError> {
+    let brokers = &cli.kafka_brokers;
+    let (partitions, replication_factor) = (cli.kafka_partitions, cli.kafka_replication_factor);
     if brokers.split(',').all(|b| b.trim().is_empty()) {
         return Err(ConfigError::new("--kafka-brokers", "names no broker"));
     }
-    let options = options
+    let options = cli
+        .kafka_option
         .iter()
         .filter(|o| !o.trim().is_empty())
         .map(|option| match option.split_once('=') {
@@ -776,7 +825,7 @@ fn kafka_settings(
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let create_topics = if create_topics {
+    let create_topics = if cli.kafka_create_topics {
         if partitions < 1 {
             return Err(ConfigError::new("--kafka-partitions", "must be at least 1"));
         }
@@ -786,7 +835,7 @@ fn kafka_settings(
                 "must be at least 1",
             ));
         }
-        let topics = template.all_topics().ok_or_else(|| {
+        let mut topics = template.all_topics().ok_or_else(|| {
             ConfigError::new(
                 "--kafka-create-topics",
                 format!(
@@ -795,6 +844,13 @@ fn kafka_settings(
                 ),
             )
         })?;
+        // Dead letters are lost on a cluster that does not create topics on
+        // demand unless their topic is made with the others.
+        if let Some(dead_letter) = dead_letter_topic
+            && !topics.iter().any(|t| t == dead_letter)
+        {
+            topics.push(dead_letter.to_owned());
+        }
         Some(TopicCreation {
             topics,
             partitions,
@@ -815,12 +871,18 @@ fn kafka_settings(
             .join(","),
         options,
         create_topics,
-        publish_timeout,
+        publish_timeout: cli.publish_timeout,
     })
 }
 
-fn stream_subject(template: &TopicTemplate) -> Result<String, ConfigError> {
-    template.subject_filter().ok_or_else(|| {
+/// The template's subject filter, and the dead-letter subject when the
+/// filter does not capture it already (a stream refuses overlapping
+/// subjects).
+fn stream_subjects(
+    template: &TopicTemplate,
+    dead_letter_topic: Option<&str>,
+) -> Result<Vec<String>, ConfigError> {
+    let filter = template.subject_filter().ok_or_else(|| {
         ConfigError::new(
             "--nats-stream",
             format!(
@@ -828,7 +890,14 @@ fn stream_subject(template: &TopicTemplate) -> Result<String, ConfigError> {
                  stream subject can cover it without capturing every subject"
             ),
         )
-    })
+    })?;
+    let mut subjects = vec![filter];
+    if let Some(dead_letter) = dead_letter_topic
+        && !subject_matches(&subjects[0], dead_letter)
+    {
+        subjects.push(dead_letter.to_owned());
+    }
+    Ok(subjects)
 }
 
 fn guard_from_cli(cli: &Cli) -> Result<Guard, ConfigError> {

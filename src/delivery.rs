@@ -89,22 +89,9 @@ impl Delivery {
         }
     }
 
-    /// Publishes a refused request to the dead-letter topic. Never spooled
-    /// and never retried: the sender got its 4xx and still owns the event;
-    /// this copy is for operators. The outcome is counted and, on failure,
-    /// logged.
-    pub async fn dead_letter(&self, message: &Message) {
-        match self.publish_within_timeout(message).await {
-            Ok(()) => self.metrics.dead_lettered("ok"),
-            Err(e) => {
-                self.metrics.dead_lettered(e.kind());
-                tracing::warn!(error = %e, topic = %message.topic, "dead letter not published");
-            }
-        }
-    }
-
-    /// Publishes, giving up after `--publish-timeout`.
-    async fn publish_within_timeout(&self, message: &Message) -> Result<(), PublishError> {
+    /// Publishes, giving up after `--publish-timeout`; also what dead
+    /// letters go through ([`crate::dead_letter`]).
+    pub async fn publish_within_timeout(&self, message: &Message) -> Result<(), PublishError> {
         tokio::time::timeout(self.publish_timeout, self.sink.publish(message))
             .await
             .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)))

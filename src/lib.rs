@@ -2,16 +2,21 @@
 //! a message broker, answering the sender only once the broker has it.
 //!
 //! ```text
-//! bytes ──► envelope::parse ──► route::build_message ──► Sink::publish ──► ack ──► 200
-//!   │            │                                            │
-//!   413/415/401  400/422                                      503 + Retry-After
+//! bytes ──► envelope::parse ──► route::build_message ──► Delivery ──► Sink::publish ──► ack ──► 200
+//!   │            │                                          │    └─► spool (fsync) ──────────► 202
+//!   400/401/     400/422 ──► dead_letter queue ──► Sink      503 + Retry-After
+//!   413/415/429      (answered at once; published in the background)
 //! ```
 //!
 //! - [`config`]: flags and env vars, validated once into [`config::Settings`].
+//! - [`auth`]: who may send: checks on the headers, then the body's signature.
 //! - [`envelope`]: body bytes to a validated envelope, or every problem found.
 //! - [`route`]: envelope to topic, key, headers and the untouched payload.
+//! - [`delivery`]: the bounded publish, the spool and its replay.
+//! - [`dead_letter`]: refused requests, queued and published in the background.
 //! - [`sink`]: the one trait every broker implements (stdout, NATS, Kafka).
-//! - [`http`]: listener, limits, graceful drain, and the status mapping.
+//! - [`http`]: listener, limits, the in-flight budgets, graceful drain, and
+//!   the status mapping.
 //! - [`tls`]: the listener's optional TLS configuration and its reloading.
 //! - [`metrics`]: every Prometheus metric, with bounded labels.
 //!
@@ -21,6 +26,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dead_letter;
 pub mod delivery;
 pub mod envelope;
 pub mod http;
@@ -81,6 +87,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tls = settings.tls.is_some(),
         "apizee-bridge started"
     );
+    if let Some(dead_letter) = &settings.http.dead_letter {
+        tracing::info!(
+            topic = %dead_letter.topic,
+            malformed = dead_letter.malformed,
+            queue = dead_letter.queue,
+            "dead letters (refused requests) go to {}; {}",
+            dead_letter.topic,
+            dead_letter_home(&settings.sink),
+        );
+    }
     let spool = match &settings.spool {
         Some((dir, max_bytes)) => {
             metrics.register_spool()?;
@@ -113,6 +129,28 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     )
     .await;
     Ok(())
+}
+
+/// Where the dead-letter topic comes from, for the start-up log: an
+/// operator reading it should know whether dead letters can arrive.
+fn dead_letter_home(sink: &SinkSettings) -> String {
+    match sink {
+        SinkSettings::Stdout => "printed with the webhooks".into(),
+        SinkSettings::Kafka(kafka) if kafka.create_topics.is_some() => {
+            "the topic is created with the template's topics (--kafka-create-topics)".into()
+        }
+        SinkSettings::Kafka(_) => {
+            "the topic must exist, or the cluster must create topics on demand".into()
+        }
+        SinkSettings::Nats(nats) => match &nats.stream {
+            Some(stream) => format!(
+                "stream {} captures it (created with subjects {:?} when missing)",
+                stream.name, stream.subjects
+            ),
+            None if nats.jetstream => "a JetStream stream must capture the subject".into(),
+            None => "published on core NATS, stored only if a subscriber or stream takes it".into(),
+        },
+    }
 }
 
 /// Starts the configured sink. Broker clients connect in the background, so
@@ -183,6 +221,9 @@ pub async fn serve_with_tls(
     };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let replay = tokio::spawn(app.delivery().clone().replay());
+    let dead_letters = app
+        .dead_letters()
+        .map(|dead_letters| tokio::spawn(dead_letters.clone().run(app.delivery().clone())));
     let metrics_task = tokio::spawn(http::server::serve_metrics(
         metrics_listener,
         app.metrics().clone(),
@@ -197,6 +238,19 @@ pub async fn serve_with_tls(
     // Events still spooled stay on disk for the next start.
     replay.abort();
     reload.abort();
+    // No request is left to refuse: what the dead-letter queue holds goes
+    // out before the sink is flushed.
+    if let (Some(queue), Some(worker)) = (app.dead_letters(), dead_letters) {
+        queue.close();
+        if tokio::time::timeout(SINK_FLUSH_TIMEOUT, worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "publishing the queued dead letters at shutdown timed out; dropped them"
+            );
+        }
+    }
     match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.delivery().sink().flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),

@@ -13,6 +13,7 @@ use prometheus::{
 
 use crate::auth::Denial;
 use crate::envelope::{ENUM_FIELDS, Envelope, Event, ObjectKind, UnknownValue};
+use crate::http::budget::Budget;
 
 const NAMESPACE: &str = "apizee_bridge";
 
@@ -48,6 +49,8 @@ pub struct Metrics {
     broker_connected: IntGaugeVec,
     unknown_enum_values: IntCounterVec,
     dead_letters: IntCounterVec,
+    dead_letter_queue: IntGauge,
+    in_flight_refusals: IntCounterVec,
     /// Registered only when the Kafka sink starts, so other sinks do not
     /// export Kafka series stuck at 0.
     kafka: OnceLock<KafkaMetrics>,
@@ -189,6 +192,20 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let dead_letter_queue = IntGauge::with_opts(opts(
+            "dead_letter_queue_messages",
+            "Dead letters queued or being published: at most --dead-letter-queue, plus the \
+             few whose publish is under way.",
+        ))?;
+        let in_flight_refusals = IntCounterVec::new(
+            opts(
+                "in_flight_refusals_total",
+                "Requests answered 429 because a budget was spent, by budget: max_in_flight \
+                 (webhooks being handled) or max_unauthenticated_in_flight (bodies read before \
+                 their HMAC signature is checked).",
+            ),
+            &["budget"],
+        )?;
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -212,6 +229,8 @@ impl Metrics {
         registry.register(Box::new(broker_connected.clone()))?;
         registry.register(Box::new(unknown_enum_values.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(dead_letter_queue.clone()))?;
+        registry.register(Box::new(in_flight_refusals.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -244,6 +263,8 @@ impl Metrics {
             broker_connected,
             unknown_enum_values,
             dead_letters,
+            dead_letter_queue,
+            in_flight_refusals,
             kafka: OnceLock::new(),
             spool: OnceLock::new(),
             tls: OnceLock::new(),
@@ -279,6 +300,11 @@ impl Metrics {
         for outcome in PUBLISH_OUTCOMES {
             self.publishes.with_label_values(&[sink, outcome]);
             self.dead_letters.with_label_values(&[outcome]);
+        }
+        self.dead_letters
+            .with_label_values(&[crate::dead_letter::SHED]);
+        for budget in Budget::ALL {
+            self.in_flight_refusals.with_label_values(&[budget.label()]);
         }
         let _ = self.sink.set(SinkSeries {
             sink,
@@ -346,9 +372,24 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// `outcome` is `ok` or a [`crate::sink::PublishError::kind`].
+    /// `outcome` is `ok`, a [`crate::sink::PublishError::kind`] or
+    /// [`crate::dead_letter::SHED`].
     pub fn dead_lettered(&self, outcome: &'static str) {
         self.dead_letters.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn dead_letter_queued(&self) {
+        self.dead_letter_queue.inc();
+    }
+
+    /// Published or failed: no longer waiting.
+    pub fn dead_letter_done(&self) {
+        self.dead_letter_queue.dec();
+    }
+
+    /// `budget` is a [`Budget::label`].
+    pub fn in_flight_refused(&self, budget: &'static str) {
+        self.in_flight_refusals.with_label_values(&[budget]).inc();
     }
 
     /// Counts a request as in flight until the guard is dropped, whichever

@@ -574,6 +574,16 @@ async fn refused_but_readable_requests_go_to_the_dead_letter_topic() {
         .await;
     assert_error(&reply, 415, "unsupported_media_type");
 
+    // Published in the background, after the 422 was sent.
+    wait_until("the dead letter", async || !sink.messages().is_empty()).await;
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"apizee_bridge_dead_letters_total{outcome="ok"}"#
+        ),
+        1.0
+    );
     let messages = sink.messages();
     assert_eq!(messages.len(), 1, "{messages:?}");
     let dead = &messages[0];
@@ -592,12 +602,6 @@ async fn refused_but_readable_requests_go_to_the_dead_letter_topic() {
     assert_eq!(details[0]["field"], "event");
     assert_eq!(header("apizee-event-id"), dead.event_id);
     assert_eq!(dead.key, dead.event_id);
-    assert!(
-        bridge
-            .metrics()
-            .await
-            .contains(r#"apizee_bridge_dead_letters_total{outcome="ok"} 1"#)
-    );
 }
 
 #[tokio::test]
@@ -605,6 +609,7 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
     let (bridge, sink) =
         bridge_with(&["--dead-letter-topic", "dlq", "--dead-letter-malformed"]).await;
     assert_error(&bridge.post("{not json").await, 400, "malformed_json");
+    wait_until("the dead letter", async || !sink.messages().is_empty()).await;
     let messages = sink.messages();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].payload, Bytes::from("{not json"));
@@ -617,12 +622,11 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
     // A broker that is down does not change the answer to the sender.
     sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
     assert_error(&bridge.post("[1,2").await, 400, "malformed_json");
-    assert!(
-        bridge
-            .metrics()
-            .await
-            .contains(r#"apizee_bridge_dead_letters_total{outcome="not_connected"} 1"#)
-    );
+    let failed = r#"apizee_bridge_dead_letters_total{outcome="not_connected"} 1"#;
+    wait_until("the failed dead letter to be counted", async || {
+        bridge.metrics().await.contains(failed)
+    })
+    .await;
 }
 
 /// Reads from a raw connection until it closes or `limit` passes.

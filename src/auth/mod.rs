@@ -124,6 +124,13 @@ impl Guard {
         }
     }
 
+    /// True when the only credential is the signature over the body: a
+    /// request is then unauthenticated until its whole body is in, which
+    /// anyone can make slow.
+    pub fn authenticates_only_with_body(&self) -> bool {
+        self.signature.is_some() && self.shared_secret.is_none() && self.basic.is_none()
+    }
+
     /// The `WWW-Authenticate` challenge a 401 must carry, when there is one
     /// to give: only Basic has a standard scheme here. Sent on every 401, so
     /// it says nothing about which check failed.

@@ -683,7 +683,10 @@ fn nats_stream_captures_the_template_head() {
     assert!(js.jetstream);
     assert_eq!(
         js.stream,
-        Some(("APIZEE".to_owned(), "apizee.>".to_owned()))
+        Some(StreamSettings {
+            name: "APIZEE".to_owned(),
+            subjects: vec!["apizee.>".to_owned()],
+        })
     );
     let js = nats(&[
         "--nats-jetstream",
@@ -694,7 +697,10 @@ fn nats_stream_captures_the_template_head() {
     ]);
     assert_eq!(
         js.stream,
-        Some(("ACME".to_owned(), "acme.prod.>".to_owned()))
+        Some(StreamSettings {
+            name: "ACME".to_owned(),
+            subjects: vec!["acme.prod.>".to_owned()],
+        })
     );
     // JetStream without a stream: publish to a stream managed elsewhere.
     let js = nats(&["--nats-jetstream"]);
@@ -894,7 +900,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 56);
+    assert_eq!(checked, 58);
 }
 
 #[test]
@@ -1073,4 +1079,57 @@ fn user_agent_flag() {
         error(&["--require-user-agent", ""]).flag,
         "--require-user-agent"
     );
+}
+
+#[test]
+fn the_dead_letter_topic_is_created_with_the_template_topics() {
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--kafka-create-topics"];
+        args.extend_from_slice(extra);
+        kafka(&args).create_topics.expect("topic creation").topics
+    };
+    let topics = with(&["--dead-letter-topic", "rejected"]);
+    assert_eq!(topics.len(), 16);
+    assert_eq!(topics.last().map(String::as_str), Some("rejected"));
+    // Named like a template topic: made once.
+    let topics = with(&["--dead-letter-topic", "apizee.ticket.update"]);
+    assert_eq!(topics.len(), 15);
+}
+
+#[test]
+fn the_managed_stream_captures_the_dead_letter_subject() {
+    let subjects = |extra: &[&str]| {
+        let mut args = vec!["--nats-jetstream", "--nats-stream", "APIZEE"];
+        args.extend_from_slice(extra);
+        nats(&args).stream.expect("a stream").subjects
+    };
+    // Inside the prefix, "apizee.>" captures it already; a stream refuses
+    // overlapping subjects, so it is not listed twice.
+    assert_eq!(
+        subjects(&["--dead-letter-topic", "apizee.dead-letter"]),
+        ["apizee.>"]
+    );
+    assert_eq!(
+        subjects(&["--dead-letter-topic", "dead.apizee"]),
+        ["apizee.>", "dead.apizee"]
+    );
+}
+
+#[test]
+fn refusal_budgets_must_hold_something() {
+    for (args, flag) in [
+        (
+            &["--max-unauthenticated-in-flight", "0"][..],
+            "--max-unauthenticated-in-flight",
+        ),
+        (
+            &["--dead-letter-topic", "dlq", "--dead-letter-queue", "0"][..],
+            "--dead-letter-queue",
+        ),
+    ] {
+        assert_eq!(error(args).flag, flag);
+    }
+    let http = settings(&["--dead-letter-topic", "dlq"]).http;
+    assert_eq!(http.max_unauthenticated_in_flight, 64);
+    assert_eq!(http.dead_letter.map(|d| d.queue), Some(128));
 }

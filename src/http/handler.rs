@@ -1,10 +1,12 @@
 //! Request handling on the webhook listener: `POST <path>` for webhooks,
 //! `GET /healthz` and `GET /readyz` for load balancers and Kubernetes.
 //!
-//! The webhook path checks the cheap things first (auth, media type,
-//! declared length) so a bad request costs as little as possible, reads at
-//! most `max_body_bytes`, parses once, and answers 200 only after the sink
-//! reports the broker's acknowledgement.
+//! Every HTTP/1.1 request needs exactly one `Host` header. The webhook path
+//! checks the cheap things first (auth on the headers, a budget slot, media
+//! type, declared length) so a bad request costs as little as possible,
+//! reads at most `max_body_bytes`, checks the signature, parses once, and
+//! answers 200 only after the sink reports the broker's acknowledgement. A
+//! refusal is answered at once: its dead letter, if any, is only queued.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,14 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
+use super::budget::Budgets;
 use super::rejection::{Rejection, json_response};
 use crate::config::{HttpSettings, Limits};
+use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
 use crate::metrics::Metrics;
@@ -34,8 +37,10 @@ pub struct App {
     delivery: Arc<Delivery>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
-    /// One permit per webhook being handled: bounds memory and broker queues.
-    in_flight: Arc<Semaphore>,
+    /// Bound the bodies in memory and the broker's queues.
+    budgets: Budgets,
+    /// Where refused-but-readable requests go, if anywhere.
+    dead_letters: Option<Arc<DeadLetters>>,
 }
 
 impl App {
@@ -53,13 +58,25 @@ impl App {
     ) -> Self {
         metrics.prepare(sink.name(), &Rejection::CLIENT_ERROR_CODES);
         let delivery = Delivery::new(sink, spool, settings.publish_timeout, metrics.clone());
+        let unauthenticated = settings
+            .guard
+            .authenticates_only_with_body()
+            .then_some(settings.max_unauthenticated_in_flight);
         Self {
             delivery: Arc::new(delivery),
-            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            budgets: Budgets::new(settings.max_in_flight, unauthenticated),
+            dead_letters: settings
+                .dead_letter
+                .clone()
+                .map(|dead_letter| Arc::new(DeadLetters::new(dead_letter, metrics.clone()))),
             settings,
             metrics,
             draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn dead_letters(&self) -> Option<&Arc<DeadLetters>> {
+        self.dead_letters.as_ref()
     }
 
     pub fn limits(&self) -> Limits {
@@ -125,10 +142,11 @@ pub async fn handle(
     } else {
         Endpoint::Other
     };
-    let result = match endpoint {
-        Endpoint::Webhook => webhook(&app, peer, request).await,
-        Endpoint::Health => health(&app, &request),
-        Endpoint::Other => Err(Rejection::NotFound),
+    let result = match (check_host(&request), endpoint) {
+        (Err(rejection), _) => Err(rejection),
+        (Ok(()), Endpoint::Webhook) => webhook(&app, peer, request).await,
+        (Ok(()), Endpoint::Health) => health(&app, &request),
+        (Ok(()), Endpoint::Other) => Err(Rejection::NotFound),
     };
     let response = match result {
         Ok(response) => response,
@@ -141,6 +159,10 @@ pub async fn handle(
                 Rejection::Denied(denial) => {
                     app.metrics.auth_failure(denial.label());
                     app.settings.guard.challenge()
+                }
+                Rejection::TooManyRequests { budget, .. } => {
+                    app.metrics.in_flight_refused(budget.label());
+                    None
                 }
                 _ => None,
             };
@@ -195,13 +217,9 @@ async fn webhook(
         .guard
         .check_request(peer.ip(), request.headers())
         .map_err(Rejection::Denied)?;
-    // Taken before the body is read, so at most max_in_flight bodies are in
-    // memory; refusing at once beats queueing work the sender will time out on.
-    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
-        return Err(Rejection::TooManyRequests {
-            limit: settings.max_in_flight,
-        });
-    };
+    // Taken before the body is read, so the bodies in memory are bounded;
+    // refusing at once beats queueing work the sender will time out on.
+    let slot = app.budgets.before_body()?;
     check_content_type(request.headers())?;
     check_declared_length(request.headers(), settings.max_body_bytes)?;
     let received_at = SystemTime::now();
@@ -217,6 +235,7 @@ async fn webhook(
         .guard
         .check_body(&head.headers, &body, received_at)
         .map_err(Rejection::Denied)?;
+    let _slot = app.budgets.authenticated(slot)?;
 
     let envelope = match envelope::parse(&body, settings.rules) {
         Ok(envelope) => envelope,
@@ -225,7 +244,7 @@ async fn webhook(
                 EnvelopeError::Malformed(reason) => Rejection::MalformedJson(reason),
                 EnvelopeError::Invalid(problems) => Rejection::InvalidEnvelope(problems),
             };
-            return Err(dead_letter(app, rejection, body, received_at).await);
+            return Err(dead_letter(app, rejection, body, received_at));
         }
     };
     let message =
@@ -236,7 +255,7 @@ async fn webhook(
                     field: "objectId".into(),
                     problem: e.to_string(),
                 }]);
-                return Err(dead_letter(app, rejection, body, received_at).await);
+                return Err(dead_letter(app, rejection, body, received_at));
             }
         };
     app.metrics.webhook_received(&envelope);
@@ -262,34 +281,27 @@ async fn webhook(
     ))
 }
 
-/// Publishes a refused-but-readable request to `--dead-letter-topic`, if
-/// configured, and hands the rejection back for the answer.
-async fn dead_letter(
-    app: &App,
-    rejection: Rejection,
-    body: Bytes,
-    received_at: SystemTime,
-) -> Rejection {
-    let Some(dead_letter) = &app.settings.dead_letter else {
-        return rejection;
-    };
-    let wanted = match &rejection {
-        Rejection::InvalidEnvelope(_) => true,
-        Rejection::MalformedJson(_) => dead_letter.malformed,
-        _ => false,
-    };
-    if wanted {
-        let details = serde_json::to_string(&rejection.details()).unwrap_or_default();
-        let message = route::dead_letter_message(
-            &dead_letter.topic,
-            body,
-            rejection.code(),
-            &details,
-            received_at,
-        );
-        app.delivery.dead_letter(&message).await;
+/// Queues a refused-but-readable request for `--dead-letter-topic`, if
+/// configured, and hands the rejection back for the answer, which never
+/// waits for the dead letter's publish.
+fn dead_letter(app: &App, rejection: Rejection, body: Bytes, received_at: SystemTime) -> Rejection {
+    if let Some(dead_letters) = &app.dead_letters {
+        dead_letters.offer(&rejection, body, received_at);
     }
     rejection
+}
+
+/// RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request with no
+/// Host header or more than one. HTTP/1.0 may omit it; HTTP/2 carries the
+/// authority in its pseudo-header instead.
+fn check_host<B>(request: &Request<B>) -> Result<(), Rejection> {
+    if request.version() != Version::HTTP_11 {
+        return Ok(());
+    }
+    match request.headers().get_all(header::HOST).iter().count() {
+        1 => Ok(()),
+        count => Err(Rejection::InvalidHost(count)),
+    }
 }
 
 /// A missing Content-Type is accepted: not every sender sets one. An

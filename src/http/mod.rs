@@ -2,6 +2,7 @@
 //! webhook and health handlers ([`handler`]), and the one place where a
 //! failure becomes a status code and a JSON body ([`rejection`]).
 
+pub mod budget;
 pub mod handler;
 pub mod rejection;
 pub mod server;

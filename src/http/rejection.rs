@@ -7,12 +7,16 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
 
+use super::budget::Budget;
 use crate::auth::Denial;
 use crate::envelope::Problem;
 use crate::sink::PublishError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rejection {
+    /// An HTTP/1.1 request without exactly one `Host` header (RFC 9112
+    /// §3.2); holds how many it had.
+    InvalidHost(usize),
     NotFound,
     MethodNotAllowed {
         allow: &'static str,
@@ -28,6 +32,7 @@ pub enum Rejection {
     MalformedJson(String),
     InvalidEnvelope(Vec<Problem>),
     TooManyRequests {
+        budget: Budget,
         limit: usize,
     },
     RequestTimeout,
@@ -43,7 +48,8 @@ struct ErrorBody<'a> {
 
 impl Rejection {
     /// Codes of every 4xx, so their counters exist (at 0) from the start.
-    pub const CLIENT_ERROR_CODES: [&str; 11] = [
+    pub const CLIENT_ERROR_CODES: [&str; 12] = [
+        "invalid_host",
         "not_found",
         "method_not_allowed",
         "unauthorized",
@@ -59,6 +65,7 @@ impl Rejection {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            Rejection::InvalidHost(_) => StatusCode::BAD_REQUEST,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Denied(denial) if denial.is_forbidden() => StatusCode::FORBIDDEN,
@@ -77,6 +84,7 @@ impl Rejection {
     /// `apizee_bridge_rejections_total`.
     pub fn code(&self) -> &'static str {
         match self {
+            Rejection::InvalidHost(_) => "invalid_host",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::Denied(denial) if denial.is_forbidden() => "forbidden",
@@ -96,6 +104,13 @@ impl Rejection {
     /// Never includes a secret or a broker address.
     pub fn message(&self) -> String {
         match self {
+            Rejection::InvalidHost(0) => {
+                "An HTTP/1.1 request needs a Host header (RFC 9112, section 3.2).".into()
+            }
+            Rejection::InvalidHost(count) => format!(
+                "An HTTP/1.1 request needs exactly one Host header (RFC 9112, section 3.2); \
+                 this one has {count}."
+            ),
             Rejection::NotFound => {
                 "No such path; webhooks are accepted on the configured path.".into()
             }
@@ -124,8 +139,9 @@ impl Rejection {
             Rejection::RequestTimeout => {
                 "The body did not arrive in time; send it faster or in one go.".into()
             }
-            Rejection::TooManyRequests { limit } => format!(
-                "{limit} webhooks are already being handled; retry after the delay in Retry-After."
+            Rejection::TooManyRequests { budget, limit } => format!(
+                "{limit} {}; retry after the delay in Retry-After.",
+                budget.describe()
             ),
             Rejection::BrokerUnavailable(_) => {
                 "The message broker did not accept the event; retry later.".into()
@@ -192,6 +208,7 @@ mod tests {
 
     fn all() -> Vec<Rejection> {
         vec![
+            Rejection::InvalidHost(0),
             Rejection::NotFound,
             Rejection::MethodNotAllowed { allow: "POST" },
             Rejection::Denied(Denial::SharedSecret),
@@ -201,7 +218,10 @@ mod tests {
             Rejection::UnreadableBody("reset".into()),
             Rejection::MalformedJson("eof".into()),
             Rejection::InvalidEnvelope(vec![]),
-            Rejection::TooManyRequests { limit: 1 },
+            Rejection::TooManyRequests {
+                budget: Budget::InFlight,
+                limit: 1,
+            },
             Rejection::RequestTimeout,
             Rejection::BrokerUnavailable(PublishError::NotConnected),
         ]
