@@ -367,3 +367,39 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
     }
     messages
 }
+
+/// Creates `topics` as an operator would before starting the bridge, for
+/// brokers that do not create topics on demand (tansu never does); waits
+/// until their metadata shows them.
+pub async fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create a Kafka admin client: {e}"));
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .unwrap_or_else(|e| panic!("create topics {topics:?}: {e}"));
+    for result in results {
+        if let Err((topic, code)) = result {
+            panic!("create topic {topic}: {code}");
+        }
+    }
+    for topic in topics {
+        let bootstrap = bootstrap.to_owned();
+        let topic = (*topic).to_owned();
+        let found = tokio::task::spawn_blocking(move || partition_count(&bootstrap, &topic))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(found, partitions as usize);
+    }
+}
