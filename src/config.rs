@@ -16,8 +16,8 @@ use crate::envelope::Rules;
 use crate::route::{DEFAULT_TEMPLATE, TopicTemplate, is_valid_topic, subject_matches};
 use crate::tls::{TlsFiles, TlsSettings};
 
-/// Receives Apizee (ApiRTC) webhooks and publishes each one to NATS, or to
-/// standard output for development, on a topic named by object and event
+/// Receives Apizee (ApiRTC) webhooks and publishes each one to Kafka or NATS
+/// (or to standard output, for development) on a topic named by object and event
 /// (`apizee.ticket.update`), keyed by objectId. The sender gets a 2xx only
 /// once the broker has the message.
 ///

@@ -629,6 +629,24 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
     .await;
 }
 
+#[tokio::test]
+async fn dead_letters_still_queued_at_shutdown_are_published_before_it_ends() {
+    let (bridge, sink) = bridge_with(&["--dead-letter-topic", "dlq"]).await;
+    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(300)));
+    let invalid = r#"{"event":"upsert","time":1,"object":"ticket","objectId":5,"props":{}}"#;
+    assert_error(&bridge.post(invalid).await, 422, "invalid_envelope");
+    assert!(
+        sink.messages().is_empty(),
+        "answered before it was published"
+    );
+    bridge.stop().await;
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "the queue was drained at shutdown"
+    );
+}
+
 /// Reads from a raw connection until it closes or `limit` passes.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
     let mut answer = Vec::new();
