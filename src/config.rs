@@ -151,9 +151,31 @@ pub struct Cli {
     #[arg(long, env = "APIZEE_BRIDGE_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
     pub retry_after: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    /// On SIGTERM/SIGINT, how long to keep serving with /readyz answering
+    /// 503 before the listener closes, so that load balancers see the
+    /// replica leave and stop sending to it: at least their health check's
+    /// interval times its fall count, plus one interval (HAProxy's
+    /// `inter 1s fall 2` in deploy/compose: 3s), or Kubernetes' endpoint
+    /// propagation (a few seconds). Meanwhile every answer carries
+    /// Connection: close and idle keep-alive connections are closed. 0s
+    /// skips it.
+    #[arg(long, env = "APIZEE_BRIDGE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// On SIGTERM/SIGINT, after --drain-delay, how long in-flight requests
+    /// may take to finish. Give the process --drain-delay plus this plus 5s
+    /// (the sink's flush) before SIGKILL.
     #[arg(long, env = "APIZEE_BRIDGE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// At start-up, how long a webhook waits for the broker to be reachable
+    /// before it is published, instead of being answered 503 by a replica
+    /// that has just started (without --spool-dir; with it, it is spooled).
+    /// /readyz answers 503 until the broker is reachable. Once this has
+    /// passed, or the broker has been reachable once, a webhook that finds
+    /// it unreachable gets 503 at once.
+    #[arg(long, env = "APIZEE_BRIDGE_STARTUP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub startup_timeout: Duration,
 
     /// Refuse (422) enum values the spec does not list, such as a new ticket
     /// state. By default they are published and counted in
@@ -464,10 +486,19 @@ pub struct Settings {
     pub spool: Option<(PathBuf, u64)>,
     pub metrics_listen: SocketAddr,
     pub http: HttpSettings,
-    pub shutdown_timeout: Duration,
+    pub drain: Drain,
     pub sink: SinkSettings,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// How the webhook listener stops: `delay` serving with /readyz at 503
+/// (so load balancers notice), then at most `timeout` for in-flight
+/// requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub delay: Duration,
+    pub timeout: Duration,
 }
 
 /// What the webhook handler needs.
@@ -476,6 +507,8 @@ pub struct HttpSettings {
     pub path: String,
     pub max_body_bytes: usize,
     pub publish_timeout: Duration,
+    /// How long after start-up a webhook waits for the broker.
+    pub startup_timeout: Duration,
     /// Whole seconds, at least 1.
     pub retry_after_secs: u64,
     pub max_in_flight: usize,
@@ -730,6 +763,7 @@ impl Settings {
                 path: cli.path,
                 max_body_bytes: cli.max_body_bytes,
                 publish_timeout: cli.publish_timeout,
+                startup_timeout: cli.startup_timeout,
                 retry_after_secs: cli.retry_after.as_secs_f64().ceil().max(1.0) as u64,
                 max_in_flight: cli.max_in_flight,
                 max_unauthenticated_in_flight: cli.max_unauthenticated_in_flight,
@@ -747,7 +781,10 @@ impl Settings {
                 template,
                 guard,
             },
-            shutdown_timeout: cli.shutdown_timeout,
+            drain: Drain {
+                delay: cli.drain_delay,
+                timeout: cli.shutdown_timeout,
+            },
             sink,
             log_format: cli.log_format,
             log_level: cli.log_level,

@@ -9,6 +9,7 @@
 //! would be refused again on replay and block everything behind it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -25,6 +26,8 @@ const REPLAY_BACKOFF: Duration = Duration::from_millis(500);
 /// How often an idle replayer looks at the sink and the spool even without
 /// being woken; a safety net, since appends also wake it.
 const REPLAY_IDLE_CHECK: Duration = Duration::from_millis(250);
+/// How often a webhook that arrived during start-up looks at the sink.
+const STARTUP_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -40,6 +43,10 @@ pub struct Delivery {
     publish_timeout: Duration,
     metrics: Arc<Metrics>,
     spooled: Notify,
+    /// Until then, a webhook waits for a sink that has never been ready.
+    startup_deadline: Instant,
+    /// The sink has been ready once: start-up is over.
+    started: AtomicBool,
 }
 
 impl Delivery {
@@ -47,6 +54,7 @@ impl Delivery {
         sink: Arc<dyn Sink>,
         spool: Option<Arc<Spool>>,
         publish_timeout: Duration,
+        startup_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -55,6 +63,8 @@ impl Delivery {
             publish_timeout,
             metrics,
             spooled: Notify::new(),
+            startup_deadline: Instant::now() + startup_timeout,
+            started: AtomicBool::new(false),
         }
     }
 
@@ -70,6 +80,7 @@ impl Delivery {
 
     pub async fn deliver(&self, message: &Message) -> Result<Delivered, PublishError> {
         let Some(spool) = &self.spool else {
+            self.wait_for_startup().await;
             return self
                 .publish(message)
                 .await
@@ -87,6 +98,29 @@ impl Delivery {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// A replica that has just started has usually not reached its broker
+    /// yet; a webhook a load balancer (or a sender) gives it that early
+    /// waits for the connection, up to `--startup-timeout`, rather than get
+    /// a 503 that a second later would have been a 200.
+    async fn wait_for_startup(&self) {
+        while !self.started.load(Ordering::Relaxed) && !self.sink.is_ready() {
+            if Instant::now() >= self.startup_deadline {
+                return;
+            }
+            tokio::time::sleep(STARTUP_POLL).await;
+        }
+    }
+
+    /// Ends start-up the first time the sink is ready (or at
+    /// `--startup-timeout`), whether or not a webhook was there to see it:
+    /// a broker lost later must get a sender its 503 at once.
+    pub async fn watch_startup(self: Arc<Self>) {
+        while !self.sink.is_ready() && Instant::now() < self.startup_deadline {
+            tokio::time::sleep(STARTUP_POLL).await;
+        }
+        self.started.store(true, Ordering::Relaxed);
     }
 
     /// Publishes, giving up after `--publish-timeout`; also what dead

@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Settings, SinkSettings};
+use crate::config::{Drain, Settings, SinkSettings};
 use crate::http::App;
 use crate::metrics::Metrics;
 use crate::sink::Sink;
@@ -124,7 +124,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         listener,
         metrics_listener,
         tls,
-        settings.shutdown_timeout,
+        settings.drain,
         shutdown,
     )
     .await;
@@ -182,24 +182,16 @@ async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
 }
 
 /// Serves webhooks and metrics on listeners the caller bound, until
-/// `shutdown` resolves; then drains in-flight requests (bounded by
-/// `shutdown_timeout`), flushes the sink, and stops the metrics listener.
+/// `shutdown` resolves; then drains (see [`config::Drain`]), flushes the
+/// sink, and stops the metrics listener.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     metrics_listener: TcpListener,
-    shutdown_timeout: Duration,
+    drain: Drain,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with_tls(
-        app,
-        listener,
-        metrics_listener,
-        None,
-        shutdown_timeout,
-        shutdown,
-    )
-    .await;
+    serve_with_tls(app, listener, metrics_listener, None, drain, shutdown).await;
 }
 
 /// [`serve`], with webhooks over TLS when `tls` is given; its files are
@@ -209,7 +201,7 @@ pub async fn serve_with_tls(
     listener: TcpListener,
     metrics_listener: TcpListener,
     tls: Option<Arc<tls::ServerTls>>,
-    shutdown_timeout: Duration,
+    drain: Drain,
     shutdown: impl Future<Output = ()>,
 ) {
     // SIGHUP is taken over before the first connection is accepted: it
@@ -221,6 +213,7 @@ pub async fn serve_with_tls(
     };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let replay = tokio::spawn(app.delivery().clone().replay());
+    let startup = tokio::spawn(app.delivery().clone().watch_startup());
     let dead_letters = app
         .dead_letters()
         .map(|dead_letters| tokio::spawn(dead_letters.clone().run(app.delivery().clone())));
@@ -233,10 +226,11 @@ pub async fn serve_with_tls(
         },
     ));
 
-    http::server::serve_webhooks(listener, app.clone(), tls, shutdown_timeout, shutdown).await;
+    http::server::serve_webhooks(listener, app.clone(), tls, drain, shutdown).await;
 
     // Events still spooled stay on disk for the next start.
     replay.abort();
+    startup.abort();
     reload.abort();
     // No request is left to refuse: what the dead-letter queue holds goes
     // out before the sink is flushed.

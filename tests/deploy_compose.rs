@@ -923,11 +923,11 @@ fn bridges_are_stopped_after_their_drain_not_during_it() {
     for (name, settings) in bridge_settings(&default_vars()) {
         let grace = str_at(&services[&name], "stop_grace_period").unwrap_or("10s");
         let grace = parse_duration(&format!("{COMPOSE}: {name}: stop_grace_period"), grace);
+        let drain = settings.drain.delay + settings.drain.timeout;
         assert!(
-            grace >= settings.shutdown_timeout + Duration::from_secs(5),
+            grace >= drain + Duration::from_secs(5),
             "{COMPOSE}: {name}: stop_grace_period {grace:?} leaves no margin over the \
-             shutdown timeout {:?}: SIGKILL would cut the drain short",
-            settings.shutdown_timeout
+             drain delay and shutdown timeout {drain:?}: SIGKILL would cut the drain short"
         );
         // The image's exposed ports are the ones the bridge listens on.
         let exposed: BTreeSet<String> = services[&name]

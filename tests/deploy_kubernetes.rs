@@ -946,19 +946,16 @@ fn shutdown_fits_in_the_grace_period() {
     for b in built() {
         let t = b.target;
         let (cli, _) = b.settings();
-        let pre_stop = &b.container()["lifecycle"]["preStop"];
+        // The bridge waits for the endpoints itself (--drain-delay); a
+        // preStop sleep would only add to it.
         assert!(
-            pre_stop["exec"].is_null(),
-            "{t}: the image has no shell: use the sleep action"
+            b.container()["lifecycle"]["preStop"].is_null(),
+            "{t}: no preStop: the drain delay does its job"
         );
-        let sleep = Duration::from_secs(
-            pre_stop["sleep"]["seconds"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{t}: preStop sleep")),
-        );
+        let sleep = cli.drain_delay;
         assert!(
             sleep >= Duration::from_secs(3),
-            "{t}: preStop drains the LB"
+            "{t}: the drain delay covers endpoint propagation"
         );
         let grace = Duration::from_secs(
             b.pod()["terminationGracePeriodSeconds"]
@@ -968,7 +965,7 @@ fn shutdown_fits_in_the_grace_period() {
         let needed = sleep + cli.shutdown_timeout + flush;
         assert!(
             grace > needed,
-            "{t}: terminationGracePeriodSeconds {grace:?} <= preStop {sleep:?} + \
+            "{t}: terminationGracePeriodSeconds {grace:?} <= --drain-delay {sleep:?} + \
              --shutdown-timeout {:?} + sink flush {flush:?}",
             cli.shutdown_timeout
         );

@@ -10,12 +10,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
 
 use apizee_bridge::sink::memory::MemorySink;
 use rdkafka::mocking::MockCluster;
@@ -23,6 +21,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
+use support::prometheus::{Prometheus, tool};
 use support::*;
 
 const ALERTS: &str = "deploy/prometheus/alerts.yaml";
@@ -34,9 +33,6 @@ const DASHBOARD: &str = "deploy/grafana/apizee-bridge.json";
 const JOB: &str = "apizee-bridge";
 const GROUP: &str = "apizee-bridge";
 
-/// Longest wait for the Prometheus server: start, first scrapes, first rule
-/// evaluations. All of it takes a few seconds at a 1 s scrape interval.
-const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(30);
 
 fn path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -55,23 +51,6 @@ fn dashboard() -> Json {
 }
 
 /// A tool from Debian's prometheus package: `$VAR`, else the PATH.
-fn tool(name: &str, var: &str) -> PathBuf {
-    if let Ok(path) = std::env::var(var) {
-        return path.into();
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found: install Debian's prometheus package \
-                 (bash .ci/run does), or set {var}"
-            )
-        })
-}
-
 fn promtool(args: &[&str]) {
     let output = Command::new(tool("promtool", "PROMTOOL"))
         .args(args)
@@ -567,112 +546,6 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
 
 // ---------------------------------------------------------------------------
 // End to end: a real Prometheus server scraping the bridge
-
-/// A Prometheus server child process with its own config and storage,
-/// killed when dropped. If the test fails, its log is printed.
-struct Prometheus {
-    child: Mutex<Child>,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(config: &Yaml) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let config_path = dir.path().join("prometheus.yml");
-        let config = serde_yaml::to_string(config).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        let log = dir.path().join("prometheus.log");
-        let log_file = File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-        let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(tool("prometheus", "PROMETHEUS"))
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start prometheus: {e}"));
-        Self {
-            child: Mutex::new(child),
-            addr,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls `check` until it gives a value, failing at once if the server
-    /// exits and after [`PROMETHEUS_DEADLINE`] otherwise.
-    async fn poll<T>(&self, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + PROMETHEUS_DEADLINE;
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            let exited = self.child().try_wait();
-            if let Ok(Some(status)) = exited {
-                panic!("prometheus exited ({status}) while waiting for {what}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {PROMETHEUS_DEADLINE:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `GET /api/v1/<path>`'s `data`, if the server answers with success.
-    async fn api(&self, path: &str) -> Option<Json> {
-        let reply = get(self.addr, &format!("/api/v1/{path}")).await.ok()?;
-        let body: Json = serde_json::from_slice(&reply.body).ok()?;
-        (reply.status == 200 && body["status"] == "success").then(|| body["data"].clone())
-    }
-
-    async fn query(&self, promql: &str) -> Option<Vec<Json>> {
-        let data = self
-            .api(&format!("query?query={}", percent_encode(promql)))
-            .await?;
-        data["result"].as_array().cloned()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let mut child = self.child();
-        let _ = child.kill();
-        let _ = child.wait();
-        drop(child);
-        if std::thread::panicking() {
-            eprintln!("--- prometheus log ---\n{}", self.log());
-        }
-    }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// deploy/prometheus/prometheus.yml pointed at the in-process bridges, with
 /// a 1 s scrape and evaluation interval and alerts.yaml by absolute path.

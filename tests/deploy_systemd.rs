@@ -2,6 +2,7 @@
 //! binary's flags and shutdown timeout.
 
 use std::process::Command;
+use std::time::Duration;
 
 use apizee_bridge::config::Cli;
 use clap::CommandFactory;
@@ -57,12 +58,16 @@ fn unit_is_hardened() {
 
 #[test]
 fn stop_timeout_leaves_room_for_the_drain() {
-    let drain = Cli::command()
-        .get_arguments()
-        .find(|a| a.get_long() == Some("shutdown-timeout"))
-        .and_then(|a| a.get_default_values().first().cloned())
-        .and_then(|v| humantime::parse_duration(&v.to_string_lossy()).ok())
-        .unwrap_or_else(|| panic!("--shutdown-timeout has no default"));
+    let default = |long: &str| {
+        Cli::command()
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_default_values().first().cloned())
+            .and_then(|v| humantime::parse_duration(&v.to_string_lossy()).ok())
+            .unwrap_or_else(|| panic!("--{long} has no default"))
+    };
+    // The sink's flush at exit (SINK_FLUSH_TIMEOUT in src/lib.rs) comes after.
+    let drain = default("drain-delay") + default("shutdown-timeout") + Duration::from_secs(5);
     let stop = directive("TimeoutStopSec")
         .first()
         .and_then(|v| humantime::parse_duration(v).ok())

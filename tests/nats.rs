@@ -318,7 +318,8 @@ async fn jetstream_refused_while_down_is_never_stored_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn becomes_ready_when_the_server_comes_up() {
     let mut nats = NatsServer::reserve(false, ServerAuth::None);
-    let bridge = start_bridge(&nats, &[]).await;
+    // A webhook waits this long for a broker that has never been reachable.
+    let bridge = start_bridge(&nats, &["--startup-timeout", "100ms"]).await;
     let readyz = get(bridge.addr, "/readyz")
         .await
         .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
@@ -385,7 +386,12 @@ async fn rejected_requests_publish_nothing() {
 async fn check_auth(auth: ServerAuth, good: &[&str], bad: &[&str]) {
     let nats = NatsServer::start_with_auth(false, auth).await;
 
-    let refused = start_bridge(&nats, bad).await;
+    let bad: Vec<&str> = bad
+        .iter()
+        .copied()
+        .chain(["--startup-timeout", "100ms"])
+        .collect();
+    let refused = start_bridge(&nats, &bad).await;
     let readyz = get(refused.addr, "/readyz")
         .await
         .unwrap_or_else(|e| panic!("GET /readyz: {e}"));

@@ -171,7 +171,9 @@ fn defaults() {
     let guard = &settings.http.guard;
     assert!(guard.shared_secret.is_none() && guard.basic.is_none() && guard.signature.is_none());
     assert!(guard.source.is_none() && guard.user_agent.is_none());
-    assert_eq!(settings.shutdown_timeout, Duration::from_secs(20));
+    assert_eq!(settings.drain.timeout, Duration::from_secs(20));
+    assert_eq!(settings.drain.delay, Duration::from_secs(5));
+    assert_eq!(settings.http.startup_timeout, Duration::from_secs(10));
     assert!(matches!(settings.sink, SinkSettings::Stdout));
     assert_eq!(settings.log_format, LogFormat::Text);
     assert_eq!(settings.log_level, "info");
@@ -222,7 +224,7 @@ fn every_plain_flag_is_applied() {
     assert_eq!(settings.http.max_body_bytes, 1);
     assert_eq!(settings.http.publish_timeout, Duration::from_millis(750));
     assert_eq!(settings.http.retry_after_secs, 2);
-    assert_eq!(settings.shutdown_timeout, Duration::from_secs(60));
+    assert_eq!(settings.drain.timeout, Duration::from_secs(60));
     assert!(settings.http.rules.strict);
     assert!(settings.http.rules.object_id_in_topic);
     assert_eq!(
@@ -900,7 +902,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 58);
+    assert_eq!(checked, 60);
 }
 
 #[test]

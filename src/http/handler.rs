@@ -57,7 +57,13 @@ impl App {
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.prepare(sink.name(), &Rejection::CLIENT_ERROR_CODES);
-        let delivery = Delivery::new(sink, spool, settings.publish_timeout, metrics.clone());
+        let delivery = Delivery::new(
+            sink,
+            spool,
+            settings.publish_timeout,
+            settings.startup_timeout,
+            metrics.clone(),
+        );
         let unauthenticated = settings
             .guard
             .authenticates_only_with_body()

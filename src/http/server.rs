@@ -1,7 +1,8 @@
 //! Accept loops for the webhook and metrics listeners, and the graceful
-//! drain: on shutdown, `/readyz` turns 503, the listener closes, idle
-//! keep-alive connections are closed, and in-flight requests get up to
-//! `shutdown_timeout` to finish.
+//! drain: on shutdown, `/readyz` turns 503 and connections are asked to
+//! close while the listener still serves for `--drain-delay` (so a load
+//! balancer sees the replica leave), then the listener closes and in-flight
+//! requests get up to `--shutdown-timeout` to finish.
 //!
 //! With TLS, each connection does its handshake in its own task (bounded by
 //! `--header-read-timeout`, inside its `--max-connections` permit), then
@@ -25,13 +26,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::handler::{self, App};
 use super::rejection::Rejection;
-use crate::config::Limits;
+use crate::config::{Drain, Limits};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
@@ -47,98 +48,155 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Serves webhooks until `shutdown` resolves, then drains. With `tls`, over
 /// TLS with HTTP/2 or HTTP/1.1 by ALPN; without, HTTP/1.1 in the clear.
+///
+/// The drain has two steps. For `drain.delay` the listener still accepts,
+/// but `/readyz` answers 503, every connection is asked to close (idle
+/// keep-alive ones at once, busy ones after the answer they are writing,
+/// HTTP/2 ones with GOAWAY) and new ones serve one request with
+/// `Connection: close`: a load balancer polling `/readyz` sees the replica
+/// leave while it still answers whatever was already on its way. Then the
+/// listener closes and in-flight requests get `drain.timeout` to finish.
 pub async fn serve_webhooks(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<Arc<ServerTls>>,
-    shutdown_timeout: Duration,
+    drain: Drain,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = app.limits();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_header_size(limits.max_header_bytes)
-        .keep_alive(true);
-    let h2 = http2_builder(&limits);
-    let graceful = GracefulShutdown::new();
-    // HTTP/2 connections learn of the drain here (see `serve_h2`); the
-    // `graceful` watcher each one holds still makes the drain wait for it.
-    let (drain, draining) = watch::channel(false);
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accepting = Acceptor::new(app.clone(), tls, &limits);
     tokio::pin!(shutdown);
+    accepting.serve(&listener, &mut shutdown).await;
 
-    loop {
-        // Past --max-connections, stop accepting: new clients wait in the
-        // kernel's backlog instead of costing memory here.
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning, and keep serving open connections.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    app.begin_drain();
+    accepting.draining.send_replace(true);
+    // Polled from now on: asks every connection so far to close gracefully.
+    let earlier = tokio::spawn(std::mem::take(&mut accepting.graceful).shutdown());
+    if !drain.delay.is_zero() {
+        tracing::info!(
+            delay = ?drain.delay,
+            "shutting down: /readyz answers 503; still serving, with Connection: close, so \
+             load balancers see this replica leave"
+        );
+        accepting.http1.keep_alive(false);
+        accepting
+            .serve(&listener, tokio::time::sleep(drain.delay))
+            .await;
+    }
+    drop(listener);
+    tracing::info!("shutting down: listener closed, draining in-flight requests");
+    let later = accepting.graceful.shutdown();
+    let drained = async {
+        let _ = earlier.await;
+        later.await;
+    };
+    if tokio::time::timeout(drain.timeout, drained).await.is_err() {
+        tracing::warn!(
+            timeout = ?drain.timeout,
+            "some requests did not finish within --shutdown-timeout; closing them"
+        );
+    }
+}
+
+/// What each accepted connection is served with.
+struct Acceptor {
+    app: Arc<App>,
+    tls: Option<Arc<ServerTls>>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Every connection accepted is watched, so the drain waits for it.
+    graceful: GracefulShutdown,
+    /// HTTP/2 connections learn of the drain here (see `serve_h2`); the
+    /// `graceful` watcher each one holds still makes the drain wait for it.
+    draining: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    fn new(app: Arc<App>, tls: Option<Arc<ServerTls>>, limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes)
+            .keep_alive(true);
+        Self {
+            http2: http2_builder(limits),
+            http1,
+            app,
+            tls,
+            graceful: GracefulShutdown::new(),
+            draining: watch::channel(false).0,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+        }
+    }
+
+    /// Accepts and serves connections until `stop` resolves.
+    async fn serve(&self, listener: &TcpListener, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            // Past --max-connections, stop accepting: new clients wait in the
+            // kernel's backlog instead of costing memory here.
+            let permit = tokio::select! {
+                biased;
+                () = &mut stop => return,
+                permit = self.connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut stop => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of
+                        // spinning, and keep serving open connections.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            self.spawn(stream, peer, permit);
+        }
+    }
+
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         // Responses are small and written once; waiting for more data to
         // coalesce would only add latency.
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        if let Some(tls) = &tls {
+        let app = self.app.clone();
+        if let Some(tls) = &self.tls {
             let connection = TlsConnection {
                 // A snapshot: a reload from now on does not touch this one.
                 acceptor: tls.acceptor(),
                 app,
                 peer,
-                http1: builder.clone(),
-                http2: h2.clone(),
-                watcher: graceful.watcher(),
-                draining: draining.clone(),
+                http1: self.http1.clone(),
+                http2: self.http2.clone(),
+                watcher: self.graceful.watcher(),
+                draining: self.draining.subscribe(),
             };
             tokio::spawn(async move {
                 connection.serve(stream).await;
                 drop(permit);
             });
-            continue;
+            return;
         }
         let metrics = app.metrics().clone();
         let service = service_fn(move |request| handler::handle(app.clone(), peer, request));
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = self
+            .graceful
+            .watch(self.http1.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 connection_failed(&metrics, peer, &e);
             }
             drop(permit);
         });
-    }
-
-    app.begin_drain();
-    drop(listener);
-    drain.send_replace(true);
-    tracing::info!("shutting down: listener closed, draining in-flight requests");
-    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout = ?shutdown_timeout,
-            "some requests did not finish within --shutdown-timeout; closing them"
-        );
     }
 }
 

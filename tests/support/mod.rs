@@ -7,6 +7,7 @@
 
 pub mod kafka;
 pub mod process;
+pub mod prometheus;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -295,10 +296,19 @@ pub struct Bridge {
     task: Option<JoinHandle<()>>,
 }
 
-/// Parses bridge flags exactly as the binary does.
+/// Parses bridge flags exactly as the binary does; without a
+/// `--drain-delay`, none: no load balancer watches a test's bridge.
 pub fn settings(args: &[&str]) -> Settings {
-    let cli = Cli::try_parse_from(std::iter::once("apizee-bridge").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("bad test flags {args:?}: {e}"));
+    let no_delay = ["--drain-delay", "0s"];
+    let defaults = if args.contains(&"--drain-delay") {
+        &[][..]
+    } else {
+        &no_delay[..]
+    };
+    let all = std::iter::once("apizee-bridge")
+        .chain(defaults.iter().copied())
+        .chain(args.iter().copied());
+    let cli = Cli::try_parse_from(all).unwrap_or_else(|e| panic!("bad test flags {args:?}: {e}"));
     Settings::from_cli(cli).unwrap_or_else(|e| panic!("bad test settings {args:?}: {e}"))
 }
 
@@ -358,7 +368,7 @@ impl Bridge {
             listener,
             metrics_listener,
             tls.clone(),
-            settings.shutdown_timeout,
+            settings.drain,
             async move {
                 let _ = stopped.await;
             },
@@ -424,6 +434,13 @@ impl Bridge {
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         assert_eq!(reply.status, 200);
         reply.text()
+    }
+
+    /// Signals the bridge to stop, as SIGTERM would, without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     /// Stops the bridge as SIGTERM would, and waits for it to finish.

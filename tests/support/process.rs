@@ -50,6 +50,9 @@ impl BridgeProcess {
             .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics])
             .args(args)
             .env_clear()
+            // No load balancer watches a test's bridge: stopping need not
+            // wait for one to notice (a test that checks the delay sets it).
+            .env("APIZEE_BRIDGE_DRAIN_DELAY", "0s")
             .stdout(output())
             .stderr(output())
             .spawn()
