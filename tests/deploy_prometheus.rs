@@ -33,7 +33,6 @@ const DASHBOARD: &str = "deploy/grafana/apizee-bridge.json";
 const JOB: &str = "apizee-bridge";
 const GROUP: &str = "apizee-bridge";
 
-
 fn path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }

@@ -60,6 +60,30 @@ impl BridgeProcess {
         Self { child, addr }
     }
 
+    /// Starts the binary configured by `env` alone (no flags, nothing else
+    /// from the test's environment), as a deploy file configures it;
+    /// `addr` is where its `APIZEE_BRIDGE_LISTEN` points. Its stderr goes to
+    /// `log`.
+    pub fn spawn_with_env<'a>(
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+        addr: SocketAddr,
+        log: &std::path::Path,
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let child = Command::new(BINARY)
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
+        Self { child, addr }
+    }
+
     pub async fn wait_ready(&self) {
         let addr = self.addr;
         wait_until(

@@ -48,6 +48,11 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(config: &Yaml) -> Self {
+        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], free_port())))
+    }
+
+    /// Listens on `addr`, for a config that names the server's own address.
+    pub fn start_on(config: &Yaml, addr: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config_path = dir.path().join("prometheus.yml");
         let config = serde_yaml::to_string(config).unwrap_or_else(|e| panic!("{e}"));
@@ -55,7 +60,6 @@ impl Prometheus {
         let log = dir.path().join("prometheus.log");
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("{e}"));
         let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(tool("prometheus", "PROMETHEUS"))
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
@@ -142,4 +146,3 @@ pub fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
-
