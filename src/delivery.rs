@@ -222,7 +222,7 @@ impl Delivery {
         self.sink.report(metrics);
         if let Some(spool) = &self.spool {
             let age = spool.oldest_age().ok().flatten().unwrap_or_default();
-            metrics.set_spool(spool.len(), spool.bytes(), age);
+            metrics.set_spool(spool.len(), spool.bytes(), spool.max_bytes(), age);
         }
     }
 }

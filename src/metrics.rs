@@ -88,6 +88,7 @@ struct TlsMetrics {
 struct SpoolMetrics {
     events: IntGauge,
     bytes: IntGauge,
+    max_bytes: IntGauge,
     oldest_age: prometheus::Gauge,
     spooled: prometheus::IntCounter,
     replayed: prometheus::IntCounter,
@@ -516,6 +517,10 @@ impl Metrics {
                 "spool_bytes",
                 "Bytes of webhooks in the local spool (bounded by --spool-max-bytes).",
             ))?,
+            max_bytes: IntGauge::with_opts(opts(
+                "spool_max_bytes",
+                "--spool-max-bytes: past it, webhooks the broker cannot take get 503.",
+            ))?,
             oldest_age: prometheus::Gauge::with_opts(opts(
                 "spool_oldest_age_seconds",
                 "How long the oldest spooled webhook has waited; 0 when the spool is empty.",
@@ -535,6 +540,8 @@ impl Metrics {
         };
         self.registry.register(Box::new(metrics.events.clone()))?;
         self.registry.register(Box::new(metrics.bytes.clone()))?;
+        self.registry
+            .register(Box::new(metrics.max_bytes.clone()))?;
         self.registry
             .register(Box::new(metrics.oldest_age.clone()))?;
         self.registry.register(Box::new(metrics.spooled.clone()))?;
@@ -563,10 +570,13 @@ impl Metrics {
         }
     }
 
-    pub fn set_spool(&self, events: u64, bytes: u64, oldest_age: Duration) {
+    pub fn set_spool(&self, events: u64, bytes: u64, max_bytes: u64, oldest_age: Duration) {
         if let Some(spool) = self.spool.get() {
             spool.events.set(i64::try_from(events).unwrap_or(i64::MAX));
             spool.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            spool
+                .max_bytes
+                .set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
             spool.oldest_age.set(oldest_age.as_secs_f64());
         }
     }

@@ -159,6 +159,11 @@ impl Spool {
     }
 
     /// True while another event of typical size fits.
+    /// `--spool-max-bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     pub fn has_room(&self) -> bool {
         self.bytes() < self.max_bytes
     }
