@@ -57,10 +57,6 @@ impl DeadLetters {
         }
     }
 
-    pub fn topic(&self) -> &str {
-        &self.settings.topic
-    }
-
     /// Queues a dead letter for `rejection`, if it is a kind that is
     /// dead-lettered, and returns at once.
     pub fn offer(&self, rejection: &Rejection, body: Bytes, received_at: SystemTime) {

@@ -9,10 +9,9 @@
 //! would be refused again on replay and block everything behind it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
 use crate::route::Message;
@@ -26,7 +25,7 @@ const REPLAY_BACKOFF: Duration = Duration::from_millis(500);
 /// How often an idle replayer looks at the sink and the spool even without
 /// being woken; a safety net, since appends also wake it.
 const REPLAY_IDLE_CHECK: Duration = Duration::from_millis(250);
-/// How often a webhook that arrived during start-up looks at the sink.
+/// How often, during start-up, the sink is looked at.
 const STARTUP_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +44,9 @@ pub struct Delivery {
     spooled: Notify,
     /// Until then, a webhook waits for a sink that has never been ready.
     startup_deadline: Instant,
-    /// The sink has been ready once: start-up is over.
-    started: AtomicBool,
+    /// True once start-up is over: the sink was ready once, or the
+    /// deadline passed. Set by [`Delivery::watch_startup`] alone.
+    started: watch::Sender<bool>,
 }
 
 impl Delivery {
@@ -64,7 +64,7 @@ impl Delivery {
             metrics,
             spooled: Notify::new(),
             startup_deadline: Instant::now() + startup_timeout,
-            started: AtomicBool::new(false),
+            started: watch::Sender::new(false),
         }
     }
 
@@ -105,22 +105,25 @@ impl Delivery {
     /// waits for the connection, up to `--startup-timeout`, rather than get
     /// a 503 that a second later would have been a 200.
     async fn wait_for_startup(&self) {
-        while !self.started.load(Ordering::Relaxed) && !self.sink.is_ready() {
-            if Instant::now() >= self.startup_deadline {
-                return;
-            }
-            tokio::time::sleep(STARTUP_POLL).await;
+        if *self.started.borrow() || self.sink.is_ready() {
+            return;
         }
+        let mut started = self.started.subscribe();
+        // Bounded by the deadline itself, should nothing watch the sink.
+        let deadline = tokio::time::Instant::from_std(self.startup_deadline);
+        let _ = tokio::time::timeout_at(deadline, started.wait_for(|started| *started)).await;
     }
 
     /// Ends start-up the first time the sink is ready (or at
     /// `--startup-timeout`), whether or not a webhook was there to see it:
-    /// a broker lost later must get a sender its 503 at once.
+    /// a broker lost later must get a sender its 503 at once. The sink has
+    /// no readiness event, so it is looked at every [`STARTUP_POLL`], here
+    /// only, however many webhooks wait.
     pub async fn watch_startup(self: Arc<Self>) {
         while !self.sink.is_ready() && Instant::now() < self.startup_deadline {
             tokio::time::sleep(STARTUP_POLL).await;
         }
-        self.started.store(true, Ordering::Relaxed);
+        self.started.send_replace(true);
     }
 
     /// Publishes, giving up after `--publish-timeout`; also what dead
