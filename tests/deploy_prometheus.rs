@@ -21,7 +21,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use support::prometheus::{Prometheus, tool};
+use support::prometheus::Prometheus;
 use support::*;
 
 const ALERTS: &str = "deploy/prometheus/alerts.yaml";

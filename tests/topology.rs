@@ -29,9 +29,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use serde_yaml::Value as Yaml;
+use support::compose::interpolate;
 use support::kafka::{Tansu, header, read_topic};
 use support::process::BridgeProcess;
-use support::prometheus::{Prometheus, tool};
+use support::prometheus::Prometheus;
 use support::*;
 use tokio::net::TcpStream;
 
@@ -66,25 +67,6 @@ fn substitute(text: &str, from: &str, to: &str, file: &str) -> String {
     text.replacen(from, to, 1)
 }
 
-/// compose.yaml's `${NAME:-default}` with `vars` set, as compose does it.
-fn interpolate(text: &str, vars: &BTreeMap<&str, &str>) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .unwrap_or_else(|| panic!("{COMPOSE}: unclosed ${{ in {text:?}"))
-            + start;
-        let inner = &rest[start + 2..end];
-        let (name, default) = inner.split_once(":-").unwrap_or((inner, ""));
-        out.push_str(vars.get(name).copied().unwrap_or(default));
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The bridges' environment in compose.yaml (the `x-bridge` anchor both
 /// replicas merge), interpolated with `vars`, the compose service names
 /// replaced by loopback addresses.
@@ -108,7 +90,8 @@ fn bridge_environment(
                     .trim()
                     .to_owned(),
             };
-            let mut value = interpolate(&value, vars);
+            let mut value =
+                interpolate(&value, vars).unwrap_or_else(|e| panic!("{COMPOSE}: {name}: {e}"));
             if let Some(address) = addresses.get(name.as_str()) {
                 value = address.clone();
             }

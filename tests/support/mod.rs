@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod compose;
 pub mod kafka;
 pub mod process;
 pub mod prometheus;
@@ -54,6 +55,23 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A program from Debian's packages (`prometheus`, `promtool`, `haproxy`),
+/// found on PATH or in the sbin folders, or the one `var` names.
+pub fn tool(name: &str, var: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
+        return path.into();
+    }
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin"])
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: install its Debian package (bash .ci/run does), or set {var}")
+        })
 }
 
 pub fn nats_server_binary() -> PathBuf {

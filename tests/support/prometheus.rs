@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,30 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-use super::{free_port, get};
+use super::{free_port, get, tool};
 
 /// A server scrapes at 1 s in the tests; this covers a slow start too.
 pub const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(30);
-
-/// A program of Debian's prometheus package (`prometheus`, `promtool`), or
-/// the one `var` names.
-pub fn tool(name: &str, var: &str) -> PathBuf {
-    if let Ok(path) = std::env::var(var) {
-        return path.into();
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/bin", "/usr/sbin"])
-        .map(|dir| Path::new(dir).join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found: install Debian's prometheus package \
-                 (bash .ci/run does), or set {var}"
-            )
-        })
-}
 
 /// A Prometheus server child process with its own config and storage,
 /// killed when dropped. If the test fails, its log is printed.
