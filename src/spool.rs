@@ -26,6 +26,13 @@ use crate::route::{Message, header};
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const FILE_NAME: &str = "spool.redb";
 
+/// redb's page cache. Its default, 1 GiB, fills with every event written
+/// until the process holds the spool twice, on disk and in memory (measured:
+/// 539 MB resident after 400 MB spooled), far past a container's memory
+/// limit. The spool is written at the end and read from the start, once, so
+/// a small cache costs no speed; the README's memory sums count this.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("the spool is full ({limit} bytes); raise --spool-max-bytes or restore the broker")]
@@ -118,7 +125,10 @@ impl Spool {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
-        let db = Database::create(dir.join(FILE_NAME)).map_err(|e| open_error(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join(FILE_NAME))
+            .map_err(|e| open_error(e.to_string()))?;
         let mut totals = Totals::default();
         {
             let write = db.begin_write().map_err(|e| open_error(e.to_string()))?;
@@ -158,7 +168,6 @@ impl Spool {
         self.totals().bytes
     }
 
-    /// True while another event of typical size fits.
     /// `--spool-max-bytes`.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
