@@ -86,6 +86,7 @@ seq "$N" | xargs -P 16 -I{} curl -s -o /dev/null -w '%{http_code}\n' \
     "http://127.0.0.1:$HTTP_PORT/webhooks" | sort | uniq -c | sed 's/^/  answers: /'
 echo "  spooled: $(metric apizee_bridge_spool_events) events, $(($(metric apizee_bridge_spool_bytes) / 1048576)) MiB"
 echo "  bridge:  $(memory)"
+echo "  on disk: $(du -sm "$TMP/spool" | cut -f1) MiB (redb file)"
 
 "$NATS_SERVER" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
 PIDS+=("$!")

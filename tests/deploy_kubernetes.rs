@@ -30,15 +30,32 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
 const OLDEST_KUBERNETES: &str = "1.30.0";
 
 /// Each kustomization that is meant to be applied, and the sink it selects.
-const TARGETS: [(&str, &str); 3] = [
+const TARGETS: [(&str, &str); 5] = [
     ("base", "stdout"),
     ("overlays/kafka", "kafka"),
     ("overlays/nats", "nats"),
+    ("overlays/kafka-spool", "kafka"),
+    ("overlays/nats-spool", "nats"),
 ];
 
-/// The one kind kubernetes-validate has no schema for (a CRD); checked here
-/// against [`SERVICE_MONITOR_SCHEMA`] instead.
-const SERVICE_MONITOR: (&str, &str) = ("monitoring.coreos.com/v1", "ServiceMonitor");
+/// The kinds kubernetes-validate has no schema for (the Prometheus
+/// Operator's CRDs), each checked here against a schema of its own instead.
+const CUSTOM_KINDS: [(&str, &str, &str); 2] = [
+    (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        SERVICE_MONITOR_SCHEMA,
+    ),
+    (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        PROMETHEUS_RULE_SCHEMA,
+    ),
+];
+
+/// The Service that takes webhooks and is scraped; the spool variant adds a
+/// headless one for the StatefulSet.
+const SERVICE: &str = "apizee-bridge";
 
 // ---------------------------------------------------------------------------
 // Files and kustomize output
@@ -204,12 +221,32 @@ impl Built {
             .unwrap_or_else(|| panic!("{}: no {kind} named {name}", self.target))
     }
 
-    fn deployment(&self) -> &Value {
-        self.one("Deployment")
+    /// The Deployment, or the StatefulSet of the spool variant: one of them.
+    fn workload(&self) -> &Value {
+        let all: Vec<&Value> = self
+            .objects
+            .iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("Deployment" | "StatefulSet")))
+            .collect();
+        assert_eq!(
+            all.len(),
+            1,
+            "{}: one Deployment or StatefulSet",
+            self.target
+        );
+        all[0]
+    }
+
+    fn is_stateful(&self) -> bool {
+        self.workload()["kind"].as_str() == Some("StatefulSet")
     }
 
     fn pod(&self) -> &Value {
-        &self.deployment()["spec"]["template"]["spec"]
+        &self.workload()["spec"]["template"]["spec"]
+    }
+
+    fn service(&self) -> &Value {
+        self.named("Service", SERVICE)
     }
 
     fn container(&self) -> &Value {
@@ -406,12 +443,13 @@ fn manifests_and_kustomize_output_pass_the_kubernetes_schemas() {
                 passed += 1;
             } else if line.starts_with("WARN ") {
                 // kubernetes-validate warns, and passes, on a kind it has no
-                // schema for. Only the ServiceMonitor may be one.
-                let expected = format!(
-                    "Couldn't find schema for kind {} with api version {}",
-                    SERVICE_MONITOR.1, SERVICE_MONITOR.0
-                );
-                if line.contains(&expected) {
+                // schema for. Only the CRDs of CUSTOM_KINDS may be one.
+                let custom = CUSTOM_KINDS.iter().any(|(api, kind, _)| {
+                    line.contains(&format!(
+                        "Couldn't find schema for kind {kind} with api version {api}"
+                    ))
+                });
+                if custom {
                     passed += 1;
                 } else {
                     problems.push(line);
@@ -494,42 +532,111 @@ const SERVICE_MONITOR_SCHEMA: &str = r##"{
   }
 }"##;
 
+/// The fields of prometheus-operator's PrometheusRule CRD that
+/// prometheusrule.yaml uses (monitoring.coreos.com/v1), closed like
+/// [`SERVICE_MONITOR_SCHEMA`]. That promtool accepts the rules is
+/// tests/deploy_prometheus.rs's part.
+const PROMETHEUS_RULE_SCHEMA: &str = r##"{
+  "type": "object",
+  "required": ["apiVersion", "kind", "metadata", "spec"],
+  "additionalProperties": false,
+  "properties": {
+    "apiVersion": {"const": "monitoring.coreos.com/v1"},
+    "kind": {"const": "PrometheusRule"},
+    "metadata": {
+      "type": "object",
+      "required": ["name"],
+      "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
+      }
+    },
+    "spec": {
+      "type": "object",
+      "additionalProperties": false,
+      "properties": {
+        "groups": {
+          "type": "array",
+          "items": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": false,
+            "properties": {
+              "name": {"type": "string", "minLength": 1},
+              "interval": {"$ref": "#/$defs/duration"},
+              "limit": {"type": "integer"},
+              "rules": {
+                "type": "array",
+                "items": {
+                  "type": "object",
+                  "required": ["expr"],
+                  "additionalProperties": false,
+                  "properties": {
+                    "alert": {"type": "string"},
+                    "record": {"type": "string"},
+                    "expr": {"type": ["string", "integer"]},
+                    "for": {"$ref": "#/$defs/duration"},
+                    "keep_firing_for": {"$ref": "#/$defs/duration"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  },
+  "$defs": {
+    "duration": {
+      "type": "string",
+      "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    }
+  }
+}"##;
+
 fn is_service_monitor(o: &Value) -> bool {
-    o["apiVersion"].as_str() == Some(SERVICE_MONITOR.0)
-        && o["kind"].as_str() == Some(SERVICE_MONITOR.1)
+    let (api, kind, _) = CUSTOM_KINDS[0];
+    o["apiVersion"].as_str() == Some(api) && o["kind"].as_str() == Some(kind)
 }
 
 #[test]
-fn service_monitors_match_the_crd_fields() {
-    let schema: serde_json::Value = serde_json::from_str(SERVICE_MONITOR_SCHEMA).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let mut checked = 0;
-    let raw = manifest_files()
-        .into_iter()
-        .flat_map(|f| parse_docs(&read(&f), &rel(&f)))
-        .map(|o| ("file".to_owned(), o));
-    let from_builds = built()
-        .iter()
-        .flat_map(|b| b.objects.iter().map(|o| (b.target.to_owned(), o.clone())));
-    for (origin, object) in raw.chain(from_builds) {
-        if object["kind"].as_str() != Some(SERVICE_MONITOR.1) {
-            continue;
+fn custom_resources_match_their_crd_fields() {
+    for (api, kind, schema) in CUSTOM_KINDS {
+        let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut checked = 0;
+        let raw = manifest_files()
+            .into_iter()
+            .flat_map(|f| parse_docs(&read(&f), &rel(&f)))
+            .map(|o| ("file".to_owned(), o));
+        let from_builds = built()
+            .iter()
+            .flat_map(|b| b.objects.iter().map(|o| (b.target.to_owned(), o.clone())));
+        for (origin, object) in raw.chain(from_builds) {
+            if object["kind"].as_str() != Some(kind) {
+                continue;
+            }
+            assert_eq!(object["apiVersion"].as_str(), Some(api), "{origin}: {kind}");
+            let json: serde_json::Value = serde_json::to_value(&object).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&json)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{origin}: {kind}: {errors:?}");
+            checked += 1;
         }
-        let json: serde_json::Value = serde_json::to_value(&object).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&json)
-            .map(|e| format!("{}: {e}", e.instance_path()))
-            .collect();
-        assert!(errors.is_empty(), "{origin}: ServiceMonitor: {errors:?}");
-        checked += 1;
-    }
-    // servicemonitor.yaml, and the one in each build.
-    assert_eq!(checked, 1 + TARGETS.len(), "ServiceMonitors checked");
+        // The file in base/, and the one in each build.
+        assert_eq!(checked, 1 + TARGETS.len(), "{kind}s checked");
 
-    // The schema itself can fail.
-    let mut typo = serde_json::to_value(built()[0].one("ServiceMonitor")).unwrap();
-    typo["spec"]["endpoints"][0]["interval"] = "30 seconds".into();
-    assert!(!validator.is_valid(&typo));
+        // The schema itself can fail.
+        let mut typo = serde_json::to_value(built()[0].one(kind)).unwrap();
+        typo["spec"]["intervall"] = "30s".into();
+        assert!(!validator.is_valid(&typo), "{kind}: a typo passes");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -582,12 +689,14 @@ fn kustomizations_name_only_files_that_exist_and_every_file_is_used() {
         let dir = k.parent().unwrap();
         used.insert(k.canonicalize().unwrap());
         let doc = parse_docs(&read(k), &name).pop().expect("not empty");
-        assert_eq!(
-            doc["apiVersion"].as_str(),
-            Some("kustomize.config.k8s.io/v1beta1"),
-            "{name}"
-        );
-        assert_eq!(doc["kind"].as_str(), Some("Kustomization"), "{name}");
+        // A component (components/) is applied by the kustomizations that
+        // name it, never alone.
+        let kind = match doc["apiVersion"].as_str() {
+            Some("kustomize.config.k8s.io/v1beta1") => "Kustomization",
+            Some("kustomize.config.k8s.io/v1alpha1") => "Component",
+            other => panic!("{name}: apiVersion {other:?}"),
+        };
+        assert_eq!(doc["kind"].as_str(), Some(kind), "{name}");
         for key in doc.as_mapping().unwrap().keys() {
             let key = key.as_str().unwrap();
             assert!(allowed.contains(key), "{name}: unexpected field {key}");
@@ -802,7 +911,7 @@ fn ports_probes_and_scrape_target_match_the_binary() {
             "{t}: port metrics"
         );
 
-        let service = b.one("Service");
+        let service = b.service();
         assert_eq!(service["spec"]["type"].as_str(), Some("ClusterIP"), "{t}");
         let ports = service["spec"]["ports"].as_sequence().unwrap();
         let to = |container: u16| {
@@ -1028,18 +1137,92 @@ fn pods_run_hardened() {
                 );
             }
         }
-        assert!(
-            pod["volumes"].is_null(),
-            "{t}: the bridge writes nothing, needs no volume"
-        );
+        // The bridge writes nothing but its spool, on a volume of its own.
+        assert!(pod["volumes"].is_null(), "{t}: no volume but the spool's");
+        let mounts = c["volumeMounts"].as_sequence().cloned().unwrap_or_default();
+        if b.is_stateful() {
+            assert_eq!(mounts.len(), 1, "{t}: the spool's volume only");
+        } else {
+            assert!(mounts.is_empty(), "{t}: the bridge writes nothing");
+        }
     }
+}
+
+#[test]
+fn the_spool_variant_keeps_each_spool_on_a_claim_that_holds_it() {
+    let mut variants = 0;
+    for b in built() {
+        let t = b.target;
+        let (_, settings) = b.settings();
+        let Some((spool_dir, spool_max_bytes)) = settings.spool.as_ref() else {
+            assert!(!b.is_stateful(), "{t}: a StatefulSet without a spool");
+            continue;
+        };
+        variants += 1;
+        let workload = b.workload();
+        assert!(b.is_stateful(), "{t}: a spool needs a volume per pod");
+        let claims = workload["spec"]["volumeClaimTemplates"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{t}: volumeClaimTemplates"));
+        assert_eq!(claims.len(), 1, "{t}: one claim, the spool's");
+        let claim = &claims[0];
+        // The mount holds --spool-dir: the rest of the filesystem is read-only.
+        let mount = &b.container()["volumeMounts"][0];
+        assert_eq!(mount["name"], claim["metadata"]["name"], "{t}: mount");
+        let mount_path = Path::new(mount["mountPath"].as_str().unwrap());
+        assert!(
+            spool_dir.starts_with(mount_path),
+            "{t}: --spool-dir {} is not on the volume at {}",
+            spool_dir.display(),
+            mount_path.display()
+        );
+        assert_eq!(
+            claim["spec"]["accessModes"][0].as_str(),
+            Some("ReadWriteOnce"),
+            "{t}: one pod per volume"
+        );
+        // redb's file is about 1.3 times the events it holds (measured with
+        // benches/spool-memory.sh: 1339 MiB for a full 1 GiB spool).
+        let storage = quantity_bytes(
+            claim["spec"]["resources"]["requests"]["storage"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{t}: storage request")),
+        );
+        assert!(
+            storage as f64 >= 1.5 * *spool_max_bytes as f64,
+            "{t}: a {storage}-byte claim cannot hold a full spool of --spool-max-bytes \
+             {spool_max_bytes}"
+        );
+        // The pods are not root: the volume must be theirs to write.
+        let (user, group) = (
+            b.pod()["securityContext"]["runAsGroup"].as_u64(),
+            b.pod()["securityContext"]["fsGroup"].as_u64(),
+        );
+        assert!(group.is_some() && group == user, "{t}: fsGroup");
+        // A volume that may still hold events is never deleted for us.
+        let retention = &workload["spec"]["persistentVolumeClaimRetentionPolicy"];
+        assert_eq!(retention["whenDeleted"], "Retain", "{t}");
+        assert_eq!(retention["whenScaled"], "Retain", "{t}");
+        // Scaling down would strand a spool: no autoscaler.
+        assert!(b.all("HorizontalPodAutoscaler").is_empty(), "{t}: HPA");
+        // The governing Service exists, is headless, and is not scraped
+        // (else every pod would be scraped twice).
+        let governing = b.named(
+            "Service",
+            workload["spec"]["serviceName"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{t}: serviceName")),
+        );
+        assert_eq!(governing["spec"]["clusterIP"], "None", "{t}: headless");
+    }
+    assert_eq!(variants, 2, "the spool variants were not found");
 }
 
 #[test]
 fn selectors_find_the_pods_and_scaling_leaves_room_for_disruptions() {
     for b in built() {
         let t = b.target;
-        let deployment = b.deployment();
+        let deployment = b.workload();
         let name = deployment["metadata"]["name"].as_str().unwrap();
         let labels = string_map(&deployment["spec"]["template"]["metadata"]["labels"]);
         let matches = |what: &str, selector: &BTreeMap<String, String>| {
@@ -1053,10 +1236,10 @@ fn selectors_find_the_pods_and_scaling_leaves_room_for_disruptions() {
             }
         };
         matches(
-            "the Deployment",
+            "the workload",
             &string_map(&deployment["spec"]["selector"]["matchLabels"]),
         );
-        let service = b.one("Service");
+        let service = b.service();
         matches("the Service", &string_map(&service["spec"]["selector"]));
         let pdb = b.one("PodDisruptionBudget");
         matches(
@@ -1082,20 +1265,39 @@ fn selectors_find_the_pods_and_scaling_leaves_room_for_disruptions() {
                 == Some("kubernetes.io/hostname"),
             "{t}: spread across nodes first"
         );
-        // The ServiceMonitor selects the Service.
+        // The ServiceMonitor selects the Service, and only that one.
         let monitor = b.objects.iter().find(|o| is_service_monitor(o)).unwrap();
-        let service_labels = string_map(&service["metadata"]["labels"]);
-        for (k, v) in string_map(&monitor["spec"]["selector"]["matchLabels"]) {
-            assert_eq!(service_labels.get(&k), Some(&v), "{t}: ServiceMonitor");
-        }
+        let selector = string_map(&monitor["spec"]["selector"]["matchLabels"]);
+        let scraped: Vec<&str> = b
+            .all("Service")
+            .into_iter()
+            .filter(|s| {
+                let labels = string_map(&s["metadata"]["labels"]);
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .filter_map(|s| s["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(
+            scraped,
+            [SERVICE],
+            "{t}: the Services the ServiceMonitor scrapes"
+        );
 
+        let min_available = pdb["spec"]["minAvailable"].as_u64().unwrap();
+        if b.is_stateful() {
+            let replicas = deployment["spec"]["replicas"].as_u64().unwrap();
+            assert!(
+                replicas > min_available,
+                "{t}: with {replicas} replicas and minAvailable {min_available} no pod can be evicted"
+            );
+            continue;
+        }
         let hpa = b.one("HorizontalPodAutoscaler");
         let target = &hpa["spec"]["scaleTargetRef"];
         assert_eq!(target["kind"].as_str(), Some("Deployment"), "{t}");
         assert_eq!(target["name"].as_str(), Some(name), "{t}: HPA target");
         let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
         let max = hpa["spec"]["maxReplicas"].as_u64().unwrap();
-        let min_available = pdb["spec"]["minAvailable"].as_u64().unwrap();
         assert!(
             min > min_available,
             "{t}: with minReplicas {min} and minAvailable {min_available} no pod can be evicted"
@@ -1174,6 +1376,10 @@ fn the_memory_limit_covers_every_body_the_settings_let_in() {
         // The deployment may turn either on later: count them anyway.
         let worst = (http.max_in_flight as u64 + http.max_unauthenticated_in_flight as u64) * body
             + http.dead_letter.as_ref().map_or(128, |d| d.queue as u64) * body
+            + settings
+                .spool
+                .as_ref()
+                .map_or(0, |_| apizee_bridge::spool::CACHE_BYTES as u64)
             + BASE;
         let limit = b.container()["resources"]["limits"]["memory"]
             .as_str()
