@@ -131,8 +131,11 @@ find_tool() {
     return 1
 }
 WRK=$(find_tool wrk) || die "wrk not found: apt-get install wrk"
-NATS_SERVER=${NATS_SERVER:-$(find_tool nats-server)} ||
-    die "nats-server not found: apt-get install nats-server"
+# The pinned nats-server the tests run (2.15), installed without root under
+# target/tools/ by the same script the tests name; NATS_SERVER overrides it.
+NATS_SERVER=${NATS_SERVER:-$(bash "$ROOT/.ci/tools/nats-server.sh")} ||
+    die "cannot install nats-server: bash .ci/tools/nats-server.sh (or set NATS_SERVER)"
+[[ -x $NATS_SERVER ]] || die "nats-server not found at $NATS_SERVER (bash .ci/tools/nats-server.sh installs it)"
 TANSU=${TANSU:-$(find_tool tansu || true)}
 [[ " $SINKS " != *" kafka "* || -n $TANSU ]] ||
     die "tansu not found: cargo install tansu --locked --features dynostore,libsql"

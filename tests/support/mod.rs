@@ -1,19 +1,25 @@
-//! Test support: free ports, a NATS server as a child process held by a
-//! guard that kills it on drop, the bridge running in-process on port 0, and
-//! a tiny HTTP client. Readiness is always polled against a deadline, never
-//! assumed after a fixed sleep.
+//! Test support: free ports, broker processes held by guards that kill them
+//! on drop (NATS in [`nats`], Kafka in [`kafka`]), the bridge running
+//! in-process on port 0, and a tiny HTTP client. Readiness is always polled
+//! against a deadline, never assumed after a fixed sleep.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod compose;
 pub mod kafka;
+pub mod nats;
 pub mod process;
 pub mod prometheus;
 pub mod tls;
 
+#[allow(unused_imports)] // each test binary uses a different part
+pub use nats::{
+    NatsCluster, NatsRelease, NatsServer, ServerAuth, nats_server_binary, stream_contents,
+};
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,181 +80,6 @@ pub fn tool(name: &str, var: &str) -> PathBuf {
         })
 }
 
-pub fn nats_server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("NATS_SERVER") {
-        return path.into();
-    }
-    // Debian installs it in /usr/sbin, which is not on every user's PATH.
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/bin"])
-    {
-        let candidate = Path::new(dir).join("nats-server");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("nats-server not found: install Debian's nats-server package (bash .ci/run does)");
-}
-
-/// How clients must authenticate to a [`NatsServer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerAuth {
-    None,
-    UserPassword { user: String, password: String },
-    Token(String),
-}
-
-impl ServerAuth {
-    pub fn user_password(user: &str, password: &str) -> Self {
-        Self::UserPassword {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        }
-    }
-
-    fn server_args(&self) -> Vec<String> {
-        match self {
-            Self::None => Vec::new(),
-            Self::UserPassword { user, password } => {
-                vec![
-                    "--user".into(),
-                    user.clone(),
-                    "--pass".into(),
-                    password.clone(),
-                ]
-            }
-            Self::Token(token) => vec!["--auth".into(), token.clone()],
-        }
-    }
-
-    /// Options for a client that passes this authentication.
-    pub fn connect_options(&self) -> async_nats::ConnectOptions {
-        match self {
-            Self::None => async_nats::ConnectOptions::new(),
-            Self::UserPassword { user, password } => {
-                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
-            }
-            Self::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
-        }
-    }
-}
-
-/// A nats-server child process on a free loopback port, with JetStream
-/// storing in its own temporary directory. Killed when dropped.
-pub struct NatsServer {
-    child: Option<Child>,
-    pub port: u16,
-    jetstream: bool,
-    auth: ServerAuth,
-    store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    pub async fn start(jetstream: bool) -> Self {
-        Self::start_with_auth(jetstream, ServerAuth::None).await
-    }
-
-    /// Starts a server that only accepts clients passing `auth`.
-    pub async fn start_with_auth(jetstream: bool, auth: ServerAuth) -> Self {
-        let mut server = Self::reserve(jetstream, auth);
-        server.spawn().await;
-        server
-    }
-
-    /// Picks a port and a store without starting the server, so a client can
-    /// be pointed at it before it runs; [`NatsServer::start_now`] starts it.
-    pub fn reserve(jetstream: bool, auth: ServerAuth) -> Self {
-        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        Self {
-            child: None,
-            port: free_port(),
-            jetstream,
-            auth,
-            store,
-        }
-    }
-
-    /// Starts a reserved (or killed) server and waits until it takes clients.
-    pub async fn start_now(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// A new client of this server, authenticated as the server requires.
-    pub async fn client(&self) -> async_nats::Client {
-        self.auth
-            .connect_options()
-            .connect(self.url())
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to nats-server at {}: {e}", self.url()))
-    }
-
-    async fn spawn(&mut self) {
-        let mut command = Command::new(nats_server_binary());
-        command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(self.auth.server_args())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if self.jetstream {
-            command.arg("-js").arg("-sd").arg(self.store.path());
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
-        self.child = Some(child);
-        let url = self.url();
-        let jetstream = self.jetstream;
-        let auth = self.auth.clone();
-        wait_until("nats-server to accept clients", async || {
-            match auth.connect_options().connect(&url).await {
-                // With JetStream, also wait until its API answers. A raw
-                // request, because async-nats 0.51's `query_account` cannot
-                // parse a 2.9 server's answer (it lacks `reserved_memory`).
-                Ok(client) if jetstream => client
-                    .request("$JS.API.INFO", Bytes::new())
-                    .await
-                    .ok()
-                    .and_then(|reply| {
-                        serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
-                    })
-                    .is_some_and(|info| {
-                        info["type"] == "io.nats.jetstream.api.v1.account_info_response"
-                            && info.get("error").is_none()
-                    }),
-                Ok(_) => true,
-                Err(_) => false,
-            }
-        })
-        .await;
-    }
-
-    /// Kills the server (SIGKILL) and waits for it to be gone.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port and store.
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// The running server's process id, for [`send_signal`] and [`Frozen`].
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
 /// Sends `signal` (a name such as `STOP`, `CONT` or `KILL`) to `pid` with
 /// kill(1), so no crate is needed for it.
 pub fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
@@ -294,12 +125,6 @@ impl Drop for Frozen {
         if let Some(pid) = self.pid.take() {
             let _ = send_signal(pid, "CONT");
         }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
