@@ -235,4 +235,212 @@ async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
         ]),
         "0"
     );
+
+    the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart().await;
+}
+
+/// The pod of deploy/kubernetes/overlays/nats-spool, as near as a machine
+/// without a cluster gets to applying it: the image run with the settings of
+/// the rendered ConfigMap (addresses substituted, the Secret's token given),
+/// the StatefulSet's user, group and fsGroup, a read-only root, and a volume
+/// prepared as the kubelet prepares a claim for an fsGroup, mounted where the
+/// StatefulSet mounts it. Webhooks answered 202 while the broker is down are
+/// still on the volume when the pod is stopped, and the pod that takes its
+/// place (same volume) delivers them.
+async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() {
+    const TOKEN: &str = "image-test-token";
+    let objects = support::kubernetes::build("overlays/nats-spool");
+    let object = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("overlays/nats-spool renders no {kind}"))
+    };
+    let pod = &object("StatefulSet")["spec"]["template"]["spec"];
+    let number = |field: &str| {
+        pod["securityContext"][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("securityContext.{field}"))
+            .to_string()
+    };
+    let (user, group, fs_group) = (number("runAsUser"), number("runAsGroup"), number("fsGroup"));
+    let mount = pod["containers"][0]["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no volumeMount"))
+        .to_owned();
+    let config = object("ConfigMap")["data"]
+        .as_mapping()
+        .unwrap_or_else(|| panic!("ConfigMap data"))
+        .iter()
+        .map(|(k, v)| {
+            let (k, v) = (
+                k.as_str().unwrap_or_default(),
+                v.as_str().unwrap_or_default(),
+            );
+            (k.to_owned(), v.to_owned())
+        })
+        .collect::<Vec<_>>();
+    let auth_header = config
+        .iter()
+        .find(|(k, _)| k == "APIZEE_BRIDGE_AUTH_HEADER")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no APIZEE_BRIDGE_AUTH_HEADER"));
+
+    // The claim's volume: owned by root, group fsGroup, setgid, as the
+    // kubelet leaves it (fsGroupChangePolicy changes only who owns it).
+    let volume = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fs_gid: u32 = fs_group.parse().unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::chown(volume.path(), Some(0), Some(fs_gid))
+        .unwrap_or_else(|e| panic!("chown: {e}"));
+    std::fs::set_permissions(
+        volume.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o2770),
+    )
+    .unwrap_or_else(|e| panic!("chmod: {e}"));
+    let volume_arg = format!("{}:{mount}", volume.path().display());
+
+    let mut nats = NatsServer::start(true).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut env: Vec<String> = config
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "APIZEE_BRIDGE_NATS_URL" => format!("{k}={}", nats.url()),
+            _ => format!("{k}={v}"),
+        })
+        .collect();
+    env.extend([
+        format!("APIZEE_BRIDGE_LISTEN={listen}"),
+        format!("APIZEE_BRIDGE_METRICS_LISTEN={metrics}"),
+        format!("APIZEE_BRIDGE_AUTH_TOKEN={TOKEN}"),
+    ]);
+    let user_arg = format!("{user}:{group}");
+    let start = |name: &str| {
+        let mut run = vec![
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--user",
+            &user_arg,
+            "--group-add",
+            &fs_group,
+            "--volume",
+            &volume_arg,
+        ];
+        run.extend(LIMITS);
+        for variable in &env {
+            run.extend(["--env", variable.as_str()]);
+        }
+        run.push(IMAGE);
+        podman_ok(&run);
+    };
+    let addr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
+    let auth_header = auth_header.as_str();
+    let post = |object_id: u32| async move {
+        let body = format!(
+            r#"{{"event":"update","time":1575976413,"object":"ticket","objectId":{object_id},"props":{{"state":"invited"}}}}"#
+        );
+        let reply = request(
+            addr,
+            "POST",
+            "/webhooks",
+            &[
+                ("content-type", "application/json"),
+                (auth_header, TOKEN),
+            ],
+            bytes::Bytes::from(body.clone()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST: {e}"));
+        (reply, body)
+    };
+    let ready = async || {
+        wait_until(
+            "the spool pod to be ready",
+            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
+        )
+        .await
+    };
+
+    let first = Container {
+        name: format!("apizee-bridge-spool-{}", free_port()),
+    };
+    start(&first.name);
+    ready().await;
+    let (reply, _) = post(1).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // The broker goes away: webhooks are answered 202 from the volume.
+    nats.kill();
+    let mut spooled = Vec::new();
+    for object_id in 2..=4 {
+        let (reply, body) = post(object_id).await;
+        assert_eq!(reply.status, 202, "broker down: {}", reply.text());
+        assert_eq!(reply.json()["spooled"], true, "{}", reply.text());
+        let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
+        spooled.push((id, body));
+    }
+    // The pod goes too (SIGTERM, as the kubelet sends it), with its spool.
+    podman_ok(&["stop", "--time", "30", &first.name]);
+    let spool_file = volume.path().join("spool").join("spool.redb");
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(&spool_file)
+            .unwrap_or_else(|e| panic!("{} is not on the volume: {e}", spool_file.display())),
+    );
+    assert_eq!(
+        owner.to_string(),
+        user,
+        "the spool is written by the pod's user"
+    );
+
+    // The broker comes back, and the pod that takes the name and the volume
+    // delivers what the first one was given.
+    nats.restart().await;
+    let second = Container {
+        name: format!("apizee-bridge-spool-{}", free_port()),
+    };
+    start(&second.name);
+    ready().await;
+    let js = jetstream::new(nats.client().await);
+    let stream = js
+        .get_stream("APIZEE")
+        .await
+        .unwrap_or_else(|e| panic!("no stream APIZEE: {e}"));
+    wait_until("the spooled webhooks to reach the stream", async || {
+        stream.get_raw_message(4).await.is_ok()
+    })
+    .await;
+    for (sequence, (id, body)) in (2..).zip(&spooled) {
+        let stored = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("message {sequence}: {e}"));
+        assert_eq!(stored.payload, body.as_bytes(), "message {sequence}");
+        assert_eq!(
+            stored
+                .headers
+                .get("apizee-event-id")
+                .map(|v| v.as_str().to_owned())
+                .as_ref(),
+            Some(id),
+            "message {sequence}"
+        );
+    }
+    let info = stream
+        .get_info()
+        .await
+        .unwrap_or_else(|e| panic!("stream info: {e}"));
+    assert_eq!(info.state.messages, 4, "each webhook once");
+    println!(
+        "spool pod: 1 webhook answered 200, {} answered 202 with the broker down, \
+         delivered by the next pod from the same volume",
+        spooled.len()
+    );
+    podman_ok(&["stop", "--time", "30", &second.name]);
 }

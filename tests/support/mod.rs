@@ -7,6 +7,7 @@
 
 pub mod compose;
 pub mod kafka;
+pub mod kubernetes;
 pub mod nats;
 pub mod process;
 pub mod prometheus;
