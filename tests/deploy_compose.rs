@@ -1,9 +1,10 @@
 //! Cross-checks of the compose stack in deploy/compose/ (compose.yaml,
-//! haproxy.cfg, Prometheus and Grafana provisioning) and of the image's
-//! ignore files: what no run here shows (Docker's own engine and images are
-//! not on this machine). What a run shows is run instead: tests/image.rs
-//! builds and runs the Dockerfile with podman, tests/topology.rs runs
-//! haproxy.cfg, the bridges' environment and the Prometheus config.
+//! haproxy.cfg, Prometheus and Grafana provisioning): what no run here
+//! shows (Docker's own engine and images are not on this machine). What a
+//! run shows is run instead: tests/image.rs builds and runs the Dockerfile
+//! with podman (and lists the build context each ignore file leaves),
+//! tests/topology.rs runs haproxy.cfg, the bridges' environment and the
+//! Prometheus config.
 //!
 //! The files are parsed and cross-checked
 //! against the binary's own flags (`Cli`, `Settings`), so a renamed flag, a
@@ -395,71 +396,6 @@ fn default_vars() -> BTreeMap<&'static str, &'static str> {
 
 fn parse_duration(what: &str, text: &str) -> Duration {
     humantime::parse_duration(text).unwrap_or_else(|e| panic!("{what}: {text:?}: {e}"))
-}
-
-// --- helpers: .dockerignore ------------------------------------------------------------
-
-/// The patterns of an ignore file, in order, comments and blanks dropped.
-fn ignore_patterns(relative: &str) -> Vec<String> {
-    read(relative)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// One path segment against one pattern segment (`*`, `?`, literals).
-fn segment_matches(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            segment_matches(&pattern[1..], text)
-                || (!text.is_empty() && segment_matches(pattern, &text[1..]))
-        }
-        (Some(b'?'), Some(_)) => segment_matches(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p == t => segment_matches(&pattern[1..], &text[1..]),
-        _ => false,
-    }
-}
-
-fn segments_match(pattern: &[&str], path: &[&str]) -> bool {
-    match (pattern.first(), path.first()) {
-        (None, None) => true,
-        (Some(&"**"), _) => {
-            segments_match(&pattern[1..], path)
-                || (!path.is_empty() && segments_match(pattern, &path[1..]))
-        }
-        (Some(p), Some(s)) => {
-            segment_matches(p.as_bytes(), s.as_bytes()) && segments_match(&pattern[1..], &path[1..])
-        }
-        _ => false,
-    }
-}
-
-/// Whether the builder leaves `path` (relative to the context) out, per
-/// Docker's rules: patterns are relative to the context root (a leading or
-/// trailing `/` is ignored), match a path or any folder above it, `**`
-/// spans folders, and a later `!pattern` takes a path back.
-fn is_excluded(patterns: &[String], path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let mut excluded = false;
-    for pattern in patterns {
-        let (negated, pattern) = match pattern.strip_prefix('!') {
-            Some(rest) => (true, rest),
-            None => (false, pattern.as_str()),
-        };
-        let pattern: Vec<&str> = pattern
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty() && *s != ".")
-            .collect();
-        let matched = (1..=segments.len()).any(|n| segments_match(&pattern, &segments[..n]));
-        if matched {
-            excluded = !negated;
-        }
-    }
-    excluded
 }
 
 // --- compose.yaml ---------------------------------------------------------------------
@@ -1222,42 +1158,6 @@ fn grafana_provisions_prometheus_and_the_dashboard() {
     }
 }
 
-// --- Build context -----------------------------------------------------------------------------------
-
-#[test]
-fn ignore_files_keep_target_and_git_out_of_the_context() {
-    let next_to_dockerfile = read("deploy/docker/Dockerfile.dockerignore");
-    let at_root = read(".dockerignore");
-    assert_eq!(
-        next_to_dockerfile, at_root,
-        "deploy/docker/Dockerfile.dockerignore (BuildKit) and .dockerignore (classic builder) differ"
-    );
-    let patterns = ignore_patterns(".dockerignore");
-    for excluded in [
-        "target",
-        "target/release/apizee-bridge",
-        ".git",
-        ".git/HEAD",
-    ] {
-        assert!(
-            is_excluded(&patterns, excluded),
-            ".dockerignore does not exclude {excluded}"
-        );
-    }
-    for kept in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "src",
-        "src/main.rs",
-        "src/lib.rs",
-    ] {
-        assert!(
-            !is_excluded(&patterns, kept),
-            ".dockerignore excludes {kept}, which the build needs"
-        );
-    }
-}
-
 // --- the checkers themselves ---------------------------------------------------------------------
 
 #[test]
@@ -1301,16 +1201,4 @@ fn checkers_catch_what_they_are_for() {
         let result = std::panic::catch_unwind(|| settings_from_env("bad", &env));
         assert!(result.is_err(), "{bad:?} was accepted");
     }
-
-    // Ignore patterns.
-    let patterns: Vec<String> = ["target/", "**/*.swp", "docs", "!docs/keep.md"]
-        .iter()
-        .map(|p| (*p).to_owned())
-        .collect();
-    assert!(is_excluded(&patterns, "target/release/x"));
-    assert!(is_excluded(&patterns, "a/b/c.swp"));
-    assert!(is_excluded(&patterns, "docs/other.md"));
-    assert!(!is_excluded(&patterns, "docs/keep.md"));
-    assert!(!is_excluded(&patterns, "src/target.rs"));
-    assert!(!is_excluded(&patterns, "targets"));
 }

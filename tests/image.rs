@@ -12,6 +12,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
@@ -68,6 +69,63 @@ impl Drop for Container {
     }
 }
 
+/// Every file the engine puts in a build context of the repository, as a
+/// container built from that context lists it: the engine's own ignore
+/// rules, applied to `ignorefile` (none: the context's .dockerignore).
+fn build_context(builder: &str, ignorefile: Option<&str>) -> BTreeSet<String> {
+    const PROBE: &str = "localhost/apizee-bridge-context-probe:test";
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let containerfile = dir.path().join("Containerfile");
+    std::fs::write(&containerfile, format!("FROM {builder}\nCOPY . /context\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let containerfile = containerfile.display().to_string();
+    let mut build = vec!["build", "--pull=never", "--file", &containerfile];
+    if let Some(ignorefile) = ignorefile {
+        build.extend(["--ignorefile", ignorefile]);
+    }
+    build.extend(LIMITS);
+    build.extend(["--tag", PROBE, "."]);
+    podman_ok(&build);
+    let mut run = vec!["run", "--rm", "--network", "none"];
+    run.extend(LIMITS);
+    run.extend([PROBE, "find", "/context", "-type", "f"]);
+    let listing = podman_ok(&run);
+    podman_ok(&["rmi", "--force", PROBE]);
+    listing
+        .lines()
+        .filter_map(|path| path.strip_prefix("/context/"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The context the Dockerfile's build gets, with the ignore file next to it
+/// (BuildKit's) and with the repository's .dockerignore (the classic
+/// builder's, and podman's): the same, holding what the build copies and
+/// neither target/ (gigabytes, and host-built artefacts) nor .git/.
+fn the_build_context_is_what_the_dockerfile_needs(builder: &str) {
+    let next_to_dockerfile = build_context(builder, Some("deploy/docker/Dockerfile.dockerignore"));
+    let at_root = build_context(builder, None);
+    assert_eq!(
+        next_to_dockerfile, at_root,
+        "deploy/docker/Dockerfile.dockerignore and .dockerignore give different contexts"
+    );
+    for needed in ["Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs"] {
+        assert!(
+            at_root.contains(needed),
+            "the build context lacks {needed}, which the build copies: {at_root:?}"
+        );
+    }
+    let leaked: Vec<&String> = at_root
+        .iter()
+        .filter(|path| {
+            path.split('/')
+                .any(|segment| segment == "target" || segment == ".git")
+        })
+        .collect();
+    assert!(leaked.is_empty(), "the build context holds {leaked:?}");
+    println!("build context: {} files", at_root.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
     let started = Instant::now();
@@ -84,6 +142,15 @@ async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
         String::from_utf8_lossy(&base.stderr)
     );
     let base_images = started.elapsed();
+    let builder = String::from_utf8_lossy(&base.stdout)
+        .lines()
+        .find_map(|line| {
+            let line = line.strip_prefix("base-images.sh: ")?;
+            let image = line.split_whitespace().next()?;
+            image.starts_with("rust:").then(|| image.to_owned())
+        })
+        .unwrap_or_else(|| panic!("base-images.sh did not name the builder image"));
+    the_build_context_is_what_the_dockerfile_needs(&builder);
 
     let started = Instant::now();
     let mut build = vec![
@@ -350,10 +417,7 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
             addr,
             "POST",
             "/webhooks",
-            &[
-                ("content-type", "application/json"),
-                (auth_header, TOKEN),
-            ],
+            &[("content-type", "application/json"), (auth_header, TOKEN)],
             bytes::Bytes::from(body.clone()),
         )
         .await
