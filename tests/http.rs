@@ -453,18 +453,14 @@ async fn metrics_pass_promtool_check() {
     assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
     assert_eq!(bridge.post("[]").await.status, 422);
     let exposition = bridge.metrics().await;
-    let mut promtool = tokio::process::Command::new("promtool")
+    let mut promtool = tokio::process::Command::new(tool("promtool", "PROMTOOL", "prometheus"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "promtool not found ({e}): install Debian's prometheus package (bash .ci/run does)"
-            )
-        });
+        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
     if let Some(mut stdin) = promtool.stdin.take() {
         stdin
             .write_all(exposition.as_bytes())

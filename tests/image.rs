@@ -5,7 +5,7 @@
 //! webhook posted through it is read back from the stream, `/metrics` is
 //! scraped, the process runs as uid 65532, and SIGTERM ends it with 0.
 //!
-//! Needs root, podman, runc and debootstrap (`bash .ci/run` installs them).
+//! Needs root, podman, runc and debootstrap (`bash .ci/test` installs them).
 //! Cold, the base images take about a minute and the build about ten
 //! (every dependency compiled in release mode); warm, podman's layer cache
 //! makes both a few seconds.
@@ -35,7 +35,7 @@ fn podman(args: &[&str]) -> Output {
         .current_dir(root())
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run podman (bash .ci/run installs it): {e}"))
+        .unwrap_or_else(|e| panic!("cannot run podman (bash .ci/test installs it): {e}"))
 }
 
 fn podman_ok(args: &[&str]) -> String {

@@ -11,7 +11,7 @@
 //! senders no answer but 200 and no connection error, and leave every
 //! acknowledged webhook in the stream exactly once.
 //!
-//! Needs `haproxy` and `prometheus` (Debian's packages; `bash .ci/run`
+//! Needs `haproxy` and `prometheus` (Debian's packages; `bash .ci/test`
 //! installs them).
 
 mod support;
@@ -197,7 +197,7 @@ impl Haproxy {
         let log = dir.join("haproxy.log");
         let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
         let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(tool("haproxy", "HAPROXY"))
+        let child = Command::new(tool("haproxy", "HAPROXY", "haproxy"))
             .arg("-db")
             .arg("-f")
             .arg(&file)

@@ -33,8 +33,8 @@ pub fn tansu_binary() -> PathBuf {
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "tansu not found: `cargo install tansu --locked --features dynostore,libsql` \
-                 (bash .ci/run does)"
+                "tansu not found: `cargo install tansu --locked --version 0.6.0 --features dynostore,libsql` \
+                 (bash .ci/test does)"
             )
         })
 }

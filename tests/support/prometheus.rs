@@ -40,7 +40,7 @@ impl Prometheus {
         let log = dir.path().join("prometheus.log");
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("{e}"));
         let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(tool("prometheus", "PROMETHEUS"))
+        let child = Command::new(tool("prometheus", "PROMETHEUS", "prometheus"))
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
