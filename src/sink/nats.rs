@@ -9,20 +9,26 @@
 //! With JetStream, the event id goes in `Nats-Msg-Id`, so a webhook retried
 //! within the stream's duplicate window (2 minutes by default) is stored once,
 //! including the case where an ack was lost and the sender got a 503.
+//!
+//! With `--nats-stream`, [`stream`] keeps the stream in existence and tells
+//! a missing stream (created again) from one whose replicas are electing a
+//! leader (left alone; not ready until it has one). A publish only tells it
+//! what it saw: no responder, no answer, or an acknowledgement.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Notify;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAddr};
 
 use super::{BoxFuture, PublishError, Sink};
-use crate::config::{NatsAuth, NatsSettings, StreamSettings};
-use crate::route::{Message, subject_matches};
+use crate::config::{NatsAuth, NatsSettings};
+use crate::route::Message;
+
+mod stream;
+
+use stream::StreamKeeper;
 
 pub struct NatsSink {
     client: Client,
@@ -72,8 +78,15 @@ impl NatsSink {
 
         let stream = match (&jetstream, &settings.stream) {
             (Some(js), Some(stream)) => {
-                let keeper = Arc::new(StreamKeeper::default());
-                tokio::spawn(keep_stream(js.clone(), stream.clone(), keeper.clone()));
+                let keeper = Arc::new(StreamKeeper::new(&stream.name));
+                let keep = stream::Keep {
+                    js: js.clone(),
+                    client: client.clone(),
+                    settings: stream.clone(),
+                    keeper: keeper.clone(),
+                    timeout: settings.publish_timeout,
+                };
+                tokio::spawn(keep.run());
                 Some(keeper)
             }
             _ => None,
@@ -135,81 +148,6 @@ async fn connect_options(settings: &NatsSettings) -> Result<ConnectOptions, Nats
         }))
 }
 
-/// Whether the managed stream is known to exist, which subjects it was
-/// found capturing, and a way to ask for it to be created again when a
-/// publish finds it gone (a server that came back with an empty store, an
-/// operator who deleted it).
-#[derive(Default)]
-struct StreamKeeper {
-    ready: AtomicBool,
-    /// The stream's subjects as the server reported them.
-    captured: RwLock<Vec<String>>,
-    missing: Notify,
-}
-
-impl StreamKeeper {
-    /// Whether "no stream" for `subject` means the managed stream is gone.
-    /// A subject it was never found capturing (a dead-letter subject left
-    /// out of a stream made by hand) says nothing about it.
-    fn captures(&self, subject: &str) -> bool {
-        self.captured
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|filter| subject_matches(filter, subject))
-    }
-}
-
-/// Creates the stream if it does not exist, retrying until the server
-/// answers, then waits until a publish reports it missing and starts over.
-/// An existing stream is left as its operator configured it; a subject it
-/// does not capture is logged, since what is published there is lost.
-async fn keep_stream(js: jetstream::Context, settings: StreamSettings, keeper: Arc<StreamKeeper>) {
-    let name = &settings.name;
-    loop {
-        let mut delay = Duration::from_millis(100);
-        let stream = loop {
-            let config = jetstream::stream::Config {
-                name: name.clone(),
-                subjects: settings.subjects.clone(),
-                ..Default::default()
-            };
-            match js.get_or_create_stream(config).await {
-                Ok(stream) => break stream,
-                Err(e) => {
-                    tracing::warn!(stream = %name, error = %e, "cannot create JetStream stream yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        let captured = stream.cached_info().config.subjects.clone();
-        for wanted in &settings.subjects {
-            if !captured
-                .iter()
-                .any(|filter| subject_matches(filter, wanted))
-            {
-                tracing::error!(
-                    stream = %name,
-                    subject = %wanted,
-                    captured = ?captured,
-                    "the existing JetStream stream does not capture this subject, so what the \
-                     bridge publishes there is refused; add the subject to the stream \
-                     (nats stream edit {name} --subjects ...) or name another --nats-stream"
-                );
-            }
-        }
-        tracing::info!(stream = %name, subjects = ?captured, "JetStream stream ready");
-        *keeper
-            .captured
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = captured;
-        keeper.ready.store(true, Ordering::SeqCst);
-        keeper.missing.notified().await;
-        tracing::warn!(stream = %name, "JetStream stream is gone; creating it again");
-    }
-}
-
 fn nats_headers(message: &Message) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in &message.headers {
@@ -221,25 +159,93 @@ fn nats_headers(message: &Message) -> HeaderMap {
 }
 
 impl NatsSink {
+    /// The keeper of the managed stream, if it captures `subject`: only
+    /// then does a publish there say anything about the stream.
+    fn keeper_of(&self, subject: &str) -> Option<&StreamKeeper> {
+        self.stream.as_deref().filter(|k| k.captures(subject))
+    }
+
     fn jetstream_error(&self, subject: &str, e: jetstream::context::PublishError) -> PublishError {
         match e.kind() {
-            PublishErrorKind::TimedOut => PublishError::Timeout(self.publish_timeout),
-            PublishErrorKind::BrokenPipe => PublishError::NotConnected,
-            PublishErrorKind::StreamNotFound => {
-                if let Some(keeper) = self.stream.as_ref().filter(|k| k.captures(subject)) {
-                    // Not ready from this moment, not from when the keeper
-                    // task next runs.
-                    keeper.ready.store(false, Ordering::SeqCst);
-                    keeper.missing.notify_one();
+            PublishErrorKind::TimedOut => {
+                if let Some(keeper) = self.keeper_of(subject) {
+                    keeper.unanswered();
                 }
-                PublishError::Refused(format!(
-                    "no JetStream stream captures subject {subject}; create one or set --nats-stream"
-                ))
+                PublishError::Timeout(self.publish_timeout)
             }
+            PublishErrorKind::BrokenPipe => PublishError::NotConnected,
+            // async-nats reports "no responders" as this: nobody listens on
+            // the subject, which is not yet proof that no stream captures it.
+            PublishErrorKind::StreamNotFound => match self.keeper_of(subject) {
+                Some(keeper) => {
+                    keeper.no_responders();
+                    PublishError::Failed(format!(
+                        "no JetStream server took subject {subject}: stream {} has no leader                          or is gone (the bridge checks which and logs it)",
+                        keeper.name()
+                    ))
+                }
+                None => PublishError::Refused(format!(
+                    "no JetStream stream captures subject {subject}; create one or set --nats-stream"
+                )),
+            },
             PublishErrorKind::MaxPayloadExceeded
             | PublishErrorKind::WrongLastMessageId
             | PublishErrorKind::WrongLastSequence => PublishError::Refused(e.to_string()),
             _ => PublishError::Failed(e.to_string()),
+        }
+    }
+
+    async fn publish_jetstream(
+        &self,
+        js: &jetstream::Context,
+        message: &Message,
+    ) -> Result<(), PublishError> {
+        // The caller's timeout may drop this future before the client's own
+        // fires: that too is a publish nobody answered.
+        let mut unanswered = Unanswered {
+            sink: self,
+            subject: &message.topic,
+            armed: true,
+        };
+        let publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(nats_headers(message))
+            .message_id(&message.event_id);
+        let outcome = match js.send_publish(message.topic.clone(), publish).await {
+            Ok(ack) => ack.await.map(drop),
+            Err(e) => Err(e),
+        };
+        unanswered.armed = false;
+        match outcome {
+            Ok(()) => {
+                // Only a subject the stream captures proves it has a leader;
+                // read only while not ready, so a healthy publish takes no lock.
+                if let Some(keeper) = self.stream.as_deref().filter(|k| !k.is_ready())
+                    && keeper.captures(&message.topic)
+                {
+                    keeper.acknowledged();
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.jetstream_error(&message.topic, e)),
+        }
+    }
+}
+
+/// Tells the stream keeper about a JetStream publish dropped before it got
+/// an answer.
+struct Unanswered<'a> {
+    sink: &'a NatsSink,
+    subject: &'a str,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(keeper) = self.sink.keeper_of(self.subject)
+        {
+            keeper.unanswered();
         }
     }
 }
@@ -254,26 +260,13 @@ impl Sink for NatsSink {
             if !self.connected() {
                 return Err(PublishError::NotConnected);
             }
-            let headers = nats_headers(message);
             match &self.jetstream {
-                Some(js) => {
-                    let publish = PublishMessage::build()
-                        .payload(message.payload.clone())
-                        .headers(headers)
-                        .message_id(&message.event_id);
-                    let ack = js
-                        .send_publish(message.topic.clone(), publish)
-                        .await
-                        .map_err(|e| self.jetstream_error(&message.topic, e))?;
-                    ack.await
-                        .map(drop)
-                        .map_err(|e| self.jetstream_error(&message.topic, e))
-                }
+                Some(js) => self.publish_jetstream(js, message).await,
                 None => {
                     self.client
                         .publish_with_headers(
                             message.topic.clone(),
-                            headers,
+                            nats_headers(message),
                             message.payload.clone(),
                         )
                         .await
@@ -288,11 +281,7 @@ impl Sink for NatsSink {
     }
 
     fn is_ready(&self) -> bool {
-        self.connected()
-            && self
-                .stream
-                .as_ref()
-                .is_none_or(|keeper| keeper.ready.load(Ordering::SeqCst))
+        self.connected() && self.stream.as_ref().is_none_or(|keeper| keeper.is_ready())
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>> {
