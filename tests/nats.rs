@@ -3,6 +3,12 @@
 //! the promise the bridge makes to the sender: a 503 means the event is not
 //! on the broker, now or later.
 //!
+//! Every case runs twice, as `current::<case>` against the pinned current
+//! nats-server (2.15) and as `oldest::<case>` against Debian's 2.9.10, the
+//! oldest supported: what the bridge asks of the server (the stream it
+//! creates, `Nats-Msg-Id` de-duplication, headers, the stream checks after
+//! a publish nobody answered) must hold on both.
+//!
 //! Each test owns its server on its own port, so they run in parallel.
 
 mod support;
@@ -15,6 +21,42 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 use support::*;
+
+/// One test per case and release, each calling `case(release)`.
+macro_rules! on_both_releases {
+    ($($case:ident),* $(,)?) => {
+        mod current {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::NatsRelease::Current).await;
+                }
+            )*
+        }
+        mod oldest {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::NatsRelease::Oldest).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_releases!(
+    core_nats_delivers_the_body_byte_for_byte_with_headers,
+    jetstream_creates_the_stream_and_stores_a_retried_webhook_once,
+    jetstream_without_a_stream_for_the_subject_answers_503,
+    core_nats_refused_while_down_is_never_published_later,
+    jetstream_refused_while_down_is_never_stored_later,
+    becomes_ready_when_the_server_comes_up,
+    rejected_requests_publish_nothing,
+    nats_user_and_password,
+    nats_token,
+    jetstream_stream_deleted_under_the_bridge_is_created_again,
+    jetstream_unanswered_publishes_leave_the_stream_alone,
+);
 
 /// How long a subscriber waits for a message that should come.
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(10);
@@ -133,9 +175,8 @@ async fn stored_message(js: &jetstream::Context, name: &str, sequence: u64) -> S
         .unwrap_or_else(|e| panic!("stream {name} message {sequence}: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_nats_delivers_the_body_byte_for_byte_with_headers() {
-    let nats = NatsServer::start(false).await;
+async fn core_nats_delivers_the_body_byte_for_byte_with_headers(release: NatsRelease) {
+    let nats = NatsServer::start_release(release, false).await;
     let bridge = start_bridge(&nats, &[]).await;
     bridge.wait_ready().await;
     let consumer = nats.client().await;
@@ -178,9 +219,8 @@ async fn core_nats_delivers_the_body_byte_for_byte_with_headers() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_creates_the_stream_and_stores_a_retried_webhook_once() {
-    let nats = NatsServer::start(true).await;
+async fn jetstream_creates_the_stream_and_stores_a_retried_webhook_once(release: NatsRelease) {
+    let nats = NatsServer::start_release(release, true).await;
     let bridge = start_bridge(&nats, &["--nats-jetstream", "--nats-stream", "WEBHOOKS"]).await;
     bridge.wait_ready().await;
     let js = jetstream::new(nats.client().await);
@@ -194,6 +234,13 @@ async fn jetstream_creates_the_stream_and_stores_a_retried_webhook_once() {
         .unwrap_or_else(|e| panic!("stream info: {e}"));
     assert_eq!(info.config.subjects, vec!["apizee.>".to_owned()]);
     assert_eq!(info.state.messages, 0);
+    // The server's defaults, which the bridge relies on: a file store that
+    // survives a restart, one replica, and the 2-minute duplicate window
+    // that makes a retried webhook one message.
+    assert_eq!(info.config.storage, stream::StorageType::File);
+    assert_eq!(info.config.retention, stream::RetentionPolicy::Limits);
+    assert_eq!(info.config.num_replicas, 1);
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
 
     let first = accepted_id(&bridge.post(SPEC_TICKET).await, "apizee.ticket.update");
     let second = accepted_id(&bridge.post(SPEC_TICKET).await, "apizee.ticket.update");
@@ -222,9 +269,8 @@ async fn jetstream_creates_the_stream_and_stores_a_retried_webhook_once() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_without_a_stream_for_the_subject_answers_503() {
-    let nats = NatsServer::start(true).await;
+async fn jetstream_without_a_stream_for_the_subject_answers_503(release: NatsRelease) {
+    let nats = NatsServer::start_release(release, true).await;
     let bridge = start_bridge(&nats, &["--nats-jetstream"]).await;
     bridge.wait_ready().await;
     let reply = bridge.post(SPEC_TICKET).await;
@@ -263,14 +309,13 @@ async fn kill_and_assert_down(nats: &mut NatsServer, bridge: &Bridge) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_nats_refused_while_down_is_never_published_later() {
+async fn core_nats_refused_while_down_is_never_published_later(release: NatsRelease) {
     // Core NATS keeps nothing, so a subscriber that can only attach after
     // the restart would miss an event the client flushed on reconnect. A
     // stream capturing the bridge's subjects is the witness: anything the
     // bridge sends after reconnecting is stored, in order, before the marker.
     // `apizee.*.*` leaves out the subscriber's two-token probe.
-    let mut nats = NatsServer::start(true).await;
+    let mut nats = NatsServer::start_release(release, true).await;
     let js = jetstream::new(nats.client().await);
     js.create_stream(stream::Config {
         name: "WITNESS".into(),
@@ -299,9 +344,8 @@ async fn core_nats_refused_while_down_is_never_published_later() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_refused_while_down_is_never_stored_later() {
-    let mut nats = NatsServer::start(true).await;
+async fn jetstream_refused_while_down_is_never_stored_later(release: NatsRelease) {
+    let mut nats = NatsServer::start_release(release, true).await;
     let bridge = start_bridge(&nats, &["--nats-jetstream", "--nats-stream", "WEBHOOKS"]).await;
     kill_and_assert_down(&mut nats, &bridge).await;
 
@@ -315,9 +359,8 @@ async fn jetstream_refused_while_down_is_never_stored_later() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn becomes_ready_when_the_server_comes_up() {
-    let mut nats = NatsServer::reserve(false, ServerAuth::None);
+async fn becomes_ready_when_the_server_comes_up(release: NatsRelease) {
+    let mut nats = NatsServer::reserve_release(release, false, ServerAuth::None);
     // A webhook waits this long for a broker that has never been reachable.
     let bridge = start_bridge(&nats, &["--startup-timeout", "100ms"]).await;
     let readyz = get(bridge.addr, "/readyz")
@@ -336,9 +379,8 @@ async fn becomes_ready_when_the_server_comes_up() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_requests_publish_nothing() {
-    let nats = NatsServer::start(false).await;
+async fn rejected_requests_publish_nothing(release: NatsRelease) {
+    let nats = NatsServer::start_release(release, false).await;
     let bridge = start_bridge(&nats, &["--max-body-bytes", "1024"]).await;
     bridge.wait_ready().await;
     let consumer = nats.client().await;
@@ -383,8 +425,9 @@ async fn rejected_requests_publish_nothing() {
 
 /// The bridge connects with the credentials it is given and publishes; with
 /// wrong ones it stays not ready and answers 503.
-async fn check_auth(auth: ServerAuth, good: &[&str], bad: &[&str]) {
-    let nats = NatsServer::start_with_auth(false, auth).await;
+async fn check_auth(release: NatsRelease, auth: ServerAuth, good: &[&str], bad: &[&str]) {
+    let mut nats = NatsServer::reserve_release(release, false, auth);
+    nats.start_now().await;
 
     let bad: Vec<&str> = bad
         .iter()
@@ -410,9 +453,9 @@ async fn check_auth(auth: ServerAuth, good: &[&str], bad: &[&str]) {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_user_and_password() {
+async fn nats_user_and_password(release: NatsRelease) {
     check_auth(
+        release,
         ServerAuth::user_password("u", "p"),
         &["--nats-user", "u", "--nats-password", "p"],
         &["--nats-user", "u", "--nats-password", "wrong"],
@@ -420,9 +463,9 @@ async fn nats_user_and_password() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_token() {
+async fn nats_token(release: NatsRelease) {
     check_auth(
+        release,
         ServerAuth::Token("tok".into()),
         &["--nats-token", "tok"],
         &["--nats-token", "wrong"],
@@ -430,9 +473,8 @@ async fn nats_token() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_stream_deleted_under_the_bridge_is_created_again() {
-    let nats = NatsServer::start(true).await;
+async fn jetstream_stream_deleted_under_the_bridge_is_created_again(release: NatsRelease) {
+    let nats = NatsServer::start_release(release, true).await;
     let bridge = start_bridge(&nats, &["--nats-jetstream", "--nats-stream", "WEBHOOKS"]).await;
     bridge.wait_ready().await;
     let js = jetstream::new(nats.client().await);
@@ -447,5 +489,56 @@ async fn jetstream_stream_deleted_under_the_bridge_is_created_again() {
     assert_eq!(stream_messages(&js, "WEBHOOKS").await, 1);
     let stored = stored_message(&js, "WEBHOOKS", 1).await;
     assert_eq!(stored.payload, Bytes::from_static(MARKER.as_bytes()));
+    bridge.stop().await;
+}
+
+/// A frozen server (SIGSTOP) lets publishes time out: the bridge answers
+/// 503, reports not ready once its check of the stream gets no answer
+/// either, and is ready again when the server runs again, with the same
+/// stream (not one created anew) and nothing stored from the 503s.
+async fn jetstream_unanswered_publishes_leave_the_stream_alone(release: NatsRelease) {
+    let nats = NatsServer::start_release(release, true).await;
+    let bridge = start_bridge(
+        &nats,
+        &[
+            "--nats-jetstream",
+            "--nats-stream",
+            "WEBHOOKS",
+            "--publish-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    bridge.wait_ready().await;
+    let js = jetstream::new(nats.client().await);
+    let created = js
+        .get_stream("WEBHOOKS")
+        .await
+        .unwrap_or_else(|e| panic!("stream: {e}"))
+        .cached_info()
+        .created;
+
+    let pid = nats
+        .pid()
+        .unwrap_or_else(|| panic!("nats-server is not running"));
+    let frozen = Frozen::freeze(pid);
+    let reply = bridge.post(SPEC_TICKET).await;
+    assert_broker_unavailable(&reply);
+    bridge.wait_not_ready().await;
+    frozen.thaw();
+    bridge.wait_ready().await;
+
+    accepted_id(&bridge.post(MARKER).await, "apizee.smsmessage.create");
+    let info = js
+        .get_stream("WEBHOOKS")
+        .await
+        .unwrap_or_else(|e| panic!("stream: {e}"))
+        .cached_info()
+        .clone();
+    assert_eq!(info.created, created, "the stream was created again");
+    // The timed-out publish may have reached the server before it froze,
+    // so it may be stored; the marker must be.
+    let last = stored_message(&js, "WEBHOOKS", info.state.last_sequence).await;
+    assert_eq!(last.payload, Bytes::from_static(MARKER.as_bytes()));
     bridge.stop().await;
 }

@@ -1,0 +1,524 @@
+//! The bridge against a 3-node nats-server cluster under faults.
+//!
+//! Each case starts its own cluster on loopback (JetStream, free ports,
+//! routes between the nodes, a store per node), a stream with 3 replicas on
+//! `apizee.>`, and the bridge binary given all three URLs. Senders post
+//! webhooks with unique objectIds, retrying 503s as a real sender does, and
+//! one fault hits the cluster under that load:
+//!
+//! - the stream leader's server is killed (SIGKILL), then started again;
+//! - the stream leader's server is stopped (SIGSTOP: its sockets stay open,
+//!   nothing is answered, as in a partition), then resumed (SIGCONT);
+//! - the server the bridge is connected to is killed, then started again.
+//!
+//! The leader is first moved off the bridge's server, so that each case is
+//! the one fault it names. Then: no webhook answered 200 is missing from the
+//! stream; every answer is 200, or 503 with `Retry-After`; 200s resume
+//! within [`RESUME_DEADLINE`] of the fault; `/readyz` is 503 during a
+//! leaderless outage and 200 again within [`READY_LAG`] of 200s resuming;
+//! the bridge never takes the leaderless stream for a missing one (its log
+//! says "no leader" once per episode, never "creating it again").
+//!
+//! The cases run one at a time ([`SERIAL`]): three clusters, three bridges
+//! and their senders at once on 2 cores would slow the elections they time.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use support::process::BridgeProcess;
+use support::*;
+
+const STREAM: &str = "APIZEE";
+/// Senders working at once, each on a fresh connection per request.
+const SENDERS: usize = 8;
+/// Webhooks acknowledged before the fault, after it, and after the node is
+/// back: the load spans the whole failover.
+const ACKED_BEFORE_FAULT: usize = 400;
+const ACKED_DURING_FAULT: usize = 200;
+const ACKED_AFTER_HEAL: usize = 200;
+/// A killed or stopped node stays so for at least this long: the length of
+/// the fault is the test's choice, not something to wait on.
+const DOWN_AT_LEAST: Duration = Duration::from_secs(3);
+/// `--publish-timeout`: how long a webhook waits for a PubAck.
+const PUBLISH_TIMEOUT: &str = "2s";
+/// The promise: 200s again this soon after the fault.
+const RESUME_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a wait for something the promise bounds may run before the test
+/// gives up on it (then the assertion on the figure says why).
+const GIVE_UP: Duration = Duration::from_secs(60);
+/// `/readyz` answers 200 again at most this long after 200s resume (it is
+/// sampled every [`READYZ_EVERY`]).
+const READY_LAG: Duration = Duration::from_secs(1);
+const READYZ_EVERY: Duration = Duration::from_millis(50);
+/// The bridge logs each episode once; a few episodes (an election, then the
+/// node's return moving the leader again) are allowed, a line per webhook
+/// is not.
+const MAX_EPISODE_LINES: usize = 6;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Event `i` of a case: a distinct objectId, hence a distinct event id.
+fn event(case: &str, i: usize) -> String {
+    format!(
+        r#"{{"event":"create","time":{},"object":"ticket","objectId":"{case}-{i}","props":{{"state":"open"}}}}"#,
+        1_700_000_000 + i
+    )
+}
+
+/// One answer the senders got.
+struct Answer {
+    sent: Instant,
+    answered: Instant,
+    /// The status, or `None` for no answer at all.
+    status: Option<u16>,
+    /// A 503 that carried a valid `Retry-After`.
+    retry_after: bool,
+    detail: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    next: AtomicUsize,
+    /// Events posted at least once.
+    sent: AtomicUsize,
+    acked: AtomicUsize,
+    stop: AtomicBool,
+    answers: Mutex<Vec<Answer>>,
+    /// Event id of every acknowledged event -> its index.
+    ids: Mutex<HashMap<String, usize>>,
+}
+
+impl Tally {
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Whether a request sent after `since` got a 200.
+    fn acked_since(&self, since: Instant) -> bool {
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|a| a.status == Some(200) && a.sent >= since)
+    }
+}
+
+/// Takes the next event until told to stop, and posts it until it gets a
+/// 200, 25 ms to 200 ms apart.
+async fn sender(addr: SocketAddr, case: &'static str, tally: Arc<Tally>) {
+    while !tally.stop.load(Ordering::SeqCst) {
+        let i = tally.next.fetch_add(1, Ordering::SeqCst);
+        let body = Bytes::from(event(case, i));
+        let mut attempt = 0u32;
+        while !tally.stop.load(Ordering::SeqCst) {
+            if attempt == 0 {
+                tally.sent.fetch_add(1, Ordering::SeqCst);
+            }
+            let sent = Instant::now();
+            let reply = request(
+                addr,
+                "POST",
+                "/webhooks",
+                &[("content-type", "application/JSON")],
+                body.clone(),
+            )
+            .await;
+            let answered = Instant::now();
+            let answer = match &reply {
+                Ok(reply) => Answer {
+                    sent,
+                    answered,
+                    status: Some(reply.status),
+                    retry_after: reply
+                        .header("retry-after")
+                        .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)),
+                    detail: reply.text(),
+                },
+                Err(e) => Answer {
+                    sent,
+                    answered,
+                    status: None,
+                    retry_after: false,
+                    detail: e.clone(),
+                },
+            };
+            tally
+                .answers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(answer);
+            if let Ok(reply) = reply
+                && reply.status == 200
+            {
+                let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
+                tally
+                    .ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, i);
+                tally.acked.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            let backoff = Duration::from_millis(25 << attempt.min(3));
+            attempt += 1;
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// `/readyz` every [`READYZ_EVERY`] until told to stop.
+async fn sample_readyz(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<(Instant, u16)> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let status = get(addr, "/readyz").await.map_or(0, |r| r.status);
+        samples.push((Instant::now(), status));
+        tokio::time::sleep(READYZ_EVERY).await;
+    }
+    samples
+}
+
+/// Polls `check` until it holds or [`GIVE_UP`] passes; false if it never did.
+async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillLeader,
+    FreezeLeader,
+    KillBridgeServer,
+}
+
+impl Fault {
+    fn case(self) -> &'static str {
+        match self {
+            Self::KillLeader => "kill-leader",
+            Self::FreezeLeader => "freeze-leader",
+            Self::KillBridgeServer => "kill-bridge-server",
+        }
+    }
+}
+
+/// The bridge binary on free loopback ports against `urls`, logging to `log`.
+fn start_bridge(urls: &str, log: &Path) -> (BridgeProcess, SocketAddr) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let addr: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
+    let env = [
+        ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
+        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics.as_str()),
+        ("APIZEE_BRIDGE_SINK", "nats"),
+        ("APIZEE_BRIDGE_NATS_URL", urls),
+        ("APIZEE_BRIDGE_NATS_JETSTREAM", "true"),
+        ("APIZEE_BRIDGE_NATS_STREAM", STREAM),
+        ("APIZEE_BRIDGE_PUBLISH_TIMEOUT", PUBLISH_TIMEOUT),
+        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
+        (
+            "APIZEE_BRIDGE_LOG_LEVEL",
+            "info,apizee_bridge::sink::nats=debug",
+        ),
+    ];
+    (BridgeProcess::spawn_with_env(env, addr, log), addr)
+}
+
+async fn failover(fault: Fault) {
+    let _serial = SERIAL.lock().await;
+    let case = fault.case();
+    let mut cluster = NatsCluster::start(3).await;
+    let js = jetstream::new(cluster.client().await);
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["apizee.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("create the stream: {e}"));
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let log = dir.path().join("bridge.log");
+    let (mut bridge, addr) = start_bridge(&cluster.urls(), &log);
+    bridge.wait_ready().await;
+    let mut bridge_server = None;
+    wait_until("the bridge's connection in /connz", async || {
+        bridge_server = cluster.node_of_client("apizee-bridge").await;
+        bridge_server.is_some()
+    })
+    .await;
+    let bridge_server = bridge_server.unwrap_or_default();
+    cluster.move_stream_leader_off(STREAM, bridge_server).await;
+    let leader = cluster.wait_stream_leader(STREAM).await;
+    let target = match fault {
+        Fault::KillLeader | Fault::FreezeLeader => leader,
+        Fault::KillBridgeServer => bridge_server,
+    };
+    println!(
+        "nats cluster {case}: bridge on {}, stream leader {}, fault on {}",
+        cluster.name(bridge_server),
+        cluster.name(leader),
+        cluster.name(target)
+    );
+
+    let tally = Arc::new(Tally::default());
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|_| tokio::spawn(sender(addr, case, tally.clone())))
+        .collect();
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_readyz(addr, sampling.clone()));
+    let load_started = Instant::now();
+    let reached = |count: usize| {
+        let tally = tally.clone();
+        move || tally.acked() >= count
+    };
+    assert!(
+        within(GIVE_UP, reached(ACKED_BEFORE_FAULT)).await,
+        "{case}: only {} webhooks acknowledged before the fault",
+        tally.acked()
+    );
+
+    let faulted = Instant::now();
+    let mut frozen = None;
+    match fault {
+        Fault::KillLeader | Fault::KillBridgeServer => cluster.nodes[target].kill(),
+        Fault::FreezeLeader => {
+            let pid = cluster.nodes[target]
+                .pid()
+                .unwrap_or_else(|| panic!("{case}: node not running"));
+            frozen = Some(Frozen::freeze(pid));
+        }
+    }
+    let resumed = {
+        let tally = tally.clone();
+        within(GIVE_UP, move || tally.acked_since(faulted)).await
+    };
+    let during = tally.acked() + ACKED_DURING_FAULT;
+    let kept_up = resumed && within(GIVE_UP, reached(during)).await;
+
+    // Heal: the node runs again, then the load goes on until it has been
+    // part of the cluster for a while.
+    tokio::time::sleep(DOWN_AT_LEAST.saturating_sub(faulted.elapsed())).await;
+    let healed = Instant::now();
+    match frozen.take() {
+        Some(frozen) => frozen.thaw(),
+        None => cluster.nodes[target].restart().await,
+    }
+    let after = tally.acked() + ACKED_AFTER_HEAL;
+    let finished = kept_up && within(GIVE_UP, reached(after)).await;
+    tally.stop.store(true, Ordering::SeqCst);
+    for sender in senders {
+        sender
+            .await
+            .unwrap_or_else(|e| panic!("a sender failed: {e}"));
+    }
+    sampling.store(true, Ordering::SeqCst);
+    let samples = sampler.await.unwrap_or_else(|e| panic!("{e}"));
+    let load_took = load_started.elapsed();
+    let final_readyz = get(addr, "/readyz").await.map_or(0, |r| r.status);
+
+    // What the stream holds, once every node is current again.
+    for node in 0..cluster.nodes.len() {
+        let name = cluster.name(node).to_owned();
+        wait_until(&format!("{name} to be healthy"), async || {
+            cluster.monitor(node, "/healthz").await.is_some()
+        })
+        .await;
+    }
+    let stored = stream_contents(&js, STREAM).await;
+
+    let answers = std::mem::take(&mut *tally.answers.lock().unwrap_or_else(|e| e.into_inner()));
+    let ids = tally.ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for (id, payload) in &stored {
+        *copies.entry(id.as_str()).or_default() += 1;
+        if let Some(&i) = ids.get(id) {
+            assert_eq!(
+                payload,
+                event(case, i).as_bytes(),
+                "{case}: the stored payload of event {i} differs from what was sent"
+            );
+        }
+    }
+    let mut lost: Vec<usize> = ids
+        .iter()
+        .filter(|(id, _)| !copies.contains_key(id.as_str()))
+        .map(|(_, &i)| i)
+        .collect();
+    lost.sort_unstable();
+    let duplicates: usize = copies.values().map(|n| n - 1).sum();
+    let sent = tally.sent.load(Ordering::SeqCst);
+    let refused_503 = answers.iter().filter(|a| a.status == Some(503)).count();
+    let unexpected: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| !(a.status == Some(200) || (a.status == Some(503) && a.retry_after)))
+        .collect();
+
+    let mut acked_at: Vec<Instant> = answers
+        .iter()
+        .filter(|a| a.status == Some(200))
+        .map(|a| a.answered)
+        .collect();
+    acked_at.sort_unstable();
+    let longest_gap = acked_at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    // The outage: the longest stretch without a 200 that ends after the
+    // fault. Measured between answers rather than from requests sent after
+    // the fault, which a leader still running for a few milliseconds after
+    // the signal may acknowledge.
+    let outage = acked_at
+        .windows(2)
+        .filter(|w| w[1] > faulted)
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|&(start, end)| end - start);
+    let resumed_after = outage.map(|(_, end)| end.saturating_duration_since(faulted));
+    let not_ready_during_outage = outage.is_some_and(|(start, end)| {
+        samples
+            .iter()
+            .any(|&(t, status)| t >= start && t <= end && status != 200)
+    });
+    let ready_again_after = outage.and_then(|(_, end)| {
+        samples
+            .iter()
+            .find(|&&(t, status)| t >= end && status == 200)
+            .map(|&(t, _)| t.saturating_duration_since(end))
+    });
+
+    bridge.signal("TERM");
+    bridge.wait_exit().await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    // The stream keeper's own lines; each failed webhook's line (which
+    // carries the publish error) is left out.
+    let episode_lines: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains("JetStream") && !l.contains("webhook not published"))
+        .collect();
+    let count = |needle: &str| episode_lines.iter().filter(|l| l.contains(needle)).count();
+    let missing_lines = log_text
+        .lines()
+        .filter(|l| l.contains("no JetStream stream captures"))
+        .count();
+    let creating_lines = count("creating it again");
+    let no_leader_lines = count("has no leader");
+    println!(
+        "nats cluster {case}: sent={} acked={} 503={refused_503} found={} lost={} \
+         duplicates={duplicates} longest gap={longest_gap:?}",
+        sent,
+        ids.len(),
+        ids.len() - lost.len(),
+        lost.len(),
+    );
+    println!(
+        "nats cluster {case}: 200s resumed {resumed_after:?} after the fault; /readyz not 200 \
+         during the outage: {not_ready_during_outage}, 200 again {ready_again_after:?} after the \
+         outage, {final_readyz} at the end; node back {:?} after the fault; load took \
+         {load_took:?}, {} answers; bridge log: {no_leader_lines} \"has no leader\", \
+         {missing_lines} \"no stream captures\", {creating_lines} \"creating it again\"",
+        healed - faulted,
+        answers.len(),
+    );
+    println!(
+        "nats cluster {case}: the bridge's JetStream lines:\n{}",
+        episode_lines.join("\n")
+    );
+    if !finished || !lost.is_empty() || !unexpected.is_empty() {
+        for node in 0..cluster.nodes.len() {
+            println!(
+                "{}'s log, last lines:\n{}",
+                cluster.name(node),
+                cluster.log_tail(node, 30)
+            );
+        }
+    }
+
+    assert!(resumed, "{case}: no 200 within {GIVE_UP:?} of the fault");
+    assert!(
+        finished,
+        "{case}: the load stalled at {} acknowledged",
+        tally.acked()
+    );
+    assert!(
+        lost.is_empty(),
+        "{case}: {} webhooks answered 200 are not in the stream, first ones: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(
+        unexpected.is_empty(),
+        "{case}: {} answers were neither 200 nor 503 with Retry-After, first ones: {:?}",
+        unexpected.len(),
+        unexpected
+            .iter()
+            .take(5)
+            .map(|a| (a.status, &a.detail))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        resumed_after.is_some_and(|d| d <= RESUME_DEADLINE),
+        "{case}: 200s resumed {resumed_after:?} after the fault, over {RESUME_DEADLINE:?}"
+    );
+    // A bridge whose server died reconnects to another at once, usually
+    // faster than the sampling sees; its outage is the publishes in flight
+    // on the dead connection, waiting out --publish-timeout.
+    if fault != Fault::KillBridgeServer {
+        assert!(
+            not_ready_during_outage,
+            "{case}: /readyz stayed 200 while the stream had no leader"
+        );
+    }
+    assert!(
+        ready_again_after.is_some_and(|d| d <= READY_LAG),
+        "{case}: /readyz was 200 again {ready_again_after:?} after 200s resumed, over {READY_LAG:?}"
+    );
+    assert_eq!(final_readyz, 200, "{case}: /readyz at the end");
+    assert_eq!(
+        missing_lines, 0,
+        "{case}: the bridge took the stream for a missing one"
+    );
+    assert_eq!(
+        creating_lines, 0,
+        "{case}: the bridge tried to create the stream again"
+    );
+    if fault != Fault::KillBridgeServer {
+        assert!(
+            no_leader_lines >= 1,
+            "{case}: the bridge's log does not say that the stream had no leader"
+        );
+    }
+    assert!(
+        no_leader_lines <= MAX_EPISODE_LINES,
+        "{case}: {no_leader_lines} lines say the stream has no leader: logged per webhook, not \
+         per episode"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_leader_killed_under_load() {
+    failover(Fault::KillLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_leader_stopped_under_load() {
+    failover(Fault::FreezeLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_server_killed_under_load() {
+    failover(Fault::KillBridgeServer).await;
+}
