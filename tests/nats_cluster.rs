@@ -185,7 +185,7 @@ async fn sample_readyz(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<(Instant,
     samples
 }
 
-/// Polls `check` until it holds or [`GIVE_UP`] passes; false if it never did.
+/// Polls `check` until it holds or `limit` passes; false if it never did.
 async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !check() {

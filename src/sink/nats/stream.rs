@@ -7,15 +7,19 @@
 //! listens on the stream's subjects. The two call for opposite answers: a
 //! missing stream is created again, a stream in an election is left alone
 //! and comes back by itself. So a publish never decides; it wakes the
-//! keeper, which asks the JetStream API for the stream's info (the request
-//! a follower answers too while there is no leader) and acts on that:
+//! keeper, which asks the JetStream API for the stream's info and acts on
+//! the answer:
 //!
-//! | STREAM.INFO answers                   | means             | the keeper             |
-//! |---------------------------------------|-------------------|------------------------|
-//! | info naming a leader                  | usable            | reports ready          |
-//! | info without a leader                 | election          | waits, not ready       |
-//! | error 10059, stream not found         | missing           | creates it             |
-//! | any other error (10008, ...), no answer | JetStream itself unavailable or electing | waits, not ready |
+//! | STREAM.INFO answers                    | means                       | the keeper       |
+//! |----------------------------------------|-----------------------------|------------------|
+//! | info naming a leader                   | usable                      | reports ready    |
+//! | info without a leader                  | election                    | waits, not ready |
+//! | error 10059, stream not found          | missing                     | creates it       |
+//! | another error (10008, ...), no answer  | election, or JetStream down | waits, not ready |
+//!
+//! During an election the followers stay silent until they give the old
+//! leader up, so "no answer" is what the keeper usually sees; a follower
+//! that has given it up answers with info that names no leader.
 //!
 //! A publish that times out (a leader that stopped answering) wakes the
 //! keeper too, without changing readiness: only the check's answer does.
@@ -354,7 +358,10 @@ impl Keep {
                 None => attempt.await,
             };
             if let Some(subjects) = usable {
-                episode.end("it has a leader");
+                // At start-up, "JetStream stream ready" says it.
+                if known.is_some() {
+                    episode.end("it has a leader");
+                }
                 return subjects;
             }
             if let Some(known) = &known
