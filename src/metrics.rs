@@ -278,7 +278,11 @@ impl Metrics {
     /// feed the latency histogram, so probes do not dilute it.
     /// Creates every series whose labels are known up front, at 0, so
     /// dashboards and `rate()` see them before the first event.
-    pub fn prepare(&self, sink: &'static str, rejection_reasons: &[&'static str]) {
+    pub fn prepare(
+        &self,
+        sink: &'static str,
+        rejection_reasons: impl IntoIterator<Item = &'static str>,
+    ) {
         for object in ObjectKind::ALL {
             for event in Event::ALL {
                 self.webhooks_received
@@ -621,7 +625,7 @@ mod tests {
     #[test]
     fn hot_series_count_under_their_own_labels() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
-        metrics.prepare("nats", &[]);
+        metrics.prepare("nats", []);
         // The table is indexed by discriminant: each slot must be its label.
         for (i, object) in ObjectKind::ALL.into_iter().enumerate() {
             assert_eq!(object as usize, i, "{object:?}");
@@ -649,7 +653,7 @@ mod tests {
     #[test]
     fn prepared_series_are_exported_at_zero() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
-        metrics.prepare("nats", &["malformed_json"]);
+        metrics.prepare("nats", ["malformed_json"]);
         let text = String::from_utf8(metrics.render()).unwrap_or_default();
         for line in [
             r#"apizee_bridge_webhooks_received_total{event="delete",object="conversationevent"} 0"#,

@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::budget::Budgets;
-use super::rejection::{Rejection, json_response};
+use super::rejection::{Answering, Kind, Rejection, json_response};
 use crate::config::{HttpSettings, Limits};
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
@@ -56,7 +56,7 @@ impl App {
         spool: Option<Arc<Spool>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.prepare(sink.name(), &Rejection::CLIENT_ERROR_CODES);
+        metrics.prepare(sink.name(), Kind::client_errors().map(Kind::code));
         let delivery = Delivery::new(
             sink,
             spool,
@@ -154,36 +154,13 @@ pub async fn handle(
         (Ok(()), Endpoint::Health) => health(&app, &request),
         (Ok(()), Endpoint::Other) => Err(Rejection::NotFound),
     };
-    let response = match result {
-        Ok(response) => response,
-        Err(rejection) => {
-            log_rejection(&rejection, peer);
-            if rejection.is_client_error() {
-                app.metrics.rejected(rejection.code());
-            }
-            let challenge = match &rejection {
-                Rejection::Denied(denial) => {
-                    app.metrics.auth_failure(denial.label());
-                    app.settings.guard.challenge()
-                }
-                Rejection::TooManyRequests { budget, .. } => {
-                    app.metrics.in_flight_refused(budget.label());
-                    None
-                }
-                _ => None,
-            };
-            let mut response = rejection.into_response(app.settings.retry_after_secs);
-            if let Some(challenge) = challenge
-                && response.status() == StatusCode::UNAUTHORIZED
-            {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                );
-            }
-            response
-        }
-    };
+    let response = result.unwrap_or_else(|rejection| {
+        let answering = Answering {
+            retry_after_secs: app.settings.retry_after_secs,
+            challenge: app.settings.guard.challenge(),
+        };
+        rejection.answer(peer, &app.metrics, answering)
+    });
     let label = match endpoint {
         Endpoint::Webhook => "webhook",
         Endpoint::Health => "health",
@@ -354,26 +331,5 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Rejection> {
             Err(Rejection::PayloadTooLarge { limit })
         }
         Err(e) => Err(Rejection::UnreadableBody(e.to_string())),
-    }
-}
-
-fn log_rejection(rejection: &Rejection, peer: SocketAddr) {
-    let status = rejection.status().as_u16();
-    match rejection {
-        Rejection::BrokerUnavailable(error) => {
-            tracing::warn!(%peer, status, reason = rejection.code(), %error, "webhook not published");
-        }
-        Rejection::InvalidEnvelope(problems) => {
-            let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-            tracing::warn!(%peer, status, reason = rejection.code(), fields = ?fields, "webhook rejected");
-        }
-        Rejection::Denied(denial) => {
-            // The sender is not told which check failed; the operator is.
-            tracing::warn!(%peer, status, reason = rejection.code(), check = denial.label(), "webhook refused");
-        }
-        Rejection::MalformedJson(detail) | Rejection::UnreadableBody(detail) => {
-            tracing::warn!(%peer, status, reason = rejection.code(), detail = %detail, "webhook rejected");
-        }
-        _ => tracing::warn!(%peer, status, reason = rejection.code(), "request rejected"),
     }
 }

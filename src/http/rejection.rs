@@ -1,15 +1,22 @@
-//! Every way a request can fail, mapped to status, machine code and message
-//! in exactly one function. Handlers return a [`Rejection`] and never build
-//! an error response by hand.
+//! Every way a request can fail, and its answer, declared once. The table
+//! of [`Kind`]s gives each one its status, code, log level and line, and
+//! whether it carries `Retry-After`; a [`Rejection`] holds the data its
+//! message and details need. Handlers return a `Rejection` with `?`, and
+//! [`Rejection::answer`] logs it, counts it and builds the response: no
+//! handler builds an error by hand.
+
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
+use tracing::Level;
 
 use super::budget::Budget;
 use crate::auth::Denial;
 use crate::envelope::Problem;
+use crate::metrics::Metrics;
 use crate::sink::PublishError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +46,126 @@ pub enum Rejection {
     BrokerUnavailable(PublishError),
 }
 
+/// The kinds of answer a [`Rejection`] gets. Its code is the `error` of the
+/// body and the `reason` label of `apizee_bridge_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    InvalidHost,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    Forbidden,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    UnreadableBody,
+    MalformedJson,
+    InvalidEnvelope,
+    TooManyRequests,
+    RequestTimeout,
+    BrokerUnavailable,
+}
+
+/// One row of the table: everything about a kind's answer but its message.
+struct Row {
+    status: StatusCode,
+    code: &'static str,
+    /// Every refusal is one an operator may have to act on (a sender with
+    /// the wrong secret, a broker down, a client too fast): warn.
+    level: Level,
+    /// The log line's message.
+    log: &'static str,
+    /// Whether the same request may succeed later (`Retry-After`).
+    retry_later: bool,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 13] = [
+        Kind::InvalidHost,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::Unauthorized,
+        Kind::Forbidden,
+        Kind::UnsupportedMediaType,
+        Kind::PayloadTooLarge,
+        Kind::UnreadableBody,
+        Kind::MalformedJson,
+        Kind::InvalidEnvelope,
+        Kind::TooManyRequests,
+        Kind::RequestTimeout,
+        Kind::BrokerUnavailable,
+    ];
+
+    /// The table.
+    const fn row(self) -> Row {
+        use StatusCode as S;
+        const REJECTED: &str = "request rejected";
+        let (status, code, log, retry_later) = match self {
+            Kind::InvalidHost => (S::BAD_REQUEST, "invalid_host", REJECTED, false),
+            Kind::NotFound => (S::NOT_FOUND, "not_found", REJECTED, false),
+            Kind::MethodNotAllowed => {
+                (S::METHOD_NOT_ALLOWED, "method_not_allowed", REJECTED, false)
+            }
+            Kind::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "webhook refused", false),
+            Kind::Forbidden => (S::FORBIDDEN, "forbidden", "webhook refused", false),
+            Kind::UnsupportedMediaType => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                REJECTED,
+                false,
+            ),
+            Kind::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", REJECTED, false),
+            Kind::UnreadableBody => (S::BAD_REQUEST, "unreadable_body", "webhook rejected", false),
+            Kind::MalformedJson => (S::BAD_REQUEST, "malformed_json", "webhook rejected", false),
+            Kind::InvalidEnvelope => (
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_envelope",
+                "webhook rejected",
+                false,
+            ),
+            Kind::TooManyRequests => (S::TOO_MANY_REQUESTS, "too_many_requests", REJECTED, true),
+            Kind::RequestTimeout => (S::REQUEST_TIMEOUT, "request_timeout", REJECTED, false),
+            Kind::BrokerUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "webhook not published",
+                true,
+            ),
+        };
+        Row {
+            status,
+            code,
+            level: Level::WARN,
+            log,
+            retry_later,
+        }
+    }
+
+    pub const fn status(self) -> StatusCode {
+        self.row().status
+    }
+
+    pub const fn code(self) -> &'static str {
+        self.row().code
+    }
+
+    /// The 4xx kinds: the sender's request was wrong, and sending it again
+    /// as it is won't help. Their counters exist (at 0) from the start.
+    pub fn client_errors() -> impl Iterator<Item = Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|kind| kind.status().is_client_error())
+    }
+}
+
+/// What an answer needs from the listener's settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Answering {
+    /// `Retry-After` of the kinds that may succeed later.
+    pub retry_after_secs: u64,
+    /// `WWW-Authenticate` of a 401, when a credential scheme has one.
+    pub challenge: Option<&'static str>,
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'static str,
@@ -46,58 +173,46 @@ struct ErrorBody<'a> {
     details: &'a [serde_json::Value],
 }
 
+/// Logs at a level chosen at run time; tracing's macros need it constant.
+macro_rules! event_at {
+    ($level:expr, $($fields:tt)+) => {
+        match $level {
+            Level::ERROR => tracing::error!($($fields)+),
+            Level::WARN => tracing::warn!($($fields)+),
+            Level::INFO => tracing::info!($($fields)+),
+            Level::DEBUG => tracing::debug!($($fields)+),
+            _ => tracing::trace!($($fields)+),
+        }
+    };
+}
+
 impl Rejection {
-    /// Codes of every 4xx, so their counters exist (at 0) from the start.
-    pub const CLIENT_ERROR_CODES: [&str; 12] = [
-        "invalid_host",
-        "not_found",
-        "method_not_allowed",
-        "unauthorized",
-        "forbidden",
-        "unsupported_media_type",
-        "payload_too_large",
-        "unreadable_body",
-        "malformed_json",
-        "invalid_envelope",
-        "too_many_requests",
-        "request_timeout",
-    ];
+    pub fn kind(&self) -> Kind {
+        match self {
+            Rejection::InvalidHost(_) => Kind::InvalidHost,
+            Rejection::NotFound => Kind::NotFound,
+            Rejection::MethodNotAllowed { .. } => Kind::MethodNotAllowed,
+            Rejection::Denied(denial) if denial.is_forbidden() => Kind::Forbidden,
+            Rejection::Denied(_) => Kind::Unauthorized,
+            Rejection::UnsupportedMediaType(_) => Kind::UnsupportedMediaType,
+            Rejection::PayloadTooLarge { .. } => Kind::PayloadTooLarge,
+            Rejection::UnreadableBody(_) => Kind::UnreadableBody,
+            Rejection::MalformedJson(_) => Kind::MalformedJson,
+            Rejection::InvalidEnvelope(_) => Kind::InvalidEnvelope,
+            Rejection::TooManyRequests { .. } => Kind::TooManyRequests,
+            Rejection::RequestTimeout => Kind::RequestTimeout,
+            Rejection::BrokerUnavailable(_) => Kind::BrokerUnavailable,
+        }
+    }
 
     pub fn status(&self) -> StatusCode {
-        match self {
-            Rejection::InvalidHost(_) => StatusCode::BAD_REQUEST,
-            Rejection::NotFound => StatusCode::NOT_FOUND,
-            Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::Denied(denial) if denial.is_forbidden() => StatusCode::FORBIDDEN,
-            Rejection::Denied(_) => StatusCode::UNAUTHORIZED,
-            Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::UnreadableBody(_) | Rejection::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            Rejection::InvalidEnvelope(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Rejection::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.kind().status()
     }
 
     /// The machine-readable code in the body; also the `reason` label of
     /// `apizee_bridge_rejections_total`.
     pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::InvalidHost(_) => "invalid_host",
-            Rejection::NotFound => "not_found",
-            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-            Rejection::Denied(denial) if denial.is_forbidden() => "forbidden",
-            Rejection::Denied(_) => "unauthorized",
-            Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
-            Rejection::PayloadTooLarge { .. } => "payload_too_large",
-            Rejection::UnreadableBody(_) => "unreadable_body",
-            Rejection::MalformedJson(_) => "malformed_json",
-            Rejection::InvalidEnvelope(_) => "invalid_envelope",
-            Rejection::TooManyRequests { .. } => "too_many_requests",
-            Rejection::RequestTimeout => "request_timeout",
-            Rejection::BrokerUnavailable(_) => "broker_unavailable",
-        }
+        self.kind().code()
     }
 
     /// One sentence for a human: what is wrong and what to do about it.
@@ -170,23 +285,86 @@ impl Rejection {
         self.status().is_client_error()
     }
 
-    pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
+    /// The answer to a request on the webhook listener: logged, counted,
+    /// and turned into the response.
+    pub fn answer(
+        self,
+        peer: SocketAddr,
+        metrics: &Metrics,
+        answering: Answering,
+    ) -> Response<Full<Bytes>> {
+        self.log(peer);
+        let kind = self.kind();
+        if kind.status().is_client_error() {
+            metrics.rejected(kind.code());
+        }
+        match &self {
+            Rejection::Denied(denial) => metrics.auth_failure(denial.label()),
+            Rejection::TooManyRequests { budget, .. } => metrics.in_flight_refused(budget.label()),
+            _ => {}
+        }
+        self.into_response(answering)
+    }
+
+    /// One line for the operator, who (unlike the sender) learns which
+    /// check failed and why the broker refused.
+    fn log(&self, peer: SocketAddr) {
+        let row = self.kind().row();
+        let (status, reason) = (row.status.as_u16(), row.code);
+        // Fields that are None are left out of the line.
+        let error = match self {
+            Rejection::BrokerUnavailable(error) => Some(tracing::field::display(error)),
+            _ => None,
+        };
+        let fields = match self {
+            Rejection::InvalidEnvelope(problems) => Some(tracing::field::debug(
+                problems
+                    .iter()
+                    .map(|p| p.field.as_str())
+                    .collect::<Vec<_>>(),
+            )),
+            _ => None,
+        };
+        let check = match self {
+            Rejection::Denied(denial) => Some(denial.label()),
+            _ => None,
+        };
+        let detail = match self {
+            Rejection::MalformedJson(detail) | Rejection::UnreadableBody(detail) => {
+                Some(tracing::field::display(detail))
+            }
+            _ => None,
+        };
+        event_at!(row.level, %peer, status, reason, error, fields, check, detail, "{}", row.log);
+    }
+
+    /// The response alone, neither logged nor counted (the metrics
+    /// listener's own 404 and 405).
+    pub fn into_response(self, answering: Answering) -> Response<Full<Bytes>> {
+        let kind = self.kind();
+        let row = kind.row();
         let body = serde_json::to_vec(&ErrorBody {
-            error: self.code(),
+            error: row.code,
             message: self.message(),
             details: &self.details(),
         })
         .unwrap_or_default();
-        let mut response = json_response(self.status(), body);
+        let mut response = json_response(row.status, body);
         let headers = response.headers_mut();
-        match &self {
-            Rejection::MethodNotAllowed { allow } => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            Rejection::BrokerUnavailable(_) | Rejection::TooManyRequests { .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            }
-            _ => {}
+        if row.retry_later {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(answering.retry_after_secs),
+            );
+        }
+        if let Rejection::MethodNotAllowed { allow } = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let (Kind::Unauthorized, Some(challenge)) = (kind, answering.challenge) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }
@@ -228,16 +406,44 @@ mod tests {
     }
 
     #[test]
-    fn client_error_codes_list_exactly_the_4xx_rejections() {
-        let mut codes: Vec<&str> = all()
-            .iter()
-            .filter(|r| r.is_client_error())
-            .map(Rejection::code)
-            .collect();
-        let mut listed = Rejection::CLIENT_ERROR_CODES.to_vec();
+    fn every_kind_has_a_rejection_and_a_code_of_its_own() {
+        let kinds: Vec<Kind> = all().iter().map(Rejection::kind).collect();
+        for kind in Kind::ALL {
+            assert!(kinds.contains(&kind), "no rejection of kind {kind:?}");
+        }
+        let mut codes: Vec<&str> = Kind::ALL.iter().map(|k| k.code()).collect();
         codes.sort_unstable();
-        listed.sort_unstable();
-        assert_eq!(codes, listed);
+        codes.dedup();
+        assert_eq!(codes.len(), Kind::ALL.len(), "two kinds share a code");
+        assert_eq!(Kind::client_errors().count(), Kind::ALL.len() - 1);
+    }
+
+    #[test]
+    fn retry_after_goes_with_the_answers_a_retry_may_change() {
+        let answering = Answering {
+            retry_after_secs: 7,
+            challenge: Some("Basic realm=\"apizee-bridge\""),
+        };
+        for rejection in all() {
+            let kind = rejection.kind();
+            let response = rejection.into_response(answering);
+            let retry = response.headers().get(header::RETRY_AFTER);
+            assert_eq!(
+                retry.is_some(),
+                matches!(kind, Kind::TooManyRequests | Kind::BrokerUnavailable),
+                "{kind:?}"
+            );
+            assert_eq!(
+                response.headers().contains_key(header::WWW_AUTHENTICATE),
+                kind == Kind::Unauthorized,
+                "{kind:?}"
+            );
+            assert_eq!(
+                response.headers().contains_key(header::ALLOW),
+                kind == Kind::MethodNotAllowed,
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]
@@ -258,7 +464,7 @@ mod tests {
         let answers: Vec<(u16, String)> = Denial::ALL
             .iter()
             .map(|&denial| {
-                let response = Rejection::Denied(denial).into_response(1);
+                let response = Rejection::Denied(denial).into_response(Answering::default());
                 (response.status().as_u16(), format!("{:?}", response.body()))
             })
             .collect();
@@ -275,7 +481,10 @@ mod tests {
     fn publish_errors_never_reach_the_body() {
         let rejection =
             Rejection::BrokerUnavailable(PublishError::Refused("stream at 10.0.0.7".into()));
-        let response = rejection.into_response(3);
+        let response = rejection.into_response(Answering {
+            retry_after_secs: 3,
+            challenge: None,
+        });
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
         let body = format!("{:?}", response.body());
         assert!(!body.contains("10.0.0.7"), "{body}");

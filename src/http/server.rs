@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::handler::{self, App};
-use super::rejection::Rejection;
+use super::rejection::{Answering, Rejection};
 use crate::config::{Drain, Limits};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -434,10 +434,11 @@ fn metrics_response(
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
-        return Rejection::NotFound.into_response(0);
+        return Rejection::NotFound.into_response(Answering::default());
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return Rejection::MethodNotAllowed { allow: "GET, HEAD" }.into_response(0);
+        return Rejection::MethodNotAllowed { allow: "GET, HEAD" }
+            .into_response(Answering::default());
     }
     // Read at scrape time, so the gauges are never stale.
     delivery.report(metrics);
