@@ -379,11 +379,18 @@ pub async fn request(
 }
 
 /// The value of one series in a Prometheus text exposition, such as
-/// `apizee_bridge_publishes_total{outcome="ok",sink="nats"}`; 0 if absent.
+/// `apizee_bridge_publishes_total{outcome="ok",sink="nats"}`. A series that
+/// is not there fails the test, also inside a wait: a misspelt name or a
+/// label set the bridge never exports must not read as 0.
 pub fn metric_value(exposition: &str, series: &str) -> f64 {
     exposition
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+        .map(|value| {
+            value
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}: value {value:?}: {e}"))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in the metrics:\n{exposition}"))
 }
