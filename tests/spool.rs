@@ -59,7 +59,10 @@ async fn broker_down_means_202_then_delivery_in_order_when_it_is_back() {
     assert_eq!(metric_value(&metrics, "apizee_bridge_spooled_total"), 4.0);
     // Four events spooled just now: the oldest has waited, but not long.
     let oldest = metric_value(&metrics, "apizee_bridge_spool_oldest_age_seconds");
-    assert!((0.0..60.0).contains(&oldest), "oldest spooled event: {oldest} s");
+    assert!(
+        (0.0..60.0).contains(&oldest),
+        "oldest spooled event: {oldest} s"
+    );
     for name in [
         "apizee_bridge_spool_oldest_age_seconds",
         "apizee_bridge_spool_replay_failures_total",
