@@ -14,7 +14,8 @@
 //! The leader is first moved off the bridge's server, so that each case is
 //! the one fault it names. Then: no webhook answered 200 is missing from the
 //! stream; every answer is 200, or 503 with `Retry-After`; 200s resume
-//! within [`RESUME_DEADLINE`] of the fault; `/readyz` is 503 during a
+//! within [`RESUME_DEADLINE`] of the fault (within [`RECONNECT_DEADLINE`]
+//! when it is the bridge's own server that died); `/readyz` is 503 during a
 //! leaderless outage and 200 again within [`READY_LAG`] of 200s resuming;
 //! the bridge never takes the leaderless stream for a missing one (its log
 //! says "no leader" once per episode, never "creating it again").
@@ -51,6 +52,10 @@ const DOWN_AT_LEAST: Duration = Duration::from_secs(3);
 const PUBLISH_TIMEOUT: &str = "2s";
 /// The promise: 200s again this soon after the fault.
 const RESUME_DEADLINE: Duration = Duration::from_secs(10);
+/// When the bridge's own server dies, 200s are back this soon: it moves to
+/// another server at once, and publishes lost with the connection fail then,
+/// not after `--publish-timeout`.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(1);
 /// How long a wait for something the promise bounds may run before the test
 /// gives up on it (then the assertion on the figure says why).
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -474,9 +479,16 @@ async fn failover(fault: Fault) {
         "{case}: 200s resumed {resumed_after:?} after the fault, over {RESUME_DEADLINE:?}"
     );
     // A bridge whose server died reconnects to another at once, usually
-    // faster than the sampling sees; its outage is the publishes in flight
-    // on the dead connection, waiting out --publish-timeout.
-    if fault != Fault::KillBridgeServer {
+    // faster than the sampling sees, and fails the publishes that were
+    // waiting for an ack on the lost connection instead of letting them
+    // wait out --publish-timeout.
+    if fault == Fault::KillBridgeServer {
+        assert!(
+            resumed_after.is_some_and(|d| d < RECONNECT_DEADLINE),
+            "{case}: 200s resumed {resumed_after:?} after the bridge's server died, over \
+             {RECONNECT_DEADLINE:?}"
+        );
+    } else {
         assert!(
             not_ready_during_outage,
             "{case}: /readyz stayed 200 while the stream had no leader"

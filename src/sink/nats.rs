@@ -4,7 +4,10 @@
 //! The client reconnects forever in the background. While it is not
 //! connected, publishes fail at once with [`PublishError::NotConnected`]
 //! instead of queueing in the client's reconnect buffer: a message the sender
-//! was told failed must not show up on the broker later.
+//! was told failed must not show up on the broker later. A JetStream publish
+//! still waiting for its PubAck when the connection drops fails at once too:
+//! the ack would have come on the lost connection, so waiting out
+//! `--publish-timeout` would only hold the sender.
 //!
 //! With JetStream, the event id goes in `Nats-Msg-Id`, so a webhook retried
 //! within the stream's duplicate window (2 minutes by default) is stored once,
@@ -21,6 +24,7 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAddr};
+use tokio::sync::watch;
 
 use super::{BoxFuture, PublishError, Sink};
 use crate::config::{NatsAuth, NatsSettings};
@@ -36,6 +40,8 @@ pub struct NatsSink {
     /// Keeps `--nats-stream` in existence; `None` when no stream is managed.
     stream: Option<Arc<StreamKeeper>>,
     publish_timeout: Duration,
+    /// Counts the connections lost, so a publish can tell that its own was.
+    disconnects: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +70,8 @@ impl NatsSink {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let options = connect_options(settings).await?;
+        let disconnects = Arc::new(watch::Sender::new(0));
+        let options = connect_options(settings, disconnects.clone()).await?;
         let client = options
             .connect(servers)
             .await
@@ -97,6 +104,7 @@ impl NatsSink {
             jetstream,
             stream,
             publish_timeout: settings.publish_timeout,
+            disconnects,
         })
     }
 
@@ -105,7 +113,10 @@ impl NatsSink {
     }
 }
 
-async fn connect_options(settings: &NatsSettings) -> Result<ConnectOptions, NatsSetupError> {
+async fn connect_options(
+    settings: &NatsSettings,
+    disconnects: Arc<watch::Sender<u64>>,
+) -> Result<ConnectOptions, NatsSetupError> {
     let mut options =
         match &settings.auth {
             NatsAuth::None => ConnectOptions::new(),
@@ -136,14 +147,20 @@ async fn connect_options(settings: &NatsSettings) -> Result<ConnectOptions, Nats
         .connection_timeout(Duration::from_secs(5))
         // Publishes are refused while disconnected, so nothing needs to wait
         // in the client's buffer beyond what is in flight.
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("connected to NATS"),
-                Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                Event::LameDuckMode => {
-                    tracing::warn!("NATS server entered lame duck mode; it will close soon")
+        .event_callback(move |event| {
+            let disconnects = disconnects.clone();
+            async move {
+                match event {
+                    Event::Connected => tracing::info!("connected to NATS"),
+                    Event::Disconnected => {
+                        disconnects.send_modify(|count| *count += 1);
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    Event::LameDuckMode => {
+                        tracing::warn!("NATS server entered lame duck mode; it will close soon")
+                    }
+                    other => tracing::warn!(event = %other, "NATS client event"),
                 }
-                other => tracing::warn!(event = %other, "NATS client event"),
             }
         }))
 }
@@ -211,9 +228,21 @@ impl NatsSink {
             .payload(message.payload.clone())
             .headers(nats_headers(message))
             .message_id(&message.event_id);
-        let outcome = match js.send_publish(message.topic.clone(), publish).await {
-            Ok(ack) => ack.await.map(drop),
-            Err(e) => Err(e),
+        let mut disconnects = self.disconnects.subscribe();
+        let acknowledged = async {
+            match js.send_publish(message.topic.clone(), publish).await {
+                Ok(ack) => ack.await.map(drop),
+                Err(e) => Err(e),
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = acknowledged => outcome,
+            // Lost with the connection; the sender retries, and Nats-Msg-Id
+            // keeps one copy should the server have stored it after all.
+            _ = disconnects.changed() => {
+                unanswered.armed = false;
+                return Err(PublishError::NotConnected);
+            }
         };
         unanswered.armed = false;
         match outcome {
