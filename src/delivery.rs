@@ -44,8 +44,8 @@ pub struct Delivery {
     spooled: Notify,
     /// Until then, a webhook waits for a sink that has never been ready.
     startup_deadline: Instant,
-    /// True once start-up is over: the sink was ready once, or the
-    /// deadline passed. Set by [`Delivery::watch_startup`] alone.
+    /// True once start-up is over: the sink was seen ready once, or the
+    /// deadline passed.
     started: watch::Sender<bool>,
 }
 
@@ -75,7 +75,19 @@ impl Delivery {
     /// Ready while the broker takes messages, or while the spool has room
     /// to keep them.
     pub fn is_ready(&self) -> bool {
-        self.sink.is_ready() || self.spool.as_ref().is_some_and(|s| s.has_room())
+        self.sink_ready() || self.spool.as_ref().is_some_and(|s| s.has_room())
+    }
+
+    /// Whether the sink is ready, ending start-up when it is. Whoever sees
+    /// it first ends it: a `/readyz` that answered 200 has told a balancer
+    /// the broker is there, so a broker lost right after must get senders
+    /// their 503 at once, not after the rest of `--startup-timeout`.
+    fn sink_ready(&self) -> bool {
+        let ready = self.sink.is_ready();
+        if ready && !*self.started.borrow() {
+            self.started.send_replace(true);
+        }
+        ready
     }
 
     pub async fn deliver(&self, message: &Message) -> Result<Delivered, PublishError> {
@@ -105,7 +117,7 @@ impl Delivery {
     /// waits for the connection, up to `--startup-timeout`, rather than get
     /// a 503 that a second later would have been a 200.
     async fn wait_for_startup(&self) {
-        if *self.started.borrow() || self.sink.is_ready() {
+        if *self.started.borrow() || self.sink_ready() {
             return;
         }
         let mut started = self.started.subscribe();
@@ -120,7 +132,7 @@ impl Delivery {
     /// no readiness event, so it is looked at every [`STARTUP_POLL`], here
     /// only, however many webhooks wait.
     pub async fn watch_startup(self: Arc<Self>) {
-        while !self.sink.is_ready() && Instant::now() < self.startup_deadline {
+        while !self.sink_ready() && Instant::now() < self.startup_deadline {
             tokio::time::sleep(STARTUP_POLL).await;
         }
         self.started.send_replace(true);
@@ -227,5 +239,67 @@ impl Delivery {
             let age = spool.oldest_age().ok().flatten().unwrap_or_default();
             metrics.set_spool(spool.len(), spool.bytes(), spool.max_bytes(), age);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    use crate::sink::memory::{Behaviour, MemorySink};
+
+    fn message() -> Message {
+        Message {
+            topic: "apizee.ticket.update".into(),
+            key: "1".into(),
+            event_id: "id".into(),
+            headers: Vec::new(),
+            payload: Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn delivery(sink: &Arc<MemorySink>, startup_timeout: Duration) -> Delivery {
+        Delivery::new(
+            sink.clone(),
+            None,
+            Duration::from_secs(1),
+            startup_timeout,
+            Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}"))),
+        )
+    }
+
+    // Each case runs on a fresh paused clock: the deadline is set from the
+    // real clock, which a paused one leaves behind as it advances.
+
+    /// Before the sink was ever ready, a webhook waits for it, up to the
+    /// start-up timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_never_ready_is_waited_for_until_the_start_up_timeout() {
+        let sink = Arc::new(MemorySink::new());
+        sink.set_ready(false);
+        sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+        let delivery = delivery(&sink, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        assert!(delivery.deliver(&message()).await.is_err());
+        assert!(started.elapsed() >= Duration::from_secs(10), "did not wait");
+    }
+
+    /// Once /readyz has said ready, a lost broker is a 503 at once, even if
+    /// the start-up watcher has not looked yet.
+    #[tokio::test(start_paused = true)]
+    async fn start_up_ends_when_readiness_is_first_seen() {
+        let sink = Arc::new(MemorySink::new());
+        sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+        let delivery = delivery(&sink, Duration::from_secs(10));
+        assert!(delivery.is_ready());
+        sink.set_ready(false);
+        let started = tokio::time::Instant::now();
+        assert!(delivery.deliver(&message()).await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited {:?} after /readyz had said ready",
+            started.elapsed()
+        );
     }
 }
