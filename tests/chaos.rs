@@ -294,7 +294,7 @@ async fn nats_jetstream_kill_9_mid_load_loses_no_acknowledged_event() {
     })
     .await;
 
-    let stored = stream_contents(&nats, "WEBHOOKS").await;
+    let stored = stream_contents(&jetstream::new(nats.client().await), "WEBHOOKS").await;
     let lost = reconcile("nats", &load, &stored);
     assert!(
         lost.is_empty(),
@@ -303,54 +303,6 @@ async fn nats_jetstream_kill_9_mid_load_loses_no_acknowledged_event() {
         &lost[..lost.len().min(20)]
     );
     bridge.stop().await;
-}
-
-/// Every message of the stream, as (apizee-event-id, payload), by direct
-/// get of each sequence number.
-async fn stream_contents(nats: &NatsServer, name: &str) -> Vec<(String, Bytes)> {
-    let js = jetstream::new(nats.client().await);
-    let mut stream = js
-        .get_stream(name)
-        .await
-        .unwrap_or_else(|e| panic!("stream {name}: {e}"));
-    let state = stream
-        .info()
-        .await
-        .unwrap_or_else(|e| panic!("stream {name} info: {e}"))
-        .state
-        .clone();
-    let results: Vec<_> = futures_util::stream::iter(state.first_sequence..=state.last_sequence)
-        .map(|sequence| {
-            let stream = stream.clone();
-            async move { (sequence, stream.get_raw_message(sequence).await) }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    let mut stored = Vec::with_capacity(results.len());
-    let mut missing = Vec::new();
-    for (sequence, result) in results {
-        match result {
-            Ok(message) => {
-                let id = message
-                    .headers
-                    .get("apizee-event-id")
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_else(|| panic!("message {sequence} has no apizee-event-id"));
-                stored.push((id, message.payload));
-            }
-            Err(e) => missing.push((sequence, e.to_string())),
-        }
-    }
-    assert_eq!(
-        stored.len() as u64,
-        state.messages,
-        "stream {name} holds {} messages in {}..={}, but direct get failed for {missing:?}",
-        state.messages,
-        state.first_sequence,
-        state.last_sequence
-    );
-    stored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

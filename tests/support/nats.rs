@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{free_port, get, wait_until};
+use super::{free_port, get, missing_tool, wait_until};
 
 /// Which nats-server a test runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +61,6 @@ impl NatsRelease {
             Self::Oldest => "nats-server 2.9.10 (the oldest release the tests run)",
         }
     }
-}
-
-/// Fails the test with `message` as its only output: no "panicked at"
-/// line and no backtrace (resuming an unwind skips the panic hook, which
-/// prints both, even with `RUST_BACKTRACE` set). The test harness shows
-/// what the test wrote, so the line is written first.
-pub fn missing_tool(message: String) -> ! {
-    eprintln!("{message}");
-    std::panic::resume_unwind(Box::new(message))
 }
 
 /// The nats-server every test runs unless it asks for a release.
