@@ -105,9 +105,7 @@ impl Delivery {
         }
         match self.publish(message).await {
             Ok(()) => Ok(Delivered::Acknowledged),
-            Err(error @ (PublishError::NotConnected | PublishError::Timeout(_))) => {
-                self.spool(spool, message, error).await
-            }
+            Err(error) if error.is_transient() => self.spool(spool, message, error).await,
             Err(error) => Err(error),
         }
     }

@@ -14,6 +14,7 @@ use prometheus::{
 use crate::auth::Denial;
 use crate::envelope::{ENUM_FIELDS, Envelope, Event, ObjectKind, UnknownValue};
 use crate::http::budget::Budget;
+use crate::sink::PublishError;
 
 const NAMESPACE: &str = "apizee_bridge";
 
@@ -31,9 +32,6 @@ pub const CONNECTION_ERROR_KINDS: [&str; 5] = [
     "incomplete_message",
     "other",
 ];
-
-/// `ok` and every [`crate::sink::PublishError::kind`].
-const PUBLISH_OUTCOMES: [&str; 5] = ["ok", "not_connected", "timeout", "refused", "failed"];
 
 pub struct Metrics {
     registry: Registry,
@@ -302,7 +300,7 @@ impl Metrics {
         for kind in CONNECTION_ERROR_KINDS {
             self.connection_errors.with_label_values(&[kind]);
         }
-        for outcome in PUBLISH_OUTCOMES {
+        for outcome in std::iter::once("ok").chain(PublishError::KINDS) {
             self.publishes.with_label_values(&[sink, outcome]);
             self.dead_letters.with_label_values(&[outcome]);
         }
@@ -608,17 +606,17 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::PublishError;
 
     #[test]
     fn publish_outcomes_cover_every_error_kind() {
         for error in [
             PublishError::NotConnected,
             PublishError::Timeout(Duration::from_secs(1)),
+            PublishError::Unavailable(String::new()),
             PublishError::Refused(String::new()),
             PublishError::Failed(String::new()),
         ] {
-            assert!(PUBLISH_OUTCOMES.contains(&error.kind()), "{error:?}");
+            assert!(PublishError::KINDS.contains(&error.kind()), "{error:?}");
         }
     }
 

@@ -51,6 +51,11 @@ pub enum PublishError {
     NotConnected,
     #[error("the broker did not acknowledge within {0:?}")]
     Timeout(Duration),
+    /// Reachable, but unable to store anything for a while: a JetStream
+    /// stream without a leader (an election) or not yet made. Like
+    /// `NotConnected`, it passes; with `--spool-dir` the webhook is spooled.
+    #[error("the broker cannot take the message now: {0}")]
+    Unavailable(String),
     #[error("the broker refused the message: {0}")]
     Refused(String),
     #[error("publishing failed: {0}")]
@@ -58,13 +63,32 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Every [`PublishError::kind`], for metrics that exist from the start.
+    pub const KINDS: [&str; 5] = [
+        "not_connected",
+        "timeout",
+        "unavailable",
+        "refused",
+        "failed",
+    ];
+
     /// A bounded label value for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             PublishError::NotConnected => "not_connected",
             PublishError::Timeout(_) => "timeout",
+            PublishError::Unavailable(_) => "unavailable",
             PublishError::Refused(_) => "refused",
             PublishError::Failed(_) => "failed",
         }
+    }
+
+    /// Whether the broker is expected back: the webhook may wait in the
+    /// spool. A refusal would be refused again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PublishError::NotConnected | PublishError::Timeout(_) | PublishError::Unavailable(_)
+        )
     }
 }

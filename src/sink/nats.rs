@@ -85,7 +85,7 @@ impl NatsSink {
 
         let stream = match (&jetstream, &settings.stream) {
             (Some(js), Some(stream)) => {
-                let keeper = Arc::new(StreamKeeper::new(&stream.name));
+                let keeper = Arc::new(StreamKeeper::new(stream));
                 let keep = stream::Keep {
                     js: js.clone(),
                     client: client.clone(),
@@ -196,8 +196,9 @@ impl NatsSink {
             PublishErrorKind::StreamNotFound => match self.keeper_of(subject) {
                 Some(keeper) => {
                     keeper.no_responders();
-                    PublishError::Failed(format!(
-                        "no JetStream server took subject {subject}: stream {} has no leader                          or is gone (the bridge checks which and logs it)",
+                    PublishError::Unavailable(format!(
+                        "no JetStream server took subject {subject}: stream {} has no leader \
+                         or is gone (the bridge checks which and logs it)",
                         keeper.name()
                     ))
                 }

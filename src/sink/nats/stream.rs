@@ -58,7 +58,10 @@ pub(super) struct StreamKeeper {
     /// How many times an acknowledged publish made the stream ready again.
     /// A check that began before one must not undo it with an older answer.
     acknowledgements: Mutex<u64>,
-    /// The stream's subjects as the server reported them.
+    /// The stream's subjects as the server reported them; until the first
+    /// check, those it will be created with. A webhook that arrives before
+    /// then (a spool lets `/readyz` say 200 at once) is waiting for the
+    /// stream, not sent where none will be.
     captured: RwLock<Vec<String>>,
     /// A publish on a captured subject got no responder, or no answer.
     suspect: Notify,
@@ -67,12 +70,12 @@ pub(super) struct StreamKeeper {
 }
 
 impl StreamKeeper {
-    pub(super) fn new(name: &str) -> Self {
+    pub(super) fn new(settings: &StreamSettings) -> Self {
         Self {
-            name: name.to_owned(),
+            name: settings.name.clone(),
             ready: AtomicBool::new(false),
             acknowledgements: Mutex::new(0),
-            captured: RwLock::new(Vec::new()),
+            captured: RwLock::new(settings.subjects.clone()),
             suspect: Notify::new(),
             acknowledged: Notify::new(),
         }
