@@ -23,6 +23,8 @@
 //! The cases run one at a time ([`SERIAL`]): three clusters, three bridges
 //! and their senders at once on 2 cores would slow the elections they time.
 
+// A binary of its own: the cases time elections, which other tests
+// running beside them on 2 cores would slow past the limits measured here.
 mod support;
 
 use std::collections::HashMap;

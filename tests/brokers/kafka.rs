@@ -2,14 +2,12 @@
 //! each test on a free loopback port. Messages are read back with a separate
 //! consumer.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::support::kafka::{Tansu, header, key, partition_count, read_topic};
+use crate::support::*;
 use bytes::Bytes;
 use rdkafka::Message as _;
-use support::kafka::{Tansu, header, key, partition_count, read_topic};
-use support::*;
 
 async fn start_bridge(broker: &Tansu, extra: &[&str]) -> Bridge {
     let bootstrap = broker.bootstrap();
@@ -101,7 +99,7 @@ async fn spec_samples_arrive_byte_for_byte_with_key_and_headers() {
         2.0
     );
     // kafka_delivery_errors_total has a series only once an error happens:
-    // tests/kafka_mock.rs provokes one.
+    // tests/brokers/kafka_mock.rs provokes one.
     for name in [
         "apizee_bridge_kafka_queue_messages",
         "apizee_bridge_kafka_in_flight_messages",

@@ -4,17 +4,15 @@
 //! does not say which check failed, is counted by reason, and publishes
 //! nothing.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use apizee_bridge::sink::memory::MemorySink;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use ring::hmac;
-use support::*;
 
 async fn bridge_with(args: &[&str]) -> (Bridge, Arc<MemorySink>) {
     let sink = Arc::new(MemorySink::new());

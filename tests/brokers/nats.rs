@@ -11,16 +11,14 @@
 //!
 //! Each test owns its server on its own port, so they run in parallel.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use async_nats::jetstream::{self, message::StreamMessage, stream};
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::*;
 
 /// One test per case and release, each calling `case(release)`.
 macro_rules! on_both_releases {

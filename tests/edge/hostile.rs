@@ -9,15 +9,13 @@
 //! too many or too large headers) have an empty body, not our JSON: those
 //! requests never reach the handler.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use apizee_bridge::sink::memory::MemorySink;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

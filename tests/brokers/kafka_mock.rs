@@ -1,14 +1,12 @@
 //! Kafka fault tests with librdkafka's in-process mock cluster: brokers that
 //! go down and come back, and acknowledgements that come too late.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::kafka::{key, read_topic};
+use crate::support::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use support::kafka::{key, read_topic};
-use support::*;
 
 const TOPIC: &str = "apizee.ticket.update";
 

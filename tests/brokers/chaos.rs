@@ -14,20 +14,18 @@
 //! Each test owns its brokers, ports and directories, so they run in
 //! parallel with each other and with the other test binaries.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::kafka::{DurableTansu, Tansu, header, read_all};
+use crate::support::*;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use rdkafka::Message as _;
-use support::kafka::{DurableTansu, Tansu, header, read_all};
-use support::*;
 
 /// Distinct webhooks each kill test sends.
 const EVENTS: usize = 3000;

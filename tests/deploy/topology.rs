@@ -14,8 +14,6 @@
 //! Needs `haproxy` and `prometheus` (Debian's packages; `bash .ci/test`
 //! installs them).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,16 +22,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::compose::interpolate;
+use crate::support::kafka::{Tansu, header, read_topic};
+use crate::support::process::BridgeProcess;
+use crate::support::prometheus::Prometheus;
+use crate::support::*;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use serde_yaml::Value as Yaml;
-use support::compose::interpolate;
-use support::kafka::{Tansu, header, read_topic};
-use support::process::BridgeProcess;
-use support::prometheus::Prometheus;
-use support::*;
 use tokio::net::TcpStream;
 
 const COMPOSE: &str = "deploy/compose/compose.yaml";

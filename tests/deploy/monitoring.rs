@@ -7,22 +7,20 @@
 //! `bash .ci/test` installs). Set `PROMTOOL` or `PROMETHEUS` to use other
 //! builds.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::support::prometheus::Prometheus;
+use crate::support::*;
 use apizee_bridge::sink::memory::MemorySink;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use support::prometheus::Prometheus;
-use support::*;
 
 const ALERTS: &str = "deploy/prometheus/alerts.yaml";
 const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yaml";
@@ -95,7 +93,7 @@ spec: {}
     format!(
         "# Generated from deploy/prometheus/alerts.yaml (its comments say what each\n\
          # rule is for): edit that file, then write this one again with\n\
-         #   {WRITE_PROMETHEUS_RULE}=1 cargo test --test deploy_prometheus prometheus_rule\n\
+         #   {WRITE_PROMETHEUS_RULE}=1 cargo test --test deploy prometheus_rule\n\
          # Needs the Prometheus Operator's CRDs, like servicemonitor.yaml. Its\n\
          # ruleSelector may ask for a label (kube-prometheus-stack: its release\n\
          # label): add it in an overlay. The ServiceMonitor's job label is the\n\
@@ -114,7 +112,7 @@ fn the_prometheus_rule_holds_the_alert_rules_and_promtool_accepts_them() {
     assert!(
         read(PROMETHEUS_RULE) == expected,
         "{PROMETHEUS_RULE} is not {ALERTS} as a PrometheusRule: write it again with \
-         `{WRITE_PROMETHEUS_RULE}=1 cargo test --test deploy_prometheus prometheus_rule`"
+         `{WRITE_PROMETHEUS_RULE}=1 cargo test --test deploy prometheus_rule`"
     );
     // What the operator hands Prometheus is spec, a rule file of its own.
     let dir = tempfile::tempdir().unwrap();
@@ -480,7 +478,7 @@ struct Bridges {
     kafka: Bridge,
     /// The opt-in families: TLS, the spool, auth, dead letters.
     edge: Bridge,
-    _edge_files: (support::tls::Pki, tempfile::TempDir),
+    _edge_files: (crate::support::tls::Pki, tempfile::TempDir),
     // Dropped last: the Kafka bridge's producer talks to it until then.
     _cluster: MockCluster<'static, DefaultProducerContext>,
 }
@@ -520,7 +518,7 @@ impl Bridges {
         );
         // TLS, a spool, a shared secret and a dead-letter topic: their
         // series exist at 0 from the start.
-        let pki = support::tls::Pki::new("edge");
+        let pki = crate::support::tls::Pki::new("edge");
         let mut args = pki.install(&pki.server("localhost"));
         args.extend(
             [

@@ -1,15 +1,13 @@
 //! The README documents every flag, env var and metric the binary has, and
 //! nothing it lacks.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::support::*;
 use apizee_bridge::config::Cli;
 use apizee_bridge::sink::memory::MemorySink;
 use clap::CommandFactory;
-use support::*;
 
 fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
@@ -47,15 +45,15 @@ async fn readme_metrics_table_matches_the_exported_metrics() {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|name| !name.starts_with("apizee_bridge_process_"))
         .map(str::to_owned)
-        // The memory sink exports no Kafka series; tests/kafka.rs checks those.
+        // The memory sink exports no Kafka series; tests/brokers/kafka.rs checks those.
         .collect();
     let documented: BTreeSet<String> = readme()
         .lines()
         .filter_map(|l| l.strip_prefix("| `apizee_bridge_"))
         .filter_map(|l| l.split('`').next())
         // Kafka, spool and TLS series exist only with --sink kafka /
-        // --spool-dir / --tls-cert: tests/kafka*.rs, tests/spool.rs and
-        // tests/tls.rs check those.
+        // --spool-dir / --tls-cert: tests/kafka*.rs, tests/brokers/spool.rs and
+        // tests/edge/tls.rs check those.
         .filter(|name| {
             !["process_", "kafka_", "spool", "tls_"]
                 .iter()

@@ -1,16 +1,14 @@
 //! The durable spool: 202 when the broker cannot take a webhook, delivery in
 //! order once it is back, a bounded size, and survival of `kill -9`.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::process::BridgeProcess;
+use crate::support::*;
 use apizee_bridge::sink::PublishError;
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use async_nats::jetstream;
 use bytes::Bytes;
-use support::process::BridgeProcess;
-use support::*;
 
 fn ticket(id: u32, time: u32) -> String {
     format!(r#"{{"event":"update","time":{time},"object":"ticket","objectId":{id},"props":{{}}}}"#)
@@ -254,7 +252,7 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
-    use support::kafka::{DurableTansu, header, read_topic};
+    use crate::support::kafka::{DurableTansu, header, read_topic};
 
     let mut broker = DurableTansu::start().await;
     let bootstrap = broker.bootstrap();

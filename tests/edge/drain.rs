@@ -3,17 +3,15 @@
 //! leaving (`/readyz` 503, `Connection: close`, idle keep-alive connections
 //! closed), and a webhook that reaches a replica before its broker does
 //! waits for it (up to `--startup-timeout`) instead of getting a 503.
-//! `tests/topology.rs` runs the same through HAProxy with real brokers.
-
-mod support;
+//! `tests/deploy/topology.rs` runs the same through HAProxy with real brokers.
 
 use std::sync::Arc;
 
+use crate::support::*;
 use apizee_bridge::sink::PublishError;
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use support::*;
 use tokio::net::TcpStream;
 
 fn ticket(n: u64) -> String {

@@ -1,15 +1,13 @@
 //! The systemd unit: valid for systemd, hardened, and consistent with the
 //! binary's flags and shutdown timeout.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
 use apizee_bridge::config::Cli;
 use clap::CommandFactory;
 
-const UNIT: &str = include_str!("../deploy/systemd/apizee-bridge.service");
+const UNIT: &str = include_str!("../../deploy/systemd/apizee-bridge.service");
 
 fn directive<'a>(name: &str) -> Vec<&'a str> {
     UNIT.lines()
@@ -164,7 +162,7 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
                 && value.starts_with(&*credentials.path().to_string_lossy())),
         "the token file is not read from the credentials directory: {env:?}"
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", crate::support::free_port())
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
     for (name, value) in [
@@ -173,20 +171,20 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
         ("APIZEE_BRIDGE_LISTEN", addr.to_string()),
         (
             "APIZEE_BRIDGE_METRICS_LISTEN",
-            format!("127.0.0.1:{}", support::free_port()),
+            format!("127.0.0.1:{}", crate::support::free_port()),
         ),
     ] {
         env.push((name.to_owned(), value));
     }
     let log = credentials.path().join("bridge.log");
-    let bridge = support::process::BridgeProcess::spawn_with_env(
+    let bridge = crate::support::process::BridgeProcess::spawn_with_env(
         env.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         addr,
         &log,
     );
     bridge.wait_ready().await;
     let post = async |token: &str| {
-        support::request(
+        crate::support::request(
             addr,
             "POST",
             "/webhooks",
@@ -194,7 +192,7 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
                 ("content-type", "application/json"),
                 ("x-apizee-secret", token),
             ],
-            bytes::Bytes::from_static(support::SPEC_TICKET.as_bytes()),
+            bytes::Bytes::from_static(crate::support::SPEC_TICKET.as_bytes()),
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"))

@@ -5,16 +5,14 @@
 //! signed webhooks need, and HTTP/1.1 requests without exactly one Host
 //! header are refused.
 
-mod support;
-
 use std::net::SocketAddr;
 
+use crate::support::kafka::{Tansu, create_topics, header, partition_count, read_all, read_topic};
+use crate::support::*;
 use async_nats::jetstream;
 use futures_util::future::join_all;
 use rdkafka::Message as _;
 use ring::hmac;
-use support::kafka::{Tansu, create_topics, header, partition_count, read_all, read_topic};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -16,12 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-mod support;
-
+use crate::support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
 use apizee_bridge::config::{Cli, LogFormat, Settings, SinkSettings};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
-use support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
 
 /// The oldest Kubernetes the manifests are checked against (and the newest
 /// that kubernetes-validate knows): nothing in them needs a newer one.
@@ -442,7 +440,7 @@ const SERVICE_MONITOR_SCHEMA: &str = r##"{
 /// The fields of prometheus-operator's PrometheusRule CRD that
 /// prometheusrule.yaml uses (monitoring.coreos.com/v1), closed like
 /// [`SERVICE_MONITOR_SCHEMA`]. That promtool accepts the rules is
-/// tests/deploy_prometheus.rs's part.
+/// tests/deploy/monitoring.rs's part.
 const PROMETHEUS_RULE_SCHEMA: &str = r##"{
   "type": "object",
   "required": ["apiVersion", "kind", "metadata", "spec"],

@@ -10,15 +10,13 @@
 //! (every dependency compiled in release mode); warm, podman's layer cache
 //! makes both a few seconds.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use crate::support::*;
 use async_nats::jetstream;
-use support::*;
 
 const IMAGE: &str = "localhost/apizee-bridge:test";
 
@@ -65,6 +63,16 @@ struct Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        // A failing test shows what the bridge in the container said.
+        if std::thread::panicking() {
+            let logs = podman(&["logs", &self.name]);
+            eprintln!(
+                "container {} logged:\n{}{}",
+                self.name,
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
         let _ = podman(&["rm", "--force", "--time", "0", &self.name]);
     }
 }
@@ -316,7 +324,7 @@ async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
 /// place (same volume) delivers them.
 async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() {
     const TOKEN: &str = "image-test-token";
-    let objects = support::kubernetes::build("overlays/nats-spool");
+    let objects = crate::support::kubernetes::build("overlays/nats-spool");
     let object = |kind: &str| {
         objects
             .iter()
@@ -424,11 +432,14 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         .unwrap_or_else(|e| panic!("POST: {e}"));
         (reply, body)
     };
+    let metrics_addr = metrics.parse().unwrap_or_else(|e| panic!("{e}"));
+    // With a spool /readyz says 200 at once (webhooks can wait on disk);
+    // that the broker is there, and its stream, only the metrics say.
     let ready = async || {
-        wait_until(
-            "the spool pod to be ready",
-            async || matches!(get(addr, "/readyz").await, Ok(r) if r.status == 200),
-        )
+        wait_until("the spool pod to reach its broker", async || {
+            matches!(get(metrics_addr, "/metrics").await,
+                Ok(r) if metric_value(&r.text(), r#"apizee_bridge_broker_connected{sink="nats"}"#) == 1.0)
+        })
         .await
     };
 

@@ -1,14 +1,12 @@
 //! Tests of the binary as operators run it: --help, config errors, logs,
 //! and shutdown on SIGTERM.
 
-mod support;
-
 use std::process::Command;
 
+use crate::support::process::{BINARY, BridgeProcess, run};
+use crate::support::*;
 use apizee_bridge::config::Cli;
 use clap::CommandFactory;
-use support::process::{BINARY, BridgeProcess, run};
-use support::*;
 
 #[test]
 fn help_documents_every_flag_with_its_env_var() {

@@ -1,16 +1,14 @@
 //! In-process HTTP tests of every answer the webhook listener gives, with a
 //! memory sink standing in for the broker.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use apizee_bridge::sink::PublishError;
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use bytes::Bytes;
 use serde_json::json;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -4,21 +4,19 @@
 //! in-process with a memory sink, or as the binary where a signal or an
 //! exit code is the point.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::process::{BridgeProcess, run};
+use crate::support::tls::*;
+use crate::support::*;
 use apizee_bridge::sink::memory::{Behaviour, MemorySink};
 use bytes::Bytes;
 use http::Version;
-use support::process::{BridgeProcess, run};
-use support::tls::*;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const TICKET_CREATE: &str = include_str!("samples/valid/ticket-create.json");
+const TICKET_CREATE: &str = include_str!("../samples/valid/ticket-create.json");
 
 const FAILED_RELOADS: &str = r#"apizee_bridge_tls_reloads_total{result="failure"}"#;
 const SUCCESSFUL_RELOADS: &str = r#"apizee_bridge_tls_reloads_total{result="success"}"#;

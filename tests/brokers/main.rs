@@ -1,0 +1,14 @@
+//! Against real brokers started by the tests on loopback: nats-server
+//! (2.15, and 2.9.10 as the oldest; one server or a cluster), tansu for
+//! Kafka, librdkafka's mock cluster for Kafka faults; the spool, dead
+//! letters and chaos (kill -9, SIGSTOP) under load.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod chaos;
+mod kafka;
+mod kafka_mock;
+mod nats;
+mod refusals;
+mod spool;

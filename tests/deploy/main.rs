@@ -1,0 +1,14 @@
+//! What deploy/ ships, run with the real programs: the image (podman),
+//! the load-balanced topology (HAProxy, two replicas, Prometheus), the
+//! Kubernetes manifests (kubectl kustomize, kubernetes-validate), alerts
+//! and dashboard (promtool, Prometheus), the systemd unit, the compose file.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod compose;
+mod image;
+mod kubernetes;
+mod monitoring;
+mod systemd;
+mod topology;
