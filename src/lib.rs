@@ -2,23 +2,37 @@
 //! a message broker, answering the sender only once the broker has it.
 //!
 //! ```text
-//! bytes ──► envelope::parse ──► route::build_message ──► Delivery ──► Sink::publish ──► ack ──► 200
-//!   │            │                                          │    └─► spool (fsync) ──────────► 202
-//!   400/401/     400/422 ──► dead_letter queue ──► Sink      503 + Retry-After
-//!   413/415/429      (answered at once; published in the background)
+//! request ─► http::server ─► http::handler
+//!            (accept, TLS,     │ auth on the headers ─► a budget slot ─► media type, length
+//!             drain)           │ read the body (≤ --max-body-bytes) ─► auth on the signature
+//!                              │      └─► 400/401/403/404/405/408/413/415/429, JSON body
+//!                              ▼
+//!   envelope::parse ─► route::build_message ─► delivery ─► sink::publish ─► ack ─► 200
+//!        │ 400/422                               │   └─► spool (fsync) ──────────► 202
+//!        ▼                                       │        └─► replayed in order once the broker is back
+//!   dead_letter: queued, published               └─► 503 + Retry-After
+//!   in the background through delivery
 //! ```
 //!
+//! Every refusal is an [`http::rejection::Rejection`], whose kind declares
+//! its answer; [`metrics`] counts what each part reports.
+//!
 //! - [`config`]: flags and env vars, validated once into [`config::Settings`].
+//! - [`http`]: the listeners ([`http::server`]: accept loop, TLS handshakes,
+//!   the drain), the request handler, the in-flight budgets, rejections.
 //! - [`auth`]: who may send: checks on the headers, then the body's signature.
 //! - [`envelope`]: body bytes to a validated envelope, or every problem found.
 //! - [`route`]: envelope to topic, key, headers and the untouched payload.
-//! - [`delivery`]: the bounded publish, the spool and its replay.
+//! - [`delivery`]: the bounded publish, the start-up wait, the spool and its
+//!   replay.
+//! - [`spool`]: the durable, fsynced queue on local disk (redb).
 //! - [`dead_letter`]: refused requests, queued and published in the background.
-//! - [`sink`]: the one trait every broker implements (stdout, NATS, Kafka).
-//! - [`http`]: listener, limits, the in-flight budgets, graceful drain, and
-//!   the status mapping.
+//! - [`sink`]: the one trait every broker implements (stdout, NATS, Kafka, and
+//!   a memory sink for tests).
 //! - [`tls`]: the listener's optional TLS configuration and its reloading.
 //! - [`metrics`]: every Prometheus metric, with bounded labels.
+//! - [`logging`]: text or JSON logs on stderr.
+//! - [`shutdown`]: the SIGTERM / SIGINT signal.
 //!
 //! The pure middle (`envelope`, `route`) has no I/O and is unit-tested; the
 //! edges take their listeners and shutdown signal as values, so tests can run

@@ -63,6 +63,9 @@ const RECONNECT_DEADLINE: Duration = Duration::from_secs(1);
 const GIVE_UP: Duration = Duration::from_secs(60);
 /// `/readyz` answers 200 again at most this long after 200s resume (it is
 /// sampled every [`READYZ_EVERY`]).
+/// Between two webhooks of one sender, with a spool: 8 senders then post
+/// at most 200 a second, less than the replay delivers.
+const SPOOL_PAUSE: Duration = Duration::from_millis(40);
 const READY_LAG: Duration = Duration::from_secs(1);
 const READYZ_EVERY: Duration = Duration::from_millis(50);
 /// The bridge logs each episode once; a few episodes (an election, then the
@@ -119,8 +122,8 @@ impl Tally {
 }
 
 /// Takes the next event until told to stop, and posts it until it gets a
-/// 200, 25 ms to 200 ms apart.
-async fn sender(addr: SocketAddr, case: &'static str, tally: Arc<Tally>) {
+/// 200 (or, from a bridge with a spool, a 202), 25 ms to 200 ms apart.
+async fn sender(addr: SocketAddr, case: &'static str, pause: Duration, tally: Arc<Tally>) {
     while !tally.stop.load(Ordering::SeqCst) {
         let i = tally.next.fetch_add(1, Ordering::SeqCst);
         let body = Bytes::from(event(case, i));
@@ -163,7 +166,7 @@ async fn sender(addr: SocketAddr, case: &'static str, tally: Arc<Tally>) {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(answer);
             if let Ok(reply) = reply
-                && reply.status == 200
+                && (reply.status == 200 || reply.status == 202)
             {
                 let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
                 tally
@@ -172,6 +175,7 @@ async fn sender(addr: SocketAddr, case: &'static str, tally: Arc<Tally>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id, i);
                 tally.acked.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(pause).await;
                 break;
             }
             let backoff = Duration::from_millis(25 << attempt.min(3));
@@ -221,12 +225,19 @@ impl Fault {
     }
 }
 
-/// The bridge binary on free loopback ports against `urls`, logging to `log`.
-fn start_bridge(urls: &str, log: &Path) -> (BridgeProcess, SocketAddr) {
+/// The bridge binary on free loopback ports against `urls`, logging to `log`,
+/// with its spool in `spool` if given; its webhook and metrics addresses.
+fn start_bridge(
+    urls: &str,
+    log: &Path,
+    spool: Option<&Path>,
+) -> (BridgeProcess, SocketAddr, SocketAddr) {
     let listen = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     let addr: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
-    let env = [
+    let metrics_addr: SocketAddr = metrics.parse().unwrap_or_else(|e| panic!("{e}"));
+    let spool = spool.map(|dir| dir.display().to_string());
+    let mut env = vec![
         ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
         ("APIZEE_BRIDGE_METRICS_LISTEN", metrics.as_str()),
         ("APIZEE_BRIDGE_SINK", "nats"),
@@ -240,12 +251,27 @@ fn start_bridge(urls: &str, log: &Path) -> (BridgeProcess, SocketAddr) {
             "info,apizee_bridge::sink::nats=debug",
         ),
     ];
-    (BridgeProcess::spawn_with_env(env, addr, log), addr)
+    if let Some(dir) = &spool {
+        env.push(("APIZEE_BRIDGE_SPOOL_DIR", dir.as_str()));
+    }
+    (
+        BridgeProcess::spawn_with_env(env, addr, log),
+        addr,
+        metrics_addr,
+    )
 }
 
-async fn failover(fault: Fault) {
+/// With `spool`, the bridge runs with `--spool-dir`: every answer must be
+/// 200 or 202 (a webhook the stream cannot take during the election waits
+/// on disk), and every one of them must be in the stream once the spool has
+/// been replayed.
+async fn failover(fault: Fault, spool: bool) {
     let _serial = SERIAL.lock().await;
-    let case = fault.case();
+    let case: &'static str = if spool {
+        Box::leak(format!("{}-with-spool", fault.case()).into_boxed_str())
+    } else {
+        fault.case()
+    };
     let mut cluster = NatsCluster::start(3).await;
     let js = jetstream::new(cluster.client().await);
     js.create_stream(stream::Config {
@@ -259,7 +285,9 @@ async fn failover(fault: Fault) {
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let log = dir.path().join("bridge.log");
-    let (mut bridge, addr) = start_bridge(&cluster.urls(), &log);
+    let spool_dir = dir.path().join("spool");
+    let (mut bridge, addr, metrics_addr) =
+        start_bridge(&cluster.urls(), &log, spool.then_some(spool_dir.as_path()));
     bridge.wait_ready().await;
     let mut bridge_server = None;
     wait_until("the bridge's connection in /connz", async || {
@@ -281,9 +309,15 @@ async fn failover(fault: Fault) {
         cluster.name(target)
     );
 
+    // Without a spool the senders go flat out. With one, each pauses
+    // between webhooks: once the spool holds anything, every webhook is
+    // answered 202 in a fraction of a millisecond, far faster than the
+    // replay, which publishes one at a time to keep the order, could empty
+    // it; unpaused, the spool would only grow (see the README's Reliability).
+    let pause = if spool { SPOOL_PAUSE } else { Duration::ZERO };
     let tally = Arc::new(Tally::default());
     let senders: Vec<_> = (0..SENDERS)
-        .map(|_| tokio::spawn(sender(addr, case, tally.clone())))
+        .map(|_| tokio::spawn(sender(addr, case, pause, tally.clone())))
         .collect();
     let sampling = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_readyz(addr, sampling.clone()));
@@ -336,6 +370,29 @@ async fn failover(fault: Fault) {
     let samples = sampler.await.unwrap_or_else(|e| panic!("{e}"));
     let load_took = load_started.elapsed();
     let final_readyz = get(addr, "/readyz").await.map_or(0, |r| r.status);
+    let mut replayed = true;
+    let replay_started = Instant::now();
+    if spool {
+        let deadline = Instant::now() + GIVE_UP;
+        loop {
+            let metrics = get(metrics_addr, "/metrics").await.map(|r| r.text());
+            if metrics
+                .as_ref()
+                .is_ok_and(|m| metric_value(m, "apizee_bridge_spool_events") == 0.0)
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                replayed = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "nats cluster {case}: the spool was empty {:?} after the load stopped",
+            replay_started.elapsed()
+        );
+    }
 
     // What the stream holds, once every node is current again.
     for node in 0..cluster.nodes.len() {
@@ -369,10 +426,14 @@ async fn failover(fault: Fault) {
     let duplicates: usize = copies.values().map(|n| n - 1).sum();
     let sent = tally.sent.load(Ordering::SeqCst);
     let refused_503 = answers.iter().filter(|a| a.status == Some(503)).count();
-    let unexpected: Vec<&Answer> = answers
-        .iter()
-        .filter(|a| !(a.status == Some(200) || (a.status == Some(503) && a.retry_after)))
-        .collect();
+    let spooled_202 = answers.iter().filter(|a| a.status == Some(202)).count();
+    let expected = |a: &Answer| match a.status {
+        Some(200) => true,
+        Some(202) => spool,
+        Some(503) => !spool && a.retry_after,
+        _ => false,
+    };
+    let unexpected: Vec<&Answer> = answers.iter().filter(|a| !expected(a)).collect();
 
     let mut acked_at: Vec<Instant> = answers
         .iter()
@@ -424,8 +485,8 @@ async fn failover(fault: Fault) {
     let creating_lines = count("creating it again");
     let no_leader_lines = count("has no leader");
     println!(
-        "nats cluster {case}: sent={} acked={} 503={refused_503} found={} lost={} \
-         duplicates={duplicates} longest gap={longest_gap:?}",
+        "nats cluster {case}: sent={} acked={} 503={refused_503} 202={spooled_202} found={} \
+         lost={} duplicates={duplicates} longest gap={longest_gap:?}",
         sent,
         ids.len(),
         ids.len() - lost.len(),
@@ -454,6 +515,13 @@ async fn failover(fault: Fault) {
         }
     }
 
+    if !replayed {
+        println!("{case}: the bridge's log:\n{log_text}");
+    }
+    assert!(
+        replayed,
+        "{case}: the spool was not replayed within {GIVE_UP:?}"
+    );
     assert!(resumed, "{case}: no 200 within {GIVE_UP:?} of the fault");
     assert!(
         finished,
@@ -468,14 +536,22 @@ async fn failover(fault: Fault) {
     );
     assert!(
         unexpected.is_empty(),
-        "{case}: {} answers were neither 200 nor 503 with Retry-After, first ones: {:?}",
+        "{case}: {} answers were neither 200 nor {}, first ones: {:?}",
         unexpected.len(),
+        if spool { "202" } else { "503 with Retry-After" },
         unexpected
             .iter()
             .take(5)
             .map(|a| (a.status, &a.detail))
             .collect::<Vec<_>>()
     );
+    assert_eq!(duplicates, 0, "{case}: Nats-Msg-Id lets no retry in twice");
+    if spool {
+        // The 200s come back once the replay has caught up, and /readyz
+        // stays 200 while the spool has room: there is no outage to time.
+        assert!(spooled_202 > 0, "{case}: nothing was spooled");
+        return;
+    }
     assert!(
         resumed_after.is_some_and(|d| d <= RESUME_DEADLINE),
         "{case}: 200s resumed {resumed_after:?} after the fault, over {RESUME_DEADLINE:?}"
@@ -524,15 +600,20 @@ async fn failover(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_leader_killed_under_load() {
-    failover(Fault::KillLeader).await;
+    failover(Fault::KillLeader, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_leader_killed_under_load_with_a_spool() {
+    failover(Fault::KillLeader, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_leader_stopped_under_load() {
-    failover(Fault::FreezeLeader).await;
+    failover(Fault::FreezeLeader, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_server_killed_under_load() {
-    failover(Fault::KillBridgeServer).await;
+    failover(Fault::KillBridgeServer, false).await;
 }

@@ -152,10 +152,12 @@ async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
     let base_images = started.elapsed();
     let builder = String::from_utf8_lossy(&base.stdout)
         .lines()
+        // "base-images.sh: rust:... is there", or "making rust:..." when
+        // it was not (a fresh machine).
         .find_map(|line| {
             let line = line.strip_prefix("base-images.sh: ")?;
-            let image = line.split_whitespace().next()?;
-            image.starts_with("rust:").then(|| image.to_owned())
+            let image = line.split_whitespace().find(|w| w.starts_with("rust:"))?;
+            Some(image.to_owned())
         })
         .unwrap_or_else(|| panic!("base-images.sh did not name the builder image"));
     the_build_context_is_what_the_dockerfile_needs(&builder);
