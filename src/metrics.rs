@@ -14,6 +14,7 @@ use prometheus::{
 use crate::auth::Denial;
 use crate::envelope::{ENUM_FIELDS, Envelope, Event, ObjectKind, UnknownValue};
 use crate::http::budget::Budget;
+use crate::http::rejection::Kind;
 use crate::sink::PublishError;
 
 const NAMESPACE: &str = "apizee_bridge";
@@ -276,11 +277,7 @@ impl Metrics {
     /// feed the latency histogram, so probes do not dilute it.
     /// Creates every series whose labels are known up front, at 0, so
     /// dashboards and `rate()` see them before the first event.
-    pub fn prepare(
-        &self,
-        sink: &'static str,
-        rejection_reasons: impl IntoIterator<Item = &'static str>,
-    ) {
+    pub fn prepare(&self, sink: &'static str) {
         for object in ObjectKind::ALL {
             for event in Event::ALL {
                 self.webhooks_received
@@ -291,8 +288,8 @@ impl Metrics {
             self.unknown_enum_values
                 .with_label_values(&[object.as_str(), field]);
         }
-        for reason in rejection_reasons {
-            self.rejections.with_label_values(&[reason]);
+        for kind in Kind::client_errors() {
+            self.rejections.with_label_values(&[kind.code()]);
         }
         for denial in Denial::ALL {
             self.auth_failures.with_label_values(&[denial.label()]);
@@ -345,8 +342,9 @@ impl Metrics {
         }
     }
 
-    pub fn rejected(&self, reason: &'static str) {
-        self.rejections.with_label_values(&[reason]).inc();
+    /// A 4xx, under its code.
+    pub fn rejected(&self, kind: Kind) {
+        self.rejections.with_label_values(&[kind.code()]).inc();
     }
 
     /// `kind` is one of [`CONNECTION_ERROR_KINDS`].
@@ -354,9 +352,10 @@ impl Metrics {
         self.connection_errors.with_label_values(&[kind]).inc();
     }
 
-    /// `reason` is a [`Denial::label`].
-    pub fn auth_failure(&self, reason: &'static str) {
-        self.auth_failures.with_label_values(&[reason]).inc();
+    pub fn auth_failure(&self, denial: Denial) {
+        self.auth_failures
+            .with_label_values(&[denial.label()])
+            .inc();
     }
 
     /// `outcome` is `ok` or a [`crate::sink::PublishError::kind`].
@@ -390,9 +389,10 @@ impl Metrics {
         self.dead_letter_queue.dec();
     }
 
-    /// `budget` is a [`Budget::label`].
-    pub fn in_flight_refused(&self, budget: &'static str) {
-        self.in_flight_refusals.with_label_values(&[budget]).inc();
+    pub fn in_flight_refused(&self, budget: Budget) {
+        self.in_flight_refusals
+            .with_label_values(&[budget.label()])
+            .inc();
     }
 
     /// Counts a request as in flight until the guard is dropped, whichever
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn hot_series_count_under_their_own_labels() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
-        metrics.prepare("nats", []);
+        metrics.prepare("nats");
         // The table is indexed by discriminant: each slot must be its label.
         for (i, object) in ObjectKind::ALL.into_iter().enumerate() {
             assert_eq!(object as usize, i, "{object:?}");
@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn prepared_series_are_exported_at_zero() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
-        metrics.prepare("nats", ["malformed_json"]);
+        metrics.prepare("nats");
         let text = String::from_utf8(metrics.render()).unwrap_or_default();
         for line in [
             r#"apizee_bridge_webhooks_received_total{event="delete",object="conversationevent"} 0"#,

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::budget::Budgets;
-use super::rejection::{Answering, Kind, Rejection, json_response};
+use super::rejection::{Answering, Rejection, json_response};
 use crate::config::{HttpSettings, Limits};
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
@@ -56,7 +56,7 @@ impl App {
         spool: Option<Arc<Spool>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.prepare(sink.name(), Kind::client_errors().map(Kind::code));
+        metrics.prepare(sink.name());
         let delivery = Delivery::new(
             sink,
             spool,

@@ -296,11 +296,11 @@ impl Rejection {
         self.log(peer);
         let kind = self.kind();
         if kind.status().is_client_error() {
-            metrics.rejected(kind.code());
+            metrics.rejected(kind);
         }
         match &self {
-            Rejection::Denied(denial) => metrics.auth_failure(denial.label()),
-            Rejection::TooManyRequests { budget, .. } => metrics.in_flight_refused(budget.label()),
+            Rejection::Denied(denial) => metrics.auth_failure(*denial),
+            Rejection::TooManyRequests { budget, .. } => metrics.in_flight_refused(*budget),
             _ => {}
         }
         self.into_response(answering)
