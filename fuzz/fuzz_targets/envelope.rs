@@ -1,6 +1,6 @@
 //! Any body: `envelope::parse` refuses it or accepts it, never panics, and an
 //! accepted body becomes a message that agrees with it (the invariants of
-//! `tests/properties.rs`, which checks the same on stable Rust). A body with
+//! `tests/contract/properties.rs`, which checks the same on stable Rust). A body with
 //! a repeated key is refused with that one problem, and an accepted objectId
 //! holds no control or invisible character.
 //!
@@ -8,8 +8,6 @@
 
 #![no_main]
 
-use std::collections::HashSet;
-use std::fmt;
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -17,8 +15,11 @@ use apizee_bridge::envelope::{self, EnvelopeError, Rules};
 use apizee_bridge::route::{self, DEFAULT_TEMPLATE, TopicTemplate, header};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+
+#[path = "../../tests/contract/oracle.rs"]
+mod oracle;
+use oracle::{has_duplicate_keys, is_invisible};
 
 fuzz_target!(|data: &[u8]| check(data));
 
@@ -165,93 +166,4 @@ fn check(data: &[u8]) {
     }
 }
 
-/// Whether an object in the JSON text has the same key twice, found without
-/// `envelope`: a set of each object's keys. Err when the text is not JSON.
-fn has_duplicate_keys(body: &[u8]) -> Result<bool, serde_json::Error> {
-    struct Finder;
 
-    impl<'de> DeserializeSeed<'de> for Finder {
-        type Value = bool;
-
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-            deserializer.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Finder {
-        type Value = bool;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_unit<E>(self) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-            let mut found = false;
-            while let Some(inner) = seq.next_element_seed(Finder)? {
-                found |= inner;
-            }
-            Ok(found)
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut keys = HashSet::new();
-            let mut found = false;
-            while let Some(key) = map.next_key::<String>()? {
-                found |= !keys.insert(key);
-                found |= map.next_value_seed(Finder)?;
-            }
-            Ok(found)
-        }
-    }
-
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let found = Finder.deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    Ok(found)
-}
-
-/// Cc, Zl, Zp and Cf (Unicode 17.0), as in `tests/properties.rs`.
-fn is_invisible(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{2028}'..='\u{2029}'
-                | '\u{AD}'
-                | '\u{600}'..='\u{605}'
-                | '\u{61C}'
-                | '\u{6DD}'
-                | '\u{70F}'
-                | '\u{890}'..='\u{891}'
-                | '\u{8E2}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{110BD}'
-                | '\u{110CD}'
-                | '\u{13430}'..='\u{1343F}'
-                | '\u{1BCA0}'..='\u{1BCA3}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0001}'
-                | '\u{E0020}'..='\u{E007F}'
-        )
-}

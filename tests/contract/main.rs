@@ -6,5 +6,6 @@
 mod support;
 
 mod docs;
+mod oracle;
 mod properties;
 mod schemas;
