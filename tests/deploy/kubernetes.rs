@@ -371,137 +371,122 @@ fn manifests_and_kustomize_output_pass_the_kubernetes_schemas() {
     }
 }
 
-/// The fields of prometheus-operator's ServiceMonitor CRD these manifests
-/// use (monitoring.coreos.com/v1), closed to anything else so that a typo
-/// fails. Duration pattern as in the CRD.
+/// The `spec` fields of prometheus-operator's ServiceMonitor CRD these
+/// manifests use (monitoring.coreos.com/v1), closed to anything else so that
+/// a typo fails; [`custom_resource_schema`] adds the rest of the object.
 const SERVICE_MONITOR_SCHEMA: &str = r##"{
   "type": "object",
-  "required": ["apiVersion", "kind", "metadata", "spec"],
+  "required": ["selector", "endpoints"],
   "additionalProperties": false,
   "properties": {
-    "apiVersion": {"const": "monitoring.coreos.com/v1"},
-    "kind": {"const": "ServiceMonitor"},
-    "metadata": {
+    "jobLabel": {"type": "string"},
+    "namespaceSelector": {"type": "object"},
+    "selector": {
       "type": "object",
-      "required": ["name"],
-      "properties": {
-        "name": {"type": "string", "minLength": 1},
-        "namespace": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
-      }
-    },
-    "spec": {
-      "type": "object",
-      "required": ["selector", "endpoints"],
       "additionalProperties": false,
       "properties": {
-        "jobLabel": {"type": "string"},
-        "namespaceSelector": {"type": "object"},
-        "selector": {
-          "type": "object",
-          "additionalProperties": false,
-          "properties": {
-            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "matchExpressions": {"type": "array"}
-          }
-        },
-        "endpoints": {
-          "type": "array",
-          "minItems": 1,
-          "items": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": {
-              "port": {"type": "string"},
-              "targetPort": {"type": ["string", "integer"]},
-              "path": {"type": "string", "pattern": "^/"},
-              "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-              "interval": {"$ref": "#/$defs/duration"},
-              "scrapeTimeout": {"$ref": "#/$defs/duration"},
-              "honorLabels": {"type": "boolean"},
-              "honorTimestamps": {"type": "boolean"},
-              "relabelings": {"type": "array"},
-              "metricRelabelings": {"type": "array"}
-            }
-          }
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {"type": "array"}
+      }
+    },
+    "endpoints": {
+      "type": "array",
+      "minItems": 1,
+      "items": {
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+          "port": {"type": "string"},
+          "targetPort": {"type": ["string", "integer"]},
+          "path": {"type": "string", "pattern": "^/"},
+          "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+          "interval": {"$ref": "#/$defs/duration"},
+          "scrapeTimeout": {"$ref": "#/$defs/duration"},
+          "honorLabels": {"type": "boolean"},
+          "honorTimestamps": {"type": "boolean"},
+          "relabelings": {"type": "array"},
+          "metricRelabelings": {"type": "array"}
         }
       }
-    }
-  },
-  "$defs": {
-    "duration": {
-      "type": "string",
-      "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
     }
   }
 }"##;
 
-/// The fields of prometheus-operator's PrometheusRule CRD that
-/// prometheusrule.yaml uses (monitoring.coreos.com/v1), closed like
-/// [`SERVICE_MONITOR_SCHEMA`]. That promtool accepts the rules is
-/// tests/deploy/monitoring.rs's part.
+/// The `spec` fields of prometheus-operator's PrometheusRule CRD that
+/// prometheusrule.yaml uses, closed like [`SERVICE_MONITOR_SCHEMA`]. That
+/// promtool accepts the rules is tests/deploy/monitoring.rs's part.
 const PROMETHEUS_RULE_SCHEMA: &str = r##"{
   "type": "object",
-  "required": ["apiVersion", "kind", "metadata", "spec"],
   "additionalProperties": false,
   "properties": {
-    "apiVersion": {"const": "monitoring.coreos.com/v1"},
-    "kind": {"const": "PrometheusRule"},
-    "metadata": {
-      "type": "object",
-      "required": ["name"],
-      "properties": {
-        "name": {"type": "string", "minLength": 1},
-        "namespace": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
-      }
-    },
-    "spec": {
-      "type": "object",
-      "additionalProperties": false,
-      "properties": {
-        "groups": {
-          "type": "array",
-          "items": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": false,
-            "properties": {
-              "name": {"type": "string", "minLength": 1},
-              "interval": {"$ref": "#/$defs/duration"},
-              "limit": {"type": "integer"},
-              "rules": {
-                "type": "array",
-                "items": {
-                  "type": "object",
-                  "required": ["expr"],
-                  "additionalProperties": false,
-                  "properties": {
-                    "alert": {"type": "string"},
-                    "record": {"type": "string"},
-                    "expr": {"type": ["string", "integer"]},
-                    "for": {"$ref": "#/$defs/duration"},
-                    "keep_firing_for": {"$ref": "#/$defs/duration"},
-                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
-                  }
-                }
+    "groups": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": false,
+        "properties": {
+          "name": {"type": "string", "minLength": 1},
+          "interval": {"$ref": "#/$defs/duration"},
+          "limit": {"type": "integer"},
+          "rules": {
+            "type": "array",
+            "items": {
+              "type": "object",
+              "required": ["expr"],
+              "additionalProperties": false,
+              "properties": {
+                "alert": {"type": "string"},
+                "record": {"type": "string"},
+                "expr": {"type": ["string", "integer"]},
+                "for": {"$ref": "#/$defs/duration"},
+                "keep_firing_for": {"$ref": "#/$defs/duration"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
               }
             }
           }
         }
       }
     }
-  },
-  "$defs": {
-    "duration": {
-      "type": "string",
-      "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
-    }
   }
 }"##;
+
+/// The schema of a whole custom resource: `apiVersion`, `kind`, the usual
+/// metadata and `spec`, closed to anything else, with the CRDs' duration
+/// pattern as `#/$defs/duration`.
+fn custom_resource_schema(api: &str, kind: &str, spec: &str) -> serde_json::Value {
+    let spec: serde_json::Value =
+        serde_json::from_str(spec).unwrap_or_else(|e| panic!("{kind} spec schema: {e}"));
+    let string_map =
+        serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
+    serde_json::json!({
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": false,
+        "properties": {
+            "apiVersion": {"const": api},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "namespace": {"type": "string"},
+                    "labels": string_map,
+                    "annotations": string_map
+                }
+            },
+            "spec": spec
+        },
+        "$defs": {
+            "duration": {
+                "type": "string",
+                "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+            }
+        }
+    })
+}
 
 fn is_service_monitor(o: &Value) -> bool {
     let (api, kind, _) = CUSTOM_KINDS[0];
@@ -510,8 +495,8 @@ fn is_service_monitor(o: &Value) -> bool {
 
 #[test]
 fn custom_resources_match_their_crd_fields() {
-    for (api, kind, schema) in CUSTOM_KINDS {
-        let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+    for (api, kind, spec) in CUSTOM_KINDS {
+        let schema = custom_resource_schema(api, kind, spec);
         let validator = jsonschema::validator_for(&schema).unwrap();
         let mut checked = 0;
         let raw = manifest_files()
