@@ -284,8 +284,9 @@ pub struct Cli {
     )]
     pub kafka_option: Vec<String>,
 
-    /// At start-up, create every topic the template can produce (15 with the
-    /// default template); existing topics are left alone. /readyz stays 503
+    /// At start-up, create every topic the template can produce (one per
+    /// object type and event with the default template) and the dead-letter
+    /// topic; existing topics are left alone. /readyz stays 503
     /// until done.
     #[arg(long, env = "APIZEE_BRIDGE_KAFKA_CREATE_TOPICS")]
     pub kafka_create_topics: bool,

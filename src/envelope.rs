@@ -30,62 +30,61 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
-/// What happened to the object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Event {
-    Create,
-    Update,
-    Delete,
-}
-
-impl Event {
-    pub const ALL: [Event; 3] = [Event::Create, Event::Update, Event::Delete];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Create => "create",
-            Event::Update => "update",
-            Event::Delete => "delete",
+/// Declares an enum whose variants travel as fixed names, from one list:
+/// the variants, their wire names (also used in topics and metric labels),
+/// `ALL` in declaration order, and the parser. A new object type or event
+/// is one line in that list; everything that enumerates them (topics made
+/// in advance, metric series, error messages) follows.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($variant:ident => $wire:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
         }
-    }
 
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.as_str() == s)
-    }
-}
+        impl $name {
+            pub const ALL: [$name; [$($wire),+].len()] = [$($name::$variant),+];
 
-/// The kind of platform object the event is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ObjectKind {
-    Ticket,
-    Media,
-    Conversation,
-    SmsMessage,
-    ConversationEvent,
-}
+            /// The name as the platform spells it on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
 
-impl ObjectKind {
-    pub const ALL: [ObjectKind; 5] = [
-        ObjectKind::Ticket,
-        ObjectKind::Media,
-        ObjectKind::Conversation,
-        ObjectKind::SmsMessage,
-        ObjectKind::ConversationEvent,
-    ];
+            fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($wire => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
 
-    /// The name as the platform spells it on the wire, also used in topics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectKind::Ticket => "ticket",
-            ObjectKind::Media => "media",
-            ObjectKind::Conversation => "conversation",
-            ObjectKind::SmsMessage => "smsmessage",
-            ObjectKind::ConversationEvent => "conversationevent",
+            /// Every wire name, for error messages: `a, b, c`.
+            fn names() -> String {
+                Self::ALL.map(Self::as_str).join(", ")
+            }
         }
-    }
+    };
+}
 
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|o| o.as_str() == s)
+wire_enum! {
+    /// What happened to the object.
+    pub enum Event {
+        Create => "create",
+        Update => "update",
+        Delete => "delete",
+    }
+}
+
+wire_enum! {
+    /// The kind of platform object the event is about.
+    pub enum ObjectKind {
+        Ticket => "ticket",
+        Media => "media",
+        Conversation => "conversation",
+        SmsMessage => "smsmessage",
+        ConversationEvent => "conversationevent",
     }
 }
 
@@ -133,14 +132,88 @@ pub struct UnknownValue {
     pub field: &'static str,
 }
 
-/// Every (object, field) pair whose values are checked against a list from
-/// the spec: the whole label space of the unknown-values metric.
-pub const ENUM_FIELDS: [(ObjectKind, &str); 4] = [
-    (ObjectKind::Ticket, "state"),
-    (ObjectKind::Media, "state"),
-    (ObjectKind::Media, "_parent.name"),
-    (ObjectKind::Conversation, "eventType"),
+/// A prop whose values the spec lists.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EnumField {
+    pub object: ObjectKind,
+    /// As the spec writes it, and as [`UnknownValue::field`] reports it.
+    pub field: &'static str,
+    pub values: &'static [&'static str],
+}
+
+/// Every prop whose values are checked against a list from the spec: the
+/// one definition of those lists, and the whole label space of the
+/// unknown-values metric. The validator finds its fields here by name
+/// ([`enum_field`]), so it cannot check one this list leaves out.
+pub const ENUM_FIELDS: [EnumField; 4] = [
+    EnumField {
+        object: ObjectKind::Ticket,
+        field: "state",
+        values: &[
+            "new",
+            "open",
+            "opened",
+            "invited",
+            "inprogress",
+            "updated",
+            "expired",
+            "declined",
+            "rejected",
+            "done",
+            "closed",
+        ],
+    },
+    EnumField {
+        object: ObjectKind::Media,
+        field: "state",
+        values: &["inprogress", "uncompleted", "completed", "error"],
+    },
+    EnumField {
+        object: ObjectKind::Media,
+        field: "_parent.name",
+        values: &["ticket", "conference", "conversation"],
+    },
+    EnumField {
+        object: ObjectKind::Conversation,
+        field: "eventType",
+        values: &["conversationEnded"],
+    },
 ];
+
+/// The entry of [`ENUM_FIELDS`] for `object` and `field`; evaluated at
+/// compile time, where a missing one fails the build.
+const fn enum_field(object: ObjectKind, field: &str) -> &'static EnumField {
+    let mut i = 0;
+    while i < ENUM_FIELDS.len() {
+        let entry = &ENUM_FIELDS[i];
+        if entry.object as usize == object as usize
+            && bytes_equal(entry.field.as_bytes(), field.as_bytes())
+        {
+            return entry;
+        }
+        i += 1;
+    }
+    panic!("not in ENUM_FIELDS");
+}
+
+const fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const TICKET_STATE: &EnumField = enum_field(ObjectKind::Ticket, "state");
+const MEDIA_STATE: &EnumField = enum_field(ObjectKind::Media, "state");
+const MEDIA_PARENT_NAME: &EnumField = enum_field(ObjectKind::Media, "_parent.name");
+const CONVERSATION_EVENT_TYPE: &EnumField = enum_field(ObjectKind::Conversation, "eventType");
 
 /// A valid envelope: what routing needs, and what was unusual about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -515,7 +588,7 @@ impl Checker {
                 Some(event) => return Some(event),
                 None => self.problem(
                     "event",
-                    format!("must be one of create, update, delete, found {s:?}"),
+                    format!("must be one of {}, found {s:?}", Event::names()),
                 ),
             },
             Some(other) => self.problem(
@@ -554,10 +627,7 @@ impl Checker {
                 Some(object) => return Some(object),
                 None => self.problem(
                     "object",
-                    format!(
-                        "must be one of ticket, media, conversation, smsmessage, \
-                         conversationevent, found {s:?}"
-                    ),
+                    format!("must be one of {}, found {s:?}", ObjectKind::names()),
                 ),
             },
             Some(other) => self.problem(
@@ -654,20 +724,7 @@ impl Checker {
     }
 
     fn ticket_props(&mut self, props: &Map<String, Value>) {
-        const STATES: &[&str] = &[
-            "new",
-            "open",
-            "opened",
-            "invited",
-            "inprogress",
-            "updated",
-            "expired",
-            "declined",
-            "rejected",
-            "done",
-            "closed",
-        ];
-        self.enum_prop(ObjectKind::Ticket, props, "state", STATES);
+        self.enum_prop(props, TICKET_STATE);
         self.nested_or_flat(
             props,
             "geoloc",
@@ -687,9 +744,7 @@ impl Checker {
     }
 
     fn media_props(&mut self, props: &Map<String, Value>) {
-        const STATES: &[&str] = &["inprogress", "uncompleted", "completed", "error"];
-        const PARENTS: &[&str] = &["ticket", "conference", "conversation"];
-        self.enum_prop(ObjectKind::Media, props, "state", STATES);
+        self.enum_prop(props, MEDIA_STATE);
         self.nested_or_flat(
             props,
             "_parent",
@@ -697,9 +752,7 @@ impl Checker {
                 DottedProp {
                     child: "name",
                     flat: "_parent.name",
-                    check: |c, path, v| {
-                        c.enum_value(ObjectKind::Media, "_parent.name", path, v, PARENTS)
-                    },
+                    check: |c, path, v| c.enum_value(MEDIA_PARENT_NAME, path, v),
                 },
                 DottedProp {
                     child: "id",
@@ -711,8 +764,7 @@ impl Checker {
     }
 
     fn conversation_props(&mut self, props: &Map<String, Value>) {
-        const EVENT_TYPES: &[&str] = &["conversationEnded"];
-        self.enum_prop(ObjectKind::Conversation, props, "eventType", EVENT_TYPES);
+        self.enum_prop(props, CONVERSATION_EVENT_TYPE);
         if let Some(v) = props.get("name") {
             self.string(PropPath::Prop("name"), v);
         }
@@ -764,34 +816,24 @@ impl Checker {
         }
     }
 
-    fn enum_prop(
-        &mut self,
-        object: ObjectKind,
-        props: &Map<String, Value>,
-        name: &'static str,
-        allowed: &[&str],
-    ) {
-        if let Some(v) = props.get(name) {
-            self.enum_value(object, name, PropPath::Prop(name), v, allowed);
+    fn enum_prop(&mut self, props: &Map<String, Value>, field: &'static EnumField) {
+        if let Some(v) = props.get(field.field) {
+            self.enum_value(field, PropPath::Prop(field.field), v);
         }
     }
 
-    fn enum_value(
-        &mut self,
-        object: ObjectKind,
-        field: &'static str,
-        path: PropPath<'_>,
-        value: &Value,
-        allowed: &[&str],
-    ) {
+    fn enum_value(&mut self, field: &'static EnumField, path: PropPath<'_>, value: &Value) {
         match value {
             Value::Null => {}
-            Value::String(s) if allowed.contains(&s.as_str()) => {}
+            Value::String(s) if field.values.contains(&s.as_str()) => {}
             Value::String(s) if self.rules.strict => self.problem(
                 path.to_string(),
-                format!("must be one of {}, found {s:?}", allowed.join(", ")),
+                format!("must be one of {}, found {s:?}", field.values.join(", ")),
             ),
-            Value::String(_) => self.unknown.push(UnknownValue { object, field }),
+            Value::String(_) => self.unknown.push(UnknownValue {
+                object: field.object,
+                field: field.field,
+            }),
             other => self.problem(
                 path.to_string(),
                 format!("must be a string, found {}", type_name(other)),

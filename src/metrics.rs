@@ -284,9 +284,9 @@ impl Metrics {
                     .with_label_values(&[object.as_str(), event.as_str()]);
             }
         }
-        for (object, field) in ENUM_FIELDS {
+        for field in &ENUM_FIELDS {
             self.unknown_enum_values
-                .with_label_values(&[object.as_str(), field]);
+                .with_label_values(&[field.object.as_str(), field.field]);
         }
         for kind in Kind::client_errors() {
             self.rejections.with_label_values(&[kind.code()]);

@@ -266,8 +266,10 @@ fn valid_samples_pass_the_schemas_and_the_bridge() {
         .collect();
     let missing: Vec<_> = all.difference(&covered).collect();
     assert!(missing.is_empty(), "no valid sample for {missing:?}");
-    let every_enum: BTreeSet<(&str, &str)> =
-        ENUM_FIELDS.iter().map(|(o, f)| (o.as_str(), *f)).collect();
+    let every_enum: BTreeSet<(&str, &str)> = ENUM_FIELDS
+        .iter()
+        .map(|e| (e.object.as_str(), e.field))
+        .collect();
     let untried: Vec<_> = every_enum.difference(&unknown).collect();
     assert!(
         untried.is_empty(),
@@ -484,12 +486,22 @@ fn listed_enum_values_are_the_ones_strict_mode_accepts() {
         "the schemas describe {described} open enums, envelope::ENUM_FIELDS has {}",
         ENUM_FIELDS.len()
     );
-    for (object, field) in ENUM_FIELDS {
+    for &envelope::EnumField {
+        object,
+        field,
+        values,
+    } in &ENUM_FIELDS
+    {
         let (file, def) = enum_def(object, field);
         let listed = schemas.documents[file]["$defs"][def]["anyOf"][0]["enum"]
             .as_array()
             .unwrap_or_else(|| panic!("{file} $defs/{def} has no list"));
         assert!(!listed.is_empty());
+        let listed_names: Vec<&str> = listed.iter().filter_map(Value::as_str).collect();
+        assert_eq!(
+            listed_names, values,
+            "{file} $defs/{def} against ENUM_FIELDS"
+        );
         for value in listed {
             let value = value.as_str().expect("listed values are strings");
             let document = with_prop(object, field, value);
