@@ -1,34 +1,16 @@
 //! In-process HTTP tests of every answer the webhook listener gives, with a
 //! memory sink standing in for the broker.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::answers::{assert_error, bridge_with};
 use crate::support::*;
 use apizee_bridge::sink::PublishError;
-use apizee_bridge::sink::memory::{Behaviour, MemorySink};
+use apizee_bridge::sink::memory::Behaviour;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn bridge_with(args: &[&str]) -> (Bridge, Arc<MemorySink>) {
-    let sink = Arc::new(MemorySink::new());
-    let bridge = Bridge::with_sink(settings(args), sink.clone()).await;
-    (bridge, sink)
-}
-
-fn assert_error(reply: &Reply, status: u16, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    let body = reply.json();
-    assert_eq!(body["error"], code, "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(body["details"].is_array(), "{body}");
-}
 
 #[tokio::test]
 async fn accepted_webhook_is_published_byte_for_byte() {
@@ -107,7 +89,12 @@ async fn trailing_slash_on_the_path_is_accepted() {
     let reply = bridge
         .request("POST", "/webhooks", &[], Bytes::from(SPEC_TICKET))
         .await;
-    assert_error(&reply, 404, "not_found");
+    assert_error(
+        &reply,
+        404,
+        "not_found",
+        "the default path, no longer configured",
+    );
 }
 
 #[tokio::test]
@@ -115,7 +102,7 @@ async fn malformed_json_is_400_and_nothing_is_published() {
     let (bridge, sink) = bridge_with(&[]).await;
     for body in ["{\"event\":", "not json", "", "{\"a\":1}}"] {
         let reply = bridge.post(body).await;
-        assert_error(&reply, 400, "malformed_json");
+        assert_error(&reply, 400, "malformed_json", &format!("{body:?}"));
         assert!(
             reply.json()["details"][0]["problem"].is_string(),
             "{}",
@@ -131,7 +118,7 @@ async fn invalid_envelope_is_422_listing_every_problem() {
     let reply = bridge
         .post(r#"{"event":"upsert","time":"yesterday","object":"ticket","objectId":-1,"props":{"state":7,"geoloc":{"lat":91}}}"#)
         .await;
-    assert_error(&reply, 422, "invalid_envelope");
+    assert_error(&reply, 422, "invalid_envelope", "many problems");
     let fields: Vec<String> = reply.json()["details"]
         .as_array()
         .map(|d| {
@@ -167,7 +154,12 @@ async fn unknown_enum_values_are_forwarded_and_counted_unless_strict() {
 
     let (strict, strict_sink) = bridge_with(&["--strict"]).await;
     let reply = strict.post(body).await;
-    assert_error(&reply, 422, "invalid_envelope");
+    assert_error(
+        &reply,
+        422,
+        "invalid_envelope",
+        "unknown state under --strict",
+    );
     assert_eq!(reply.json()["details"][0]["field"], "props.state");
     assert!(strict_sink.messages().is_empty());
 }
@@ -178,7 +170,7 @@ async fn object_id_in_topic_must_be_topic_safe() {
     let reply = bridge
         .post(r#"{"event":"update","time":1,"object":"conversation","objectId":"a.b","props":{}}"#)
         .await;
-    assert_error(&reply, 422, "invalid_envelope");
+    assert_error(&reply, 422, "invalid_envelope", "a dot in a topic objectId");
     assert_eq!(reply.json()["details"][0]["field"], "objectId");
     let reply = bridge.post(SPEC_CONVERSATION).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -204,7 +196,7 @@ async fn explicit_non_json_content_type_is_415() {
                 Bytes::from(SPEC_TICKET),
             )
             .await;
-        assert_error(&reply, 415, "unsupported_media_type");
+        assert_error(&reply, 415, "unsupported_media_type", content_type);
     }
     assert!(sink.messages().is_empty());
 }
@@ -213,7 +205,7 @@ async fn explicit_non_json_content_type_is_415() {
 async fn declared_oversized_body_is_413() {
     let (bridge, sink) = bridge_with(&["--max-body-bytes", "64"]).await;
     let reply = bridge.post(SPEC_TICKET).await;
-    assert_error(&reply, 413, "payload_too_large");
+    assert_error(&reply, 413, "payload_too_large", "64-byte limit");
     assert!(sink.messages().is_empty());
 }
 
@@ -252,13 +244,13 @@ async fn wrong_method_is_405_with_allow() {
     let (bridge, _sink) = bridge_with(&[]).await;
     for method in ["GET", "PUT", "DELETE"] {
         let reply = bridge.request(method, "/webhooks", &[], Bytes::new()).await;
-        assert_error(&reply, 405, "method_not_allowed");
+        assert_error(&reply, 405, "method_not_allowed", method);
         assert_eq!(reply.header("allow"), Some("POST"));
     }
     let reply = bridge
         .request("POST", "/readyz", &[], Bytes::from(SPEC_TICKET))
         .await;
-    assert_error(&reply, 405, "method_not_allowed");
+    assert_error(&reply, 405, "method_not_allowed", "POST /readyz");
     assert_eq!(reply.header("allow"), Some("GET, HEAD"));
 }
 
@@ -269,7 +261,7 @@ async fn other_paths_are_404() {
         let reply = bridge
             .request("POST", path, &[], Bytes::from(SPEC_TICKET))
             .await;
-        assert_error(&reply, 404, "not_found");
+        assert_error(&reply, 404, "not_found", path);
     }
 }
 
@@ -292,9 +284,9 @@ async fn auth_header_must_carry_a_configured_token() {
                 .await
         }
     };
-    assert_error(&post(vec![]).await, 401, "unauthorized");
+    assert_error(&post(vec![]).await, 401, "unauthorized", "no token");
     let wrong = post(vec![("x-apizee-secret", "guess")]).await;
-    assert_error(&wrong, 401, "unauthorized");
+    assert_error(&wrong, 401, "unauthorized", "wrong token");
     assert!(!wrong.text().contains("secret\""), "{}", wrong.text());
     assert!(sink.messages().is_empty());
     assert_eq!(
@@ -321,7 +313,7 @@ async fn unauthenticated_requests_learn_nothing_about_the_body() {
             Bytes::from("nope"),
         )
         .await;
-    assert_error(&reply, 401, "unauthorized");
+    assert_error(&reply, 401, "unauthorized", "no token, invalid body");
 }
 
 #[tokio::test]
@@ -329,7 +321,7 @@ async fn broker_failure_is_503_with_retry_after() {
     let (bridge, sink) = bridge_with(&["--retry-after", "7s"]).await;
     sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
     let reply = bridge.post(SPEC_TICKET).await;
-    assert_error(&reply, 503, "broker_unavailable");
+    assert_error(&reply, 503, "broker_unavailable", "broker not connected");
     assert_eq!(reply.header("retry-after"), Some("7"));
     assert!(sink.messages().is_empty());
     assert!(
@@ -345,7 +337,7 @@ async fn broker_without_ack_is_503_after_the_publish_timeout() {
     let (bridge, sink) = bridge_with(&["--publish-timeout", "200ms"]).await;
     sink.set_behaviour(Behaviour::Hang);
     let reply = bridge.post(SPEC_TICKET).await;
-    assert_error(&reply, 503, "broker_unavailable");
+    assert_error(&reply, 503, "broker_unavailable", "broker hangs");
     assert_eq!(reply.header("retry-after"), Some("5"));
     assert!(
         bridge
@@ -529,7 +521,12 @@ async fn past_max_in_flight_the_answer_is_429_at_once() {
     sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
     let first = post_and_wait_in_flight(&bridge).await;
     let second = bridge.post(SPEC_CONVERSATION).await;
-    assert_error(&second, 429, "too_many_requests");
+    assert_error(
+        &second,
+        429,
+        "too_many_requests",
+        "second while the first is in flight",
+    );
     assert_eq!(second.header("retry-after"), Some("3"));
 
     let first = first
@@ -554,10 +551,15 @@ async fn refused_but_readable_requests_go_to_the_dead_letter_topic() {
     let (bridge, sink) = bridge_with(&["--dead-letter-topic", "apizee.dead-letters"]).await;
     let invalid = r#"{"event":"upsert","time":1,"object":"ticket","objectId":5,"props":{}}"#;
     let reply = bridge.post(invalid).await;
-    assert_error(&reply, 422, "invalid_envelope");
+    assert_error(&reply, 422, "invalid_envelope", "invalid, dead-lettered");
     // Not JSON, wrong media type: not dead-lettered without the opt-in, and
     // never for a 415.
-    assert_error(&bridge.post("{not json").await, 400, "malformed_json");
+    assert_error(
+        &bridge.post("{not json").await,
+        400,
+        "malformed_json",
+        "malformed, not dead-lettered",
+    );
     let reply = bridge
         .request(
             "POST",
@@ -566,7 +568,12 @@ async fn refused_but_readable_requests_go_to_the_dead_letter_topic() {
             Bytes::from(invalid),
         )
         .await;
-    assert_error(&reply, 415, "unsupported_media_type");
+    assert_error(
+        &reply,
+        415,
+        "unsupported_media_type",
+        "text/plain, never dead-lettered",
+    );
 
     // Published in the background, after the 422 was sent.
     wait_until("the dead letter", async || !sink.messages().is_empty()).await;
@@ -602,7 +609,12 @@ async fn refused_but_readable_requests_go_to_the_dead_letter_topic() {
 async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx() {
     let (bridge, sink) =
         bridge_with(&["--dead-letter-topic", "dlq", "--dead-letter-malformed"]).await;
-    assert_error(&bridge.post("{not json").await, 400, "malformed_json");
+    assert_error(
+        &bridge.post("{not json").await,
+        400,
+        "malformed_json",
+        "malformed, dead-lettered",
+    );
     wait_until("the dead letter", async || !sink.messages().is_empty()).await;
     let messages = sink.messages();
     assert_eq!(messages.len(), 1);
@@ -615,7 +627,12 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
 
     // A broker that is down does not change the answer to the sender.
     sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
-    assert_error(&bridge.post("[1,2").await, 400, "malformed_json");
+    assert_error(
+        &bridge.post("[1,2").await,
+        400,
+        "malformed_json",
+        "malformed, broker down",
+    );
     let failed = r#"apizee_bridge_dead_letters_total{outcome="not_connected"} 1"#;
     wait_until("the failed dead letter to be counted", async || {
         bridge.metrics().await.contains(failed)
@@ -628,7 +645,12 @@ async fn dead_letters_still_queued_at_shutdown_are_published_before_it_ends() {
     let (bridge, sink) = bridge_with(&["--dead-letter-topic", "dlq"]).await;
     sink.set_behaviour(Behaviour::Delay(Duration::from_millis(300)));
     let invalid = r#"{"event":"upsert","time":1,"object":"ticket","objectId":5,"props":{}}"#;
-    assert_error(&bridge.post(invalid).await, 422, "invalid_envelope");
+    assert_error(
+        &bridge.post(invalid).await,
+        422,
+        "invalid_envelope",
+        "invalid, queued at shutdown",
+    );
     assert!(
         sink.messages().is_empty(),
         "answered before it was published"

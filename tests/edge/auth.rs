@@ -4,21 +4,14 @@
 //! does not say which check failed, is counted by reason, and publishes
 //! nothing.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::answers::{assert_error, bridge_with};
 use crate::support::*;
-use apizee_bridge::sink::memory::MemorySink;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use ring::hmac;
-
-async fn bridge_with(args: &[&str]) -> (Bridge, Arc<MemorySink>) {
-    let sink = Arc::new(MemorySink::new());
-    let bridge = Bridge::with_sink(settings(args), sink.clone()).await;
-    (bridge, sink)
-}
 
 async fn post(bridge: &Bridge, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut all = vec![("content-type", "application/JSON")];
@@ -33,15 +26,15 @@ async fn post(bridge: &Bridge, headers: &[(&str, &str)], body: &str) -> Reply {
         .await
 }
 
-fn assert_refused(reply: &Reply, status: u16) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    assert_eq!(reply.header("content-type"), Some("application/json"));
+/// A refusal: the same JSON answer whichever check failed, 401
+/// `unauthorized` or 403 `forbidden`.
+fn assert_refused(reply: &Reply, status: u16, case: &str) {
     let code = if status == 401 {
         "unauthorized"
     } else {
         "forbidden"
     };
-    assert_eq!(reply.json()["error"], code, "{}", reply.text());
+    assert_error(reply, status, code, case);
 }
 
 fn auth_failures(metrics: &str, reason: &str) -> f64 {
@@ -74,12 +67,16 @@ async fn basic_auth_with_a_challenge_on_401() {
     let wrong = format!("Basic {}", STANDARD.encode("apizee:battery staple"));
 
     let refused = post(&bridge, &[("authorization", &wrong)], SPEC_TICKET).await;
-    assert_refused(&refused, 401);
+    assert_refused(&refused, 401, "wrong password");
     assert_eq!(
         refused.header("www-authenticate"),
         Some(r#"Basic realm="apizee-bridge", charset="UTF-8""#)
     );
-    assert_refused(&post(&bridge, &[], SPEC_TICKET).await, 401);
+    assert_refused(
+        &post(&bridge, &[], SPEC_TICKET).await,
+        401,
+        "no credentials",
+    );
     assert!(sink.messages().is_empty());
 
     let accepted = post(&bridge, &[("authorization", &good)], SPEC_TICKET).await;
@@ -135,7 +132,7 @@ async fn hmac_signature_with_timestamp_covers_the_exact_body() {
         &tampered,
     )
     .await;
-    assert_refused(&reply, 401);
+    assert_refused(&reply, 401, "tampered body");
 
     // A correctly signed request, replayed after the tolerance.
     let old = ts - 600;
@@ -148,7 +145,7 @@ async fn hmac_signature_with_timestamp_covers_the_exact_body() {
         SPEC_TICKET,
     )
     .await;
-    assert_refused(&replayed, 401);
+    assert_refused(&replayed, 401, "replayed");
     // Both 401s read the same: the sender cannot tell which check failed.
     assert_eq!(reply.body, replayed.body);
 
@@ -163,7 +160,7 @@ async fn hmac_signature_with_timestamp_covers_the_exact_body() {
         "{\"not\":\"an envelope\"}",
     )
     .await;
-    assert_refused(&unsigned, 401);
+    assert_refused(&unsigned, 401, "a wrong signature on an invalid body");
 
     assert_eq!(sink.messages().len(), 2, "nothing more was published");
     let metrics = bridge.metrics().await;
@@ -177,7 +174,7 @@ async fn allow_list_trusts_forwarded_for_only_from_trusted_proxies() {
     let (direct, sink) = bridge_with(&["--allow-cidr", "203.0.113.0/24"]).await;
     // Without a trusted proxy, X-Forwarded-For is anyone's to write.
     let forged = post(&direct, &[("x-forwarded-for", "203.0.113.5")], SPEC_TICKET).await;
-    assert_refused(&forged, 403);
+    assert_refused(&forged, 403, "forged forwarded-for");
     assert!(sink.messages().is_empty());
     assert_eq!(
         auth_failures(&direct.metrics().await, "source_not_allowed"),
@@ -205,9 +202,13 @@ async fn allow_list_trusts_forwarded_for_only_from_trusted_proxies() {
         SPEC_TICKET,
     )
     .await;
-    assert_refused(&prepended, 403);
+    assert_refused(&prepended, 403, "prepended address");
     // The proxy itself is not a client in the allow-list.
-    assert_refused(&post(&proxied, &[], SPEC_TICKET).await, 403);
+    assert_refused(
+        &post(&proxied, &[], SPEC_TICKET).await,
+        403,
+        "the proxy itself",
+    );
     assert_eq!(sink.messages().len(), 1);
 
     let (local, sink) = bridge_with(&["--allow-cidr", "127.0.0.0/8,::1"]).await;
@@ -229,14 +230,14 @@ async fn user_agent_filter_and_checks_combined() {
     ])
     .await;
     let no_agent = post(&bridge, &[("x-apizee-secret", "s3cret")], SPEC_TICKET).await;
-    assert_refused(&no_agent, 403);
+    assert_refused(&no_agent, 403, "no agent");
     let wrong_secret = post(
         &bridge,
         &[("user-agent", "Cloud Apizee"), ("x-apizee-secret", "nope")],
         SPEC_TICKET,
     )
     .await;
-    assert_refused(&wrong_secret, 401);
+    assert_refused(&wrong_secret, 401, "wrong secret");
     assert!(wrong_secret.header("www-authenticate").is_none());
     assert!(sink.messages().is_empty());
 

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::answers::{assert_error, bridge_with};
 use crate::support::*;
 use apizee_bridge::sink::memory::MemorySink;
 use bytes::Bytes;
@@ -22,12 +23,6 @@ use tokio::net::TcpStream;
 /// Deadline for any single answer or close on a raw socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn bridge_with(args: &[&str]) -> (Bridge, Arc<MemorySink>) {
-    let sink = Arc::new(MemorySink::new());
-    let bridge = Bridge::with_sink(settings(args), sink.clone()).await;
-    (bridge, sink)
-}
-
 async fn post_bytes(bridge: &Bridge, body: impl Into<Bytes>) -> Reply {
     bridge
         .request(
@@ -37,25 +32,6 @@ async fn post_bytes(bridge: &Bridge, body: impl Into<Bytes>) -> Reply {
             body.into(),
         )
         .await
-}
-
-/// Checks a JSON error answer and returns its body.
-fn assert_error(reply: &Reply, status: u16, code: &str, case: &str) -> Value {
-    assert_eq!(reply.status, status, "{case}: {}", reply.text());
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/json"),
-        "{case}"
-    );
-    let body: Value = serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|e| panic!("{case}: answer is not JSON ({e}): {}", reply.text()));
-    assert_eq!(body["error"], code, "{case}: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{case}: {body}"
-    );
-    assert!(body["details"].is_array(), "{case}: {body}");
-    body
 }
 
 /// A 400 `malformed_json` carrying the parser's message.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::answers::assert_error;
 use crate::support::process::{BridgeProcess, run};
 use crate::support::tls::*;
 use crate::support::*;
@@ -40,12 +41,6 @@ async fn tls_bridge(extra: &[&str]) -> (Pki, Issued, Bridge, Arc<MemorySink>) {
     let sink = Arc::new(MemorySink::new());
     let bridge = tls::start_bridge(&args, sink.clone()).await;
     (pki, server, bridge, sink)
-}
-
-fn assert_error(reply: &Reply, status: u16, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert_eq!(reply.json()["error"], code, "{}", reply.text());
 }
 
 #[tokio::test]
@@ -96,9 +91,9 @@ async fn http2_is_negotiated_by_alpn_and_answers_like_http1() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(version, Version::HTTP_2);
-    assert_error(&reply, 422, "invalid_envelope");
+    assert_error(&reply, 422, "invalid_envelope", "invalid over HTTP/2");
     let (_, reply) = connection.post("{").await.unwrap_or_else(|e| panic!("{e}"));
-    assert_error(&reply, 400, "malformed_json");
+    assert_error(&reply, 400, "malformed_json", "malformed over HTTP/2");
     let (_, reply) = connection
         .request("GET", "/readyz", Bytes::new())
         .await

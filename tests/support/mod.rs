@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod answers;
 pub mod compose;
 pub mod kafka;
 pub mod kubernetes;
