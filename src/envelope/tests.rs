@@ -687,6 +687,76 @@ fn object_id_invisible_characters_are_one_problem_even_in_a_topic() {
     );
 }
 
+/// A conversation whose `objectId` and `name` are spliced in as raw bytes,
+/// so that escapes reach the parser as they came.
+fn conversation_body(object_id: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut body = br#"{"event":"update","time":1,"object":"conversation","objectId":""#.to_vec();
+    body.extend_from_slice(object_id);
+    body.extend_from_slice(br#"","props":{"name":""#);
+    body.extend_from_slice(name);
+    body.extend_from_slice(br#""}}"#);
+    body
+}
+
+#[test]
+fn object_id_escapes_are_undone_before_invisible_characters_are_refused() {
+    for (case, id) in [
+        ("escaped NUL", r"\u0000".as_bytes()),
+        ("escaped NUL inside", br"a\u0000b"),
+        ("unit separator", br"a\u001fb"),
+        ("DEL", br"a\u007fb"),
+        ("C1 NEL", br"a\u0085b"),
+        ("CR LF", br"line\r\nbreak"),
+        ("tab", br"a\tb"),
+        ("escape", br"a\u001b[31mred"),
+        ("right-to-left override", br"a\u202eb"),
+        ("raw right-to-left override", "a\u{202e}b".as_bytes()),
+        ("line separator", br"a\u2028b"),
+        ("paragraph separator", br"a\u2029b"),
+        ("zero width space", br"a\u200bb"),
+        ("byte order mark in front", br"\ufeffc-1"),
+        ("soft hyphen", br"c\u00ad1"),
+        ("tag characters", br"c-1\udb40\udc41"),
+    ] {
+        one_problem(&conversation_body(id, b"n"), "objectId", case);
+    }
+    assert_eq!(
+        one_problem(
+            &conversation_body(br"abc\u202egpj.exe", b"n"),
+            "objectId",
+            "spoofed extension"
+        )
+        .problem,
+        "contains U+202E, an invisible formatting character"
+    );
+    one_problem(
+        br#"{"event":"update\u0000","time":1,"object":"ticket","objectId":1,"props":{}}"#,
+        "event",
+        "NUL after the event name",
+    );
+    // As the README says: an escaped NUL or an invisible character in a prop
+    // the bridge only type-checks is passed through; an objectId may hold
+    // any visible character, including a surrogate pair. The key is the
+    // objectId as displayed.
+    for (case, id, name, key) in [
+        ("escaped NUL in name", &b"c-1"[..], &br"a\u0000b"[..], "c-1"),
+        (
+            "right-to-left override in name",
+            b"c-1",
+            br"a\u202eb",
+            "c-1",
+        ),
+        ("surrogate pair in objectId", br"\ud83d\ude00", b"n", "😀"),
+        ("raw UTF-8 in objectId", "café".as_bytes(), b"n", "café"),
+        ("no-break space in objectId", br"a\u00a0b", b"n", "a\u{a0}b"),
+    ] {
+        match parse(&conversation_body(id, name), Rules::default()) {
+            Ok(envelope) => assert_eq!(envelope.object_id.to_string(), key, "{case}"),
+            Err(e) => panic!("{case}: expected valid, got {e:?}"),
+        }
+    }
+}
+
 #[test]
 fn object_id_keeps_visible_unicode_next_to_the_refused_ranges() {
     // Neighbours of the refused code points, and characters that look like
@@ -752,6 +822,24 @@ fn object_id_length_is_counted_in_characters() {
         reject(with(ticket(json!({})), "objectId", json!(too_long))),
         vec![problem("objectId", "must be at most 128 characters long")]
     );
+    // A huge objectId is refused as too long like any other, and the
+    // bound is the same in a conversation.
+    let id = |id: &str| {
+        format!(
+            r#"{{"event":"update","time":1,"object":"conversation","objectId":"{id}","props":{{}}}}"#
+        )
+    };
+    for (case, body) in [
+        ("200 KiB objectId", id(&"x".repeat(200 * 1024))),
+        ("129 two-byte characters", id(&"é".repeat(129))),
+    ] {
+        assert_eq!(
+            one_problem(body.as_bytes(), "objectId", case).problem,
+            "must be at most 128 characters long"
+        );
+    }
+    let parsed = parse(id(&"é".repeat(128)).as_bytes(), Rules::default());
+    assert!(parsed.is_ok(), "128 characters: {parsed:?}");
 }
 
 #[test]
@@ -1176,6 +1264,187 @@ fn conversationevent_type_errors() {
     );
 }
 
+/// A valid envelope per object, with every known prop present and valid.
+fn complete_envelope(object: &str) -> Value {
+    let props = match object {
+        "ticket" => json!({"state": "open", "geoloc": {"lat": 1.5, "lng": 2.5}}),
+        "media" => json!({"state": "completed", "_parent": {"name": "ticket", "id": 3}}),
+        "conversation" => json!({
+            "eventType": "conversationEnded",
+            "name": "n",
+            "finishedAt": "2021-09-20T13:25:06+00:00"
+        }),
+        "conversationevent" => json!({
+            "eventType": "media.OCRDone",
+            "eventCode": 1,
+            "ticketId": 2,
+            "conversationId": 3
+        }),
+        _ => json!({}),
+    };
+    json!({"event": "update", "time": 1632144306, "object": object, "objectId": 100, "props": props})
+}
+
+/// Sets `path` (keys from the root; a dotted key is one flat key) to `value`.
+fn set(document: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        *document = value;
+        return;
+    };
+    let mut at = document;
+    for key in parents {
+        at = &mut at[*key];
+    }
+    at[*last] = value;
+}
+
+#[test]
+fn wrong_types_in_every_field_are_one_problem_naming_that_field() {
+    let kinds = [
+        ("null", json!(null)),
+        ("boolean", json!(true)),
+        ("integer", json!(7)),
+        ("negative", json!(-7)),
+        ("fraction", json!(1.5)),
+        ("string", json!("s")),
+        ("array", json!([])),
+        ("object", json!({})),
+    ];
+    const NUMBER: &[&str] = &["null", "integer", "negative", "fraction"];
+    const INTEGER: &[&str] = &["null", "integer", "negative"];
+    const STRING: &[&str] = &["null", "string"];
+    const OBJECT: &[&str] = &["null", "object"];
+    // (object, path, field named in the problem, kinds accepted). A string
+    // that is not a listed enum value is accepted (and counted) outside
+    // strict mode.
+    let fields: &[(&str, &[&str], &str, &[&str])] = &[
+        ("ticket", &[], "$", &["object"]),
+        ("ticket", &["event"], "event", &[]),
+        ("ticket", &["time"], "time", &["integer"]),
+        ("ticket", &["object"], "object", &[]),
+        ("ticket", &["objectId"], "objectId", &["integer", "string"]),
+        ("ticket", &["props"], "props", &["object"]),
+        ("smsmessage", &["props"], "props", OBJECT),
+        ("ticket", &["props", "state"], "props.state", STRING),
+        ("ticket", &["props", "geoloc"], "props.geoloc", OBJECT),
+        (
+            "ticket",
+            &["props", "geoloc", "lat"],
+            "props.geoloc.lat",
+            NUMBER,
+        ),
+        (
+            "ticket",
+            &["props", "geoloc", "lng"],
+            "props.geoloc.lng",
+            NUMBER,
+        ),
+        (
+            "ticket",
+            &["props", "geoloc.lat"],
+            r#"props["geoloc.lat"]"#,
+            NUMBER,
+        ),
+        (
+            "ticket",
+            &["props", "geoloc.lng"],
+            r#"props["geoloc.lng"]"#,
+            NUMBER,
+        ),
+        ("media", &["props", "state"], "props.state", STRING),
+        ("media", &["props", "_parent"], "props._parent", OBJECT),
+        (
+            "media",
+            &["props", "_parent", "name"],
+            "props._parent.name",
+            STRING,
+        ),
+        (
+            "media",
+            &["props", "_parent", "id"],
+            "props._parent.id",
+            INTEGER,
+        ),
+        (
+            "media",
+            &["props", "_parent.name"],
+            r#"props["_parent.name"]"#,
+            STRING,
+        ),
+        (
+            "media",
+            &["props", "_parent.id"],
+            r#"props["_parent.id"]"#,
+            INTEGER,
+        ),
+        (
+            "conversation",
+            &["props", "eventType"],
+            "props.eventType",
+            STRING,
+        ),
+        ("conversation", &["props", "name"], "props.name", STRING),
+        // "s" is a string but not an RFC 3339 date.
+        (
+            "conversation",
+            &["props", "finishedAt"],
+            "props.finishedAt",
+            &["null"],
+        ),
+        (
+            "conversationevent",
+            &["props", "eventType"],
+            "props.eventType",
+            STRING,
+        ),
+        (
+            "conversationevent",
+            &["props", "eventCode"],
+            "props.eventCode",
+            INTEGER,
+        ),
+        (
+            "conversationevent",
+            &["props", "ticketId"],
+            "props.ticketId",
+            INTEGER,
+        ),
+        (
+            "conversationevent",
+            &["props", "conversationId"],
+            "props.conversationId",
+            INTEGER,
+        ),
+    ];
+    for object in [
+        "ticket",
+        "media",
+        "conversation",
+        "smsmessage",
+        "conversationevent",
+    ] {
+        accept(complete_envelope(object));
+    }
+    for (object, path, field, accepted) in fields {
+        for (kind, value) in &kinds {
+            // `{}` as the whole document is an object missing every field.
+            if path.is_empty() && *kind == "object" {
+                continue;
+            }
+            let mut document = complete_envelope(object);
+            set(&mut document, path, value.clone());
+            let body = serde_json::to_vec(&document).expect("a Value always serialises");
+            let case = format!("{object} {field} = {value}");
+            if accepted.contains(kind) {
+                let parsed = parse(&body, Rules::default());
+                assert!(parsed.is_ok(), "{case}: {parsed:?}");
+            } else {
+                one_problem(&body, field, &case);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The whole list, the whole document
 
@@ -1278,6 +1547,9 @@ fn malformed_bodies_are_malformed_not_invalid() {
         b"{\"event\":\"update\",}",
         b"{'event':'update'}",
         b"{\"objectId\":\"\\ud800\"}",
+        b"{\"event\":",
+        b"not json",
+        b"{\"a\":1}}",
     ] {
         match parse(body, Rules::default()) {
             Err(EnvelopeError::Malformed(message)) => {
@@ -1301,6 +1573,362 @@ fn malformed_keeps_the_parser_message() {
         error.to_string(),
         "body is not valid JSON: EOF while parsing a value at line 1 column 0"
     );
+}
+
+/// The refusal of a body that is not JSON, with the parser's message.
+fn malformed_message(body: &[u8], case: &str) -> String {
+    match parse(body, Rules::default()) {
+        Err(EnvelopeError::Malformed(message)) => {
+            assert!(!message.is_empty(), "{case}");
+            message
+        }
+        other => panic!("{case}: expected Malformed, got {other:?}"),
+    }
+}
+
+/// The problems of a body that must be refused with exactly one, at `field`.
+fn one_problem(body: &[u8], field: &str, case: &str) -> Problem {
+    match parse(body, Rules::default()) {
+        Err(EnvelopeError::Invalid(mut problems)) => {
+            assert_eq!(problems.len(), 1, "{case}: {problems:?}");
+            let only = problems.remove(0);
+            assert_eq!(only.field, field, "{case}: {only:?}");
+            assert!(!only.problem.is_empty(), "{case}");
+            only
+        }
+        other => panic!("{case}: expected one problem at {field}, got {other:?}"),
+    }
+}
+
+/// A valid conversation envelope that exercises every kind of JSON token:
+/// escapes, multi-byte UTF-8 (so some prefixes end inside a character),
+/// `true`, `false`, `null`, exponents and nested containers.
+const RICH_CONVERSATION: &str = r#"{"event":"create","time":1632144306,"object":"conversation","objectId":"c0ffee-\u00e9-é","props":{"eventType":"conversationEnded","name":"Caf\u00e9 \"quoted\" \\ ☕ 😀","finishedAt":"2021-09-20T13:25:06+00:00","extra":[1,-2.5e3,true,false,null,{},[]]}}"#;
+
+#[test]
+fn every_truncation_of_a_valid_body_is_malformed_and_only_the_whole_body_parses() {
+    let mut whole = 0;
+    for full in [SPEC_TICKET, SPEC_CONVERSATION, RICH_CONVERSATION] {
+        let full = full.as_bytes();
+        for length in 0..=full.len() {
+            let prefix = &full[..length];
+            let case = format!("prefix of {length}/{} bytes", full.len());
+            // A sample that ends with a newline is still whole without it.
+            if prefix.trim_ascii_end() == full.trim_ascii_end() {
+                let parsed = parse(prefix, Rules::default());
+                assert!(parsed.is_ok(), "{case}: {parsed:?}");
+                whole += 1;
+            } else if serde_json::from_slice::<Value>(prefix).is_ok() {
+                // Impossible for a document that starts with `{`, but the
+                // rule holds for any sample: complete JSON is at worst
+                // invalid.
+                let parsed = parse(prefix, Rules::default());
+                assert!(
+                    matches!(parsed, Err(EnvelopeError::Invalid(_))),
+                    "{case}: {parsed:?}"
+                );
+            } else {
+                malformed_message(prefix, &case);
+            }
+        }
+    }
+    // Per sample: the whole body, and each prefix that lacks only some of
+    // its trailing whitespace.
+    let expected: usize = [SPEC_TICKET, SPEC_CONVERSATION, RICH_CONVERSATION]
+        .iter()
+        .map(|s| 1 + s.len() - s.trim_end().len())
+        .sum();
+    assert_eq!(whole, expected);
+}
+
+#[test]
+fn json_extensions_and_broken_syntax_are_malformed() {
+    let valid =
+        r#"{"event":"update","time":1,"object":"ticket","objectId":100,"props":{"state":"open"}}"#;
+    let malformed: &[(&str, String)] = &[
+        (
+            "trailing comma in an object",
+            valid.replace(r#""open"}"#, r#""open",}"#),
+        ),
+        ("trailing comma at the end", valid.replace("}}", "},}")),
+        (
+            "trailing comma in an array",
+            valid.replace(r#""open""#, r#""open","list":[1,2,]"#),
+        ),
+        ("single-quoted string", valid.replace(r#""open""#, "'open'")),
+        ("single-quoted key", valid.replace(r#""state""#, "'state'")),
+        ("unquoted key", valid.replace(r#""state""#, "state")),
+        (
+            "line comment",
+            valid.replace(r#","time""#, "// c\n,\"time\""),
+        ),
+        (
+            "block comment",
+            valid.replace(r#","time""#, r#"/* c */,"time""#),
+        ),
+        ("comment after the object", format!("{valid}/* c */")),
+        ("hash comment", format!("# c\n{valid}")),
+        ("NaN", valid.replace(r#""open""#, "NaN")),
+        ("Infinity", valid.replace(r#""open""#, "Infinity")),
+        ("-Infinity", valid.replace(r#""open""#, "-Infinity")),
+        ("leading plus", valid.replace(":1,", ":+1,")),
+        ("leading zero", valid.replace(":100,", ":0100,")),
+        ("hex number", valid.replace(":100,", ":0x64,")),
+        ("bare fraction", valid.replace(":1,", ":.5,")),
+        ("dangling dot", valid.replace(":1,", ":1.,")),
+        ("dangling exponent", valid.replace(":1,", ":1e,")),
+        ("TRUE in capitals", valid.replace(r#""open""#, "TRUE")),
+        ("undefined", valid.replace(r#""open""#, "undefined")),
+        ("missing colon", valid.replace(r#""time":"#, r#""time""#)),
+        (
+            "missing comma",
+            valid.replace(r#"1,"object""#, r#"1 "object""#),
+        ),
+        (
+            "unterminated string",
+            valid.replace(r#""open"}}"#, r#""open}}"#),
+        ),
+        ("invalid escape", valid.replace(r#""open""#, r#""\x41""#)),
+        (
+            "short unicode escape",
+            valid.replace(r#""open""#, r#""\u41""#),
+        ),
+        (
+            "unescaped newline",
+            valid.replace(r#""open""#, "\"op\nen\""),
+        ),
+        ("unescaped tab", valid.replace(r#""open""#, "\"op\ten\"")),
+        ("garbage after the object", format!("{valid} x")),
+        ("a second object after the first", format!("{valid}{valid}")),
+        ("newline-separated objects", format!("{valid}\n{valid}\n")),
+        ("an extra closing brace", format!("{valid}}}")),
+        ("an unclosed object", valid.trim_end_matches('}').to_owned()),
+        ("empty body", String::new()),
+        ("only whitespace", " \r\n\t ".to_owned()),
+        ("JSONP", format!("callback({valid})")),
+        ("form encoding", "event=update&time=1".to_owned()),
+    ];
+    for (case, body) in malformed {
+        malformed_message(body.as_bytes(), case);
+    }
+    // Complete JSON that is not an object.
+    for body in [
+        "null",
+        "true",
+        "0",
+        r#""text""#,
+        "[]",
+        &format!("[{valid}]"),
+        &format!("  {}  ", serde_json::to_string(valid).unwrap_or_default()),
+    ] {
+        one_problem(body.as_bytes(), "$", body);
+    }
+    // Whitespace around a valid document is JSON whitespace.
+    let padded = format!(" \r\n\t{valid} \r\n\t");
+    let parsed = parse(padded.as_bytes(), Rules::default());
+    assert!(parsed.is_ok(), "padded: {parsed:?}");
+}
+
+#[test]
+fn deep_nesting_is_malformed_at_once_without_overflowing_the_stack() {
+    let envelope_around = |inner: &str| {
+        format!(
+            r#"{{"event":"update","time":1,"object":"ticket","objectId":1,"props":{{"state":"open","deep":{inner}}}}}"#
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("100k unclosed [", "[".repeat(100_000)),
+        (
+            "100k balanced []",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+        ("40k unclosed {\"a\":", r#"{"a":"#.repeat(40_000)),
+        (
+            "40k balanced {\"a\":}",
+            format!("{}1{}", r#"{"a":"#.repeat(40_000), "}".repeat(40_000)),
+        ),
+        ("alternating [{", r#"[{"a":"#.repeat(20_000)),
+        ("100k [ inside props", envelope_around(&"[".repeat(100_000))),
+    ];
+    for (case, body) in cases {
+        let started = std::time::Instant::now();
+        let message = malformed_message(body.as_bytes(), case);
+        assert!(message.contains("recursion limit"), "{case}: {message}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{case}: took {:?}",
+            started.elapsed()
+        );
+    }
+    // serde_json's limit is 128 levels in all: the root object and props
+    // take two, so 125 arrays inside props still pass, and 126 do not.
+    let nested =
+        |depth: usize| envelope_around(&format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+    let parsed = parse(nested(125).as_bytes(), Rules::default());
+    assert!(parsed.is_ok(), "125 levels in props: {parsed:?}");
+    let message = malformed_message(nested(126).as_bytes(), "126 levels in props");
+    assert!(message.contains("recursion limit"), "{message}");
+}
+
+/// What a number literal placed in a field leads to.
+enum Outcome {
+    /// Valid; the message key, if the literal is the objectId.
+    Accepted(Option<&'static str>),
+    /// One problem, naming this field.
+    Invalid(&'static str),
+    /// Not JSON: serde_json cannot represent it (out of f64 range).
+    Malformed,
+}
+
+#[test]
+fn huge_and_odd_number_literals_get_exact_outcomes() {
+    use Outcome::*;
+    let ten_to_400 = format!("1{}", "0".repeat(400));
+    let ten_to_300 = format!("1{}", "0".repeat(300));
+    let tiny = format!("0.{}1", "0".repeat(10_000));
+    let time = r#"{"event":"update","time":@,"object":"ticket","objectId":1,"props":{}}"#;
+    let object_id = r#"{"event":"update","time":1,"object":"ticket","objectId":@,"props":{}}"#;
+    let lat = r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"geoloc":{"lat":@}}}"#;
+    let parent_id =
+        r#"{"event":"update","time":1,"object":"media","objectId":1,"props":{"_parent.id":@}}"#;
+    let extra = r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"extra":@}}"#;
+    let cases: Vec<(&str, &str, Outcome)> = vec![
+        (time, "0", Accepted(None)),
+        (time, "9223372036854775807", Accepted(None)),
+        (time, "9223372036854775808", Invalid("time")),
+        (time, "18446744073709551616", Invalid("time")),
+        (time, "-1", Invalid("time")),
+        // serde_json reads -0 as the float -0.0, not as the integer 0.
+        (time, "-0", Invalid("time")),
+        (time, "1.0", Invalid("time")),
+        (time, "1e3", Invalid("time")),
+        (time, "1e400", Malformed),
+        (time, &ten_to_400, Malformed),
+        (object_id, "0", Accepted(Some("0"))),
+        (
+            object_id,
+            "18446744073709551615",
+            Accepted(Some("18446744073709551615")),
+        ),
+        (object_id, "18446744073709551616", Invalid("objectId")),
+        (object_id, "-0", Invalid("objectId")),
+        (object_id, "1.0", Invalid("objectId")),
+        (object_id, "1e2", Invalid("objectId")),
+        (object_id, "-1e400", Malformed),
+        (lat, "-0", Accepted(None)),
+        (lat, "90", Accepted(None)),
+        // Rounds to 90.0 when parsed: in range.
+        (lat, "90.0000000000000001", Accepted(None)),
+        (lat, "90.00000000000001", Invalid("props.geoloc.lat")),
+        (lat, "1e-400", Accepted(None)),
+        (lat, &tiny, Accepted(None)),
+        (lat, "1e2", Invalid("props.geoloc.lat")),
+        (lat, "1E400", Malformed),
+        (parent_id, "-9223372036854775808", Accepted(None)),
+        (parent_id, "18446744073709551615", Accepted(None)),
+        (
+            parent_id,
+            "18446744073709551616",
+            Invalid(r#"props["_parent.id"]"#),
+        ),
+        (
+            parent_id,
+            "-9223372036854775809",
+            Invalid(r#"props["_parent.id"]"#),
+        ),
+        (parent_id, "1.0", Invalid(r#"props["_parent.id"]"#)),
+        // Unknown fields pass through as received, digits and all...
+        (extra, "18446744073709551616", Accepted(None)),
+        (extra, &ten_to_300, Accepted(None)),
+        (extra, "-0.0e-0", Accepted(None)),
+        // ...unless serde_json cannot hold them at all: a number outside the
+        // f64 range is refused even where the bridge does not look.
+        (extra, "1e400", Malformed),
+    ];
+    for (template, literal, outcome) in cases {
+        let body = template.replace('@', literal);
+        let case = format!("{} in {template}", &literal[..literal.len().min(24)]);
+        match outcome {
+            Accepted(key) => match parse(body.as_bytes(), Rules::default()) {
+                // The message key is the objectId as displayed (route).
+                Ok(envelope) => {
+                    if let Some(key) = key {
+                        assert_eq!(envelope.object_id.to_string(), key, "{case}");
+                    }
+                }
+                Err(e) => panic!("{case}: expected valid, got {e:?}"),
+            },
+            Invalid(field) => {
+                one_problem(body.as_bytes(), field, &case);
+            }
+            Malformed => {
+                let message = malformed_message(body.as_bytes(), &case);
+                assert!(message.contains("out of range"), "{case}: {message}");
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_utf8_raw_nul_bytes_and_lone_surrogates_are_malformed() {
+    // `name` and `objectId` of a conversation, spliced in as raw bytes.
+    let body = |object_id: &[u8], name: &[u8]| {
+        let mut body =
+            br#"{"event":"update","time":1,"object":"conversation","objectId":""#.to_vec();
+        body.extend_from_slice(object_id);
+        body.extend_from_slice(br#"","props":{"name":""#);
+        body.extend_from_slice(name);
+        body.extend_from_slice(br#""}}"#);
+        body
+    };
+    let valid = body(b"c-1", b"n");
+    let with = |prefix: &[u8], suffix: &[u8]| [prefix, valid.as_slice(), suffix].concat();
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        ("0xFF in objectId", body(b"c\xff1", b"n")),
+        ("Latin-1 e-acute in name", body(b"c-1", b"caf\xe9")),
+        ("overlong NUL in name", body(b"c-1", b"\xc0\x80")),
+        (
+            "UTF-8-encoded surrogate in name",
+            body(b"c-1", b"\xed\xa0\x80"),
+        ),
+        (
+            "code point above U+10FFFF",
+            body(b"c-1", b"\xf4\x90\x80\x80"),
+        ),
+        ("truncated sequence in name", body(b"c-1", b"caf\xc3")),
+        ("lone continuation byte", body(b"c-1", b"\x80")),
+        ("0xFF between tokens", {
+            let mut bytes = valid.clone();
+            let comma = bytes.iter().position(|&b| b == b',').unwrap_or_default();
+            bytes.insert(comma, 0xff);
+            bytes
+        }),
+        ("0xFF after the object", with(b"", b"\xff")),
+        ("UTF-8 byte order mark", with(b"\xef\xbb\xbf", b"")),
+        ("UTF-16 byte order mark", with(b"\xff\xfe", b"")),
+        ("raw NUL in objectId", body(b"c\x001", b"n")),
+        ("raw NUL in name", body(b"c-1", b"a\x00b")),
+        ("raw control character in name", body(b"c-1", b"a\x01b")),
+        ("raw NUL before the object", with(b"\x00", b"")),
+        ("raw NUL after the object", with(b"", b"\x00")),
+        ("a lone NUL", b"\x00".to_vec()),
+        (
+            "C string terminator mid-body",
+            valid[..20].iter().chain(b"\x00").copied().collect(),
+        ),
+        (
+            "lone high surrogate escape in objectId",
+            body(br"\ud800", b"n"),
+        ),
+        (
+            "lone low surrogate escape in name",
+            body(b"c-1", br"\udc00"),
+        ),
+        ("reversed surrogate pair", body(b"c-1", br"\ude00\ud83d")),
+    ];
+    for (case, body) in malformed {
+        malformed_message(&body, case);
+    }
 }
 
 #[test]
@@ -1371,6 +1999,15 @@ fn duplicate_top_level_key_is_one_problem_at_the_root() {
             "object",
         ),
         (
+            r#"{"event":"update","time":1,"object":"ticket","object":"media","objectId":100,"props":{}}"#,
+            "object",
+        ),
+        // Either order, whichever value would be refused on its own.
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":7,"objectId":"bad\u0000id","props":{}}"#,
+            "objectId",
+        ),
+        (
             r#"{"event":"update","time":1,"object":"ticket","objectId":"bad\u0000id","objectId":7,"props":{}}"#,
             "objectId",
         ),
@@ -1421,6 +2058,26 @@ fn duplicate_key_inside_props_names_the_object_it_is_in() {
             "{props}"
         );
     }
+    // Whichever value is valid, even when both are the same.
+    for (body, field, key) in [
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":5,"state":"open"}}"#,
+            "props",
+            "state",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"state":"open","state":"open"}}"#,
+            "props",
+            "state",
+        ),
+        (
+            r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"geoloc":{"lat":1,"lat":95}}}"#,
+            "props.geoloc",
+            "lat",
+        ),
+    ] {
+        assert_eq!(reject_body(body), duplicate(field, key), "{body}");
+    }
 }
 
 #[test]
@@ -1444,6 +2101,13 @@ fn duplicate_key_inside_arrays_of_objects_is_found_with_its_index() {
             "{props}"
         );
     }
+    // In props the bridge does not check (an SMS) as well.
+    assert_eq!(
+        reject_body(
+            r#"{"event":"update","time":1,"object":"smsmessage","objectId":1,"props":{"list":[{"a":1},{"a":1,"a":2}]}}"#
+        ),
+        duplicate("props.list[1]", "a")
+    );
     for (body, field) in [
         (r#"[{"a":1,"a":2}]"#, "$[0]"),
         (r#"[1,[{"a":1},{"a":1,"a":2}]]"#, "$[1][1]"),
@@ -1494,6 +2158,8 @@ fn the_same_key_in_sibling_or_nested_objects_is_fine() {
     // `Event` and `event` are different keys.
     let body =
         r#"{"Event":"x","event":"update","time":1,"object":"ticket","objectId":1,"props":{}}"#;
+    assert!(parse(body.as_bytes(), Rules::default()).is_ok());
+    let body = r#"{"event":"update","time":1,"object":"ticket","objectId":1,"props":{"geoloc":{"lat":1},"other":{"lat":1},"list":[{"a":1},{"a":1}]}}"#;
     assert!(parse(body.as_bytes(), Rules::default()).is_ok());
 }
 
@@ -1551,6 +2217,14 @@ fn duplicate_keys_are_escaped_and_long_ones_cut() {
             &format!(r#"has the key starting with "{shown}" (10000 characters) more than once"#)
         )]
     );
+    // So the answer that lists it stays small.
+    let problems = reject_body(&format!(
+        r#"{{"event":"update","time":1,"object":"ticket","objectId":1,"props":{{"{long}":1,"{long}":2}}}}"#
+    ));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "props");
+    let listed = serde_json::to_string(&problems).expect("problems always serialise");
+    assert!(listed.len() < 1024, "{listed}");
     // Characters, not bytes: 64 two-byte characters are shown whole.
     let accented = "é".repeat(MAX_KEY_CHARS_SHOWN);
     assert_eq!(
@@ -1607,6 +2281,7 @@ fn a_path_stays_bounded_at_the_deepest_nesting() {
 fn a_body_that_is_not_json_is_malformed_even_after_a_duplicate() {
     for body in [
         r#"{"a":1,"a":2"#,
+        r#"{"event":"update","event":"delete""#,
         r#"{"a":1,"a":2,"#,
         r#"{"a":1,"a":2} x"#,
         r#"{"a":1,"a":2,"b":1e400}"#,
