@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use apizee_bridge::config::KafkaSettings;
+use apizee_bridge::sink::kafka::config::KafkaSettings;
 use apizee_bridge::sink::kafka::default_properties;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -21,10 +21,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::config::DeadLetter;
+use crate::config::ConfigError;
 use crate::delivery::Delivery;
 use crate::http::rejection::Rejection;
 use crate::metrics::Metrics;
+use crate::route::is_valid_topic;
 use crate::route::{self, Message};
 
 /// Dead letters published at once: enough to keep up with a broker that
@@ -131,5 +132,67 @@ impl DeadLetters {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+    }
+}
+
+/// Flags under "Dead letters" in `--help`.
+#[derive(Debug, clap::Args)]
+pub struct DeadLetterArgs {
+    /// Publish every request refused with 422 (JSON, but not a valid
+    /// envelope) to this topic, body untouched, with the reason in the
+    /// apizee-rejection-reason and apizee-rejection-details headers. The
+    /// sender gets its 422 at once; the dead letter is published in the
+    /// background. Created with the template's topics by
+    /// --kafka-create-topics, and captured by --nats-stream.
+    #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_TOPIC", value_name = "NAME")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Also dead-letter bodies that are not JSON at all (400).
+    #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_MALFORMED")]
+    pub dead_letter_malformed: bool,
+
+    /// Most dead letters waiting to be published. When the broker is slow
+    /// or down and the queue is full, the newest dead letter is dropped and
+    /// counted (apizee_bridge_dead_letters_total{outcome="shed"}). Each
+    /// holds its body: at most this many times --max-body-bytes of memory.
+    #[arg(long, env = "APIZEE_BRIDGE_DEAD_LETTER_QUEUE", default_value_t = 128)]
+    pub dead_letter_queue: usize,
+}
+
+/// Where refused-but-readable requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    /// Also bodies that are not JSON (400), not only invalid envelopes (422).
+    pub malformed: bool,
+    /// Most dead letters waiting to be published.
+    pub queue: usize,
+}
+
+impl DeadLetterArgs {
+    pub fn settings(self) -> Result<Option<DeadLetter>, ConfigError> {
+        match (self.dead_letter_topic, self.dead_letter_malformed) {
+            (Some(_), _) if self.dead_letter_queue == 0 => Err(ConfigError::new(
+                "--dead-letter-queue",
+                "must be at least 1",
+            )),
+            (Some(topic), malformed) if is_valid_topic(&topic) => Ok(Some(DeadLetter {
+                topic,
+                malformed,
+                queue: self.dead_letter_queue,
+            })),
+            (Some(topic), _) => Err(ConfigError::new(
+                "--dead-letter-topic",
+                format!(
+                    "{topic:?} is not a valid topic: use ASCII letters, digits, '-', '_' \
+                     and '.' between non-empty parts"
+                ),
+            )),
+            (None, true) => Err(ConfigError::new(
+                "--dead-letter-malformed",
+                "needs --dead-letter-topic",
+            )),
+            (None, false) => Ok(None),
+        }
     }
 }

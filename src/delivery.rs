@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, parse_duration};
 use crate::metrics::Metrics;
 use crate::route::Message;
+use crate::sink::SinkKind;
 use crate::sink::{PublishError, Sink};
 use crate::spool::Spool;
 
@@ -53,17 +56,16 @@ impl Delivery {
     pub fn new(
         sink: Arc<dyn Sink>,
         spool: Option<Arc<Spool>>,
-        publish_timeout: Duration,
-        startup_timeout: Duration,
+        settings: DeliverySettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             sink,
             spool,
-            publish_timeout,
+            publish_timeout: settings.publish_timeout,
             metrics,
             spooled: Notify::new(),
-            startup_deadline: Instant::now() + startup_timeout,
+            startup_deadline: Instant::now() + settings.startup_timeout,
             started: watch::Sender::new(false),
         }
     }
@@ -184,15 +186,20 @@ impl Delivery {
         }
     }
 
-    /// Replays the spool into the sink, oldest first, until the task is
-    /// dropped. Does nothing without a spool.
-    pub async fn replay(self: Arc<Self>) {
+    /// Replays the spool into the sink, oldest first, until `stop` is
+    /// cancelled. It stops between two events, never between a publish and
+    /// the removal of what it published; what is left stays on disk for the
+    /// next start. Returns at once without a spool.
+    pub async fn replay(self: Arc<Self>, stop: CancellationToken) {
         let Some(spool) = self.spool.clone() else {
             return;
         };
-        loop {
+        while !stop.is_cancelled() {
             if spool.is_empty() || !self.sink.is_ready() {
-                let _ = tokio::time::timeout(REPLAY_IDLE_CHECK, self.spooled.notified()).await;
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = tokio::time::timeout(REPLAY_IDLE_CHECK, self.spooled.notified()) => {}
+                }
                 continue;
             }
             let reader = spool.clone();
@@ -210,10 +217,16 @@ impl Delivery {
                 }
             };
             for spooled in batch {
+                if stop.is_cancelled() {
+                    break;
+                }
                 if let Err(e) = self.publish(&spooled.message).await {
                     self.metrics.spool_replay_failed();
                     tracing::warn!(error = %e, topic = %spooled.message.topic, "replaying a spooled webhook failed; will retry");
-                    tokio::time::sleep(REPLAY_BACKOFF).await;
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(REPLAY_BACKOFF) => {}
+                    }
                     break;
                 }
                 let remover = spool.clone();
@@ -240,6 +253,47 @@ impl Delivery {
     }
 }
 
+/// Flags under "Delivery" in `--help`.
+#[derive(Debug, clap::Args)]
+pub struct DeliveryArgs {
+    /// Where messages go. stdout is a development mode: nothing is durable.
+    #[arg(long, env = "APIZEE_BRIDGE_SINK", value_enum, default_value_t = SinkKind::Stdout)]
+    pub sink: SinkKind,
+
+    /// How long to wait for the broker's acknowledgement before answering 503.
+    #[arg(long, env = "APIZEE_BRIDGE_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// At start-up, how long a webhook waits for the broker to be reachable
+    /// before it is published, instead of being answered 503 by a replica
+    /// that has just started (without --spool-dir; with it, it is spooled).
+    /// /readyz answers 503 until the broker is reachable. Once this has
+    /// passed, or the broker has been reachable once, a webhook that finds
+    /// it unreachable gets 503 at once.
+    #[arg(long, env = "APIZEE_BRIDGE_STARTUP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub startup_timeout: Duration,
+}
+
+/// How long a publish and the start-up wait may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverySettings {
+    pub publish_timeout: Duration,
+    /// How long after start-up a webhook waits for the broker.
+    pub startup_timeout: Duration,
+}
+
+impl DeliveryArgs {
+    pub fn settings(&self) -> Result<DeliverySettings, ConfigError> {
+        if self.publish_timeout.is_zero() {
+            return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
+        }
+        Ok(DeliverySettings {
+            publish_timeout: self.publish_timeout,
+            startup_timeout: self.startup_timeout,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,8 +315,10 @@ mod tests {
         Delivery::new(
             sink.clone(),
             None,
-            Duration::from_secs(1),
-            startup_timeout,
+            DeliverySettings {
+                publish_timeout: Duration::from_secs(1),
+                startup_timeout,
+            },
             Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}"))),
         )
     }

@@ -58,11 +58,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Drain, Settings, SinkSettings};
+use crate::config::Settings;
+use crate::dead_letter::DeadLetters;
+use crate::delivery::Delivery;
 use crate::http::App;
+use crate::http::config::{Drain, HttpSettings};
 use crate::metrics::Metrics;
-use crate::sink::Sink;
+use crate::shutdown::Tasks;
+use crate::sink::{Sink, SinkSettings};
+use crate::tls::ServerTls;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,75 +80,246 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Nats(#[from] sink::nats::NatsSetupError),
-    #[error(transparent)]
-    Kafka(#[from] sink::kafka::KafkaSetupError),
+    Sink(#[from] sink::SinkSetupError),
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
 
-/// How long the sink may take to flush at shutdown before we give up.
-const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each step of the shutdown after the drain may take: the
+/// background tasks, the dead letters still queued, the sink's flush.
+const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the sink, binds both listeners and serves until `shutdown`
-/// resolves; then drains and returns.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new()?);
-    let sink = start_sink(&settings.sink, &metrics).await?;
-    let listener = bind("--listen", settings.listen).await?;
-    let metrics_listener = bind("--metrics-listen", settings.metrics_listen).await?;
-    tracing::info!(
-        listen = %settings.listen,
-        path = %settings.http.path,
-        metrics = %settings.metrics_listen,
-        sink = sink.name(),
-        tls = settings.tls.is_some(),
-        "apizee-bridge started"
-    );
-    if let Some(dead_letter) = &settings.http.dead_letter {
-        tracing::info!(
-            topic = %dead_letter.topic,
-            malformed = dead_letter.malformed,
-            queue = dead_letter.queue,
-            "dead letters (refused requests) go to {}; {}",
-            dead_letter.topic,
-            dead_letter_home(&settings.sink),
-        );
+/// The two listeners, bound by the caller (`main`, or a test on port 0).
+pub struct Listeners {
+    /// Webhooks, `/healthz` and `/readyz` (`--listen`).
+    pub webhooks: TcpListener,
+    /// `/metrics` (`--metrics-listen`).
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &HttpSettings) -> Result<Self, RunError> {
+        Ok(Self {
+            webhooks: bind("--listen", settings.listen).await?,
+            metrics: bind("--metrics-listen", settings.metrics_listen).await?,
+        })
     }
-    let spool = match &settings.spool {
-        Some((dir, max_bytes)) => {
-            metrics.register_spool()?;
-            let spool = spool::Spool::open(dir, *max_bytes)?;
-            if !spool.is_empty() {
-                tracing::info!(
-                    events = spool.len(),
-                    "spooled webhooks from a previous run will be delivered"
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { flag, addr, source })
+}
+
+/// Parts a test puts in place of the ones [`Service::build`] would make.
+#[derive(Default)]
+pub struct Overrides {
+    /// Used instead of the sink `--sink` names (a memory sink).
+    pub sink: Option<Arc<dyn Sink>>,
+}
+
+/// Builds every part once and serves on `listeners` until `shutdown`
+/// resolves; then stops in the order [`Service::serve`] documents.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    Service::build(settings, Overrides::default())
+        .await?
+        .serve(listeners, shutdown)
+        .await;
+    Ok(())
+}
+
+/// Every part of the running service, built once.
+pub struct Service {
+    app: Arc<App>,
+    tls: Option<Arc<ServerTls>>,
+    drain: Drain,
+    /// Cancelled when [`Service::serve`] returns: whatever is still running
+    /// then stops.
+    root: CancellationToken,
+    /// The sink's own background tasks (connection probes, the stream
+    /// keeper, topic creation).
+    sink_tasks: Tasks,
+}
+
+impl Service {
+    /// Starts the sink (its client connects in the background), opens the
+    /// spool, loads TLS, and puts the request path together.
+    pub async fn build(settings: Settings, overrides: Overrides) -> Result<Self, RunError> {
+        let root = CancellationToken::new();
+        let sink_tasks = Tasks::new(&root);
+        let metrics = Arc::new(Metrics::new()?);
+        let sink = match overrides.sink {
+            Some(sink) => sink,
+            None => settings.sink.start(&metrics, &sink_tasks).await?,
+        };
+        let spool = match &settings.spool {
+            Some(spool) => {
+                metrics.register_spool()?;
+                let spool = spool::Spool::open(&spool.dir, spool.max_bytes)?;
+                if !spool.is_empty() {
+                    tracing::info!(
+                        events = spool.len(),
+                        "spooled webhooks from a previous run will be delivered"
+                    );
+                }
+                Some(Arc::new(spool))
+            }
+            None => None,
+        };
+        let tls = match settings.tls {
+            Some(tls) => {
+                metrics.register_tls()?;
+                Some(ServerTls::new(tls, metrics.clone()))
+            }
+            None => None,
+        };
+        if let Some(dead_letter) = &settings.dead_letter {
+            tracing::info!(
+                topic = %dead_letter.topic,
+                malformed = dead_letter.malformed,
+                queue = dead_letter.queue,
+                "dead letters (refused requests) go to {}; {}",
+                dead_letter.topic,
+                dead_letter_home(&settings.sink),
+            );
+        }
+        metrics.prepare(sink.name());
+        let delivery = Arc::new(Delivery::new(
+            sink,
+            spool,
+            settings.delivery,
+            metrics.clone(),
+        ));
+        let dead_letters = settings
+            .dead_letter
+            .map(|dead_letter| Arc::new(DeadLetters::new(dead_letter, metrics.clone())));
+        let drain = settings.http.drain;
+        let app = Arc::new(App::new(
+            settings.http,
+            settings.guard,
+            settings.routing,
+            delivery,
+            dead_letters,
+            metrics,
+        ));
+        Ok(Self {
+            app,
+            tls,
+            drain,
+            root,
+            sink_tasks,
+        })
+    }
+
+    /// The request path, for tests that look at readiness.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// The TLS configuration in force and its reloading, when serving TLS.
+    pub fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
+    }
+
+    /// Serves webhooks and metrics until `shutdown` resolves, then stops in
+    /// this order, each step waiting for the one before:
+    ///
+    /// 1. the webhook listener drains ([`Drain`]): `/readyz` answers 503
+    ///    for `--drain-delay`, the listener closes, requests in flight get
+    ///    up to `--shutdown-timeout` to be answered;
+    /// 2. the background tasks: the spool's replayer (between two events;
+    ///    what is left stays on disk for the next start), the start-up
+    ///    watcher, and the TLS watcher with the SIGHUP handler;
+    /// 3. the dead letters still queued are published: no request is left
+    ///    to refuse;
+    /// 4. the sink is flushed, then its own background tasks stop;
+    /// 5. the metrics listener, last, so a scrape during the drain still
+    ///    sees it all.
+    ///
+    /// Steps 2 to 4 take at most [`STOP_STEP_TIMEOUT`] each. Tasks that
+    /// hold data (the replayer, the dead-letter worker) stop at a point
+    /// where they hold none; the others are dropped at an await.
+    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let Self {
+            app,
+            tls,
+            drain,
+            root,
+            sink_tasks,
+        } = self;
+        let background = Tasks::new(&root);
+        let dead_letter_worker = Tasks::new(&root);
+        let metrics_listener = Tasks::new(&root);
+        let delivery = app.delivery().clone();
+        tracing::info!(
+            listen = %local_addr(&listeners.webhooks),
+            path = %app.path(),
+            metrics = %local_addr(&listeners.metrics),
+            sink = delivery.sink().name(),
+            tls = tls.is_some(),
+            "apizee-bridge started"
+        );
+
+        // SIGHUP is taken over before the first connection is accepted: it
+        // reloads the TLS files, or without TLS is logged, never fatal.
+        let hangup = tls::ReloadSignal::register();
+        match tls.clone() {
+            Some(tls) => background.spawn_until_stopped(tls.watch(hangup)),
+            None => background.spawn_until_stopped(hangup.ignore()),
+        }
+        background.spawn(|stop| delivery.clone().replay(stop));
+        background.spawn_until_stopped(delivery.clone().watch_startup());
+        if let Some(dead_letters) = app.dead_letters() {
+            let (dead_letters, delivery) = (dead_letters.clone(), delivery.clone());
+            dead_letter_worker.spawn(|_| dead_letters.run(delivery));
+        }
+        let (metrics, scraped) = (app.metrics().clone(), delivery.clone());
+        metrics_listener.spawn(|stop| async move {
+            http::server::serve_metrics(
+                listeners.metrics,
+                metrics,
+                scraped,
+                stop.cancelled_owned(),
+            )
+            .await;
+        });
+
+        http::server::serve_webhooks(listeners.webhooks, app.clone(), tls, drain, shutdown).await;
+
+        if !background.stop(STOP_STEP_TIMEOUT).await {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        if let Some(queue) = app.dead_letters() {
+            queue.close();
+            if !dead_letter_worker.finish(STOP_STEP_TIMEOUT).await {
+                tracing::warn!(
+                    "publishing the queued dead letters at shutdown timed out; dropped them"
                 );
             }
-            Some(Arc::new(spool))
         }
-        None => None,
-    };
-    let tls = match settings.tls {
-        Some(tls) => {
-            metrics.register_tls()?;
-            Some(tls::ServerTls::new(tls, metrics.clone()))
+        match tokio::time::timeout(STOP_STEP_TIMEOUT, delivery.sink().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),
+            Err(_) => tracing::warn!("flushing the sink at shutdown timed out"),
         }
-        None => None,
-    };
-    let app = Arc::new(App::with_spool(settings.http, sink, spool, metrics));
-    serve_with_tls(
-        app,
-        listener,
-        metrics_listener,
-        tls,
-        settings.drain,
-        shutdown,
-    )
-    .await;
-    Ok(())
+        sink_tasks.stop(STOP_STEP_TIMEOUT).await;
+        metrics_listener.stop(STOP_STEP_TIMEOUT).await;
+        root.cancel();
+        tracing::info!("apizee-bridge stopped");
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string())
 }
 
 /// Where the dead-letter topic comes from, for the start-up log: an
@@ -165,106 +342,4 @@ fn dead_letter_home(sink: &SinkSettings) -> String {
             None => "published on core NATS, stored only if a subscriber or stream takes it".into(),
         },
     }
-}
-
-/// Starts the configured sink. Broker clients connect in the background, so
-/// this returns before the broker is reachable; `Sink::is_ready` tells when.
-pub async fn start_sink(
-    settings: &SinkSettings,
-    metrics: &Arc<Metrics>,
-) -> Result<Arc<dyn Sink>, RunError> {
-    Ok(match settings {
-        SinkSettings::Stdout => {
-            tracing::warn!(
-                "sink is stdout: messages are printed, not stored; nothing is durable. \
-                 Use --sink nats in production"
-            );
-            Arc::new(sink::stdout::StdoutSink::new())
-        }
-        SinkSettings::Nats(nats) => Arc::new(sink::nats::NatsSink::start(nats).await?),
-        SinkSettings::Kafka(kafka) => {
-            metrics.register_kafka()?;
-            Arc::new(sink::kafka::KafkaSink::start(kafka, metrics.clone())?)
-        }
-    })
-}
-
-async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind { flag, addr, source })
-}
-
-/// Serves webhooks and metrics on listeners the caller bound, until
-/// `shutdown` resolves; then drains (see [`config::Drain`]), flushes the
-/// sink, and stops the metrics listener.
-pub async fn serve(
-    app: Arc<App>,
-    listener: TcpListener,
-    metrics_listener: TcpListener,
-    drain: Drain,
-    shutdown: impl Future<Output = ()>,
-) {
-    serve_with_tls(app, listener, metrics_listener, None, drain, shutdown).await;
-}
-
-/// [`serve`], with webhooks over TLS when `tls` is given; its files are
-/// reloaded on SIGHUP and when they change, until shutdown.
-pub async fn serve_with_tls(
-    app: Arc<App>,
-    listener: TcpListener,
-    metrics_listener: TcpListener,
-    tls: Option<Arc<tls::ServerTls>>,
-    drain: Drain,
-    shutdown: impl Future<Output = ()>,
-) {
-    // SIGHUP is taken over before the first connection is accepted: it
-    // reloads the TLS files, or without TLS is logged, never fatal.
-    let hangup = tls::ReloadSignal::register();
-    let reload = match tls.clone() {
-        Some(tls) => tokio::spawn(tls.watch(hangup)),
-        None => tokio::spawn(hangup.ignore()),
-    };
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let replay = tokio::spawn(app.delivery().clone().replay());
-    let startup = tokio::spawn(app.delivery().clone().watch_startup());
-    let dead_letters = app
-        .dead_letters()
-        .map(|dead_letters| tokio::spawn(dead_letters.clone().run(app.delivery().clone())));
-    let metrics_task = tokio::spawn(http::server::serve_metrics(
-        metrics_listener,
-        app.metrics().clone(),
-        app.delivery().clone(),
-        async move {
-            let _ = metrics_stopped.await;
-        },
-    ));
-
-    http::server::serve_webhooks(listener, app.clone(), tls, drain, shutdown).await;
-
-    // Events still spooled stay on disk for the next start.
-    replay.abort();
-    startup.abort();
-    reload.abort();
-    // No request is left to refuse: what the dead-letter queue holds goes
-    // out before the sink is flushed.
-    if let (Some(queue), Some(worker)) = (app.dead_letters(), dead_letters) {
-        queue.close();
-        if tokio::time::timeout(SINK_FLUSH_TIMEOUT, worker)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "publishing the queued dead letters at shutdown timed out; dropped them"
-            );
-        }
-    }
-    match tokio::time::timeout(SINK_FLUSH_TIMEOUT, app.delivery().sink().flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),
-        Err(_) => tracing::warn!("flushing the sink at shutdown timed out"),
-    }
-    let _ = stop_metrics.send(());
-    let _ = metrics_task.await;
-    tracing::info!("apizee-bridge stopped");
 }

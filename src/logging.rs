@@ -6,8 +6,6 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 #[derive(Debug, thiserror::Error)]
 #[error("invalid --log-level {filter:?}: {reason}")]
 pub struct LogSetupError {
@@ -33,4 +31,22 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LogSetupError> {
     // Only fails if a subscriber is already installed, as in tests.
     let _ = result;
     Ok(())
+}
+
+/// Flags under "Logging" in `--help`.
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "APIZEE_BRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax ("info", "apizee_bridge=debug").
+    #[arg(long, env = "APIZEE_BRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -46,10 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(apizee_bridge::run(
-        settings,
-        apizee_bridge::shutdown::signal(),
-    )) {
+    let serve = async {
+        let listeners = apizee_bridge::Listeners::bind(&settings.http).await?;
+        apizee_bridge::run(settings, listeners, apizee_bridge::shutdown::signal()).await
+    };
+    match runtime.block_on(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

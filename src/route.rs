@@ -5,6 +5,8 @@
 //! start-up against the intersection of NATS subject and Kafka topic rules:
 //! ASCII letters, digits, `-`, `_`, and `.` between non-empty tokens.
 
+pub mod config;
+
 use std::fmt;
 use std::time::SystemTime;
 

@@ -1,4 +1,17 @@
-//! The shutdown signal: SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+//! How the service stops: the signal (SIGTERM from Kubernetes and systemd,
+//! SIGINT from Ctrl-C), and [`Tasks`], the groups of background tasks that
+//! stop together, one group after another (the order is in
+//! [`crate::Service::serve`]).
+//!
+//! Every group's token is a child of one root token: cancelling the root
+//! stops everything at once, which is what happens to whatever is left when
+//! the service returns.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn signal() {
@@ -22,5 +35,60 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+/// A group of tasks that stop together: a token they watch, and a tracker
+/// to wait for them.
+#[derive(Clone)]
+pub struct Tasks {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    /// A group that also stops when `root` is cancelled.
+    pub fn new(root: &CancellationToken) -> Self {
+        Self {
+            token: root.child_token(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Spawns a task that watches its token and returns at a point where it
+    /// holds nothing (the replayer between two events, for instance).
+    pub fn spawn<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task(self.token.clone()));
+    }
+
+    /// Spawns a task that holds no data (a probe, a watcher): once the
+    /// token is cancelled it is dropped at its next await.
+    pub fn spawn_until_stopped(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    /// Cancels the group and waits for its tasks, at most `limit`; false
+    /// if some were still running then.
+    pub async fn stop(&self, limit: Duration) -> bool {
+        self.token.cancel();
+        self.finish(limit).await
+    }
+
+    /// Waits, at most `limit`, for the tasks to end on their own (a worker
+    /// draining a queue that was closed); false if some were still running.
+    pub async fn finish(&self, limit: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ConfigError;
 use crate::route::{Message, header};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -274,6 +275,47 @@ impl Spool {
             .map_err(storage)?
             .len()
             .map_err(storage)
+    }
+}
+
+/// Flags under "Spool" in `--help`.
+#[derive(Debug, clap::Args)]
+pub struct SpoolArgs {
+    /// Directory of the durable spool. When the broker is down or does not
+    /// acknowledge in time, the webhook is synced here and answered 202,
+    /// then delivered, oldest first, once the broker is back. Survives
+    /// kill -9 and reboots. Without it, such webhooks get 503.
+    #[arg(long, env = "APIZEE_BRIDGE_SPOOL_DIR", value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Largest size of the spool on disk; when full, webhooks get 503.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_SPOOL_MAX_BYTES",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub spool_max_bytes: u64,
+}
+
+/// Where the spool lives and how big it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl SpoolArgs {
+    pub fn settings(self) -> Result<Option<SpoolSettings>, ConfigError> {
+        match self.spool_dir {
+            Some(_) if self.spool_max_bytes == 0 => {
+                Err(ConfigError::new("--spool-max-bytes", "must be at least 1"))
+            }
+            Some(dir) => Ok(Some(SpoolSettings {
+                dir,
+                max_bytes: self.spool_max_bytes,
+            })),
+            None => Ok(None),
+        }
     }
 }
 

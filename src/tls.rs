@@ -14,6 +14,8 @@
 //! aws-lc-rs, whose build needs cmake. HTTP/2 is offered by ALPN before
 //! HTTP/1.1.
 
+pub mod config;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

@@ -7,6 +7,8 @@
 //! so probing one check at a time teaches an attacker nothing; the
 //! [`Denial`] goes to the logs and to a metric for the operator.
 
+pub mod config;
+
 mod basic;
 mod shared_secret;
 mod signature;

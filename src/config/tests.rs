@@ -4,7 +4,11 @@ use clap::CommandFactory;
 use clap::error::ErrorKind;
 use http::{HeaderMap, HeaderValue};
 
+use std::path::PathBuf;
+
 use crate::route::TemplateError;
+use crate::sink::kafka::config::KafkaSettings;
+use crate::sink::nats::config::{NatsAuth, NatsSettings, StreamSettings};
 
 // These tests never set environment variables: the environment is shared by
 // every test thread, so clap's env support is checked through the command's
@@ -156,24 +160,27 @@ fn config_error(flag: &'static str, reason: &str) -> ConfigError {
 #[test]
 fn defaults() {
     let settings = settings(&[]);
-    assert_eq!(settings.listen, "0.0.0.0:8080".parse().unwrap());
-    assert_eq!(settings.metrics_listen, "0.0.0.0:9090".parse().unwrap());
+    assert_eq!(settings.http.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(
+        settings.http.metrics_listen,
+        "0.0.0.0:9090".parse().unwrap()
+    );
     assert_eq!(settings.http.path, "/webhooks");
     assert_eq!(settings.http.max_body_bytes, 262_144);
-    assert_eq!(settings.http.publish_timeout, Duration::from_secs(5));
+    assert_eq!(settings.delivery.publish_timeout, Duration::from_secs(5));
     assert_eq!(settings.http.retry_after_secs, 5);
-    assert!(!settings.http.rules.strict);
-    assert!(!settings.http.rules.object_id_in_topic);
+    assert!(!settings.routing.rules.strict);
+    assert!(!settings.routing.rules.object_id_in_topic);
     assert_eq!(
-        settings.http.template.to_string(),
+        settings.routing.template.to_string(),
         "apizee.{object}.{event}"
     );
-    let guard = &settings.http.guard;
+    let guard = &settings.guard;
     assert!(guard.shared_secret.is_none() && guard.basic.is_none() && guard.signature.is_none());
     assert!(guard.source.is_none() && guard.user_agent.is_none());
-    assert_eq!(settings.drain.timeout, Duration::from_secs(20));
-    assert_eq!(settings.drain.delay, Duration::from_secs(5));
-    assert_eq!(settings.http.startup_timeout, Duration::from_secs(10));
+    assert_eq!(settings.http.drain.timeout, Duration::from_secs(20));
+    assert_eq!(settings.http.drain.delay, Duration::from_secs(5));
+    assert_eq!(settings.delivery.startup_timeout, Duration::from_secs(10));
     assert!(matches!(settings.sink, SinkSettings::Stdout));
     assert_eq!(settings.log_format, LogFormat::Text);
     assert_eq!(settings.log_level, "info");
@@ -218,17 +225,20 @@ fn every_plain_flag_is_applied() {
         "--log-level",
         "apizee_bridge=debug",
     ]);
-    assert_eq!(settings.listen, "127.0.0.1:8081".parse().unwrap());
-    assert_eq!(settings.metrics_listen, "[::1]:9091".parse().unwrap());
+    assert_eq!(settings.http.listen, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(settings.http.metrics_listen, "[::1]:9091".parse().unwrap());
     assert_eq!(settings.http.path, "/apizeehooks/");
     assert_eq!(settings.http.max_body_bytes, 1);
-    assert_eq!(settings.http.publish_timeout, Duration::from_millis(750));
-    assert_eq!(settings.http.retry_after_secs, 2);
-    assert_eq!(settings.drain.timeout, Duration::from_secs(60));
-    assert!(settings.http.rules.strict);
-    assert!(settings.http.rules.object_id_in_topic);
     assert_eq!(
-        settings.http.template.to_string(),
+        settings.delivery.publish_timeout,
+        Duration::from_millis(750)
+    );
+    assert_eq!(settings.http.retry_after_secs, 2);
+    assert_eq!(settings.http.drain.timeout, Duration::from_secs(60));
+    assert!(settings.routing.rules.strict);
+    assert!(settings.routing.rules.object_id_in_topic);
+    assert_eq!(
+        settings.routing.template.to_string(),
         "acme.{object}.{objectId}"
     );
     assert_eq!(settings.log_format, LogFormat::Json);
@@ -320,13 +330,12 @@ fn path_must_start_with_a_slash() {
 
 #[test]
 fn dead_letter_topic() {
-    assert_eq!(settings(&[]).http.dead_letter, None);
+    assert_eq!(settings(&[]).dead_letter, None);
     let dead = settings(&[
         "--dead-letter-topic",
         "apizee.dlq",
         "--dead-letter-malformed",
     ])
-    .http
     .dead_letter
     .expect("dead letters configured");
     assert_eq!((dead.topic.as_str(), dead.malformed), ("apizee.dlq", true));
@@ -361,7 +370,13 @@ fn client_limits() {
 fn spool_settings() {
     assert_eq!(settings(&[]).spool, None);
     let spool = settings(&["--spool-dir", "/var/lib/x", "--spool-max-bytes", "1000"]).spool;
-    assert_eq!(spool, Some(("/var/lib/x".into(), 1000)));
+    assert_eq!(
+        spool,
+        Some(crate::spool::SpoolSettings {
+            dir: "/var/lib/x".into(),
+            max_bytes: 1000
+        })
+    );
     assert_eq!(
         error(&["--spool-dir", "/x", "--spool-max-bytes", "0"]).flag,
         "--spool-max-bytes"
@@ -453,7 +468,7 @@ fn template_without_prefix_placeholder_ignores_the_prefix() {
         "--topic-prefix",
         "a b",
     ]);
-    assert_eq!(settings.http.template.to_string(), "hooks.{object}");
+    assert_eq!(settings.routing.template.to_string(), "hooks.{object}");
 }
 
 // ---------------------------------------------------------------------------
@@ -510,7 +525,7 @@ fn auth_tokens_from_commas_and_repeated_flags() {
         "--auth-token",
         "newest",
     ]);
-    let auth = settings.http.guard.shared_secret.expect("auth configured");
+    let auth = settings.guard.shared_secret.expect("auth configured");
     assert_eq!(auth.header().as_str(), "x-apizee-secret");
     for token in ["old", "new", "newest"] {
         assert!(auth.allows(&headers("x-apizee-secret", token)), "{token}");
@@ -539,7 +554,7 @@ fn auth_token_file_skips_comments_and_blank_lines() {
         "--auth-token-file",
         file.to_str().unwrap(),
     ]);
-    let auth = settings.http.guard.shared_secret.expect("auth configured");
+    let auth = settings.guard.shared_secret.expect("auth configured");
     assert_eq!(
         format!("{auth:?}"),
         r#"SharedSecret { header: "authorization", tokens: 3 }"#
@@ -576,7 +591,7 @@ fn auth_token_file_adds_to_auth_token() {
         "--auth-token-file",
         file.to_str().unwrap(),
     ]);
-    let auth = settings.http.guard.shared_secret.expect("auth configured");
+    let auth = settings.guard.shared_secret.expect("auth configured");
     assert!(auth.allows(&headers("x-token", "from-flag")));
     assert!(auth.allows(&headers("x-token", "from-file")));
 }
@@ -949,7 +964,7 @@ fn basic_auth_from_flags_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = written(&dir, "users", "# ops\nfile-user:pass,with,commas\n");
     let settings = settings(&["--basic-auth", "a:1,b:2", "--basic-auth-file", &file]);
-    let basic = settings.http.guard.basic.expect("basic configured");
+    let basic = settings.guard.basic.expect("basic configured");
     assert_eq!(format!("{basic:?}"), "BasicAuth { users: 3 }");
     assert_eq!(
         error(&["--basic-auth", "nocolon"]),
@@ -995,7 +1010,7 @@ fn hmac_flags() {
         "--hmac-tolerance",
         "2m",
     ]);
-    let signature = settings.http.guard.signature.expect("signature configured");
+    let signature = settings.guard.signature.expect("signature configured");
     let shown = format!("{signature:?}");
     assert!(shown.contains(r#"header: "x-signature""#), "{shown}");
     assert!(shown.contains("keys: 2"), "{shown}");
@@ -1041,11 +1056,7 @@ fn source_allow_list_flags() {
         "--trusted-proxy",
         "10.0.0.0/8",
     ]);
-    let source = settings
-        .http
-        .guard
-        .source
-        .expect("source filter configured");
+    let source = settings.guard.source.expect("source filter configured");
     let peer: std::net::IpAddr = "10.1.2.3".parse().unwrap();
     assert!(source.allows(peer, &headers("x-forwarded-for", "203.0.113.9")));
     assert!(!source.allows(peer, &headers("x-forwarded-for", "198.51.100.9")));
@@ -1073,10 +1084,7 @@ fn source_allow_list_flags() {
 #[test]
 fn user_agent_flag() {
     let settings = settings(&["--require-user-agent", "Cloud Apizee"]);
-    assert_eq!(
-        settings.http.guard.user_agent.as_deref(),
-        Some("Cloud Apizee")
-    );
+    assert_eq!(settings.guard.user_agent.as_deref(), Some("Cloud Apizee"));
     assert_eq!(
         error(&["--require-user-agent", ""]).flag,
         "--require-user-agent"
@@ -1131,7 +1139,7 @@ fn refusal_budgets_must_hold_something() {
     ] {
         assert_eq!(error(args).flag, flag);
     }
-    let http = settings(&["--dead-letter-topic", "dlq"]).http;
-    assert_eq!(http.max_unauthenticated_in_flight, 64);
-    assert_eq!(http.dead_letter.map(|d| d.queue), Some(128));
+    let settings = settings(&["--dead-letter-topic", "dlq"]);
+    assert_eq!(settings.http.max_unauthenticated_in_flight, 64);
+    assert_eq!(settings.dead_letter.map(|d| d.queue), Some(128));
 }

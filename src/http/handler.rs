@@ -21,19 +21,22 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::budget::Budgets;
+use super::config::{HttpSettings, Limits};
 use super::rejection::{Answering, Rejection, json_response};
-use crate::config::{HttpSettings, Limits};
+use crate::auth::Guard;
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
 use crate::metrics::Metrics;
 use crate::route;
-use crate::sink::Sink;
-use crate::spool::Spool;
+use crate::route::config::Routing;
 
-/// Shared state of the webhook listener.
+/// Shared state of the webhook listener: every part a request goes
+/// through, each built once by [`crate::Service::build`].
 pub struct App {
-    settings: HttpSettings,
+    http: HttpSettings,
+    guard: Guard,
+    routing: Routing,
     delivery: Arc<Delivery>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -44,40 +47,26 @@ pub struct App {
 }
 
 impl App {
-    /// Webhooks go to `sink` only; failures are 503.
-    pub fn new(settings: HttpSettings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
-        Self::with_spool(settings, sink, None, metrics)
-    }
-
-    /// Webhooks the broker cannot take in time go to `spool`, if given.
-    pub fn with_spool(
-        settings: HttpSettings,
-        sink: Arc<dyn Sink>,
-        spool: Option<Arc<Spool>>,
+    pub fn new(
+        http: HttpSettings,
+        guard: Guard,
+        routing: Routing,
+        delivery: Arc<Delivery>,
+        dead_letters: Option<Arc<DeadLetters>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.prepare(sink.name());
-        let delivery = Delivery::new(
-            sink,
-            spool,
-            settings.publish_timeout,
-            settings.startup_timeout,
-            metrics.clone(),
-        );
-        let unauthenticated = settings
-            .guard
+        let unauthenticated = guard
             .authenticates_only_with_body()
-            .then_some(settings.max_unauthenticated_in_flight);
+            .then_some(http.max_unauthenticated_in_flight);
         Self {
-            delivery: Arc::new(delivery),
-            budgets: Budgets::new(settings.max_in_flight, unauthenticated),
-            dead_letters: settings
-                .dead_letter
-                .clone()
-                .map(|dead_letter| Arc::new(DeadLetters::new(dead_letter, metrics.clone()))),
-            settings,
+            budgets: Budgets::new(http.max_in_flight, unauthenticated),
+            http,
+            guard,
+            routing,
+            delivery,
             metrics,
             draining: AtomicBool::new(false),
+            dead_letters,
         }
     }
 
@@ -86,7 +75,12 @@ impl App {
     }
 
     pub fn limits(&self) -> Limits {
-        self.settings.limits
+        self.http.limits
+    }
+
+    /// `--path`.
+    pub fn path(&self) -> &str {
+        &self.http.path
     }
 
     pub fn delivery(&self) -> &Arc<Delivery> {
@@ -107,8 +101,8 @@ impl App {
     }
 
     fn is_webhook_path(&self, path: &str) -> bool {
-        let configured = self.settings.path.trim_end_matches('/');
-        path == self.settings.path || path.trim_end_matches('/') == configured
+        let configured = self.http.path.trim_end_matches('/');
+        path == self.http.path || path.trim_end_matches('/') == configured
     }
 }
 
@@ -156,8 +150,8 @@ pub async fn handle(
     };
     let response = result.unwrap_or_else(|rejection| {
         let answering = Answering {
-            retry_after_secs: app.settings.retry_after_secs,
-            challenge: app.settings.guard.challenge(),
+            retry_after_secs: app.http.retry_after_secs,
+            challenge: app.guard.challenge(),
         };
         rejection.answer(peer, &app.metrics, answering)
     });
@@ -195,9 +189,8 @@ async fn webhook(
         return Err(Rejection::MethodNotAllowed { allow: "POST" });
     }
     let _in_flight = app.metrics.in_flight();
-    let settings = &app.settings;
-    settings
-        .guard
+    let settings = &app.http;
+    app.guard
         .check_request(peer.ip(), request.headers())
         .map_err(Rejection::Denied)?;
     // Taken before the body is read, so the bodies in memory are bounded;
@@ -214,13 +207,12 @@ async fn webhook(
     .await
     .map_err(|_| Rejection::RequestTimeout)??;
     // Before parsing: an unsigned body is not even worth a dead letter.
-    settings
-        .guard
+    app.guard
         .check_body(&head.headers, &body, received_at)
         .map_err(Rejection::Denied)?;
     let _slot = app.budgets.authenticated(slot)?;
 
-    let envelope = match envelope::parse(&body, settings.rules) {
+    let envelope = match envelope::parse(&body, app.routing.rules) {
         Ok(envelope) => envelope,
         Err(e) => {
             let rejection = match e {
@@ -231,7 +223,7 @@ async fn webhook(
         }
     };
     let message =
-        match route::build_message(&envelope, body.clone(), &settings.template, received_at) {
+        match route::build_message(&envelope, body.clone(), &app.routing.template, received_at) {
             Ok(message) => message,
             Err(e) => {
                 let rejection = Rejection::InvalidEnvelope(vec![Problem {

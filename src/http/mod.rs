@@ -2,6 +2,8 @@
 //! webhook and health handlers ([`handler`]), and the one place where a
 //! failure becomes a status code and a JSON body ([`rejection`]).
 
+pub mod config;
+
 pub mod budget;
 pub mod handler;
 pub mod rejection;

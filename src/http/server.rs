@@ -30,9 +30,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::config::{Drain, Limits};
 use super::handler::{self, App};
 use super::rejection::{Answering, Rejection};
-use crate::config::{Drain, Limits};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;

@@ -11,15 +11,98 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::route::Message;
+use crate::route::{Message, TopicTemplate};
+use crate::shutdown::Tasks;
 
 pub mod kafka;
 pub mod memory;
 pub mod nats;
 pub mod stdout;
+
+/// `--sink`: where messages go. A new broker is a variant here, its folder
+/// beside this file (its flags in `config.rs`), and a line in each match
+/// below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkKind {
+    Stdout,
+    Nats,
+    Kafka,
+}
+
+/// The chosen sink's checked settings.
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    Stdout,
+    Nats(Box<nats::config::NatsSettings>),
+    Kafka(Box<kafka::config::KafkaSettings>),
+}
+
+/// What a sink's settings need from the other parts: the topics it will be
+/// given (a stream to capture them, topics to create) and how long a
+/// publish may take.
+pub struct SinkContext<'a> {
+    pub template: &'a TopicTemplate,
+    pub dead_letter_topic: Option<&'a str>,
+    pub publish_timeout: Duration,
+}
+
+/// Why a sink could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkSetupError {
+    #[error(transparent)]
+    Nats(#[from] nats::NatsSetupError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSetupError),
+}
+
+impl SinkSettings {
+    /// Checks the flags of the chosen sink only: a Kafka flag left at its
+    /// default does not matter with `--sink nats`.
+    pub fn new(
+        kind: SinkKind,
+        nats: nats::config::NatsArgs,
+        kafka: kafka::config::KafkaArgs,
+        context: &SinkContext<'_>,
+    ) -> Result<Self, ConfigError> {
+        Ok(match kind {
+            SinkKind::Stdout => SinkSettings::Stdout,
+            SinkKind::Nats => SinkSettings::Nats(Box::new(nats.settings(context)?)),
+            SinkKind::Kafka => SinkSettings::Kafka(Box::new(kafka.settings(context)?)),
+        })
+    }
+
+    /// Starts the sink. Broker clients connect in the background, so this
+    /// returns before the broker is reachable; [`Sink::is_ready`] tells
+    /// when.
+    /// Its background tasks run in `tasks`, stopped after its last flush.
+    pub async fn start(
+        &self,
+        metrics: &Arc<Metrics>,
+        tasks: &Tasks,
+    ) -> Result<Arc<dyn Sink>, SinkSetupError> {
+        Ok(match self {
+            SinkSettings::Stdout => {
+                tracing::warn!(
+                    "sink is stdout: messages are printed, not stored; nothing is durable. \
+                     Use --sink nats in production"
+                );
+                Arc::new(stdout::StdoutSink::new())
+            }
+            SinkSettings::Nats(nats) => Arc::new(nats::NatsSink::start(nats, tasks).await?),
+            SinkSettings::Kafka(kafka) => {
+                metrics
+                    .register_kafka()
+                    .map_err(kafka::KafkaSetupError::from)?;
+                Arc::new(kafka::KafkaSink::start(kafka, metrics.clone(), tasks)?)
+            }
+        })
+    }
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::support::answers::bridge_with;
 use crate::support::process::BridgeProcess;
 use crate::support::*;
 use apizee_bridge::sink::PublishError;
@@ -18,18 +19,7 @@ async fn spooling_bridge(dir: &std::path::Path, extra: &[&str]) -> (Bridge, Arc<
     let dir = dir.to_string_lossy().into_owned();
     let mut args = vec!["--spool-dir", dir.as_str(), "--publish-timeout", "300ms"];
     args.extend_from_slice(extra);
-    let settings = settings(&args);
-    let metrics =
-        Arc::new(apizee_bridge::metrics::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-    metrics
-        .register_spool()
-        .unwrap_or_else(|e| panic!("spool metrics: {e}"));
-    let (spool_dir, max_bytes) = settings.spool.clone().unwrap_or_else(|| panic!("no spool"));
-    let spool = apizee_bridge::spool::Spool::open(&spool_dir, max_bytes)
-        .unwrap_or_else(|e| panic!("open spool: {e}"));
-    let sink = Arc::new(MemorySink::new());
-    let bridge = Bridge::with_app(settings, sink.clone(), Some(Arc::new(spool)), metrics).await;
-    (bridge, sink)
+    bridge_with(&args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

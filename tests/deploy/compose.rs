@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use crate::support::compose::interpolate;
 use crate::support::tool;
-use apizee_bridge::config::{Cli, Settings, SinkSettings};
+use apizee_bridge::config::{Cli, Settings};
+use apizee_bridge::sink::SinkSettings;
 use clap::builder::{BoolValueParser, TypedValueParser};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
@@ -519,8 +520,8 @@ fn bridge_environment_names_real_flags_and_is_accepted_by_the_binary() {
             );
             // Reachable from the other containers, not only from inside.
             for (flag, address) in [
-                ("--listen", settings.listen),
-                ("--metrics-listen", settings.metrics_listen),
+                ("--listen", settings.http.listen),
+                ("--metrics-listen", settings.http.metrics_listen),
             ] {
                 assert!(
                     address.ip().is_unspecified(),
@@ -602,7 +603,7 @@ fn bridges_are_stopped_after_their_drain_not_during_it() {
     for (name, settings) in bridge_settings(&default_vars()) {
         let grace = str_at(&services[&name], "stop_grace_period").unwrap_or("10s");
         let grace = parse_duration(&format!("{COMPOSE}: {name}: stop_grace_period"), grace);
-        let drain = settings.drain.delay + settings.drain.timeout;
+        let drain = settings.http.drain.delay + settings.http.drain.timeout;
         assert!(
             grace >= drain + Duration::from_secs(5),
             "{COMPOSE}: {name}: stop_grace_period {grace:?} leaves no margin over the \
@@ -618,7 +619,10 @@ fn bridges_are_stopped_after_their_drain_not_during_it() {
                     .collect::<BTreeSet<_>>()
             })
             .unwrap_or_default();
-        for port in [settings.listen.port(), settings.metrics_listen.port()] {
+        for port in [
+            settings.http.listen.port(),
+            settings.http.metrics_listen.port(),
+        ] {
             assert!(
                 exposed.contains(&port.to_string()),
                 "{COMPOSE}: {name}: expose lacks {port}"
@@ -740,9 +744,9 @@ fn haproxy_balances_every_replica_and_checks_readyz() {
         let (_, port) = host_port(HAPROXY_CFG, address);
         assert_eq!(
             port,
-            settings.listen.port(),
+            settings.http.listen.port(),
             "{HAPROXY_CFG}: {server}: {name} listens on {}",
-            settings.listen
+            settings.http.listen
         );
         assert!(
             default_server_checks
@@ -781,9 +785,9 @@ fn haproxy_balances_every_replica_and_checks_readyz() {
             .map(|t| haproxy_duration(t.trim()))
             .unwrap_or_else(|| panic!("{HAPROXY_CFG}: no timeout server"));
         assert!(
-            timeout_server > settings.http.publish_timeout,
+            timeout_server > settings.delivery.publish_timeout,
             "{HAPROXY_CFG}: timeout server {timeout_server:?} is not longer than {name}'s publish timeout {:?}",
-            settings.http.publish_timeout
+            settings.delivery.publish_timeout
         );
     }
 
@@ -905,9 +909,9 @@ fn prometheus_scrapes_every_replica_on_its_metrics_port() {
         for (job, port) in jobs {
             assert_eq!(
                 *port,
-                settings.metrics_listen.port(),
+                settings.http.metrics_listen.port(),
                 "prometheus.yml: job {job} scrapes {name}:{port}, but its /metrics is on {}",
-                settings.metrics_listen
+                settings.http.metrics_listen
             );
         }
     }
@@ -1161,7 +1165,7 @@ fn checkers_catch_what_they_are_for() {
         ),
     ]);
     let settings = settings_from_env("good", &good);
-    assert!(settings.http.rules.strict);
+    assert!(settings.routing.rules.strict);
     match settings.sink {
         SinkSettings::Kafka(kafka) => assert_eq!(kafka.options.len(), 2),
         other => panic!("{other:?}"),

@@ -17,7 +17,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
-use apizee_bridge::config::{Cli, LogFormat, Settings, SinkSettings};
+use apizee_bridge::config::{Cli, Settings};
+use apizee_bridge::logging::LogFormat;
+use apizee_bridge::sink::SinkSettings;
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
 
@@ -697,12 +699,12 @@ fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
         assert_eq!(sink, b.sink, "{}: the sink", b.target);
         assert_eq!(settings.log_format, LogFormat::Json, "{}: logs", b.target);
         assert!(
-            settings.http.guard.shared_secret.is_some(),
+            settings.guard.shared_secret.is_some(),
             "{}: webhooks must need the shared secret",
             b.target
         );
         assert!(
-            env.contains_key("APIZEE_BRIDGE_AUTH_TOKEN") && cli.auth_header.is_some(),
+            env.contains_key("APIZEE_BRIDGE_AUTH_TOKEN") && cli.auth.auth_header.is_some(),
             "{}: auth header and token",
             b.target
         );
@@ -759,7 +761,7 @@ fn a_setting_the_binary_refuses_fails_the_check() {
     }
     env.insert("APIZEE_BRIDGE_SHUTDOWN_TIMEOUT".into(), "7s".into());
     let (cli, _) = parse_settings("test", &env);
-    assert_eq!(cli.shutdown_timeout, Duration::from_secs(7));
+    assert_eq!(cli.http.shutdown_timeout, Duration::from_secs(7));
 }
 
 fn probe<'a>(b: &'a Built, kind: &str) -> &'a Value {
@@ -774,15 +776,15 @@ fn ports_probes_and_scrape_target_match_the_binary() {
         let t = b.target;
         let (cli, _) = b.settings();
         for (flag, addr) in [
-            ("--listen", cli.listen),
-            ("--metrics-listen", cli.metrics_listen),
+            ("--listen", cli.http.listen),
+            ("--metrics-listen", cli.http.metrics_listen),
         ] {
             assert!(
                 addr.ip().is_unspecified(),
                 "{t}: {flag} {addr} must listen on every address, for probes and the Service"
             );
         }
-        let (http, metrics) = (cli.listen.port(), cli.metrics_listen.port());
+        let (http, metrics) = (cli.http.listen.port(), cli.http.metrics_listen.port());
 
         let ready = probe(b, "readinessProbe");
         assert_eq!(ready["path"].as_str(), Some("/readyz"), "{t}: readiness");
@@ -876,15 +878,15 @@ fn network_policy_lets_webhooks_metrics_dns_and_the_broker_through() {
         let ingress = spec["ingress"].as_sequence().unwrap();
         let webhooks = ingress
             .iter()
-            .find(|r| rule_ports(r).contains(&cli.listen.port()))
+            .find(|r| rule_ports(r).contains(&cli.http.listen.port()))
             .unwrap_or_else(|| panic!("{t}: webhooks are not let in"));
         assert!(
-            !rule_ports(webhooks).contains(&cli.metrics_listen.port()),
+            !rule_ports(webhooks).contains(&cli.http.metrics_listen.port()),
             "{t}: metrics are open to whoever may send webhooks"
         );
         let scrape = ingress
             .iter()
-            .find(|r| rule_ports(r).contains(&cli.metrics_listen.port()))
+            .find(|r| rule_ports(r).contains(&cli.http.metrics_listen.port()))
             .unwrap_or_else(|| panic!("{t}: metrics are not let in"));
         let from = scrape["from"].as_sequence().expect("metrics: from");
         assert_eq!(
@@ -941,7 +943,7 @@ fn shutdown_fits_in_the_grace_period() {
             b.container()["lifecycle"]["preStop"].is_null(),
             "{t}: no preStop: the drain delay does its job"
         );
-        let sleep = cli.drain_delay;
+        let sleep = cli.http.drain_delay;
         assert!(
             sleep >= Duration::from_secs(3),
             "{t}: the drain delay covers endpoint propagation"
@@ -951,12 +953,12 @@ fn shutdown_fits_in_the_grace_period() {
                 .as_u64()
                 .unwrap_or_else(|| panic!("{t}: terminationGracePeriodSeconds")),
         );
-        let needed = sleep + cli.shutdown_timeout + flush;
+        let needed = sleep + cli.http.shutdown_timeout + flush;
         assert!(
             grace > needed,
             "{t}: terminationGracePeriodSeconds {grace:?} <= --drain-delay {sleep:?} + \
              --shutdown-timeout {:?} + sink flush {flush:?}",
-            cli.shutdown_timeout
+            cli.http.shutdown_timeout
         );
     }
 }
@@ -1044,7 +1046,11 @@ fn the_spool_variant_keeps_each_spool_on_a_claim_that_holds_it() {
     for b in built() {
         let t = b.target;
         let (_, settings) = b.settings();
-        let Some((spool_dir, spool_max_bytes)) = settings.spool.as_ref() else {
+        let Some(apizee_bridge::spool::SpoolSettings {
+            dir: spool_dir,
+            max_bytes: spool_max_bytes,
+        }) = settings.spool.as_ref()
+        else {
             assert!(!b.is_stateful(), "{t}: a StatefulSet without a spool");
             continue;
         };
@@ -1258,14 +1264,18 @@ fn the_memory_limit_covers_every_body_the_settings_let_in() {
         let (_, settings) = b.settings();
         let http = &settings.http;
         let body = http.max_body_bytes as u64;
-        let unauthenticated = if http.guard.authenticates_only_with_body() {
+        let unauthenticated = if settings.guard.authenticates_only_with_body() {
             http.max_unauthenticated_in_flight as u64
         } else {
             0
         };
         // The deployment may turn either on later: count them anyway.
         let worst = (http.max_in_flight as u64 + http.max_unauthenticated_in_flight as u64) * body
-            + http.dead_letter.as_ref().map_or(128, |d| d.queue as u64) * body
+            + settings
+                .dead_letter
+                .as_ref()
+                .map_or(128, |d| d.queue as u64)
+                * body
             + settings
                 .spool
                 .as_ref()

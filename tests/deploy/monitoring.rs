@@ -531,33 +531,18 @@ impl Bridges {
             ]
             .map(str::to_owned),
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let edge_settings = settings(&args);
         let spool_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let spool = apizee_bridge::spool::Spool::open(spool_dir.path(), 1 << 20)
-            .unwrap_or_else(|e| panic!("spool: {e}"));
-        let edge_metrics = Arc::new(
-            apizee_bridge::metrics::Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")),
+        args.extend(
+            [
+                "--spool-dir",
+                &spool_dir.path().to_string_lossy(),
+                "--spool-max-bytes",
+                "1048576",
+            ]
+            .map(str::to_owned),
         );
-        edge_metrics
-            .register_spool()
-            .and_then(|()| edge_metrics.register_tls())
-            .unwrap_or_else(|e| panic!("metrics: {e}"));
-        let tls = apizee_bridge::tls::ServerTls::new(
-            edge_settings
-                .tls
-                .clone()
-                .unwrap_or_else(|| panic!("no TLS")),
-            edge_metrics.clone(),
-        );
-        let edge = Bridge::launch(
-            edge_settings,
-            Arc::new(MemorySink::new()),
-            Some(Arc::new(spool)),
-            edge_metrics,
-            Some(tls),
-        )
-        .await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let edge = Bridge::with_sink(settings(&args), Arc::new(MemorySink::new())).await;
         Self {
             memory_sink,
             memory,

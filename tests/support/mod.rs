@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use apizee_bridge::config::{Cli, Settings};
 use apizee_bridge::http::App;
-use apizee_bridge::metrics::Metrics;
 use apizee_bridge::sink::Sink;
+use apizee_bridge::{Listeners, Overrides, Service};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -145,12 +145,14 @@ impl Drop for Frozen {
     }
 }
 
-/// The bridge running in-process on loopback port 0, stopped on drop.
+/// The bridge running in-process on loopback port 0, stopped on drop:
+/// [`apizee_bridge::Service`] built and served exactly as `run` does,
+/// with the sink optionally replaced.
 pub struct Bridge {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
-    /// Set when webhooks are served over TLS ([`tls::start_bridge`]).
+    /// Set when webhooks are served over TLS (`--tls-cert`).
     pub tls: Option<Arc<apizee_bridge::tls::ServerTls>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -175,64 +177,43 @@ pub fn settings(args: &[&str]) -> Settings {
 impl Bridge {
     /// Starts the bridge with the sink its flags select.
     pub async fn start(args: &[&str]) -> Self {
-        let settings = settings(args);
-        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-        let sink = apizee_bridge::start_sink(&settings.sink, &metrics)
-            .await
-            .unwrap_or_else(|e| panic!("cannot start sink: {e}"));
-        Self::serve(settings, sink, metrics).await
+        Self::launch(settings(args), Overrides::default()).await
     }
 
     /// Starts the bridge with a sink the test holds (a `MemorySink`).
     pub async fn with_sink(settings: Settings, sink: Arc<dyn Sink>) -> Self {
-        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-        Self::serve(settings, sink, metrics).await
+        let overrides = Overrides { sink: Some(sink) };
+        Self::launch(settings, overrides).await
     }
 
-    async fn serve(settings: Settings, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
-        Self::with_app(settings, sink, None, metrics).await
-    }
-
-    /// Starts the bridge with a sink the test holds and, optionally, a spool.
-    pub async fn with_app(
-        settings: Settings,
-        sink: Arc<dyn Sink>,
-        spool: Option<Arc<apizee_bridge::spool::Spool>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self::launch(settings, sink, spool, metrics, None).await
-    }
-
-    /// Serves on loopback port 0, over TLS when `tls` is given.
-    pub async fn launch(
-        settings: Settings,
-        sink: Arc<dyn Sink>,
-        spool: Option<Arc<apizee_bridge::spool::Spool>>,
-        metrics: Arc<Metrics>,
-        tls: Option<Arc<apizee_bridge::tls::ServerTls>>,
-    ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let metrics_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let metrics_addr = metrics_listener
+    /// The one way every test starts the bridge: listeners on loopback
+    /// port 0, then the service's own build and serve.
+    async fn launch(settings: Settings, overrides: Overrides) -> Self {
+        let listeners = Listeners {
+            webhooks: TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("bind: {e}")),
+            metrics: TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("bind: {e}")),
+        };
+        let addr = listeners
+            .webhooks
             .local_addr()
             .unwrap_or_else(|e| panic!("{e}"));
-        let app = Arc::new(App::with_spool(settings.http, sink, spool, metrics));
+        let metrics_addr = listeners
+            .metrics
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let service = Service::build(settings, overrides)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the bridge: {e}"));
+        let app = service.app().clone();
+        let tls = service.tls().cloned();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(apizee_bridge::serve_with_tls(
-            app.clone(),
-            listener,
-            metrics_listener,
-            tls.clone(),
-            settings.drain,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(service.serve(listeners, async move {
+            let _ = stopped.await;
+        }));
         Self {
             addr,
             metrics_addr,

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apizee_bridge::metrics::Metrics;
 use apizee_bridge::sink::Sink;
-use apizee_bridge::tls::ServerTls;
 use bytes::Bytes;
 use http::Version;
 use http_body_util::{BodyExt, Full};
@@ -304,17 +302,9 @@ pub async fn post_once(
 /// The bridge in-process with TLS, on loopback port 0; stopped on drop.
 /// `args` must name the TLS files.
 pub async fn start_bridge(args: &[&str], sink: Arc<dyn Sink>) -> Bridge {
-    let settings = settings(args);
-    let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-    metrics
-        .register_tls()
-        .unwrap_or_else(|e| panic!("metrics: {e}"));
-    let tls_settings = settings
-        .tls
-        .clone()
-        .unwrap_or_else(|| panic!("no TLS files in {args:?}"));
-    let tls = ServerTls::new(tls_settings, metrics.clone());
-    Bridge::launch(settings, sink, None, metrics, Some(tls)).await
+    let bridge = Bridge::with_sink(settings(args), sink).await;
+    assert!(bridge.tls.is_some(), "no TLS files in {args:?}");
+    bridge
 }
 
 /// Waits until a new connection to `addr` presents `expected`.

@@ -39,7 +39,7 @@ use async_nats::jetstream::{self, ErrorCode, context::RequestErrorKind};
 use serde::Deserialize;
 use tokio::sync::Notify;
 
-use crate::config::StreamSettings;
+use super::config::StreamSettings;
 use crate::route::subject_matches;
 
 /// The first wait between two checks of a stream that is not usable; it

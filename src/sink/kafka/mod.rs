@@ -12,6 +12,8 @@
 //! fails, publishes get `NotConnected` at once rather than waiting out the
 //! timeout in librdkafka's queue.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -25,9 +27,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{BoxFuture, PublishError, Sink};
-use crate::config::{KafkaSettings, TopicCreation};
 use crate::metrics::Metrics;
 use crate::route::Message;
+use crate::shutdown::Tasks;
+use config::{KafkaSettings, TopicCreation};
 
 /// How often the reachability probe asks for metadata, and how long it
 /// waits for an answer. Short enough that `/readyz` follows an outage within
@@ -108,6 +111,8 @@ pub enum KafkaSetupError {
     /// librdkafka refused a property: names it, never echoes its value.
     #[error("invalid --kafka-option: {0}")]
     Config(String),
+    #[error("cannot set up the Kafka metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct KafkaSink {
@@ -133,7 +138,12 @@ struct State {
 impl KafkaSink {
     /// Creates the producer and starts the reachability probe (and topic
     /// creation, if asked). Returns without waiting for the broker.
-    pub fn start(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Self, KafkaSetupError> {
+    /// The probe and topic creation run in `tasks`.
+    pub fn start(
+        settings: &KafkaSettings,
+        metrics: Arc<Metrics>,
+        tasks: &Tasks,
+    ) -> Result<Self, KafkaSetupError> {
         let config = client_config(settings);
         let producer: FutureProducer<LoggingContext> =
             config
@@ -145,7 +155,7 @@ impl KafkaSink {
         });
 
         let producer = Arc::new(RwLock::new(producer));
-        tokio::spawn(probe(
+        tasks.spawn_until_stopped(probe(
             producer.clone(),
             settings.probe_topic.clone(),
             state.clone(),
@@ -154,7 +164,7 @@ impl KafkaSink {
             let admin: AdminClient<DefaultClientContext> = config
                 .create()
                 .map_err(|e| KafkaSetupError::Config(describe_config_error(&e)))?;
-            tokio::spawn(create_topics(admin, creation.clone(), state.clone()));
+            tasks.spawn_until_stopped(create_topics(admin, creation.clone(), state.clone()));
         }
         Ok(Self {
             producer,
@@ -405,8 +415,9 @@ impl Sink for KafkaSink {
 
 #[cfg(test)]
 mod tests {
+    use super::config::KafkaOption;
     use super::*;
-    use crate::config::{KafkaOption, Secret};
+    use crate::config::Secret;
 
     fn settings(options: &[(&str, &str)]) -> KafkaSettings {
         KafkaSettings {
@@ -466,6 +477,10 @@ mod tests {
         assert_eq!(config.get("acks"), Some("1"));
     }
 
+    fn tasks() -> Tasks {
+        Tasks::new(&tokio_util::sync::CancellationToken::new())
+    }
+
     #[tokio::test]
     async fn sasl_scram_over_tls_configures_a_producer() {
         let settings = settings(&[
@@ -475,14 +490,14 @@ mod tests {
             ("sasl.password", "hunter2"),
         ]);
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
-        assert!(KafkaSink::start(&settings, metrics).is_ok());
+        assert!(KafkaSink::start(&settings, metrics, &tasks()).is_ok());
     }
 
     #[tokio::test]
     async fn a_bad_property_is_named_without_its_value() {
         let settings = settings(&[("no.such.property", "hunter2")]);
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
-        let error = match KafkaSink::start(&settings, metrics) {
+        let error = match KafkaSink::start(&settings, metrics, &tasks()) {
             Ok(_) => panic!("a bad property was accepted"),
             Err(e) => e.to_string(),
         };

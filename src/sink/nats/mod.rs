@@ -18,6 +18,8 @@
 //! leader (left alone; not ready until it has one). A publish only tells it
 //! what it saw: no responder, no answer, or an acknowledgement.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +29,9 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAdd
 use tokio::sync::watch;
 
 use super::{BoxFuture, PublishError, Sink};
-use crate::config::{NatsAuth, NatsSettings};
 use crate::route::Message;
+use crate::shutdown::Tasks;
+use config::{NatsAuth, NatsSettings};
 
 mod stream;
 
@@ -57,7 +60,8 @@ pub enum NatsSetupError {
 impl NatsSink {
     /// Starts the client. It returns without waiting for the server: the
     /// bridge starts, reports not ready, and connects when NATS is up.
-    pub async fn start(settings: &NatsSettings) -> Result<Self, NatsSetupError> {
+    /// The stream keeper, if any, runs in `tasks`.
+    pub async fn start(settings: &NatsSettings, tasks: &Tasks) -> Result<Self, NatsSetupError> {
         let servers = settings
             .urls
             .iter()
@@ -93,7 +97,7 @@ impl NatsSink {
                     keeper: keeper.clone(),
                     timeout: settings.publish_timeout,
                 };
-                tokio::spawn(keep.run());
+                tasks.spawn_until_stopped(keep.run());
                 Some(keeper)
             }
             _ => None,

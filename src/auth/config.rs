@@ -1,0 +1,301 @@
+//! The authentication flags, turned into the [`Guard`] every webhook
+//! passes: source addresses, User-Agent, a shared secret or Basic
+//! credentials on the headers, an HMAC signature of the body.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{BasicAuth, Cidr, Guard, SharedSecret, Signature, SignatureEncoding, SourceFilter};
+use crate::config::{ConfigError, Secret, parse_duration};
+
+/// Flags under "Authentication" in `--help`.
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// Request header that must carry a shared secret (set as a custom
+    /// header in the Apizee console). With "Authorization", a "Bearer "
+    /// prefix is accepted.
+    #[arg(long, env = "APIZEE_BRIDGE_AUTH_HEADER", value_name = "NAME")]
+    pub auth_header: Option<String>,
+
+    /// Accepted secret(s); repeat the flag or separate with commas to rotate.
+    /// Prefer the env var or --auth-token-file to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_AUTH_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_token: Vec<String>,
+
+    /// File with accepted secrets, one per line (blank lines and # comments
+    /// ignored).
+    #[arg(long, env = "APIZEE_BRIDGE_AUTH_TOKEN_FILE", value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Accepted HTTP Basic credentials, as USER:PASSWORD; repeat the flag or
+    /// separate with commas. Prefer --basic-auth-file, which also allows
+    /// commas in passwords.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_BASIC_AUTH",
+        value_name = "USER:PASSWORD",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub basic_auth: Vec<String>,
+
+    /// File with accepted HTTP Basic credentials, one USER:PASSWORD per line
+    /// (blank lines and # comments ignored).
+    #[arg(long, env = "APIZEE_BRIDGE_BASIC_AUTH_FILE", value_name = "PATH")]
+    pub basic_auth_file: Option<PathBuf>,
+
+    /// Require an HMAC-SHA256 signature of the raw body, made with this key,
+    /// in --hmac-header. Repeat the flag or separate with commas to rotate
+    /// keys. Prefer the env var or --hmac-secret-file to the flag.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_HMAC_SECRET",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub hmac_secret: Vec<String>,
+
+    /// File with HMAC keys, one per line (blank lines and # comments ignored).
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_SECRET_FILE", value_name = "PATH")]
+    pub hmac_secret_file: Option<PathBuf>,
+
+    /// Request header that carries the HMAC signature, optionally prefixed
+    /// by "sha256=".
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_HMAC_HEADER",
+        value_name = "NAME",
+        default_value = "X-Signature"
+    )]
+    pub hmac_header: String,
+
+    /// How the signature is written in --hmac-header.
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_ENCODING", value_enum, default_value_t = SignatureEncoding::Hex)]
+    pub hmac_encoding: SignatureEncoding,
+
+    /// Request header with the time of signing, in UNIX seconds. When set,
+    /// the signed bytes are "<timestamp>.<body>" and a request whose
+    /// timestamp is further than --hmac-tolerance from now is refused, so a
+    /// captured request cannot be replayed later.
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_TIMESTAMP_HEADER", value_name = "NAME")]
+    pub hmac_timestamp_header: Option<String>,
+
+    /// Largest accepted difference between --hmac-timestamp-header and the
+    /// bridge's clock, either way.
+    #[arg(long, env = "APIZEE_BRIDGE_HMAC_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
+    pub hmac_tolerance: Duration,
+
+    /// Accept webhooks only from these client addresses (CIDR ranges or
+    /// single addresses); repeat the flag or separate with commas. Others get
+    /// 403.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_ALLOW_CIDR",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_cidr: Vec<String>,
+
+    /// Proxies and load balancers whose X-Forwarded-For is believed when
+    /// checking --allow-cidr (CIDR ranges or addresses; repeat or separate
+    /// with commas). From any other peer, the connection's own address is
+    /// the client.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+
+    /// Accept webhooks only with a User-Agent that starts with this text (the
+    /// platform sends "Cloud Apizee"); others get 403. A filter against stray
+    /// traffic, not authentication: any client can send it.
+    #[arg(long, env = "APIZEE_BRIDGE_REQUIRE_USER_AGENT", value_name = "TEXT")]
+    pub require_user_agent: Option<String>,
+}
+
+impl AuthArgs {
+    pub fn settings(&self) -> Result<Guard, ConfigError> {
+        let shared_secret = shared_secret_from_cli(
+            self.auth_header.as_deref(),
+            &self.auth_token,
+            self.auth_token_file.as_deref(),
+        )?;
+
+        let basic_pairs = secrets_from_cli(
+            "--basic-auth-file",
+            "USER:PASSWORD line",
+            &self.basic_auth,
+            self.basic_auth_file.as_deref(),
+        )?;
+        let basic = if basic_pairs.is_empty() {
+            None
+        } else {
+            let flag = if self.basic_auth_file.is_some() {
+                "--basic-auth-file"
+            } else {
+                "--basic-auth"
+            };
+            if shared_secret
+                .as_ref()
+                .is_some_and(|s| s.header() == http::header::AUTHORIZATION)
+            {
+                return Err(ConfigError::new(
+                    flag,
+                    "cannot be combined with --auth-header Authorization: both need the \
+                 Authorization header; name another header for the shared secret",
+                ));
+            }
+            Some(BasicAuth::new(&basic_pairs).map_err(|e| ConfigError::new(flag, e.to_string()))?)
+        };
+
+        let hmac_keys = secrets_from_cli(
+            "--hmac-secret-file",
+            "key",
+            &self.hmac_secret,
+            self.hmac_secret_file.as_deref(),
+        )?;
+        let signature = if hmac_keys.is_empty() {
+            if self.hmac_timestamp_header.is_some() {
+                return Err(ConfigError::new(
+                    "--hmac-timestamp-header",
+                    "needs a key: set --hmac-secret or --hmac-secret-file",
+                ));
+            }
+            None
+        } else {
+            let header = header_name("--hmac-header", &self.hmac_header)?;
+            let timestamp = match &self.hmac_timestamp_header {
+                Some(name) => {
+                    if self.hmac_tolerance.is_zero() {
+                        return Err(ConfigError::new("--hmac-tolerance", "must be more than 0"));
+                    }
+                    Some((
+                        header_name("--hmac-timestamp-header", name)?,
+                        self.hmac_tolerance,
+                    ))
+                }
+                None => None,
+            };
+            Some(Signature::new(
+                header,
+                self.hmac_encoding,
+                &hmac_keys,
+                timestamp,
+            ))
+        };
+
+        let allow = cidrs("--allow-cidr", &self.allow_cidr)?;
+        let trusted_proxies = cidrs("--trusted-proxy", &self.trusted_proxy)?;
+        let source = match (allow.is_empty(), trusted_proxies.is_empty()) {
+            (true, true) => None,
+            (true, false) => {
+                return Err(ConfigError::new(
+                    "--trusted-proxy",
+                    "only takes effect with --allow-cidr: add the client ranges to accept",
+                ));
+            }
+            (false, _) => Some(SourceFilter::new(allow, trusted_proxies)),
+        };
+
+        let user_agent = match self.require_user_agent.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(ConfigError::new(
+                    "--require-user-agent",
+                    "is empty, which every request matches: give the expected text, such as \
+                 \"Cloud Apizee\"",
+                ));
+            }
+            Some(text) => Some(text.to_owned()),
+        };
+
+        Ok(Guard {
+            source,
+            user_agent,
+            shared_secret,
+            basic,
+            signature,
+        })
+    }
+}
+
+fn header_name(flag: &'static str, name: &str) -> Result<http::HeaderName, ConfigError> {
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ConfigError::new(flag, format!("{name:?} is not a valid HTTP header name")))
+}
+fn cidrs(flag: &'static str, values: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Cidr>()
+                .map_err(|e| ConfigError::new(flag, e.to_string()))
+        })
+        .collect()
+}
+/// Secrets from a repeatable flag plus a file of one per line. An empty or
+/// commented-out file is an error: it must not silently turn a check off.
+fn secrets_from_cli(
+    file_flag: &'static str,
+    entry: &str,
+    values: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut secrets: Vec<Secret> = values
+        .iter()
+        .filter(|t| !t.is_empty())
+        .map(|t| Secret::new(t.clone()))
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(file_flag, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let before = secrets.len();
+        secrets.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| Secret::new(l.to_owned())),
+        );
+        if secrets.len() == before {
+            return Err(ConfigError::new(
+                file_flag,
+                format!("{} holds no {entry}", path.display()),
+            ));
+        }
+    }
+    Ok(secrets)
+}
+fn shared_secret_from_cli(
+    header: Option<&str>,
+    tokens: &[String],
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<SharedSecret>, ConfigError> {
+    let secrets = secrets_from_cli("--auth-token-file", "token", tokens, token_file)?;
+    match (header, secrets.is_empty()) {
+        (None, true) => Ok(None),
+        (None, false) => Err(ConfigError::new(
+            "--auth-header",
+            "is required with --auth-token or --auth-token-file: name the header that carries the secret",
+        )),
+        (Some(_), true) => Err(ConfigError::new(
+            "--auth-token",
+            "no token given for --auth-header: set --auth-token or --auth-token-file",
+        )),
+        (Some(name), false) => SharedSecret::new(name, secrets)
+            .map(Some)
+            .map_err(|e| ConfigError::new("--auth-header", e.to_string())),
+    }
+}
