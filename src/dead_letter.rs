@@ -24,9 +24,12 @@ use tokio::sync::mpsc;
 use crate::config::ConfigError;
 use crate::delivery::Delivery;
 use crate::http::rejection::Rejection;
-use crate::metrics::Metrics;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+
+use crate::metrics::{Registered, opts};
 use crate::route::is_valid_topic;
 use crate::route::{self, Message};
+use crate::sink::Outcome;
 
 /// Dead letters published at once: enough to keep up with a broker that
 /// answers in milliseconds, few enough that a frozen one (every publish
@@ -34,8 +37,41 @@ use crate::route::{self, Message};
 const CONCURRENT_PUBLISHES: usize = 16;
 
 /// The `outcome` of a dead letter dropped because the queue was full, in
-/// `apizee_bridge_dead_letters_total` beside `ok` and the publish errors.
+/// `apizee_bridge_dead_letters_total` beside the publish outcomes.
 pub const SHED: &str = "shed";
+
+/// Registered with the dead letters, so a bridge without
+/// `--dead-letter-topic` exports none.
+struct DeadLetterMetrics {
+    /// `dead_letters_total` by publish [`Outcome`].
+    published: [IntCounter; Outcome::ALL.len()],
+    /// `dead_letters_total{outcome="shed"}`.
+    shed: IntCounter,
+    queue: IntGauge,
+}
+
+impl DeadLetterMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let outcomes = IntCounterVec::new(
+            opts(
+                "dead_letters_total",
+                "Refused requests published to --dead-letter-topic, by outcome (ok or the error kind).",
+            ),
+            &["outcome"],
+        )?
+        .registered(registry)?;
+        Ok(Self {
+            published: Outcome::ALL.map(|outcome| outcomes.with_label_values(&[outcome.as_str()])),
+            shed: outcomes.with_label_values(&[SHED]),
+            queue: IntGauge::with_opts(opts(
+                "dead_letter_queue_messages",
+                "Dead letters queued or being published: at most --dead-letter-queue, plus the \
+                 few whose publish is under way.",
+            ))?
+            .registered(registry)?,
+        })
+    }
+}
 
 pub struct DeadLetters {
     settings: DeadLetter,
@@ -44,18 +80,19 @@ pub struct DeadLetters {
     queue: Mutex<Option<mpsc::Sender<Message>>>,
     /// Taken by [`DeadLetters::run`].
     worker: Mutex<Option<mpsc::Receiver<Message>>>,
-    metrics: Arc<Metrics>,
+    metrics: DeadLetterMetrics,
 }
 
 impl DeadLetters {
-    pub fn new(settings: DeadLetter, metrics: Arc<Metrics>) -> Self {
+    /// Its metrics are registered in `registry`.
+    pub fn new(settings: DeadLetter, registry: &Registry) -> Result<Self, prometheus::Error> {
         let (queue, worker) = mpsc::channel(settings.queue);
-        Self {
+        Ok(Self {
             settings,
             queue: Mutex::new(Some(queue)),
             worker: Mutex::new(Some(worker)),
-            metrics,
-        }
+            metrics: DeadLetterMetrics::register(registry)?,
+        })
     }
 
     /// Queues a dead letter for `rejection`, if it is a kind that is
@@ -84,9 +121,9 @@ impl DeadLetters {
         };
         drop(queue);
         if queued {
-            self.metrics.dead_letter_queued();
+            self.metrics.queue.inc();
         } else {
-            self.metrics.dead_lettered(SHED);
+            self.metrics.shed.inc();
             tracing::warn!(
                 topic = %self.settings.topic,
                 capacity = self.settings.queue,
@@ -110,16 +147,14 @@ impl DeadLetters {
         queued
             .for_each_concurrent(CONCURRENT_PUBLISHES, |message| {
                 let delivery = delivery.clone();
-                let metrics = self.metrics.clone();
+                let metrics = &self.metrics;
                 async move {
-                    match delivery.publish_within_timeout(&message).await {
-                        Ok(()) => metrics.dead_lettered("ok"),
-                        Err(e) => {
-                            metrics.dead_lettered(e.kind());
-                            tracing::warn!(error = %e, topic = %message.topic, "dead letter not published");
-                        }
+                    let result = delivery.publish_within_timeout(&message).await;
+                    metrics.published[Outcome::of(&result) as usize].inc();
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, topic = %message.topic, "dead letter not published");
                     }
-                    metrics.dead_letter_done();
+                    metrics.queue.dec();
                 }
             })
             .await;

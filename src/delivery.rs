@@ -15,10 +15,14 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, parse_duration};
-use crate::metrics::Metrics;
+use prometheus::{
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
+
+use crate::metrics::{Registered, latency_opts, opts};
 use crate::route::Message;
 use crate::sink::SinkKind;
-use crate::sink::{PublishError, Sink};
+use crate::sink::{Outcome, PublishError, Sink};
 use crate::spool::Spool;
 
 /// How many spooled events a replay round reads at once.
@@ -43,7 +47,7 @@ pub struct Delivery {
     sink: Arc<dyn Sink>,
     spool: Option<Arc<Spool>>,
     publish_timeout: Duration,
-    metrics: Arc<Metrics>,
+    metrics: DeliveryMetrics,
     spooled: Notify,
     /// Until then, a webhook waits for a sink that has never been ready.
     startup_deadline: Instant,
@@ -57,9 +61,10 @@ impl Delivery {
         sink: Arc<dyn Sink>,
         spool: Option<Arc<Spool>>,
         settings: DeliverySettings,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
+        let metrics = DeliveryMetrics::register(registry, sink.name(), spool.is_some())?;
+        Ok(Self {
             sink,
             spool,
             publish_timeout: settings.publish_timeout,
@@ -67,7 +72,7 @@ impl Delivery {
             spooled: Notify::new(),
             startup_deadline: Instant::now() + settings.startup_timeout,
             started: watch::Sender::new(false),
-        }
+        })
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {
@@ -149,14 +154,12 @@ impl Delivery {
     /// Publishes a webhook with the timeout, and records the outcome.
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let started = Instant::now();
-        let outcome = self.publish_within_timeout(message).await;
-        let label = match &outcome {
-            Ok(()) => "ok",
-            Err(e) => e.kind(),
-        };
+        let result = self.publish_within_timeout(message).await;
+        self.metrics.publishes[Outcome::of(&result) as usize].inc();
         self.metrics
-            .published(self.sink.name(), label, started.elapsed());
-        outcome
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Appends to the spool; if that fails too, the sender gets the
@@ -175,7 +178,9 @@ impl Delivery {
             .and_then(|r| r);
         match appended {
             Ok(_) => {
-                self.metrics.spooled();
+                if let Some(metrics) = &self.metrics.spool {
+                    metrics.spooled.inc();
+                }
                 self.spooled.notify_one();
                 Ok(Delivered::Spooled)
             }
@@ -221,7 +226,9 @@ impl Delivery {
                     break;
                 }
                 if let Err(e) = self.publish(&spooled.message).await {
-                    self.metrics.spool_replay_failed();
+                    if let Some(metrics) = &self.metrics.spool {
+                        metrics.replay_failures.inc();
+                    }
                     tracing::warn!(error = %e, topic = %spooled.message.topic, "replaying a spooled webhook failed; will retry");
                     tokio::select! {
                         () = stop.cancelled() => {}
@@ -232,7 +239,11 @@ impl Delivery {
                 let remover = spool.clone();
                 let sequence = spooled.sequence;
                 match tokio::task::spawn_blocking(move || remover.remove(sequence)).await {
-                    Ok(Ok(())) => self.metrics.spool_replayed(),
+                    Ok(Ok(())) => {
+                        if let Some(metrics) = &self.metrics.spool {
+                            metrics.replayed.inc();
+                        }
+                    }
                     // Left in place, it is published again later: a
                     // duplicate with the same event id, never a loss.
                     Ok(Err(e)) => tracing::error!(error = %e, "cannot remove a replayed webhook"),
@@ -242,14 +253,123 @@ impl Delivery {
         }
     }
 
-    /// Sets the spool's gauges; called at every scrape.
-    pub fn report(&self, metrics: &Metrics) {
-        metrics.set_broker_connected(self.sink.name(), self.sink.is_ready());
-        self.sink.report(metrics);
-        if let Some(spool) = &self.spool {
+    /// Sets the gauges (the broker's connection, the sink's own, the
+    /// spool's); called at every scrape, so they are never stale.
+    pub fn report(&self) {
+        self.metrics
+            .broker_connected
+            .set(i64::from(self.sink.is_ready()));
+        self.sink.report();
+        if let (Some(spool), Some(metrics)) = (&self.spool, &self.metrics.spool) {
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            metrics.events.set(gauge(spool.len()));
+            metrics.bytes.set(gauge(spool.bytes()));
+            metrics.max_bytes.set(gauge(spool.max_bytes()));
             let age = spool.oldest_age().ok().flatten().unwrap_or_default();
-            metrics.set_spool(spool.len(), spool.bytes(), spool.max_bytes(), age);
+            metrics.oldest_age.set(age.as_secs_f64());
         }
+    }
+}
+
+/// Publishes and the broker's connection, under the sink's name; and the
+/// spool's metrics, only with `--spool-dir`.
+struct DeliveryMetrics {
+    /// `publishes_total` by [`Outcome`], every one at 0 from the start.
+    publishes: [IntCounter; Outcome::ALL.len()],
+    publish_duration: Histogram,
+    broker_connected: IntGauge,
+    spool: Option<SpoolMetrics>,
+}
+
+struct SpoolMetrics {
+    events: IntGauge,
+    bytes: IntGauge,
+    max_bytes: IntGauge,
+    oldest_age: Gauge,
+    spooled: IntCounter,
+    replayed: IntCounter,
+    replay_failures: IntCounter,
+}
+
+impl DeliveryMetrics {
+    fn register(
+        registry: &Registry,
+        sink: &'static str,
+        spool: bool,
+    ) -> Result<Self, prometheus::Error> {
+        let publishes = IntCounterVec::new(
+            opts(
+                "publishes_total",
+                "Publish attempts, by sink and outcome (ok or the error kind).",
+            ),
+            &["sink", "outcome"],
+        )?
+        .registered(registry)?;
+        let publish_duration = HistogramVec::new(
+            latency_opts(
+                "publish_duration_seconds",
+                "Time from publish to broker acknowledgement (or failure), by sink.",
+            ),
+            &["sink"],
+        )?
+        .registered(registry)?;
+        let broker_connected = IntGaugeVec::new(
+            opts(
+                "broker_connected",
+                "1 while the sink is connected to its broker and ready, else 0.",
+            ),
+            &["sink"],
+        )?
+        .registered(registry)?;
+        Ok(Self {
+            publishes: Outcome::ALL
+                .map(|outcome| publishes.with_label_values(&[sink, outcome.as_str()])),
+            publish_duration: publish_duration.with_label_values(&[sink]),
+            broker_connected: broker_connected.with_label_values(&[sink]),
+            spool: spool
+                .then(|| SpoolMetrics::register(registry))
+                .transpose()?,
+        })
+    }
+}
+
+impl SpoolMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge =
+            |name: &str, help: &str| IntGauge::with_opts(opts(name, help))?.registered(registry);
+        let counter =
+            |name: &str, help: &str| IntCounter::with_opts(opts(name, help))?.registered(registry);
+        Ok(Self {
+            events: gauge(
+                "spool_events",
+                "Webhooks waiting in the local spool for the broker.",
+            )?,
+            bytes: gauge(
+                "spool_bytes",
+                "Bytes of webhooks in the local spool (bounded by --spool-max-bytes).",
+            )?,
+            max_bytes: gauge(
+                "spool_max_bytes",
+                "--spool-max-bytes: past it, webhooks the broker cannot take get 503.",
+            )?,
+            oldest_age: Gauge::with_opts(opts(
+                "spool_oldest_age_seconds",
+                "How long the oldest spooled webhook has waited; 0 when the spool is empty.",
+            ))?
+            .registered(registry)?,
+            spooled: counter(
+                "spooled_total",
+                "Webhooks answered 202 because they were written to the spool.",
+            )?,
+            replayed: counter(
+                "spool_replayed_total",
+                "Spooled webhooks delivered to the broker and removed from the spool.",
+            )?,
+            replay_failures: counter(
+                "spool_replay_failures_total",
+                "Failed attempts to deliver a spooled webhook (it stays and is retried).",
+            )?,
+        })
     }
 }
 
@@ -300,6 +420,7 @@ mod tests {
     use bytes::Bytes;
 
     use crate::sink::memory::{Behaviour, MemorySink};
+    use crate::spool::Spool;
 
     fn message() -> Message {
         Message {
@@ -319,8 +440,9 @@ mod tests {
                 publish_timeout: Duration::from_secs(1),
                 startup_timeout,
             },
-            Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}"))),
+            &Registry::new(),
         )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     // Each case runs on a fresh paused clock: the deadline is set from the
@@ -354,6 +476,106 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "waited {:?} after /readyz had said ready",
             started.elapsed()
+        );
+    }
+
+    fn exported(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8(out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every outcome exists at 0 from the start, under the sink's name, and
+    /// each publish counts under its own; the spool's series only with a
+    /// spool.
+    #[tokio::test(start_paused = true)]
+    async fn publishes_are_counted_by_outcome_under_the_sink_name() {
+        let sink = Arc::new(MemorySink::new());
+        let registry = Registry::new();
+        let settings = DeliverySettings {
+            publish_timeout: Duration::from_secs(1),
+            startup_timeout: Duration::ZERO,
+        };
+        let delivery = Delivery::new(sink.clone(), None, settings, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let before = exported(&registry);
+        for outcome in Outcome::ALL {
+            let line = format!(
+                "apizee_bridge_publishes_total{{outcome=\"{}\",sink=\"memory\"}} 0",
+                outcome.as_str()
+            );
+            assert!(before.contains(&line), "missing {line}");
+        }
+        assert!(before.contains(r#"apizee_bridge_broker_connected{sink="memory"} 0"#));
+        assert!(!before.contains("apizee_bridge_spool"), "{before}");
+        assert!(delivery.deliver(&message()).await.is_ok());
+        sink.set_behaviour(Behaviour::Fail(PublishError::Timeout(Duration::ZERO)));
+        assert!(delivery.deliver(&message()).await.is_err());
+        delivery.report();
+        let after = exported(&registry);
+        for line in [
+            r#"apizee_bridge_publishes_total{outcome="ok",sink="memory"} 1"#,
+            r#"apizee_bridge_publishes_total{outcome="timeout",sink="memory"} 1"#,
+            r#"apizee_bridge_publish_duration_seconds_count{sink="memory"} 2"#,
+            r#"apizee_bridge_broker_connected{sink="memory"} 1"#,
+        ] {
+            assert!(after.contains(line), "missing {line}");
+        }
+    }
+
+    /// Cancelled while publishing, the replayer finishes that event (it
+    /// reaches the broker and leaves the spool) and stops before the next:
+    /// every event is either delivered or still on disk, none twice, none
+    /// lost.
+    #[tokio::test]
+    async fn the_replayer_stops_between_events() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = Arc::new(Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}")));
+        for _ in 0..3 {
+            spool.append(&message()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let sink = Arc::new(MemorySink::new());
+        sink.set_behaviour(Behaviour::Delay(Duration::from_millis(200)));
+        let settings = DeliverySettings {
+            publish_timeout: Duration::from_secs(5),
+            startup_timeout: Duration::ZERO,
+        };
+        let delivery = Arc::new(
+            Delivery::new(
+                sink.clone(),
+                Some(spool.clone()),
+                settings,
+                &Registry::new(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let stop = CancellationToken::new();
+        let replay = tokio::spawn(delivery.clone().replay(stop.clone()));
+        // Cancelled as soon as the first event has arrived: the second is
+        // then under way (each publish takes 200 ms), the third not begun.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sink.messages().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("nothing was replayed"));
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), replay)
+            .await
+            .unwrap_or_else(|_| panic!("the replayer did not stop"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let delivered = sink.messages().len() as u64;
+        assert!(!spool.is_empty(), "it stopped before the spool was empty");
+        assert_eq!(
+            delivered + spool.len(),
+            3,
+            "every event delivered or still on disk, none twice"
         );
     }
 }

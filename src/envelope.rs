@@ -30,45 +30,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
-/// Declares an enum whose variants travel as fixed names, from one list:
-/// the variants, their wire names (also used in topics and metric labels),
-/// `ALL` in declaration order, and the parser. A new object type or event
-/// is one line in that list; everything that enumerates them (topics made
-/// in advance, metric series, error messages) follows.
-macro_rules! wire_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($variant:ident => $wire:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($variant,)+
-        }
-
-        impl $name {
-            pub const ALL: [$name; [$($wire),+].len()] = [$($name::$variant),+];
-
-            /// The name as the platform spells it on the wire.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $wire,)+
-                }
-            }
-
-            fn parse(s: &str) -> Option<Self> {
-                match s {
-                    $($wire => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-
-            /// Every wire name, for error messages: `a, b, c`.
-            fn names() -> String {
-                Self::ALL.map(Self::as_str).join(", ")
-            }
-        }
-    };
-}
-
-wire_enum! {
+named_enum! {
     /// What happened to the object.
     pub enum Event {
         Create => "create",
@@ -77,7 +39,7 @@ wire_enum! {
     }
 }
 
-wire_enum! {
+named_enum! {
     /// The kind of platform object the event is about.
     pub enum ObjectKind {
         Ticket => "ticket",

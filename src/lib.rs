@@ -38,6 +38,58 @@
 //! edges take their listeners and shutdown signal as values, so tests can run
 //! the whole service in-process on port 0.
 
+/// Declares an enum whose variants have fixed names (on the wire, in
+/// topics, as metric label values) from one list: the variants, their
+/// names, `ALL` in declaration order, and the parser. Adding a variant is
+/// one line in that list; everything that enumerates them (topics made in
+/// advance, metric series that exist from the start, error messages)
+/// follows.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$variant_meta:meta])* $variant:ident => $text:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        #[allow(dead_code)] // not every enum needs its parser or its names
+        impl $name {
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+
+            /// The variant's name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// Every name, for messages: `a, b, c`.
+            pub fn names() -> String {
+                Self::ALL.map(Self::as_str).join(", ")
+            }
+        }
+
+        // `ALL[v as usize] == v`, checked by the compiler: tables of metric
+        // series are indexed by the discriminant.
+        const _: () = {
+            let mut i = 0;
+            while i < $name::ALL.len() {
+                assert!($name::ALL[i] as usize == i);
+                i += 1;
+            }
+        };
+    };
+}
+
 pub mod auth;
 pub mod config;
 pub mod dead_letter;
@@ -87,9 +139,12 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// How long each step of the shutdown after the drain may take: the
-/// background tasks, the dead letters still queued, the sink's flush.
-const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the shutdown may take once the webhook listener has drained:
+/// the background tasks, the dead letters still queued and the sink's
+/// flush share it. A process manager must allow `--drain-delay` plus
+/// `--shutdown-timeout` plus this before SIGKILL (the deploy files do, and
+/// their tests check it).
+pub const SHUTDOWN_AFTER_DRAIN: Duration = Duration::from_secs(5);
 
 /// The two listeners, bound by the caller (`main`, or a test on port 0).
 pub struct Listeners {
@@ -154,14 +209,15 @@ impl Service {
     pub async fn build(settings: Settings, overrides: Overrides) -> Result<Self, RunError> {
         let root = CancellationToken::new();
         let sink_tasks = Tasks::new(&root);
+        // Each part registers its own metrics here as it is built.
         let metrics = Arc::new(Metrics::new()?);
+        let registry = metrics.registry();
         let sink = match overrides.sink {
             Some(sink) => sink,
-            None => settings.sink.start(&metrics, &sink_tasks).await?,
+            None => settings.sink.start(registry, &sink_tasks).await?,
         };
         let spool = match &settings.spool {
             Some(spool) => {
-                metrics.register_spool()?;
                 let spool = spool::Spool::open(&spool.dir, spool.max_bytes)?;
                 if !spool.is_empty() {
                     tracing::info!(
@@ -174,32 +230,24 @@ impl Service {
             None => None,
         };
         let tls = match settings.tls {
-            Some(tls) => {
-                metrics.register_tls()?;
-                Some(ServerTls::new(tls, metrics.clone()))
+            Some(tls) => Some(ServerTls::new(tls, registry)?),
+            None => None,
+        };
+        let dead_letters = match settings.dead_letter {
+            Some(dead_letter) => {
+                tracing::info!(
+                    topic = %dead_letter.topic,
+                    malformed = dead_letter.malformed,
+                    queue = dead_letter.queue,
+                    "dead letters (refused requests) go to {}; {}",
+                    dead_letter.topic,
+                    dead_letter_home(&settings.sink),
+                );
+                Some(Arc::new(DeadLetters::new(dead_letter, registry)?))
             }
             None => None,
         };
-        if let Some(dead_letter) = &settings.dead_letter {
-            tracing::info!(
-                topic = %dead_letter.topic,
-                malformed = dead_letter.malformed,
-                queue = dead_letter.queue,
-                "dead letters (refused requests) go to {}; {}",
-                dead_letter.topic,
-                dead_letter_home(&settings.sink),
-            );
-        }
-        metrics.prepare(sink.name());
-        let delivery = Arc::new(Delivery::new(
-            sink,
-            spool,
-            settings.delivery,
-            metrics.clone(),
-        ));
-        let dead_letters = settings
-            .dead_letter
-            .map(|dead_letter| Arc::new(DeadLetters::new(dead_letter, metrics.clone())));
+        let delivery = Arc::new(Delivery::new(sink, spool, settings.delivery, registry)?);
         let drain = settings.http.drain;
         let app = Arc::new(App::new(
             settings.http,
@@ -243,9 +291,12 @@ impl Service {
     /// 5. the metrics listener, last, so a scrape during the drain still
     ///    sees it all.
     ///
-    /// Steps 2 to 4 take at most [`STOP_STEP_TIMEOUT`] each. Tasks that
-    /// hold data (the replayer, the dead-letter worker) stop at a point
-    /// where they hold none; the others are dropped at an await.
+    /// Steps 2 to 5 share [`SHUTDOWN_AFTER_DRAIN`]: a step the broker holds
+    /// up leaves less time to the next. Tasks that hold data (the replayer,
+    /// the dead-letter worker) stop at a point where they hold none; the
+    /// others are dropped at an await. A spooled event whose replay was cut
+    /// short stays on disk; a dead letter not published by then is dropped
+    /// (its sender already has its 4xx).
     pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let Self {
             app,
@@ -293,24 +344,26 @@ impl Service {
 
         http::server::serve_webhooks(listeners.webhooks, app.clone(), tls, drain, shutdown).await;
 
-        if !background.stop(STOP_STEP_TIMEOUT).await {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_AFTER_DRAIN;
+        if !background.stop(deadline).await {
             tracing::warn!("background tasks did not stop in time");
         }
         if let Some(queue) = app.dead_letters() {
             queue.close();
-            if !dead_letter_worker.finish(STOP_STEP_TIMEOUT).await {
+            if !dead_letter_worker.finish(deadline).await {
                 tracing::warn!(
                     "publishing the queued dead letters at shutdown timed out; dropped them"
                 );
             }
         }
-        match tokio::time::timeout(STOP_STEP_TIMEOUT, delivery.sink().flush()).await {
+        match tokio::time::timeout_at(deadline, delivery.sink().flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "flushing the sink at shutdown failed"),
             Err(_) => tracing::warn!("flushing the sink at shutdown timed out"),
         }
-        sink_tasks.stop(STOP_STEP_TIMEOUT).await;
-        metrics_listener.stop(STOP_STEP_TIMEOUT).await;
+        // Neither holds anything: they stop at their next await.
+        sink_tasks.stop(deadline).await;
+        metrics_listener.stop(deadline).await;
         root.cancel();
         tracing::info!("apizee-bridge stopped");
     }

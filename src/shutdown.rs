@@ -8,7 +8,8 @@
 //! the service returns.
 
 use std::future::Future;
-use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -76,19 +77,46 @@ impl Tasks {
         });
     }
 
-    /// Cancels the group and waits for its tasks, at most `limit`; false
-    /// if some were still running then.
-    pub async fn stop(&self, limit: Duration) -> bool {
+    /// Cancels the group and waits for its tasks, until `deadline` at
+    /// most; false if some were still running then.
+    pub async fn stop(&self, deadline: Instant) -> bool {
         self.token.cancel();
-        self.finish(limit).await
+        self.finish(deadline).await
     }
 
-    /// Waits, at most `limit`, for the tasks to end on their own (a worker
-    /// draining a queue that was closed); false if some were still running.
-    pub async fn finish(&self, limit: Duration) -> bool {
+    /// Waits, until `deadline` at most, for the tasks to end on their own
+    /// (a worker draining a queue that was closed); false if some were
+    /// still running then.
+    pub async fn finish(&self, deadline: Instant) -> bool {
         self.tracker.close();
-        tokio::time::timeout(limit, self.tracker.wait())
+        tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_group_stops_alone_and_the_root_stops_them_all() {
+        let root = CancellationToken::new();
+        let (first, second) = (Tasks::new(&root), Tasks::new(&root));
+        first.spawn_until_stopped(std::future::pending());
+        second.spawn(|token| async move { token.cancelled().await });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(first.stop(deadline).await, "the first group did not stop");
+        // Its task only ends when cancelled: stopping the first group left
+        // the second running.
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            !second.finish(soon).await,
+            "stopping one group stopped another"
+        );
+        root.cancel();
+        assert!(second.finish(deadline).await, "the root did not stop it");
     }
 }

@@ -30,7 +30,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::Metrics;
+use prometheus::{IntCounter, IntCounterVec, Registry};
+
+use crate::metrics::{Registered, opts};
 
 /// ALPN protocols offered, in order of preference.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -116,20 +118,64 @@ pub struct ServerTls {
     current: RwLock<Arc<ServerConfig>>,
     /// What the files held at the last reload attempt, successful or not.
     seen: Mutex<Fingerprint>,
-    metrics: Arc<Metrics>,
+    metrics: TlsMetrics,
+}
+
+named_enum! {
+    /// The `result` label of `apizee_bridge_tls_reloads_total`.
+    pub enum Reload {
+        Success => "success",
+        /// The previous certificate stays in force.
+        Failure => "failure",
+    }
+}
+
+/// Registered with the listener's TLS, so a plain HTTP bridge exports none.
+struct TlsMetrics {
+    /// By [`Reload`].
+    reloads: [IntCounter; Reload::ALL.len()],
+    handshake_failures: IntCounter,
+}
+
+impl TlsMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let reloads = IntCounterVec::new(
+            opts(
+                "tls_reloads_total",
+                "Reloads of the TLS certificate (SIGHUP or changed files), by result \
+                 (success, failure: the previous certificate stays).",
+            ),
+            &["result"],
+        )?
+        .registered(registry)?;
+        Ok(Self {
+            reloads: Reload::ALL.map(|result| reloads.with_label_values(&[result.as_str()])),
+            handshake_failures: IntCounter::with_opts(opts(
+                "tls_handshake_failures_total",
+                "TLS handshakes on the webhook listener that failed or timed out \
+                 (bad or missing client certificate, plain HTTP, stalled client).",
+            ))?
+            .registered(registry)?,
+        })
+    }
 }
 
 impl ServerTls {
-    /// Starts with the configuration loaded at start-up. Call
-    /// [`Metrics::register_tls`] first, or reloads are not counted.
-    pub fn new(settings: TlsSettings, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self {
+    /// Starts with the configuration loaded at start-up; its metrics are
+    /// registered in `registry`.
+    pub fn new(settings: TlsSettings, registry: &Registry) -> Result<Arc<Self>, prometheus::Error> {
+        Ok(Arc::new(Self {
             files: settings.files,
             reload_interval: settings.reload_interval,
             current: RwLock::new(settings.initial.config),
             seen: Mutex::new(settings.initial.fingerprint),
-            metrics,
-        })
+            metrics: TlsMetrics::register(registry)?,
+        }))
+    }
+
+    /// A handshake failed or timed out.
+    pub fn handshake_failed(&self) {
+        self.metrics.handshake_failures.inc();
     }
 
     /// A handshake driver over the configuration in force right now; the
@@ -170,7 +216,7 @@ impl ServerTls {
         match contents.and_then(|contents| build(&self.files, &contents)) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
-                self.metrics.tls_reloaded(true);
+                self.metrics.reloads[Reload::Success as usize].inc();
                 tracing::info!(
                     cause,
                     cert = %self.files.cert.display(),
@@ -179,7 +225,7 @@ impl ServerTls {
                 Ok(())
             }
             Err(e) => {
-                self.metrics.tls_reloaded(false);
+                self.metrics.reloads[Reload::Failure as usize].inc();
                 tracing::error!(
                     cause,
                     flag = e.flag,

@@ -26,45 +26,26 @@ pub use shared_secret::SharedSecret;
 pub use signature::{Signature, SignatureEncoding};
 pub use source::{Cidr, SourceFilter};
 
-/// Why a request was refused. Bounded: also the `reason` label of
-/// `apizee_bridge_auth_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denial {
-    /// The client address is outside `--allow-cidr`.
-    SourceNotAllowed,
-    /// The User-Agent is not the one `--require-user-agent` names.
-    UserAgent,
-    /// The shared-secret header is missing or holds no configured token.
-    SharedSecret,
-    /// HTTP Basic credentials are missing or wrong.
-    BasicAuth,
-    /// The HMAC signature is missing, malformed or does not match the body.
-    Signature,
-    /// The signed timestamp is missing, malformed or outside the tolerance.
-    Timestamp,
+named_enum! {
+    /// Why a request was refused. Bounded: also the `reason` label of
+    /// `apizee_bridge_auth_failures_total`.
+    pub enum Denial {
+        /// The client address is outside `--allow-cidr`.
+        SourceNotAllowed => "source_not_allowed",
+        /// The User-Agent is not the one `--require-user-agent` names.
+        UserAgent => "user_agent",
+        /// The shared-secret header is missing or holds no configured token.
+        SharedSecret => "shared_secret",
+        /// HTTP Basic credentials are missing or wrong.
+        BasicAuth => "basic_auth",
+        /// The HMAC signature is missing, malformed or does not match the body.
+        Signature => "signature",
+        /// The signed timestamp is missing, malformed or outside the tolerance.
+        Timestamp => "timestamp",
+    }
 }
 
 impl Denial {
-    pub const ALL: [Denial; 6] = [
-        Denial::SourceNotAllowed,
-        Denial::UserAgent,
-        Denial::SharedSecret,
-        Denial::BasicAuth,
-        Denial::Signature,
-        Denial::Timestamp,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Denial::SourceNotAllowed => "source_not_allowed",
-            Denial::UserAgent => "user_agent",
-            Denial::SharedSecret => "shared_secret",
-            Denial::BasicAuth => "basic_auth",
-            Denial::Signature => "signature",
-            Denial::Timestamp => "timestamp",
-        }
-    }
-
     /// 403 for who the client is (where it connects from, what it says it
     /// is), 401 for credentials it could correct.
     pub fn is_forbidden(self) -> bool {

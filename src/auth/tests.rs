@@ -413,7 +413,7 @@ fn only_who_the_client_is_is_forbidden() {
     let forbidden: Vec<&str> = Denial::ALL
         .iter()
         .filter(|d| d.is_forbidden())
-        .map(|d| d.label())
+        .map(|d| d.as_str())
         .collect();
     assert_eq!(forbidden, ["source_not_allowed", "user_agent"]);
 }

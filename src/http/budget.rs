@@ -15,24 +15,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::rejection::Rejection;
 
-/// Which budget a request drew on; also the `budget` label of
-/// `apizee_bridge_in_flight_refusals_total`, named after its flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Budget {
-    InFlight,
-    Unauthenticated,
+named_enum! {
+    /// Which budget a request drew on; also the `budget` label of
+    /// `apizee_bridge_in_flight_refusals_total`, named after its flag.
+    pub enum Budget {
+        InFlight => "max_in_flight",
+        Unauthenticated => "max_unauthenticated_in_flight",
+    }
 }
 
 impl Budget {
-    pub const ALL: [Budget; 2] = [Budget::InFlight, Budget::Unauthenticated];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Budget::InFlight => "max_in_flight",
-            Budget::Unauthenticated => "max_unauthenticated_in_flight",
-        }
-    }
-
     /// What is already at the limit, for the 429's message.
     pub fn describe(self) -> &'static str {
         match self {

@@ -89,7 +89,7 @@ pub struct HttpArgs {
 
     /// On SIGTERM/SIGINT, after --drain-delay, how long in-flight requests
     /// may take to finish. Give the process --drain-delay plus this plus 5s
-    /// (the sink's flush) before SIGKILL.
+    /// (the queued dead letters and the sink's flush) before SIGKILL.
     #[arg(long, env = "APIZEE_BRIDGE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }

@@ -120,12 +120,14 @@ struct Status {
     status: &'static str,
 }
 
-/// Which endpoint a request was for; a bounded metric label.
-#[derive(Clone, Copy)]
-enum Endpoint {
-    Webhook,
-    Health,
-    Other,
+named_enum! {
+    /// Which endpoint a request was for: the `handler` label of
+    /// `apizee_bridge_http_requests_total`.
+    pub enum Endpoint {
+        Webhook => "webhook",
+        Health => "health",
+        Other => "other",
+    }
 }
 
 pub async fn handle(
@@ -155,13 +157,8 @@ pub async fn handle(
         };
         rejection.answer(peer, &app.metrics, answering)
     });
-    let label = match endpoint {
-        Endpoint::Webhook => "webhook",
-        Endpoint::Health => "health",
-        Endpoint::Other => "other",
-    };
     app.metrics
-        .http_request(label, response.status(), started.elapsed());
+        .http_request(endpoint, response.status(), started.elapsed());
     Ok(response)
 }
 

@@ -326,7 +326,7 @@ impl Rejection {
             _ => None,
         };
         let check = match self {
-            Rejection::Denied(denial) => Some(denial.label()),
+            Rejection::Denied(denial) => Some(denial.as_str()),
             _ => None,
         };
         let detail = match self {

@@ -173,6 +173,7 @@ impl Acceptor {
             let connection = TlsConnection {
                 // A snapshot: a reload from now on does not touch this one.
                 acceptor: tls.acceptor(),
+                tls: tls.clone(),
                 app,
                 peer,
                 http1: self.http1.clone(),
@@ -205,19 +206,37 @@ impl Acceptor {
 /// JSON body) and never reach the handler, so this is the only place they
 /// show up in the metrics.
 fn connection_failed(metrics: &Metrics, peer: SocketAddr, error: &hyper::Error) {
-    let kind = if error.is_parse_too_large() {
-        "head_too_large"
-    } else if error.is_parse() {
-        "malformed_head"
-    } else if error.is_timeout() {
-        "header_timeout"
-    } else if error.is_incomplete_message() {
-        "incomplete_message"
-    } else {
-        "other"
-    };
+    let kind = ConnectionError::of(error);
     metrics.connection_error(kind);
-    tracing::debug!(%peer, kind, %error, "connection closed with an error");
+    tracing::debug!(%peer, kind = kind.as_str(), %error, "connection closed with an error");
+}
+
+named_enum! {
+    /// How a webhook connection ended in an error: the `kind` label of
+    /// `apizee_bridge_connection_errors_total`.
+    pub enum ConnectionError {
+        HeadTooLarge => "head_too_large",
+        MalformedHead => "malformed_head",
+        HeaderTimeout => "header_timeout",
+        IncompleteMessage => "incomplete_message",
+        Other => "other",
+    }
+}
+
+impl ConnectionError {
+    fn of(error: &hyper::Error) -> Self {
+        if error.is_parse_too_large() {
+            ConnectionError::HeadTooLarge
+        } else if error.is_parse() {
+            ConnectionError::MalformedHead
+        } else if error.is_timeout() {
+            ConnectionError::HeaderTimeout
+        } else if error.is_incomplete_message() {
+            ConnectionError::IncompleteMessage
+        } else {
+            ConnectionError::Other
+        }
+    }
 }
 
 fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
@@ -237,6 +256,8 @@ fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
 /// One accepted connection on a TLS listener, before its handshake.
 struct TlsConnection {
     acceptor: TlsAcceptor,
+    /// Counts the failed handshakes.
+    tls: Arc<ServerTls>,
     app: Arc<App>,
     peer: SocketAddr,
     http1: http1::Builder,
@@ -250,6 +271,7 @@ impl TlsConnection {
     async fn serve(self, stream: TcpStream) {
         let Self {
             acceptor,
+            tls,
             app,
             peer,
             http1,
@@ -263,12 +285,12 @@ impl TlsConnection {
             // Anyone can cause these (scanners, plain HTTP), so they are
             // counted, and logged at debug only.
             Ok(Err(e)) => {
-                app.metrics().tls_handshake_failed();
+                tls.handshake_failed();
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                app.metrics().tls_handshake_failed();
+                tls.handshake_failed();
                 tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
                 return;
             }
@@ -441,7 +463,7 @@ fn metrics_response(
             .into_response(Answering::default());
     }
     // Read at scrape time, so the gauges are never stale.
-    delivery.report(metrics);
+    delivery.report();
     let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(

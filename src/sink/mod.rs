@@ -14,8 +14,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::Registry;
+
 use crate::config::ConfigError;
-use crate::metrics::Metrics;
 use crate::route::{Message, TopicTemplate};
 use crate::shutdown::Tasks;
 
@@ -80,9 +81,10 @@ impl SinkSettings {
     /// returns before the broker is reachable; [`Sink::is_ready`] tells
     /// when.
     /// Its background tasks run in `tasks`, stopped after its last flush.
+    /// Its metrics, if it has any of its own, are registered in `registry`.
     pub async fn start(
         &self,
-        metrics: &Arc<Metrics>,
+        registry: &Registry,
         tasks: &Tasks,
     ) -> Result<Arc<dyn Sink>, SinkSetupError> {
         Ok(match self {
@@ -95,10 +97,7 @@ impl SinkSettings {
             }
             SinkSettings::Nats(nats) => Arc::new(nats::NatsSink::start(nats, tasks).await?),
             SinkSettings::Kafka(kafka) => {
-                metrics
-                    .register_kafka()
-                    .map_err(kafka::KafkaSetupError::from)?;
-                Arc::new(kafka::KafkaSink::start(kafka, metrics.clone(), tasks)?)
+                Arc::new(kafka::KafkaSink::start(kafka, registry, tasks)?)
             }
         })
     }
@@ -118,9 +117,9 @@ pub trait Sink: Send + Sync + 'static {
     /// True while the sink can take messages; drives `/readyz`.
     fn is_ready(&self) -> bool;
 
-    /// Sets sink-specific gauges; called at every scrape so they are never
-    /// stale.
-    fn report(&self, _metrics: &Metrics) {}
+    /// Sets the sink's own gauges; called at every scrape so they are
+    /// never stale.
+    fn report(&self) {}
 
     /// Sends whatever is buffered, at shutdown.
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>>;
@@ -145,24 +144,37 @@ pub enum PublishError {
     Failed(String),
 }
 
-impl PublishError {
-    /// Every [`PublishError::kind`], for metrics that exist from the start.
-    pub const KINDS: [&str; 5] = [
-        "not_connected",
-        "timeout",
-        "unavailable",
-        "refused",
-        "failed",
-    ];
+named_enum! {
+    /// How a publish ended: the `outcome` label of
+    /// `apizee_bridge_publishes_total` and `apizee_bridge_dead_letters_total`.
+    pub enum Outcome {
+        Ok => "ok",
+        NotConnected => "not_connected",
+        Timeout => "timeout",
+        Unavailable => "unavailable",
+        Refused => "refused",
+        Failed => "failed",
+    }
+}
 
-    /// A bounded label value for metrics.
-    pub fn kind(&self) -> &'static str {
+impl Outcome {
+    pub fn of<T>(result: &Result<T, PublishError>) -> Self {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        }
+    }
+}
+
+impl PublishError {
+    /// Its bounded label value for metrics.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            PublishError::NotConnected => "not_connected",
-            PublishError::Timeout(_) => "timeout",
-            PublishError::Unavailable(_) => "unavailable",
-            PublishError::Refused(_) => "refused",
-            PublishError::Failed(_) => "failed",
+            PublishError::NotConnected => Outcome::NotConnected,
+            PublishError::Timeout(_) => Outcome::Timeout,
+            PublishError::Unavailable(_) => Outcome::Unavailable,
+            PublishError::Refused(_) => Outcome::Refused,
+            PublishError::Failed(_) => Outcome::Failed,
         }
     }
 

@@ -31,13 +31,13 @@ fn readme_lists_every_flag_with_its_env_var() {
     }
 }
 
-#[tokio::test]
-async fn readme_metrics_table_matches_the_exported_metrics() {
-    let bridge = Bridge::with_sink(settings(&[]), Arc::new(MemorySink::new())).await;
+/// The metric families a bridge with a memory sink and these flags exports.
+async fn exported_families(args: &[&str]) -> BTreeSet<String> {
+    let bridge = Bridge::with_sink(settings(args), Arc::new(MemorySink::new())).await;
     // Request counters are labelled by status code, so they appear with the
     // first request.
     bridge.wait_ready().await;
-    let exported: BTreeSet<String> = bridge
+    let exported = bridge
         .metrics()
         .await
         .lines()
@@ -47,6 +47,21 @@ async fn readme_metrics_table_matches_the_exported_metrics() {
         .map(str::to_owned)
         // The memory sink exports no Kafka series; tests/brokers/kafka.rs checks those.
         .collect();
+    bridge.stop().await;
+    exported
+}
+
+#[tokio::test]
+async fn readme_metrics_table_matches_the_exported_metrics() {
+    // Dead-letter series exist only with --dead-letter-topic, like the
+    // spool's, TLS's and Kafka's with theirs.
+    let plain = exported_families(&[]).await;
+    assert!(
+        !plain.iter().any(|name| name.contains("dead_letter")),
+        "dead-letter series without --dead-letter-topic: {plain:?}"
+    );
+    let exported = exported_families(&["--dead-letter-topic", "apizee.dead-letter"]).await;
+    assert!(exported.is_superset(&plain));
     let documented: BTreeSet<String> = readme()
         .lines()
         .filter_map(|l| l.strip_prefix("| `apizee_bridge_"))

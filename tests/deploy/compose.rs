@@ -605,9 +605,10 @@ fn bridges_are_stopped_after_their_drain_not_during_it() {
         let grace = parse_duration(&format!("{COMPOSE}: {name}: stop_grace_period"), grace);
         let drain = settings.http.drain.delay + settings.http.drain.timeout;
         assert!(
-            grace >= drain + Duration::from_secs(5),
+            grace > drain + apizee_bridge::SHUTDOWN_AFTER_DRAIN,
             "{COMPOSE}: {name}: stop_grace_period {grace:?} leaves no margin over the \
-             drain delay and shutdown timeout {drain:?}: SIGKILL would cut the drain short"
+             drain delay and shutdown timeout {drain:?} and the rest of the shutdown: \
+             SIGKILL would cut it short"
         );
         // The image's exposed ports are the ones the bridge listens on.
         let exposed: BTreeSet<String> = services[&name]

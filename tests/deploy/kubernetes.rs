@@ -917,23 +917,9 @@ fn network_policy_lets_webhooks_metrics_dns_and_the_broker_through() {
     }
 }
 
-/// The sink flush at exit, after the drain: `SINK_FLUSH_TIMEOUT` in src/lib.rs.
-fn sink_flush_timeout() -> Duration {
-    let lib = read(&PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/src/lib.rs"
-    )));
-    let prefix = "const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(";
-    let line = lib
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("src/lib.rs: no `{prefix}`: update this test"));
-    Duration::from_secs(line.trim_end_matches(");").parse().unwrap())
-}
-
 #[test]
 fn shutdown_fits_in_the_grace_period() {
-    let flush = sink_flush_timeout();
+    let flush = apizee_bridge::SHUTDOWN_AFTER_DRAIN;
     for b in built() {
         let t = b.target;
         let (cli, _) = b.settings();
@@ -957,7 +943,7 @@ fn shutdown_fits_in_the_grace_period() {
         assert!(
             grace > needed,
             "{t}: terminationGracePeriodSeconds {grace:?} <= --drain-delay {sleep:?} + \
-             --shutdown-timeout {:?} + sink flush {flush:?}",
+             --shutdown-timeout {:?} + the rest of the shutdown {flush:?}",
             cli.http.shutdown_timeout
         );
     }

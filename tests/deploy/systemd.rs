@@ -2,7 +2,6 @@
 //! binary's flags and shutdown timeout.
 
 use std::process::Command;
-use std::time::Duration;
 
 use apizee_bridge::config::Cli;
 use clap::CommandFactory;
@@ -66,8 +65,9 @@ fn stop_timeout_leaves_room_for_the_drain() {
             .and_then(|v| humantime::parse_duration(&v.to_string_lossy()).ok())
             .unwrap_or_else(|| panic!("--{long} has no default"))
     };
-    // The sink's flush at exit (SINK_FLUSH_TIMEOUT in src/lib.rs) comes after.
-    let drain = default("drain-delay") + default("shutdown-timeout") + Duration::from_secs(5);
+    // The rest of the shutdown (dead letters, the sink's flush) comes after.
+    let drain =
+        default("drain-delay") + default("shutdown-timeout") + apizee_bridge::SHUTDOWN_AFTER_DRAIN;
     let stop = directive("TimeoutStopSec")
         .first()
         .and_then(|v| humantime::parse_duration(v).ok())

@@ -27,7 +27,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{BoxFuture, PublishError, Sink};
-use crate::metrics::Metrics;
+use prometheus::{IntCounterVec, IntGauge, Registry};
+
+use crate::metrics::{Registered, opts};
 use crate::route::Message;
 use crate::shutdown::Tasks;
 use config::{KafkaSettings, TopicCreation};
@@ -115,6 +117,39 @@ pub enum KafkaSetupError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The Kafka sink's own metrics, registered when it starts, so that other
+/// sinks do not export Kafka series stuck at 0.
+struct KafkaMetrics {
+    delivery_errors: IntCounterVec,
+    queue_messages: IntGauge,
+    in_flight_messages: IntGauge,
+}
+
+impl KafkaMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            delivery_errors: IntCounterVec::new(
+                opts(
+                    "kafka_delivery_errors_total",
+                    "Kafka publishes that failed, by librdkafka error code name.",
+                ),
+                &["error"],
+            )?
+            .registered(registry)?,
+            queue_messages: IntGauge::with_opts(opts(
+                "kafka_queue_messages",
+                "Messages and requests in librdkafka's queues, waiting to be sent or acknowledged.",
+            ))?
+            .registered(registry)?,
+            in_flight_messages: IntGauge::with_opts(opts(
+                "kafka_in_flight_messages",
+                "Webhooks handed to the Kafka producer whose delivery report has not come yet.",
+            ))?
+            .registered(registry)?,
+        })
+    }
+}
+
 pub struct KafkaSink {
     /// Replaced when librdkafka reports the idempotent producer unusable
     /// (see [`KafkaSink::renew_if_broken`]); shared with the probe.
@@ -122,7 +157,7 @@ pub struct KafkaSink {
     config: ClientConfig,
     last_renewal: Mutex<Option<Instant>>,
     state: Arc<State>,
-    metrics: Arc<Metrics>,
+    metrics: KafkaMetrics,
     publish_timeout: Duration,
 }
 
@@ -141,7 +176,7 @@ impl KafkaSink {
     /// The probe and topic creation run in `tasks`.
     pub fn start(
         settings: &KafkaSettings,
-        metrics: Arc<Metrics>,
+        registry: &Registry,
         tasks: &Tasks,
     ) -> Result<Self, KafkaSetupError> {
         let config = client_config(settings);
@@ -171,7 +206,7 @@ impl KafkaSink {
             config,
             last_renewal: Mutex::new(None),
             state,
-            metrics,
+            metrics: KafkaMetrics::register(registry)?,
             publish_timeout: settings.publish_timeout,
         })
     }
@@ -220,9 +255,11 @@ impl KafkaSink {
         let code = error.rdkafka_error_code();
         self.renew_if_broken(code);
         // The variant's name: a bounded label, since the enum is fixed.
-        self.metrics.kafka_delivery_error(
-            &code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}")),
-        );
+        let name = code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
+        self.metrics
+            .delivery_errors
+            .with_label_values(&[name.as_str()])
+            .inc();
         match code {
             Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
                 PublishError::Timeout(self.publish_timeout)
@@ -394,11 +431,13 @@ impl Sink for KafkaSink {
             && self.state.topics_ready.load(Ordering::SeqCst)
     }
 
-    fn report(&self, metrics: &Metrics) {
-        metrics.set_kafka_queue(
-            i64::from(self.producer().in_flight_count()),
-            self.state.in_flight.load(Ordering::SeqCst),
-        );
+    fn report(&self) {
+        self.metrics
+            .queue_messages
+            .set(i64::from(self.producer().in_flight_count()));
+        self.metrics
+            .in_flight_messages
+            .set(self.state.in_flight.load(Ordering::SeqCst));
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>> {
@@ -489,15 +528,13 @@ mod tests {
             ("sasl.username", "bridge"),
             ("sasl.password", "hunter2"),
         ]);
-        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
-        assert!(KafkaSink::start(&settings, metrics, &tasks()).is_ok());
+        assert!(KafkaSink::start(&settings, &Registry::new(), &tasks()).is_ok());
     }
 
     #[tokio::test]
     async fn a_bad_property_is_named_without_its_value() {
         let settings = settings(&[("no.such.property", "hunter2")]);
-        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
-        let error = match KafkaSink::start(&settings, metrics, &tasks()) {
+        let error = match KafkaSink::start(&settings, &Registry::new(), &tasks()) {
             Ok(_) => panic!("a bad property was accepted"),
             Err(e) => e.to_string(),
         };
