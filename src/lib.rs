@@ -15,27 +15,46 @@
 //! ```
 //!
 //! Every refusal is an [`http::rejection::Rejection`], whose kind declares
-//! its answer; [`metrics`] counts what each part reports.
+//! its answer.
 //!
-//! - [`config`]: flags and env vars, validated once into [`config::Settings`].
+//! [`run`] puts it together: `main` parses the flags into
+//! [`config::Settings`], sets up logging, binds the [`Listeners`], and calls
+//! `run`, which is [`Service::build`] (every part built once, each
+//! registering its own metrics) then [`Service::serve`] (serve until the
+//! shutdown signal, then stop the parts in a documented order, through
+//! [`shutdown::Tasks`]). Tests build and serve the same [`Service`], with a
+//! memory sink in place of the broker when they want one ([`Overrides`]).
+//!
+//! Each part owns its flags (a clap group under its own heading in
+//! `--help`), its settings, its metrics and its tests:
+//!
+//! - [`config`]: puts the parts' flag groups together into one CLI and
+//!   their settings into [`config::Settings`]; [`config::Secret`].
 //! - [`http`]: the listeners ([`http::server`]: accept loop, TLS handshakes,
-//!   the drain), the request handler, the in-flight budgets, rejections.
-//! - [`auth`]: who may send: checks on the headers, then the body's signature.
-//! - [`envelope`]: body bytes to a validated envelope, or every problem found.
-//! - [`route`]: envelope to topic, key, headers and the untouched payload.
+//!   the drain), the request handler, the in-flight budgets, rejections; its
+//!   flags in [`http::config`].
+//! - [`auth`]: who may send: checks on the headers, then the body's
+//!   signature; flags in [`auth::config`].
+//! - [`envelope`]: body bytes to a validated envelope, or every problem
+//!   found; the object types, events and enum fields, each declared once.
+//! - [`route`]: envelope to topic, key, headers and the untouched payload;
+//!   the template and strictness flags in [`route::config`].
 //! - [`delivery`]: the bounded publish, the start-up wait, the spool and its
-//!   replay.
+//!   replay; publish and spool metrics.
 //! - [`spool`]: the durable, fsynced queue on local disk (redb).
-//! - [`dead_letter`]: refused requests, queued and published in the background.
-//! - [`sink`]: the one trait every broker implements (stdout, NATS, Kafka, and
-//!   a memory sink for tests).
-//! - [`tls`]: the listener's optional TLS configuration and its reloading.
-//! - [`metrics`]: every Prometheus metric, with bounded labels.
+//! - [`dead_letter`]: refused requests, queued and published in the
+//!   background.
+//! - [`sink`]: the one trait every broker implements and the choice of one
+//!   (`--sink`); [`sink::nats`] and [`sink::kafka`] are folders with their
+//!   flags beside them; stdout for development, memory for tests.
+//! - [`tls`]: the listener's optional TLS, its reloading and its metrics.
+//! - [`metrics`]: the registry, and the HTTP edge's metrics.
 //! - [`logging`]: text or JSON logs on stderr.
-//! - [`shutdown`]: the SIGTERM / SIGINT signal.
+//! - [`shutdown`]: the SIGTERM / SIGINT signal, and the task groups that stop
+//!   in turn.
 //!
 //! The pure middle (`envelope`, `route`) has no I/O and is unit-tested; the
-//! edges take their listeners and shutdown signal as values, so tests can run
+//! edges take their listeners and shutdown signal as values, so tests run
 //! the whole service in-process on port 0.
 
 /// Declares an enum whose variants have fixed names (on the wire, in

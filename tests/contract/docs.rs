@@ -28,6 +28,15 @@ fn readme_lists_every_flag_with_its_env_var() {
             .unwrap_or_else(|| panic!("--{long} has no env var"));
         let row = format!("| `--{long}` | `{env}` |");
         assert!(readme.contains(&row), "README lacks the row {row}");
+        // Under the heading --help shows it under.
+        let heading = arg
+            .get_help_heading()
+            .unwrap_or_else(|| panic!("--{long} has no help heading"));
+        let section = readme
+            .split_once(&format!("\n**{heading}**\n"))
+            .map(|(_, rest)| rest.split("\n**").next().unwrap_or(rest))
+            .unwrap_or_else(|| panic!("README has no **{heading}** table"));
+        assert!(section.contains(&row), "README lists --{long} outside **{heading}**");
     }
 }
 

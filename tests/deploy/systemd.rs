@@ -19,7 +19,7 @@ fn systemd_analyze_verifies_the_unit() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let unit = UNIT.replace(
         "/usr/local/bin/apizee-bridge",
-        env!("CARGO_BIN_EXE_apizee-bridge"),
+        crate::support::process::BINARY,
     );
     let path = dir.path().join("apizee-bridge.service");
     std::fs::write(&path, unit).unwrap_or_else(|e| panic!("{e}"));
