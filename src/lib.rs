@@ -138,7 +138,7 @@ use crate::http::App;
 use crate::http::config::{Drain, HttpSettings};
 use crate::metrics::Metrics;
 use crate::shutdown::Tasks;
-use crate::sink::{Sink, SinkSettings};
+use crate::sink::Sink;
 use crate::tls::ServerTls;
 
 /// Why the service could not start.
@@ -260,7 +260,7 @@ impl Service {
                     queue = dead_letter.queue,
                     "dead letters (refused requests) go to {}; {}",
                     dead_letter.topic,
-                    dead_letter_home(&settings.sink),
+                    settings.sink.dead_letter_home(),
                 );
                 Some(Arc::new(DeadLetters::new(dead_letter, registry)?))
             }
@@ -392,26 +392,4 @@ fn local_addr(listener: &TcpListener) -> String {
     listener
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string())
-}
-
-/// Where the dead-letter topic comes from, for the start-up log: an
-/// operator reading it should know whether dead letters can arrive.
-fn dead_letter_home(sink: &SinkSettings) -> String {
-    match sink {
-        SinkSettings::Stdout => "printed with the webhooks".into(),
-        SinkSettings::Kafka(kafka) if kafka.create_topics.is_some() => {
-            "the topic is created with the template's topics (--kafka-create-topics)".into()
-        }
-        SinkSettings::Kafka(_) => {
-            "the topic must exist, or the cluster must create topics on demand".into()
-        }
-        SinkSettings::Nats(nats) => match &nats.stream {
-            Some(stream) => format!(
-                "stream {} captures it (created with subjects {:?} when missing)",
-                stream.name, stream.subjects
-            ),
-            None if nats.jetstream => "a JetStream stream must capture the subject".into(),
-            None => "published on core NATS, stored only if a subscriber or stream takes it".into(),
-        },
-    }
 }

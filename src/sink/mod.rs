@@ -77,6 +77,30 @@ impl SinkSettings {
         })
     }
 
+    /// Where the dead-letter topic comes from, for the start-up log: an
+    /// operator reading it should know whether dead letters can arrive.
+    pub fn dead_letter_home(&self) -> String {
+        match self {
+            SinkSettings::Stdout => "printed with the webhooks".into(),
+            SinkSettings::Kafka(kafka) if kafka.create_topics.is_some() => {
+                "the topic is created with the template's topics (--kafka-create-topics)".into()
+            }
+            SinkSettings::Kafka(_) => {
+                "the topic must exist, or the cluster must create topics on demand".into()
+            }
+            SinkSettings::Nats(nats) => match &nats.stream {
+                Some(stream) => format!(
+                    "stream {} captures it (created with subjects {:?} when missing)",
+                    stream.name, stream.subjects
+                ),
+                None if nats.jetstream => "a JetStream stream must capture the subject".into(),
+                None => {
+                    "published on core NATS, stored only if a subscriber or stream takes it".into()
+                }
+            },
+        }
+    }
+
     /// Starts the sink. Broker clients connect in the background, so this
     /// returns before the broker is reachable; [`Sink::is_ready`] tells
     /// when.

@@ -36,7 +36,10 @@ fn readme_lists_every_flag_with_its_env_var() {
             .split_once(&format!("\n**{heading}**\n"))
             .map(|(_, rest)| rest.split("\n**").next().unwrap_or(rest))
             .unwrap_or_else(|| panic!("README has no **{heading}** table"));
-        assert!(section.contains(&row), "README lists --{long} outside **{heading}**");
+        assert!(
+            section.contains(&row),
+            "README lists --{long} outside **{heading}**"
+        );
     }
 }
 
