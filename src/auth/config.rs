@@ -126,13 +126,13 @@ pub struct AuthArgs {
 
 impl AuthArgs {
     pub fn settings(&self) -> Result<Guard, ConfigError> {
-        let shared_secret = shared_secret_from_cli(
+        let shared_secret = shared_secret(
             self.auth_header.as_deref(),
             &self.auth_token,
             self.auth_token_file.as_deref(),
         )?;
 
-        let basic_pairs = secrets_from_cli(
+        let basic_pairs = read_secrets(
             "--basic-auth-file",
             "USER:PASSWORD line",
             &self.basic_auth,
@@ -159,7 +159,7 @@ impl AuthArgs {
             Some(BasicAuth::new(&basic_pairs).map_err(|e| ConfigError::new(flag, e.to_string()))?)
         };
 
-        let hmac_keys = secrets_from_cli(
+        let hmac_keys = read_secrets(
             "--hmac-secret-file",
             "key",
             &self.hmac_secret,
@@ -247,7 +247,7 @@ fn cidrs(flag: &'static str, values: &[String]) -> Result<Vec<Cidr>, ConfigError
 }
 /// Secrets from a repeatable flag plus a file of one per line. An empty or
 /// commented-out file is an error: it must not silently turn a check off.
-fn secrets_from_cli(
+fn read_secrets(
     file_flag: &'static str,
     entry: &str,
     values: &[String],
@@ -278,12 +278,12 @@ fn secrets_from_cli(
     }
     Ok(secrets)
 }
-fn shared_secret_from_cli(
+fn shared_secret(
     header: Option<&str>,
     tokens: &[String],
     token_file: Option<&std::path::Path>,
 ) -> Result<Option<SharedSecret>, ConfigError> {
-    let secrets = secrets_from_cli("--auth-token-file", "token", tokens, token_file)?;
+    let secrets = read_secrets("--auth-token-file", "token", tokens, token_file)?;
     match (header, secrets.is_empty()) {
         (None, true) => Ok(None),
         (None, false) => Err(ConfigError::new(

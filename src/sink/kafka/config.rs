@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::super::SinkContext;
 use crate::config::{ConfigError, Secret};
+use crate::sink::SinkContext;
 
 /// Flags under "Kafka" in `--help`.
 #[derive(Debug, Args)]

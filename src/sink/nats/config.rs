@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::super::SinkContext;
 use crate::config::{ConfigError, Secret};
 use crate::route::{TopicTemplate, subject_matches};
+use crate::sink::SinkContext;
 
 /// Flags under "NATS" in `--help`.
 #[derive(Debug, Args)]
