@@ -7,7 +7,7 @@ use clap::Args;
 use crate::config::{ConfigError, Secret};
 use crate::sink::SinkContext;
 
-/// Flags under "Kafka" in `--help`.
+/// Flags under "Kafka (--sink kafka)" in `--help`.
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap brokers, comma-separated host:port.

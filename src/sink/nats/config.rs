@@ -9,7 +9,7 @@ use crate::config::{ConfigError, Secret};
 use crate::route::{TopicTemplate, subject_matches};
 use crate::sink::SinkContext;
 
-/// Flags under "NATS" in `--help`.
+/// Flags under "NATS (--sink nats)" in `--help`.
 #[derive(Debug, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
