@@ -36,8 +36,24 @@ use crate::tls::config::TlsArgs;
 ///
 /// Every flag can also be set with the environment variable shown beside it.
 #[derive(Debug, Parser)]
-#[command(name = "apizee-bridge", version, max_term_width = 100)]
+#[command(
+    name = "apizee-bridge",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// Without one, the bridge serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// Everything the service is configured with: what `apizee-bridge` serves
+/// with, and what `apizee-bridge check` checks.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
     #[command(flatten, next_help_heading = "HTTP and limits")]
     pub http: HttpArgs,
     #[command(flatten, next_help_heading = "Authentication")]
@@ -58,6 +74,29 @@ pub struct Cli {
     pub kafka: KafkaArgs,
     #[command(flatten, next_help_heading = "Logging")]
     pub log: LogArgs,
+}
+
+/// The operator's tools; each is its own module in [`crate::commands`].
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Checks the configuration and reaches the broker as serving would
+    /// (connects, authenticates, finds the stream or topics, or whether they
+    /// would be created), prints one line per check, and exits 1 naming what
+    /// failed. For ExecStartPre= and init containers. Takes every flag the
+    /// bridge serves with.
+    Check(Box<crate::commands::check::CheckArgs>),
+    /// Posts webhooks to a running bridge (--url), authenticated as the
+    /// bridge's flags say it checks (shared secret, Basic, HMAC with or
+    /// without a timestamp), and prints each answer. Without a FILE, one
+    /// built-in sample of each object type.
+    Send(Box<crate::commands::send::SendArgs>),
+    /// Prints shell completions for SHELL on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff) on standard output.
+    Man,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -122,8 +161,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Checks every part in turn, the ones that read files last.
+    /// The settings of `apizee-bridge` serving: [`Settings::from_args`] of
+    /// the flags given without a subcommand.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        Self::from_args(cli.service)
+    }
+
+    /// Checks every part in turn, the ones that read files last.
+    pub fn from_args(cli: ServiceArgs) -> Result<Self, ConfigError> {
         let http = cli.http.settings()?;
         let delivery = cli.delivery.settings()?;
         let routing = cli.route.settings()?;

@@ -110,6 +110,7 @@ macro_rules! named_enum {
 }
 
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use apizee_bridge::config::{Cli, Settings};
+use apizee_bridge::config::{Cli, ServiceArgs, Settings};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -25,7 +25,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let settings = match Settings::from_cli(cli) {
+    match cli.command {
+        None => serve(cli.service),
+        Some(command) => apizee_bridge::commands::run(command),
+    }
+}
+
+/// `apizee-bridge` without a subcommand.
+fn serve(args: ServiceArgs) -> ExitCode {
+    let settings = match Settings::from_args(args) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("apizee-bridge: error: {e}");

@@ -124,7 +124,118 @@ pub struct AuthArgs {
     pub require_user_agent: Option<String>,
 }
 
+/// The first credential of each kind these flags accept, to sign requests
+/// with (`apizee-bridge send`): what a sender configured like the platform
+/// would present.
+pub struct Credentials {
+    shared_secret: Option<(http::HeaderName, Secret)>,
+    basic: Option<Secret>,
+    signature: Option<Signing>,
+}
+
+struct Signing {
+    header: http::HeaderName,
+    encoding: SignatureEncoding,
+    key: ring::hmac::Key,
+    timestamp: Option<http::HeaderName>,
+}
+
+impl Credentials {
+    /// The headers that authenticate `body`, sent at `now`.
+    pub fn headers(
+        &self,
+        body: &[u8],
+        now: std::time::SystemTime,
+    ) -> Vec<(http::HeaderName, String)> {
+        let mut headers = Vec::new();
+        if let Some((name, token)) = &self.shared_secret {
+            let value = if name == http::header::AUTHORIZATION {
+                format!("Bearer {}", token.expose())
+            } else {
+                token.expose().to_owned()
+            };
+            headers.push((name.clone(), value));
+        }
+        if let Some(pair) = &self.basic {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair.expose());
+            headers.push((http::header::AUTHORIZATION, format!("Basic {encoded}")));
+        }
+        if let Some(signing) = &self.signature {
+            let seconds = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                .to_string();
+            let timestamp = signing.timestamp.as_ref().map(|_| seconds.as_bytes());
+            let tag = super::signature::tag(&signing.key, timestamp, body);
+            headers.push((
+                signing.header.clone(),
+                super::signature::encode(signing.encoding, &tag),
+            ));
+            if let Some(name) = &signing.timestamp {
+                headers.push((name.clone(), seconds));
+            }
+        }
+        headers
+    }
+
+    /// Whether any credential is configured.
+    pub fn is_empty(&self) -> bool {
+        self.shared_secret.is_none() && self.basic.is_none() && self.signature.is_none()
+    }
+}
+
 impl AuthArgs {
+    /// Checks the flags as serving does, then keeps the first secret of
+    /// each kind.
+    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+        self.settings()?;
+        let first = |flag, entry, values: &[String], file: Option<&std::path::Path>| {
+            read_secrets(flag, entry, values, file).map(|s| s.into_iter().next())
+        };
+        let token = first(
+            "--auth-token-file",
+            "token",
+            &self.auth_token,
+            self.auth_token_file.as_deref(),
+        )?;
+        let shared_secret = match (&self.auth_header, token) {
+            (Some(name), Some(token)) => Some((header_name("--auth-header", name)?, token)),
+            _ => None,
+        };
+        let basic = first(
+            "--basic-auth-file",
+            "USER:PASSWORD line",
+            &self.basic_auth,
+            self.basic_auth_file.as_deref(),
+        )?;
+        let key = first(
+            "--hmac-secret-file",
+            "key",
+            &self.hmac_secret,
+            self.hmac_secret_file.as_deref(),
+        )?;
+        let signature = match key {
+            Some(key) => Some(Signing {
+                header: header_name("--hmac-header", &self.hmac_header)?,
+                encoding: self.hmac_encoding,
+                key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose().as_bytes()),
+                timestamp: self
+                    .hmac_timestamp_header
+                    .as_deref()
+                    .map(|name| header_name("--hmac-timestamp-header", name))
+                    .transpose()?,
+            }),
+            None => None,
+        };
+        Ok(Credentials {
+            shared_secret,
+            basic,
+            signature,
+        })
+    }
+
     pub fn settings(&self) -> Result<Guard, ConfigError> {
         let shared_secret = shared_secret(
             self.auth_header.as_deref(),

@@ -82,13 +82,7 @@ impl Signature {
                 continue;
             };
             for key in &self.keys {
-                let mut context = hmac::Context::with_key(key);
-                if let Some(timestamp) = timestamp {
-                    context.update(timestamp);
-                    context.update(b".");
-                }
-                context.update(body);
-                valid |= context.sign().as_ref().ct_eq(&presented);
+                valid |= tag(key, timestamp, body).as_ref().ct_eq(&presented);
             }
         }
         if bool::from(valid) {
@@ -127,6 +121,27 @@ impl Signature {
             }
         }
         Some(tag)
+    }
+}
+
+/// The signature of `body`: over `<timestamp>.<body>` when the request is
+/// timestamped, else over the body alone. What `apizee-bridge send` signs
+/// and what [`Signature::verify`] checks, defined once.
+pub fn tag(key: &hmac::Key, timestamp: Option<&[u8]>, body: &[u8]) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(key);
+    if let Some(timestamp) = timestamp {
+        context.update(timestamp);
+        context.update(b".");
+    }
+    context.update(body);
+    context.sign()
+}
+
+/// A tag written as `--hmac-encoding` says.
+pub fn encode(encoding: SignatureEncoding, tag: &hmac::Tag) -> String {
+    match encoding {
+        SignatureEncoding::Hex => tag.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        SignatureEncoding::Base64 => STANDARD.encode(tag.as_ref()),
     }
 }
 

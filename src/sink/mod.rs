@@ -62,6 +62,15 @@ pub enum SinkSetupError {
 }
 
 impl SinkSettings {
+    /// The `--sink` value it was chosen by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkSettings::Stdout => "stdout",
+            SinkSettings::Nats(_) => "nats",
+            SinkSettings::Kafka(_) => "kafka",
+        }
+    }
+
     /// Checks the flags of the chosen sink only: a Kafka flag left at its
     /// default does not matter with `--sink nats`.
     pub fn new(

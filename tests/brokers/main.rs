@@ -7,8 +7,10 @@
 mod support;
 
 mod chaos;
+mod check;
 mod kafka;
 mod kafka_mock;
 mod nats;
 mod refusals;
+mod send;
 mod spool;

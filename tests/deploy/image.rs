@@ -392,6 +392,43 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         format!("APIZEE_BRIDGE_AUTH_TOKEN={TOKEN}"),
     ]);
     let user_arg = format!("{user}:{group}");
+    let init_args: Vec<String> = pod["initContainers"][0]["args"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        pod["initContainers"][0]["volumeMounts"][0]["mountPath"].as_str(),
+        Some(mount.as_str()),
+        "the init container mounts the spool where the bridge does"
+    );
+    // The pod's init container: the image with its args, the same user,
+    // volume and environment, run to completion before the bridge starts.
+    let init = || {
+        let mut run = vec![
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--user",
+            &user_arg,
+            "--group-add",
+            &fs_group,
+            "--volume",
+            &volume_arg,
+        ];
+        run.extend(LIMITS);
+        for variable in &env {
+            run.extend(["--env", variable.as_str()]);
+        }
+        run.push(IMAGE);
+        run.extend(init_args.iter().map(String::as_str));
+        podman_ok(&run)
+    };
     let start = |name: &str| {
         let mut run = vec![
             "run",
@@ -445,6 +482,9 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         .await
     };
 
+    let report = init();
+    assert!(report.contains("ok    spool: "), "{report}");
+    assert!(report.contains("ok    broker: not checked"), "{report}");
     let first = Container {
         name: format!("apizee-bridge-spool-{}", free_port()),
     };
@@ -479,6 +519,11 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
     // The broker comes back, and the pod that takes the name and the volume
     // delivers what the first one was given.
     nats.restart().await;
+    let report = init();
+    assert!(
+        report.contains(&format!("spool: {mount}/spool: 3 webhooks")),
+        "the init container sees the spool the first pod left: {report}"
+    );
     let second = Container {
         name: format!("apizee-bridge-spool-{}", free_port()),
     };

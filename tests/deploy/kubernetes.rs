@@ -704,7 +704,7 @@ fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
             b.target
         );
         assert!(
-            env.contains_key("APIZEE_BRIDGE_AUTH_TOKEN") && cli.auth.auth_header.is_some(),
+            env.contains_key("APIZEE_BRIDGE_AUTH_TOKEN") && cli.service.auth.auth_header.is_some(),
             "{}: auth header and token",
             b.target
         );
@@ -729,6 +729,63 @@ fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
                 assert!(n.stream.is_some(), "{}: stream", b.target);
             }
             SinkSettings::Stdout => {}
+        }
+    }
+}
+
+/// The init container runs `check --skip-broker` on exactly what the bridge
+/// runs with (image, environment, mounts, securityContext), and that check,
+/// run here by the binary with each target's rendered environment (a spool
+/// directory in place of the claim), passes.
+#[test]
+fn the_init_container_checks_what_the_bridge_runs_with() {
+    for b in built() {
+        let t = b.target;
+        let init = &b.pod()["initContainers"][0];
+        let bridge = b.container();
+        assert_eq!(init["name"].as_str(), Some("check"), "{t}");
+        let args: Vec<&str> = init["args"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args, ["check", "--skip-broker"], "{t}");
+        for field in [
+            "image",
+            "imagePullPolicy",
+            "envFrom",
+            "env",
+            "volumeMounts",
+            "securityContext",
+        ] {
+            assert_eq!(
+                init[field], bridge[field],
+                "{t}: the init container's {field}"
+            );
+        }
+        let spool = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut env = b.env();
+        if env.contains_key("APIZEE_BRIDGE_SPOOL_DIR") {
+            env.insert(
+                "APIZEE_BRIDGE_SPOOL_DIR".into(),
+                spool.path().join("spool").to_string_lossy().into_owned(),
+            );
+        }
+        let output = std::process::Command::new(crate::support::process::BINARY)
+            .args(&args)
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{t}: {args:?} failed:\n{report}");
+        assert!(
+            report.contains("ok    broker: not checked"),
+            "{t}: {report}"
+        );
+        if env.contains_key("APIZEE_BRIDGE_SPOOL_DIR") {
+            assert!(report.contains("ok    spool: "), "{t}: {report}");
         }
     }
 }
@@ -761,7 +818,7 @@ fn a_setting_the_binary_refuses_fails_the_check() {
     }
     env.insert("APIZEE_BRIDGE_SHUTDOWN_TIMEOUT".into(), "7s".into());
     let (cli, _) = parse_settings("test", &env);
-    assert_eq!(cli.http.shutdown_timeout, Duration::from_secs(7));
+    assert_eq!(cli.service.http.shutdown_timeout, Duration::from_secs(7));
 }
 
 fn probe<'a>(b: &'a Built, kind: &str) -> &'a Value {
@@ -776,15 +833,18 @@ fn ports_probes_and_scrape_target_match_the_binary() {
         let t = b.target;
         let (cli, _) = b.settings();
         for (flag, addr) in [
-            ("--listen", cli.http.listen),
-            ("--metrics-listen", cli.http.metrics_listen),
+            ("--listen", cli.service.http.listen),
+            ("--metrics-listen", cli.service.http.metrics_listen),
         ] {
             assert!(
                 addr.ip().is_unspecified(),
                 "{t}: {flag} {addr} must listen on every address, for probes and the Service"
             );
         }
-        let (http, metrics) = (cli.http.listen.port(), cli.http.metrics_listen.port());
+        let (http, metrics) = (
+            cli.service.http.listen.port(),
+            cli.service.http.metrics_listen.port(),
+        );
 
         let ready = probe(b, "readinessProbe");
         assert_eq!(ready["path"].as_str(), Some("/readyz"), "{t}: readiness");
@@ -878,15 +938,15 @@ fn network_policy_lets_webhooks_metrics_dns_and_the_broker_through() {
         let ingress = spec["ingress"].as_sequence().unwrap();
         let webhooks = ingress
             .iter()
-            .find(|r| rule_ports(r).contains(&cli.http.listen.port()))
+            .find(|r| rule_ports(r).contains(&cli.service.http.listen.port()))
             .unwrap_or_else(|| panic!("{t}: webhooks are not let in"));
         assert!(
-            !rule_ports(webhooks).contains(&cli.http.metrics_listen.port()),
+            !rule_ports(webhooks).contains(&cli.service.http.metrics_listen.port()),
             "{t}: metrics are open to whoever may send webhooks"
         );
         let scrape = ingress
             .iter()
-            .find(|r| rule_ports(r).contains(&cli.http.metrics_listen.port()))
+            .find(|r| rule_ports(r).contains(&cli.service.http.metrics_listen.port()))
             .unwrap_or_else(|| panic!("{t}: metrics are not let in"));
         let from = scrape["from"].as_sequence().expect("metrics: from");
         assert_eq!(
@@ -929,7 +989,7 @@ fn shutdown_fits_in_the_grace_period() {
             b.container()["lifecycle"]["preStop"].is_null(),
             "{t}: no preStop: the drain delay does its job"
         );
-        let sleep = cli.http.drain_delay;
+        let sleep = cli.service.http.drain_delay;
         assert!(
             sleep >= Duration::from_secs(3),
             "{t}: the drain delay covers endpoint propagation"
@@ -939,12 +999,12 @@ fn shutdown_fits_in_the_grace_period() {
                 .as_u64()
                 .unwrap_or_else(|| panic!("{t}: terminationGracePeriodSeconds")),
         );
-        let needed = sleep + cli.http.shutdown_timeout + flush;
+        let needed = sleep + cli.service.http.shutdown_timeout + flush;
         assert!(
             grace > needed,
             "{t}: terminationGracePeriodSeconds {grace:?} <= --drain-delay {sleep:?} + \
              --shutdown-timeout {:?} + the rest of the shutdown {flush:?}",
-            cli.http.shutdown_timeout
+            cli.service.http.shutdown_timeout
         );
     }
 }

@@ -176,6 +176,51 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
     ] {
         env.push((name.to_owned(), value));
     }
+    // ExecStartPre= runs first, with the same environment and credentials.
+    for command in directive("ExecStartPre") {
+        let mut words = command.split_whitespace();
+        assert_eq!(
+            words.next(),
+            Some("/usr/local/bin/apizee-bridge"),
+            "{command}"
+        );
+        let output = std::process::Command::new(crate::support::process::BINARY)
+            .args(words)
+            .env_clear()
+            .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .output()
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "ExecStartPre={command} failed:\n{report}"
+        );
+        assert!(
+            report.contains("ok    auth: shared secret in x-apizee-secret"),
+            "{report}"
+        );
+        assert!(!report.contains("token-from-credential"), "{report}");
+    }
+    // A credential that is not there stops the start at ExecStartPre=.
+    let missing: Vec<(String, String)> = env
+        .iter()
+        .map(|(n, v)| match n.as_str() {
+            "APIZEE_BRIDGE_AUTH_TOKEN_FILE" => (n.clone(), format!("{v}.missing")),
+            _ => (n.clone(), v.clone()),
+        })
+        .collect();
+    let output = std::process::Command::new(crate::support::process::BINARY)
+        .args(["check", "--skip-broker"])
+        .env_clear()
+        .envs(missing.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("FAIL  configuration: invalid --auth-token-file: cannot read"),
+        "{output:?}"
+    );
     let log = credentials.path().join("bridge.log");
     let bridge = crate::support::process::BridgeProcess::spawn_with_env(
         env.iter().map(|(n, v)| (n.as_str(), v.as_str())),

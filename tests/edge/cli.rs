@@ -196,3 +196,57 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
     }
     assert_eq!(reasons, ["unauthorized", "malformed_json"], "{lines:#?}");
 }
+
+/// The bash completions load in a real bash and complete the subcommands
+/// and the flags.
+#[test]
+fn bash_completions_load_and_complete_subcommands_and_flags() {
+    let output = run(&["completions", "bash"]);
+    assert!(output.status.success());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let script = dir.path().join("apizee-bridge.bash");
+    std::fs::write(&script, &output.stdout).unwrap_or_else(|e| panic!("{e}"));
+    // COMP_* as bash sets them when the user presses Tab after the words.
+    let complete = |words: &str| {
+        let probe = format!(
+            "source {}; complete -p apizee-bridge >/dev/null || exit 9; \
+             COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
+             _apizee__bridge apizee-bridge \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let output = Command::new("bash")
+            .args(["--norc", "-c", &probe])
+            .output()
+            .unwrap_or_else(|e| panic!("bash: {e}"));
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let commands = complete("apizee-bridge ch");
+    assert!(commands.lines().any(|l| l == "check"), "{commands}");
+    let flags = complete("apizee-bridge check --skip");
+    assert!(flags.lines().any(|l| l == "--skip-broker"), "{flags}");
+}
+
+/// The manual page is roff with every subcommand in it.
+#[test]
+fn man_prints_a_manual_page() {
+    let output = run(&["man"]);
+    assert!(output.status.success());
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.contains(".TH apizee-bridge 1"), "{page}");
+    for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
+        assert!(page.contains(section), "no {section}");
+    }
+    for command in ["check", "completions", "man"] {
+        assert!(
+            page.contains(&format!("apizee\\-bridge\\-{command}")),
+            "no {command}"
+        );
+    }
+    assert!(
+        page.contains("APIZEE_BRIDGE_NATS_URL"),
+        "env vars are documented"
+    );
+}

@@ -12,6 +12,7 @@
 //! fails, publishes get `NotConnected` at once rather than waiting out the
 //! timeout in librdkafka's queue.
 
+pub mod check;
 pub mod config;
 
 use std::sync::Arc;

@@ -33,6 +33,7 @@ use crate::route::Message;
 use crate::shutdown::Tasks;
 use config::{NatsAuth, NatsSettings};
 
+pub mod check;
 mod stream;
 
 use stream::StreamKeeper;
@@ -117,10 +118,8 @@ impl NatsSink {
     }
 }
 
-async fn connect_options(
-    settings: &NatsSettings,
-    disconnects: Arc<watch::Sender<u64>>,
-) -> Result<ConnectOptions, NatsSetupError> {
+/// The credentials and TLS every connection uses, serving's or a check's.
+async fn auth_options(settings: &NatsSettings) -> Result<ConnectOptions, NatsSetupError> {
     let mut options =
         match &settings.auth {
             NatsAuth::None => ConnectOptions::new(),
@@ -144,8 +143,17 @@ async fn connect_options(
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    Ok(options
-        .name("apizee-bridge")
+    Ok(options.name("apizee-bridge"))
+}
+
+/// Serving's connection: retried from the start and forever, its drops
+/// counted so a waiting publish learns its own connection went.
+async fn connect_options(
+    settings: &NatsSettings,
+    disconnects: Arc<watch::Sender<u64>>,
+) -> Result<ConnectOptions, NatsSetupError> {
+    Ok(auth_options(settings)
+        .await?
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))

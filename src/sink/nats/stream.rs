@@ -168,7 +168,7 @@ impl StreamKeeper {
 
 /// What the JetStream API says about the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Finding {
+pub(super) enum Finding {
     Usable { subjects: Vec<String> },
     NoLeader,
     Missing,
@@ -232,7 +232,7 @@ fn classify(reply: Result<InfoReply, String>) -> Finding {
     }
 }
 
-async fn check(js: &jetstream::Context, name: &str, timeout: Duration) -> Finding {
+pub(super) async fn check(js: &jetstream::Context, name: &str, timeout: Duration) -> Finding {
     let reply = js
         .request(format!("STREAM.INFO.{name}"), &())
         .await
