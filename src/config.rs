@@ -90,6 +90,11 @@ pub enum Command {
     /// without a timestamp), and prints each answer. Without a FILE, one
     /// built-in sample of each object type.
     Send(Box<crate::commands::send::SendArgs>),
+    /// Prints the messages the bridge publishes as they arrive, with their
+    /// headers, from the configured broker: every subject the template
+    /// produces and the dead-letter topic, or the PATTERNs given
+    /// (`apizee.ticket.*`). Reads with the bridge's own broker flags.
+    Tail(Box<crate::commands::tail::TailArgs>),
     /// Prints shell completions for SHELL on standard output.
     Completions {
         #[arg(value_enum)]

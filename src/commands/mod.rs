@@ -1,9 +1,10 @@
-//! The operator's tools, one module each: `check`, `send`, plus `completions` and
+//! The operator's tools, one module each: `check`, `send`, `tail`, plus `completions` and
 //! `man`, which only print what clap knows of the CLI. Plain
 //! `apizee-bridge`, without a subcommand, serves (see `main.rs`).
 
 pub mod check;
 pub mod send;
+pub mod tail;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Check(args) => check::main(*args),
         Command::Send(args) => send::main(*args),
+        Command::Tail(args) => tail::main(*args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);

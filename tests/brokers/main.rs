@@ -14,3 +14,4 @@ mod nats;
 mod refusals;
 mod send;
 mod spool;
+mod tail;

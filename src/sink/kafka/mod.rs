@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod config;
+pub mod tap;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

@@ -35,6 +35,7 @@ use config::{NatsAuth, NatsSettings};
 
 pub mod check;
 mod stream;
+pub mod tap;
 
 use stream::StreamKeeper;
 

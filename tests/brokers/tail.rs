@@ -1,0 +1,214 @@
+//! `apizee-bridge tail`, the binary, reading what a bridge publishes: from
+//! nats-server (webhooks and dead letters, a pattern) and from tansu, with
+//! headers and bodies as the broker holds them.
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::kafka::Tansu;
+use crate::support::process::BINARY;
+use crate::support::*;
+
+/// `apizee-bridge tail ARGS`, once it says it is reading.
+async fn tail(args: &[&str]) -> Child {
+    let mut child = Command::new(BINARY)
+        .arg("tail")
+        .args(args)
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = BufReader::new(stderr).lines();
+    let reading = tokio::time::timeout(READY_DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("apizee-bridge tail: reading ") {
+                return Ok(line);
+            }
+            if line.starts_with("apizee-bridge tail: ") {
+                return Err(line);
+            }
+        }
+        Err("tail ended before reading".to_owned())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("tail did not start reading within {READY_DEADLINE:?}"));
+    if let Err(line) = reading {
+        panic!("{line}");
+    }
+    child
+}
+
+/// What tail printed, one JSON object per message, once it exits.
+async fn printed(child: Child) -> Vec<Value> {
+    let output = tokio::time::timeout(READY_DEADLINE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("tail did not print its --count in time"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn header<'a>(message: &'a Value, name: &str) -> Option<&'a str> {
+    message["headers"]
+        .as_array()?
+        .iter()
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair[1].as_str())
+}
+
+const MEDIA: &str =
+    r#"{"event":"update","time":1575976413,"object":"media","objectId":7,"props":{}}"#;
+
+#[tokio::test]
+async fn nats_webhooks_and_dead_letters_with_their_headers() {
+    let nats = NatsServer::start(true).await;
+    let url = nats.url();
+    let bridge = Bridge::start(&[
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--nats-jetstream",
+        "--nats-stream",
+        "APIZEE",
+        "--dead-letter-topic",
+        "apizee.dead-letter",
+    ])
+    .await;
+    bridge.wait_ready().await;
+    let reader = tail(&[
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--dead-letter-topic",
+        "apizee.dead-letter",
+        "--format",
+        "json",
+        "--count",
+        "2",
+    ])
+    .await;
+    let accepted = bridge.post(SPEC_TICKET).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let refused = bridge.post(r#"{"event":"update"}"#).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let messages = printed(reader).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let webhook = &messages[0];
+    assert_eq!(webhook["topic"], "apizee.ticket.update");
+    assert_eq!(webhook["payload"], SPEC_TICKET);
+    assert_eq!(
+        header(webhook, "apizee-event-id"),
+        accepted.json()["id"].as_str()
+    );
+    assert_eq!(
+        header(webhook, "Nats-Msg-Id"),
+        accepted.json()["id"].as_str()
+    );
+    let dead = &messages[1];
+    assert_eq!(dead["topic"], "apizee.dead-letter");
+    assert_eq!(dead["payload"], r#"{"event":"update"}"#);
+    assert_eq!(
+        header(dead, "apizee-rejection-reason"),
+        Some("invalid_envelope")
+    );
+}
+
+#[tokio::test]
+async fn a_pattern_prints_only_what_it_selects_as_text() {
+    let nats = NatsServer::start(false).await;
+    let url = nats.url();
+    let bridge = Bridge::start(&["--sink", "nats", "--nats-url", &url]).await;
+    bridge.wait_ready().await;
+    let reader = tail(&[
+        "apizee.media.*",
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--count",
+        "1",
+    ])
+    .await;
+    assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
+    assert_eq!(bridge.post(MEDIA).await.status, 200);
+    let output = tokio::time::timeout(READY_DEADLINE, reader.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("tail did not exit"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("apizee.media.update"), "{text}");
+    assert!(text.contains("\n  apizee-object-id: 7\n"), "{text}");
+    assert!(text.contains(MEDIA), "{text}");
+    assert!(!text.contains("ticket"), "{text}");
+}
+
+#[tokio::test]
+async fn kafka_keys_headers_and_bodies() {
+    let tansu = Tansu::start().await;
+    let brokers = tansu.bootstrap();
+    let bridge = Bridge::start(&[
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--kafka-create-topics",
+        "--kafka-replication-factor",
+        "1",
+        "--kafka-partitions",
+        "1",
+    ])
+    .await;
+    bridge.wait_ready().await;
+    let reader = tail(&[
+        "apizee.ticket.*",
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--format",
+        "json",
+        "--count",
+        "1",
+    ])
+    .await;
+    let accepted = bridge.post(SPEC_TICKET).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let messages = printed(reader).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["topic"], "apizee.ticket.update");
+    assert_eq!(messages[0]["key"], "100");
+    assert_eq!(messages[0]["payload"], SPEC_TICKET);
+    assert_eq!(
+        header(&messages[0], "apizee-event-id"),
+        accepted.json()["id"].as_str()
+    );
+    // A pattern that selects no topic says so and exits 1.
+    let output = Command::new(BINARY)
+        .args([
+            "tail",
+            "nothing.*",
+            "--sink",
+            "kafka",
+            "--kafka-brokers",
+            &brokers,
+        ])
+        .env_clear()
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no topic on"),
+        "{output:?}"
+    );
+}
