@@ -51,7 +51,7 @@ pub async fn run(
         let Some(message) = messages.next().await else {
             return Err("the NATS connection closed".into());
         };
-        let headers = message
+        let mut headers: Vec<(String, String)> = message
             .headers
             .iter()
             .flat_map(|headers| headers.iter())
@@ -61,6 +61,9 @@ pub async fn run(
                     .map(move |value| (name.to_string(), value.as_str().to_owned()))
             })
             .collect();
+        // NATS keeps headers in no particular order: sorted, two messages
+        // read alike.
+        headers.sort();
         print(Tapped {
             topic: message.subject.to_string(),
             key: None,
