@@ -95,6 +95,11 @@ pub enum Command {
     /// produces and the dead-letter topic, or the PATTERNs given
     /// (`apizee.ticket.*`). Reads with the bridge's own broker flags.
     Tail(Box<crate::commands::tail::TailArgs>),
+    /// Reads the dead-letter topic, checks each dead letter again with the
+    /// current rules, and republishes the ones that now pass to their topic
+    /// with their original event id; the others stay. A dry run unless
+    /// --apply. Takes every flag the bridge serves with.
+    Redrive(Box<crate::commands::redrive::RedriveArgs>),
     /// Prints shell completions for SHELL on standard output.
     Completions {
         #[arg(value_enum)]

@@ -323,7 +323,15 @@ pub fn dead_letter_message(
             ),
             (header::EVENT_ID, event_id.clone()),
         ],
-        event_id,
+        // De-duplication keeps its own id: in a stream that captures both,
+        // a dead letter holding the id its webhook gets once redriven
+        // (`apizee-bridge redrive`) would make JetStream drop that webhook
+        // as a duplicate. Retried refusals still share one.
+        event_id: format!("{event_id}{DEAD_LETTER_ID_SUFFIX}"),
         payload: body,
     }
 }
+
+/// Appended to a dead letter's event id for de-duplication
+/// (`Nats-Msg-Id`); its `apizee-event-id` header stays the body's id.
+pub const DEAD_LETTER_ID_SUFFIX: &str = "-dead-letter";

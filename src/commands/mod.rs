@@ -1,8 +1,9 @@
-//! The operator's tools, one module each: `check`, `send`, `tail`, plus `completions` and
+//! The operator's tools, one module each: `check`, `send`, `tail`, `redrive`, plus `completions` and
 //! `man`, which only print what clap knows of the CLI. Plain
 //! `apizee-bridge`, without a subcommand, serves (see `main.rs`).
 
 pub mod check;
+pub mod redrive;
 pub mod send;
 pub mod tail;
 
@@ -19,6 +20,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Check(args) => check::main(*args),
         Command::Send(args) => send::main(*args),
         Command::Tail(args) => tail::main(*args),
+        Command::Redrive(args) => redrive::main(*args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);

@@ -625,3 +625,22 @@ fn dead_letters_keep_the_body_and_bound_the_details_header() {
             .contains(&(header::RECEIVED_AT, "2019-12-10T11:13:33.000Z".to_owned()))
     );
 }
+
+/// A dead letter and the webhook its body becomes once redriven share the
+/// `apizee-event-id` header, but not the de-duplication id: JetStream would
+/// drop the redriven webhook as a duplicate of its own dead letter.
+#[test]
+fn a_dead_letter_does_not_take_its_webhooks_deduplication_id() {
+    let body = Bytes::from_static(b"{\"event\":1}");
+    let message = dead_letter_message(
+        "apizee.dlq",
+        body.clone(),
+        "invalid_envelope",
+        "[]",
+        UNIX_EPOCH,
+    );
+    let id = event_id(&body);
+    assert_eq!(message.event_id, format!("{id}{DEAD_LETTER_ID_SUFFIX}"));
+    assert!(message.headers.contains(&(header::EVENT_ID, id.clone())));
+    assert_ne!(message.event_id, id);
+}

@@ -11,6 +11,7 @@ mod check;
 mod kafka;
 mod kafka_mock;
 mod nats;
+mod redrive;
 mod refusals;
 mod send;
 mod spool;

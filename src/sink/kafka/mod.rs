@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod config;
+pub mod redrive;
 pub mod tap;
 
 use std::sync::Arc;

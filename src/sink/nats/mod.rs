@@ -34,6 +34,7 @@ use crate::shutdown::Tasks;
 use config::{NatsAuth, NatsSettings};
 
 pub mod check;
+pub mod redrive;
 mod stream;
 pub mod tap;
 
