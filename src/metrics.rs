@@ -32,6 +32,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// `apizee_bridge_build_info`'s labels and their values: the package
+/// version, the git commit and the compiler, from build.rs.
+const BUILD: [(&str, &str); 3] = [
+    ("version", env!("CARGO_PKG_VERSION")),
+    ("revision", env!("APIZEE_BRIDGE_REVISION")),
+    ("rustc", env!("APIZEE_BRIDGE_RUSTC")),
+];
+const BUILD_LABELS: [&str; 3] = [BUILD[0].0, BUILD[1].0, BUILD[2].0];
+
 /// A metric's name (without the `apizee_bridge_` prefix) and help.
 pub(crate) fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
@@ -80,7 +89,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers the edge's metrics, the build and the process's, with
+    /// Registers the edge's metrics, the build's and the process's, with
     /// every series whose labels are known up front at 0, so dashboards and
     /// `rate()` see them before the first event.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -157,22 +166,22 @@ impl Metrics {
             &["budget"],
         )?
         .registered(&registry)?;
-        IntGaugeVec::new(
+        let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
-                "Always 1; labels carry the version of the running binary.",
+                "Always 1; labels carry the running binary's version, git revision and compiler.",
             ),
-            &["version"],
+            &BUILD_LABELS,
         )?
-        .registered(&registry)?
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
+        .registered(&registry)?;
+        build_info
+            .with_label_values(&BUILD.map(|(_, value)| value))
+            .set(1);
+        // Unprefixed, as every Prometheus client library and exporter names
+        // them, so ready-made dashboards and alerts work as they are.
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
-                NAMESPACE,
-            ),
+            prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
 
         for field in &ENUM_FIELDS {
@@ -327,5 +336,47 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line}");
         }
+    }
+
+    #[test]
+    fn build_info_names_the_version_the_revision_and_the_compiler() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let family = metrics
+            .registry()
+            .gather()
+            .into_iter()
+            .find(|family| family.name() == "apizee_bridge_build_info")
+            .unwrap_or_else(|| panic!("no build_info"));
+        let [series] = family.get_metric() else {
+            panic!("build_info has other than one series: {family:?}");
+        };
+        assert_eq!(series.get_gauge().value(), 1.0);
+        let labels: std::collections::BTreeMap<&str, &str> = series
+            .get_label()
+            .iter()
+            .map(|label| (label.name(), label.value()))
+            .collect();
+        assert_eq!(
+            labels.keys().copied().collect::<Vec<_>>(),
+            ["revision", "rustc", "version"]
+        );
+        assert!(labels.values().all(|value| !value.is_empty()), "{labels:?}");
+        assert_eq!(labels["version"], env!("CARGO_PKG_VERSION"));
+        assert!(labels["rustc"].starts_with("rustc "), "{labels:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_have_the_standard_unprefixed_names() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8(metrics.render()).unwrap_or_default();
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("\n{family} ")), "missing {family}");
+        }
+        assert!(!text.contains("apizee_bridge_process_"), "{text}");
     }
 }

@@ -57,7 +57,7 @@ const MEMORY_BOUND: f64 = 256.0 * 1024.0 * 1024.0;
 /// How long the bridge may take to answer 200 again once the broker resumes.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
 
-const RSS: &str = "apizee_bridge_process_resident_memory_bytes";
+const RSS: &str = "process_resident_memory_bytes";
 
 /// Event `i` of a run: a distinct body, hence a distinct event id.
 fn event(run: &str, i: usize) -> String {

@@ -117,7 +117,13 @@ fn the_build_context_is_what_the_dockerfile_needs(builder: &str) {
         next_to_dockerfile, at_root,
         "deploy/docker/Dockerfile.dockerignore and .dockerignore give different contexts"
     );
-    for needed in ["Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs"] {
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "src/main.rs",
+        "src/lib.rs",
+    ] {
         assert!(
             at_root.contains(needed),
             "the build context lacks {needed}, which the build copies: {at_root:?}"

@@ -422,14 +422,20 @@ async fn metrics_count_requests_rejections_and_publishes() {
         r#"apizee_bridge_request_duration_seconds_count 3"#,
         r#"apizee_bridge_requests_in_flight 0"#,
         r#"apizee_bridge_broker_connected{sink="memory"} 1"#,
-        "apizee_bridge_build_info{version=",
-        "apizee_bridge_process_resident_memory_bytes ",
+        // Labels in name order: revision, rustc, version.
+        r#"apizee_bridge_build_info{revision=""#,
+        concat!(r#"",version=""#, env!("CARGO_PKG_VERSION"), r#""} 1"#),
+        "\nprocess_resident_memory_bytes ",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
     }
-    // Every sample belongs to our namespace, and no objectId leaks in.
+    // Every sample belongs to our namespace or is one of the standard
+    // process metrics, and no objectId leaks in.
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        assert!(line.starts_with("apizee_bridge_"), "{line}");
+        assert!(
+            line.starts_with("apizee_bridge_") || line.starts_with("process_"),
+            "{line}"
+        );
         assert!(!line.contains("734e3a7b"), "{line}");
     }
 }

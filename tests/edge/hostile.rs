@@ -905,7 +905,7 @@ async fn memory_stays_bounded_after_2000_hostile_requests() {
         metric_value(&metrics, "apizee_bridge_requests_in_flight"),
         0.0
     );
-    let resident = metric_value(&metrics, "apizee_bridge_process_resident_memory_bytes");
+    let resident = metric_value(&metrics, "process_resident_memory_bytes");
     assert!(resident > 0.0, "no resident memory metric");
     assert!(
         resident < BOUND,
