@@ -51,7 +51,15 @@ struct DeadLetterMetrics {
 }
 
 impl DeadLetterMetrics {
-    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    fn register(registry: &Registry, capacity: usize) -> Result<Self, prometheus::Error> {
+        // Set once: what `dead_letter_queue_messages` fills towards before
+        // dead letters are shed.
+        IntGauge::with_opts(opts(
+            "dead_letter_queue_capacity",
+            "--dead-letter-queue: dead letters queued at most; past it they are shed.",
+        ))?
+        .registered(registry)?
+        .set(i64::try_from(capacity).unwrap_or(i64::MAX));
         let outcomes = IntCounterVec::new(
             opts(
                 "dead_letters_total",
@@ -87,11 +95,12 @@ impl DeadLetters {
     /// Its metrics are registered in `registry`.
     pub fn new(settings: DeadLetter, registry: &Registry) -> Result<Self, prometheus::Error> {
         let (queue, worker) = mpsc::channel(settings.queue);
+        let metrics = DeadLetterMetrics::register(registry, settings.queue)?;
         Ok(Self {
             settings,
             queue: Mutex::new(Some(queue)),
             worker: Mutex::new(Some(worker)),
-            metrics: DeadLetterMetrics::register(registry)?,
+            metrics,
         })
     }
 

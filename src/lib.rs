@@ -276,7 +276,7 @@ impl Service {
             delivery,
             dead_letters,
             metrics,
-        ));
+        )?);
         Ok(Self {
             app,
             tls,

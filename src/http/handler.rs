@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use prometheus::{IntGauge, Registry};
 use serde::Serialize;
 
 use super::budget::Budgets;
@@ -27,7 +28,7 @@ use crate::auth::Guard;
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Registered, opts};
 use crate::route;
 use crate::route::config::Routing;
 
@@ -54,11 +55,12 @@ impl App {
         delivery: Arc<Delivery>,
         dead_letters: Option<Arc<DeadLetters>>,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> Result<Self, prometheus::Error> {
         let unauthenticated = guard
             .authenticates_only_with_body()
             .then_some(http.max_unauthenticated_in_flight);
-        Self {
+        register_limits(&http, unauthenticated, metrics.registry())?;
+        Ok(Self {
             budgets: Budgets::new(http.max_in_flight, unauthenticated),
             http,
             guard,
@@ -67,7 +69,7 @@ impl App {
             metrics,
             draining: AtomicBool::new(false),
             dead_letters,
-        }
+        })
     }
 
     pub fn dead_letters(&self) -> Option<&Arc<DeadLetters>> {
@@ -104,6 +106,44 @@ impl App {
         let configured = self.http.path.trim_end_matches('/');
         path == self.http.path || path.trim_end_matches('/') == configured
     }
+}
+
+/// The limits the handler enforces, as gauges set once, so that what is in
+/// use can be alerted on as a share of them (`requests_in_flight /
+/// max_in_flight`) whatever the flags say. The unauthenticated budget's only
+/// while it is in force: with an HMAC signature as the only credential.
+fn register_limits(
+    http: &HttpSettings,
+    unauthenticated: Option<usize>,
+    registry: &Registry,
+) -> Result<(), prometheus::Error> {
+    let gauge = |name: &str, help: &str, value: usize| -> Result<(), prometheus::Error> {
+        IntGauge::with_opts(opts(name, help))?
+            .registered(registry)?
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+        Ok(())
+    };
+    gauge(
+        "max_in_flight",
+        "--max-in-flight: webhooks handled at once before the answer is 429; \
+         compare requests_in_flight with it.",
+        http.max_in_flight,
+    )?;
+    gauge(
+        "max_body_bytes",
+        "--max-body-bytes: the largest body accepted; larger ones get 413.",
+        http.max_body_bytes,
+    )?;
+    if let Some(limit) = unauthenticated {
+        gauge(
+            "max_unauthenticated_in_flight",
+            "--max-unauthenticated-in-flight: bodies read at once before their HMAC \
+             signature is checked, before the answer is 429; only when the signature is \
+             the only credential.",
+            limit,
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -320,5 +360,73 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Rejection> {
             Err(Rejection::PayloadTooLarge { limit })
         }
         Err(e) => Err(Rejection::UnreadableBody(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use prometheus::Encoder;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        http: super::super::config::HttpArgs,
+    }
+
+    fn settings(args: &[&str]) -> HttpSettings {
+        let flags = Flags::try_parse_from([&["apizee-bridge"], args].concat())
+            .unwrap_or_else(|e| panic!("{e}"));
+        flags.http.settings().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn exported(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8(out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn limit_gauges_hold_the_configured_limits() {
+        let http = settings(&[
+            "--max-in-flight",
+            "300",
+            "--max-body-bytes",
+            "4096",
+            "--max-unauthenticated-in-flight",
+            "7",
+        ]);
+        let registry = Registry::new();
+        register_limits(&http, Some(http.max_unauthenticated_in_flight), &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = exported(&registry);
+        for line in [
+            "apizee_bridge_max_in_flight 300\n",
+            "apizee_bridge_max_body_bytes 4096\n",
+            "apizee_bridge_max_unauthenticated_in_flight 7\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_unauthenticated_budget_has_a_gauge_only_while_in_force() {
+        let http = settings(&[]);
+        let registry = Registry::new();
+        register_limits(&http, None, &registry).unwrap_or_else(|e| panic!("{e}"));
+        let text = exported(&registry);
+        assert!(
+            text.contains("apizee_bridge_max_in_flight 1024\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("apizee_bridge_max_body_bytes {}\n", 256 * 1024)),
+            "{text}"
+        );
+        assert!(!text.contains("max_unauthenticated"), "{text}");
     }
 }
