@@ -378,8 +378,10 @@ fn dashboard_has_the_variables_and_panels_asked_for() {
         "apizee_bridge_unknown_enum_values_total",
         "apizee_bridge_kafka_queue_messages",
         "apizee_bridge_kafka_delivery_errors_total",
-        "apizee_bridge_process_resident_memory_bytes",
-        "apizee_bridge_process_cpu_seconds_total",
+        "apizee_bridge_max_in_flight",
+        "apizee_bridge_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ] {
         assert!(used.contains(wanted), "no panel shows {wanted}");
     }
@@ -388,30 +390,28 @@ fn dashboard_has_the_variables_and_panels_asked_for() {
 // ---------------------------------------------------------------------------
 // Metric names against a live bridge
 
-/// Every `apizee_bridge_*` identifier in a PromQL expression (or any text),
-/// in order of first use. Identifiers are whole words: `my_apizee_bridge_x`
-/// is not one.
+/// The prefixes of the metric names the bridge exports: its own, and the
+/// standard process metrics every Prometheus client names alike.
+const PREFIXES: [&str; 2] = ["apizee_bridge_", "process_"];
+
+/// Every metric identifier (`apizee_bridge_*`, `process_*`) in a PromQL
+/// expression (or any text), in order of first use. Identifiers are whole
+/// words: neither `my_apizee_bridge_x` nor `apizee_bridge_process_x`'s
+/// `process_x` is one.
 fn metric_names(text: &str) -> Vec<String> {
-    const PREFIX: &str = "apizee_bridge_";
-    let bytes = text.as_bytes();
-    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut names = Vec::new();
-    let mut at = 0;
-    while let Some(found) = text[at..].find(PREFIX) {
-        let start = at + found;
-        let end = start
-            + PREFIX.len()
-            + bytes[start + PREFIX.len()..]
-                .iter()
-                .take_while(|&&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                .count();
-        if (start == 0 || !is_word(bytes[start - 1])) && end > start + PREFIX.len() {
-            let name = text[start..end].to_owned();
-            if !names.contains(&name) {
-                names.push(name);
-            }
+    for word in text.split(|c: char| !is_word(c)) {
+        let name: String = word
+            .chars()
+            .take_while(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            .collect();
+        let named = PREFIXES
+            .iter()
+            .any(|prefix| name.len() > prefix.len() && name.starts_with(prefix));
+        if named && !names.contains(&name) {
+            names.push(name);
         }
-        at = end.max(start + 1);
     }
     names
 }
@@ -428,7 +428,13 @@ fn metric_names_are_whole_promql_identifiers() {
             "apizee_bridge_up_total"
         ]
     );
-    assert!(metric_names("sum(rate(up[5m])) apizee_bridge_").is_empty());
+    assert_eq!(
+        metric_names(
+            "rate(process_cpu_seconds_total{job=\"x\"}[5m]) + apizee_bridge_process_threads + process_"
+        ),
+        ["process_cpu_seconds_total", "apizee_bridge_process_threads"]
+    );
+    assert!(metric_names("sum(rate(up[5m])) apizee_bridge_ the process is down").is_empty());
 }
 
 /// What a scrape exports: the name of every sample line, and every metric
@@ -516,16 +522,16 @@ impl Bridges {
             metrics.contains("apizee_bridge_kafka_delivery_errors_total{"),
             "no delivery error counted:\n{metrics}"
         );
-        // TLS, a spool, a shared secret and a dead-letter topic: their
-        // series exist at 0 from the start.
+        // TLS, a spool, an HMAC key and a dead-letter topic: their series
+        // exist at 0 from the start.
         let pki = crate::support::tls::Pki::new("edge");
         let mut args = pki.install(&pki.server("localhost"));
         args.extend(
             [
-                "--auth-header",
-                "X-Apizee-Secret",
-                "--auth-token",
-                "edge-token",
+                // A signature as the only credential: the unauthenticated
+                // budget, and its gauge, are in force.
+                "--hmac-secret",
+                "edge-key",
                 "--dead-letter-topic",
                 "apizee.dead-letter",
             ]
@@ -708,6 +714,10 @@ async fn prometheus_scrapes_the_bridge_and_evaluates_the_alerts_and_dashboard() 
             env!("CARGO_PKG_VERSION"),
             "{series}"
         );
+        for label in ["revision", "rustc"] {
+            let value = series["metric"][label].as_str().unwrap_or_default();
+            assert!(!value.is_empty(), "no {label}: {series}");
+        }
         assert_eq!(series["value"][1], "1", "{series}");
     }
 
@@ -788,17 +798,14 @@ async fn prometheus_scrapes_the_bridge_and_evaluates_the_alerts_and_dashboard() 
 /// purpose, and why. Any other family must be watched by one of them.
 const UNWATCHED: &[(&str, &str)] = &[
     (
-        "apizee_bridge_process_start_time_seconds",
+        "process_start_time_seconds",
         "restarts show as ApizeeBridgeDown and as counter resets",
     ),
     (
-        "apizee_bridge_process_virtual_memory_bytes",
+        "process_virtual_memory_bytes",
         "address space, not memory use; resident memory is on the dashboard",
     ),
-    (
-        "apizee_bridge_process_threads",
-        "fixed by the runtime's worker count",
-    ),
+    ("process_threads", "fixed by the runtime's worker count"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,7 +833,7 @@ async fn every_exported_family_is_watched_or_listed_as_unwatched() {
     let unwatched: Vec<&str> = exported
         .families
         .keys()
-        .filter(|family| family.starts_with("apizee_bridge_"))
+        .filter(|family| PREFIXES.iter().any(|prefix| family.starts_with(prefix)))
         .filter(|family| !read.contains(*family))
         .filter(|family| !UNWATCHED.iter().any(|(name, _)| name == family))
         .map(String::as_str)
