@@ -15,7 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use apizee_bridge::envelope::{self, ENUM_FIELDS, EnvelopeError, Event, ObjectKind, Rules};
-use apizee_bridge::route::{self, DEFAULT_TEMPLATE, TopicTemplate, header};
+use apizee_bridge::http::rejection::{Kind, Rejection};
+use apizee_bridge::route::{self, DEFAULT_TEMPLATE, Message, TopicTemplate, header};
 use bytes::Bytes;
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::{Registry, Retrieve, Uri, Validator};
@@ -38,6 +39,10 @@ const SCHEMA_FILES: [&str; 6] = [
 
 /// The two examples of the platform's spec, shared with the unit tests.
 const SPEC_SAMPLES: [&str; 2] = ["spec-ticket.json", "spec-conversation.json"];
+
+/// The header JetStream messages also carry (async-nats's name for it),
+/// equal to `apizee-event-id`; optional, as Kafka and core NATS have none.
+const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Every header `route::build_message` sets.
 const HEADERS: [&str; 7] = [
@@ -159,8 +164,16 @@ fn object_of(document: &Value) -> &str {
     document["object"].as_str().unwrap_or("")
 }
 
+/// Every invalid sample, as (file name, bytes).
+pub fn invalid_samples() -> Vec<(String, Vec<u8>)> {
+    json_files("tests/samples/invalid")
+        .into_iter()
+        .map(|(name, p)| (name, read(&p)))
+        .collect()
+}
+
 /// Every valid sample and both spec samples, as (name, bytes).
-fn valid_samples() -> Vec<(String, Vec<u8>)> {
+pub fn valid_samples() -> Vec<(String, Vec<u8>)> {
     let mut samples: Vec<(String, Vec<u8>)> = SPEC_SAMPLES
         .iter()
         .map(|name| {
@@ -801,28 +814,76 @@ fn asyncapi_is_version_3_and_its_references_resolve() {
     }
 }
 
-/// For every channel, its address and the objects of its messages.
+/// The webhook channels: every address they stand for, once their
+/// parameters are replaced by each value of their enums, and the objects of
+/// the messages a topic carries. The dead-letter channel is left out.
 fn channels() -> BTreeMap<String, BTreeSet<String>> {
     let mut out = BTreeMap::new();
     for (id, channel) in entries(&asyncapi()["channels"], "channels") {
+        if id == DEAD_LETTER_CHANNEL {
+            continue;
+        }
         let address = channel["address"]
             .as_str()
             .unwrap_or_else(|| panic!("channel {id} has no address"));
-        let objects = entries(&channel["messages"], "channel messages")
-            .values()
-            .map(|m| message_object(deref(m)))
-            .collect();
-        assert!(
-            out.insert(address.to_owned(), objects).is_none(),
-            "two channels on {address}"
+        let mut addresses = vec![address.to_owned()];
+        let parameters = channel.get("parameters").map_or_else(
+            || serde_json::Map::new(),
+            |p| entries(p, "channel parameters").clone(),
         );
+        for (name, parameter) in &parameters {
+            let parameter = deref(parameter);
+            let values = parameter["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("channel {id}: parameter {name} has no enum"));
+            assert_eq!(
+                parameter["location"],
+                format!("$message.payload#/{name}"),
+                "channel {id}: parameter {name} is the payload's field"
+            );
+            addresses = addresses
+                .iter()
+                .flat_map(|a| {
+                    values.iter().map(move |v| {
+                        a.replace(&format!("{{{name}}}"), v.as_str().expect("a string"))
+                    })
+                })
+                .collect();
+        }
+        for address in addresses {
+            // A message belongs on a topic when its payload's `object` is the
+            // topic's: each schema pins `object` to one value.
+            let objects = entries(&channel["messages"], "channel messages")
+                .values()
+                .map(|m| message_object(deref(m)))
+                .filter(|object| address.split('.').any(|token| token == object))
+                .collect();
+            assert!(
+                out.insert(address.clone(), objects).is_none(),
+                "two channels on {address}"
+            );
+        }
     }
     out
 }
 
+/// The id of the dead-letter channel and of its message.
+const DEAD_LETTER_CHANNEL: &str = "deadLetters";
+const DEAD_LETTER_MESSAGE: &str = "deadLetter";
+
+/// The format every webhook payload declares: docs/schema is written in
+/// draft 2020-12, but only with keywords that mean the same in draft-07,
+/// which the AsyncAPI tooling reads (checked below).
+const SCHEMA_FORMAT: &str = "application/schema+json;version=draft-07";
+
 /// The object a message carries, from its payload's schema file.
 fn message_object(message: &Value) -> String {
-    let payload = message["payload"]["$ref"]
+    assert_eq!(
+        message["payload"]["schemaFormat"], SCHEMA_FORMAT,
+        "message {}: payload schemaFormat",
+        message["name"]
+    );
+    let payload = message["payload"]["schema"]["$ref"]
         .as_str()
         .unwrap_or_else(|| panic!("message {} has no payload $ref", message["name"]));
     let object = payload
@@ -855,28 +916,42 @@ fn asyncapi_has_a_channel_and_a_send_operation_for_every_topic() {
         channels.keys().cloned().collect()
     );
 
+    // One send operation per channel, listing every message of its channel.
     let mut operated = BTreeSet::new();
     for (id, operation) in entries(&asyncapi()["operations"], "operations") {
         assert_eq!(
             operation["action"], "send",
             "operation {id}: the bridge produces"
         );
-        let channel = deref(&operation["channel"]);
-        operated.insert(channel["address"].as_str().unwrap().to_owned());
-        for message in operation["messages"].as_array().expect("messages") {
-            let reference = message["$ref"].as_str().expect("a $ref");
-            let own = channel["messages"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .any(|k| reference.ends_with(&format!("/messages/{k}")));
-            assert!(
-                own,
-                "operation {id}: {reference} is not a message of its channel"
-            );
-        }
+        let reference = operation["channel"]["$ref"].as_str().expect("a $ref");
+        let channel_id = reference
+            .strip_prefix("#/channels/")
+            .unwrap_or_else(|| panic!("operation {id}: channel {reference}"));
+        assert!(
+            operated.insert(channel_id.to_owned()),
+            "two operations on {channel_id}"
+        );
+        let listed: BTreeSet<&str> = operation["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["$ref"].as_str().expect("a $ref"))
+            .collect();
+        let own: BTreeSet<String> = entries(&deref(&operation["channel"])["messages"], "messages")
+            .keys()
+            .map(|k| format!("{reference}/messages/{k}"))
+            .collect();
+        assert_eq!(
+            listed,
+            own.iter().map(String::as_str).collect(),
+            "operation {id}: the messages of its channel"
+        );
     }
-    assert_eq!(operated, channels.keys().cloned().collect());
+    let ids: BTreeSet<String> = entries(&asyncapi()["channels"], "channels")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(operated, ids);
 }
 
 #[test]
@@ -888,15 +963,20 @@ fn asyncapi_headers_and_key_match_what_the_bridge_publishes() {
     let received_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_632_144_306_730);
 
     let messages = entries(&doc["components"]["messages"], "components.messages");
-    assert_eq!(messages.len(), ObjectKind::ALL.len());
+    assert_eq!(messages.len(), ObjectKind::ALL.len() + 1);
     let mut validators = BTreeMap::new();
     for (id, message) in messages {
+        if id == DEAD_LETTER_MESSAGE {
+            continue;
+        }
         let headers = deref(&message["headers"]);
         let names: BTreeSet<&str> = entries(&headers["properties"], "headers.properties")
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(names, documented, "message {id}: header names");
+        let mut with_jetstream = documented.clone();
+        with_jetstream.insert(NATS_MSG_ID);
+        assert_eq!(names, with_jetstream, "message {id}: header names");
         let required: BTreeSet<&str> = headers["required"]
             .as_array()
             .expect("headers.required")
@@ -970,4 +1050,166 @@ fn asyncapi_headers_and_key_match_what_the_bridge_publishes() {
             env.object.as_str()
         );
     }
+}
+
+#[test]
+fn asyncapi_dead_letters_match_what_the_bridge_publishes() {
+    let doc = asyncapi();
+    let channel = &doc["channels"][DEAD_LETTER_CHANNEL];
+    assert_eq!(channel["address"], "{deadLetterTopic}");
+    let message = deref(&channel["messages"][DEAD_LETTER_MESSAGE]);
+    let headers = deref(&message["headers"]);
+    let header_schema = inline_validator(headers);
+    let key_schema = inline_validator(deref(&message["bindings"]["kafka"]["key"]));
+    let names: BTreeSet<&str> = entries(&headers["properties"], "headers.properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let required: BTreeSet<&str> = headers["required"]
+        .as_array()
+        .expect("headers.required")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let reasons: BTreeSet<&str> = headers["properties"][header::REJECTION_REASON]["enum"]
+        .as_array()
+        .expect("the reasons")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from([Kind::InvalidEnvelope.code(), Kind::MalformedJson.code()]),
+        "the refusals that are dead-lettered"
+    );
+    let received_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_632_144_306_730);
+    let dead_letter = |rejection: Rejection, body: Vec<u8>| {
+        let details = serde_json::to_string(&rejection.details()).unwrap();
+        route::dead_letter_message(
+            "apizee.dlq",
+            Bytes::from(body),
+            rejection.code(),
+            &details,
+            received_at,
+        )
+    };
+
+    let mut letters: Vec<(String, Message)> = invalid_samples()
+        .into_iter()
+        .filter_map(
+            |(name, bytes)| match envelope::parse(&bytes, Rules::default()) {
+                Err(EnvelopeError::Invalid(problems)) => Some((
+                    name,
+                    dead_letter(Rejection::InvalidEnvelope(problems), bytes),
+                )),
+                _ => None,
+            },
+        )
+        .collect();
+    assert!(!letters.is_empty());
+    letters.push((
+        "not JSON".to_owned(),
+        dead_letter(
+            Rejection::MalformedJson("expected value".to_owned()),
+            b"a=1".to_vec(),
+        ),
+    ));
+    for (name, message) in &letters {
+        let set: BTreeSet<&str> = message.headers.iter().map(|(n, _)| *n).collect();
+        assert_eq!(set, required, "{name}: the headers a dead letter has");
+        let mut with_jetstream = required.clone();
+        with_jetstream.insert(NATS_MSG_ID);
+        assert_eq!(names, with_jetstream, "dead-letter header names");
+        let mut values: serde_json::Map<String, Value> = message
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), Value::from(v.as_str())))
+            .collect();
+        values.insert(NATS_MSG_ID.to_owned(), message.event_id.clone().into());
+        let errors = errors(&header_schema, &Value::from(values));
+        assert!(errors.is_empty(), "{name}: dead-letter headers: {errors:?}");
+        assert!(
+            key_schema.is_valid(&Value::from(message.key.as_str())),
+            "{name}: key"
+        );
+    }
+
+    // The example is what the bridge publishes for its body.
+    for example in message["examples"].as_array().expect("examples") {
+        let body = example["payload"].as_str().expect("the body, as text");
+        let problems = match envelope::parse(body.as_bytes(), Rules::default()) {
+            Err(EnvelopeError::Invalid(problems)) => problems,
+            other => panic!("the dead-letter example is not refused as invalid: {other:?}"),
+        };
+        let built = dead_letter(
+            Rejection::InvalidEnvelope(problems),
+            body.as_bytes().to_vec(),
+        );
+        for (name, value) in &built.headers {
+            if *name == header::RECEIVED_AT {
+                continue;
+            }
+            assert_eq!(
+                example["headers"][name], *value,
+                "dead-letter example {name}"
+            );
+        }
+        assert!(
+            header_schema.is_valid(&example["headers"]),
+            "dead-letter example headers"
+        );
+    }
+}
+
+/// The keywords that only annotate: next to a `$ref`, draft-07 ignores
+/// them, as 2020-12 would not, and no validation hangs on them either way.
+const ANNOTATIONS: [&str; 4] = ["title", "description", "examples", "$comment"];
+
+fn refs_have_only_annotations_beside(value: &Value, at: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key("$ref") {
+                for key in map.keys() {
+                    if key != "$ref" && !ANNOTATIONS.contains(&key.as_str()) {
+                        out.push(format!("{at}: {key} beside $ref"));
+                    }
+                }
+            }
+            for (key, v) in map {
+                refs_have_only_annotations_beside(v, &format!("{at}/{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                refs_have_only_annotations_beside(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The payloads declare draft-07 (what the AsyncAPI tools read) for files
+/// written in 2020-12: true as long as they mean the same in both. Where
+/// they could differ is a validating keyword beside a `$ref` (ignored in
+/// draft-07) and `$defs` (a plain location in draft-07, which `$ref`
+/// pointers still reach).
+#[test]
+fn schema_files_mean_the_same_read_as_draft_07() {
+    let mut found = Vec::new();
+    for (name, schema) in &schemas().documents {
+        refs_have_only_annotations_beside(schema, name, &mut found);
+        for keyword in [
+            "$anchor",
+            "$dynamicRef",
+            "prefixItems",
+            "unevaluatedProperties",
+            "dependentSchemas",
+        ] {
+            assert!(
+                !schema.to_string().contains(&format!("\"{keyword}\"")),
+                "{name}: {keyword}"
+            );
+        }
+    }
+    assert!(found.is_empty(), "{found:?}");
 }
