@@ -6,6 +6,7 @@
 mod support;
 
 mod docs;
+mod models;
 mod oracle;
 mod properties;
 mod schemas;
