@@ -827,10 +827,11 @@ fn channels() -> BTreeMap<String, BTreeSet<String>> {
             .as_str()
             .unwrap_or_else(|| panic!("channel {id} has no address"));
         let mut addresses = vec![address.to_owned()];
-        let parameters = channel.get("parameters").map_or_else(
-            || serde_json::Map::new(),
-            |p| entries(p, "channel parameters").clone(),
-        );
+        let parameters = channel
+            .get("parameters")
+            .map_or_else(serde_json::Map::new, |p| {
+                entries(p, "channel parameters").clone()
+            });
         for (name, parameter) in &parameters {
             let parameter = deref(parameter);
             let values = parameter["enum"]
