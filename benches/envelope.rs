@@ -57,7 +57,7 @@ fn validate_and_route(c: &mut Criterion) {
             b.iter(|| {
                 let envelope = envelope::parse(black_box(&body), rules)
                     .unwrap_or_else(|e| panic!("{object}: {e}"));
-                route::build_message(&envelope, body.clone(), &template, SystemTime::now())
+                route::build_message(&envelope, body.clone(), &template, None, SystemTime::now())
                     .unwrap_or_else(|e| panic!("{object}: {e}"))
             })
         });
@@ -96,6 +96,7 @@ fn route_only(c: &mut Criterion) {
                     black_box(&envelope),
                     body.clone(),
                     &template,
+                    None,
                     SystemTime::now(),
                 )
             })

@@ -21,6 +21,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterArgs};
 use crate::delivery::{DeliveryArgs, DeliverySettings};
 use crate::http::config::{HttpArgs, HttpSettings};
 use crate::logging::{LogArgs, LogFormat};
+use crate::route::cloudevents::CloudEventsArgs;
 use crate::route::config::{RouteArgs, Routing};
 use crate::sink::kafka::config::KafkaArgs;
 use crate::sink::nats::config::NatsArgs;
@@ -62,6 +63,8 @@ pub struct ServiceArgs {
     pub tls: TlsArgs,
     #[command(flatten, next_help_heading = "Validation and routing")]
     pub route: RouteArgs,
+    #[command(flatten, next_help_heading = "CloudEvents")]
+    pub cloudevents: CloudEventsArgs,
     #[command(flatten, next_help_heading = "Dead letters")]
     pub dead_letter: DeadLetterArgs,
     #[command(flatten, next_help_heading = "Delivery")]
@@ -181,7 +184,9 @@ impl Settings {
     pub fn from_args(cli: ServiceArgs) -> Result<Self, ConfigError> {
         let http = cli.http.settings()?;
         let delivery = cli.delivery.settings()?;
-        let routing = cli.route.settings()?;
+        let routing = cli
+            .route
+            .settings(cli.cloudevents.settings(cli.delivery.sink)?)?;
         let guard = cli.auth.settings()?;
         let dead_letter = cli.dead_letter.settings()?;
         let context = SinkContext {

@@ -5,6 +5,7 @@
 //! start-up against the intersection of NATS subject and Kafka topic rules:
 //! ASCII letters, digits, `-`, `_`, and `.` between non-empty tokens.
 
+pub mod cloudevents;
 pub mod config;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{Envelope, Event, ObjectKind};
+use cloudevents::CloudEvents;
 
 /// Kafka's limit on topic name length; NATS has none worth worrying about.
 pub const MAX_TOPIC_LEN: usize = 249;
@@ -50,7 +52,9 @@ pub mod header {
     /// The `'static` name for a header the bridge sets, as read back from
     /// storage.
     pub fn canonical(name: &str) -> Option<&'static str> {
-        ALL.into_iter().find(|known| *known == name)
+        ALL.into_iter()
+            .chain(super::cloudevents::header::ALL)
+            .find(|known| *known == name)
     }
 }
 
@@ -249,11 +253,14 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 pub struct TopicTooLong(pub String);
 
 /// Builds the message for a valid envelope. `received_at` is when the request
-/// arrived, as seen by this process.
+/// arrived, as seen by this process. With `cloudevents` (`--cloudevents`),
+/// the message is also a CloudEvent: its attribute headers follow the
+/// bridge's own.
 pub fn build_message(
     envelope: &Envelope,
     body: Bytes,
     template: &TopicTemplate,
+    cloudevents: Option<&CloudEvents>,
     received_at: SystemTime,
 ) -> Result<Message, TopicTooLong> {
     let key = envelope.object_id.to_string();
@@ -262,7 +269,7 @@ pub fn build_message(
         return Err(TopicTooLong(topic));
     }
     let event_id = event_id(&body);
-    let headers = vec![
+    let mut headers = vec![
         (header::CONTENT_TYPE, "application/json".to_owned()),
         (header::EVENT, envelope.event.as_str().to_owned()),
         (header::OBJECT, envelope.object.as_str().to_owned()),
@@ -274,6 +281,9 @@ pub fn build_message(
         ),
         (header::EVENT_ID, event_id.clone()),
     ];
+    if let Some(cloudevents) = cloudevents {
+        headers.extend(cloudevents.headers(envelope, &event_id));
+    }
     Ok(Message {
         topic,
         key,
@@ -292,7 +302,8 @@ const MAX_DETAILS_BYTES: usize = 4096;
 
 /// A refused request, as published to `--dead-letter-topic`: the body byte
 /// for byte, keyed and identified by its event id, with the reason in
-/// headers so an operator can see, fix and replay it.
+/// headers so an operator can see, fix and replay it. Never a CloudEvent,
+/// even with `--cloudevents`: a refused body is not a valid event.
 pub fn dead_letter_message(
     topic: &str,
     body: Bytes,

@@ -259,17 +259,22 @@ async fn webhook(
             return Err(dead_letter(app, rejection, body, received_at));
         }
     };
-    let message =
-        match route::build_message(&envelope, body.clone(), &app.routing.template, received_at) {
-            Ok(message) => message,
-            Err(e) => {
-                let rejection = Rejection::InvalidEnvelope(vec![Problem {
-                    field: "objectId".into(),
-                    problem: e.to_string(),
-                }]);
-                return Err(dead_letter(app, rejection, body, received_at));
-            }
-        };
+    let message = match route::build_message(
+        &envelope,
+        body.clone(),
+        &app.routing.template,
+        app.routing.cloudevents.as_ref(),
+        received_at,
+    ) {
+        Ok(message) => message,
+        Err(e) => {
+            let rejection = Rejection::InvalidEnvelope(vec![Problem {
+                field: "objectId".into(),
+                problem: e.to_string(),
+            }]);
+            return Err(dead_letter(app, rejection, body, received_at));
+        }
+    };
     app.metrics.webhook_received(&envelope);
 
     let delivered = app

@@ -3,6 +3,7 @@
 
 use clap::Args;
 
+use super::cloudevents::CloudEvents;
 use super::{DEFAULT_TEMPLATE, TopicTemplate};
 use crate::config::ConfigError;
 use crate::envelope::Rules;
@@ -31,10 +32,14 @@ pub struct RouteArgs {
 pub struct Routing {
     pub template: TopicTemplate,
     pub rules: Rules,
+    /// `--cloudevents`: what makes each message a CloudEvent too.
+    pub cloudevents: Option<CloudEvents>,
 }
 
 impl RouteArgs {
-    pub fn settings(self) -> Result<Routing, ConfigError> {
+    /// `cloudevents` is the checked "CloudEvents" group
+    /// ([`super::cloudevents::CloudEventsArgs::settings`]).
+    pub fn settings(self, cloudevents: Option<CloudEvents>) -> Result<Routing, ConfigError> {
         let template =
             TopicTemplate::parse(&self.topic_template, &self.topic_prefix).map_err(|e| {
                 // A template that works with the default prefix is failed by the prefix.
@@ -51,6 +56,7 @@ impl RouteArgs {
                 object_id_in_topic: template.uses_object_id(),
             },
             template,
+            cloudevents,
         })
     }
 }

@@ -406,6 +406,7 @@ fn build_message_for_the_spec_ticket() {
         &ticket_update(),
         body.clone(),
         &parsed(DEFAULT_TEMPLATE),
+        None,
         received_at,
     )
     .expect("fits");
@@ -468,6 +469,7 @@ fn build_message_keys_by_uid_and_places_it_in_the_topic() {
         ),
         body.clone(),
         &parsed("{prefix}.{object}.{event}.{objectId}"),
+        None,
         UNIX_EPOCH,
     )
     .expect("fits");
@@ -495,6 +497,7 @@ fn build_message_key_and_headers_use_plain_numbers() {
         &envelope,
         Bytes::from_static(b"{}"),
         &parsed(DEFAULT_TEMPLATE),
+        None,
         UNIX_EPOCH,
     )
     .expect("fits");
@@ -519,6 +522,7 @@ fn build_message_received_at_is_rfc3339() {
         &ticket_update(),
         Bytes::from_static(SPEC_TICKET),
         &parsed(DEFAULT_TEMPLATE),
+        None,
         now,
     )
     .expect("fits");
@@ -543,6 +547,7 @@ fn build_message_event_id_matches_the_header_and_the_body() {
         &ticket_update(),
         body,
         &parsed(DEFAULT_TEMPLATE),
+        None,
         UNIX_EPOCH,
     )
     .expect("fits");
@@ -568,6 +573,7 @@ fn build_message_refuses_a_topic_made_too_long_by_the_object_id() {
         ),
         Bytes::from_static(b"{}"),
         &template,
+        None,
         UNIX_EPOCH,
     )
     .expect("249 characters fit");
@@ -583,6 +589,7 @@ fn build_message_refuses_a_topic_made_too_long_by_the_object_id() {
         ),
         Bytes::from_static(b"{}"),
         &template,
+        None,
         UNIX_EPOCH,
     );
     let expected = format!("{prefix}.{too_long}");

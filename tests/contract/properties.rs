@@ -220,6 +220,7 @@ fn check_accepted(
         envelope,
         Bytes::copy_from_slice(body),
         default_template(),
+        None,
         received_at(),
     );
     prop_assert!(message.is_ok(), "default template: {message:?}");
@@ -278,6 +279,7 @@ fn check_accepted(
             envelope,
             Bytes::copy_from_slice(body),
             object_id_template(),
+            None,
             received_at(),
         );
         prop_assert!(message.is_ok(), "objectId template: {message:?}");
@@ -1373,7 +1375,7 @@ proptest! {
                         object_id: id.clone(),
                         unknown_values: vec![],
                     };
-                    match route::build_message(&envelope, Bytes::new(), &parsed, received_at()) {
+                    match route::build_message(&envelope, Bytes::new(), &parsed, None, received_at()) {
                         Ok(message) => prop_assert!(route::is_valid_topic(&message.topic)),
                         Err(route::TopicTooLong(topic)) => {
                             prop_assert!(uses_object_id && topic.len() > MAX_TOPIC_LEN);

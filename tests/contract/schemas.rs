@@ -1003,7 +1003,8 @@ fn asyncapi_headers_and_key_match_what_the_bridge_publishes() {
             let env = envelope::parse(&payload, Rules::default())
                 .unwrap_or_else(|e| panic!("message {id}: example refused: {e:?}"));
             let built =
-                route::build_message(&env, Bytes::from(payload), &template, received_at).unwrap();
+                route::build_message(&env, Bytes::from(payload), &template, None, received_at)
+                    .unwrap();
             for (name, value) in &built.headers {
                 if *name == header::RECEIVED_AT || *name == header::EVENT_ID {
                     continue; // when it arrived, and the exact bytes: not in the example
@@ -1024,7 +1025,7 @@ fn asyncapi_headers_and_key_match_what_the_bridge_publishes() {
 
     for (name, bytes) in valid_samples() {
         let env = envelope::parse(&bytes, Rules::default()).unwrap();
-        let message = route::build_message(&env, Bytes::from(bytes), &template, received_at)
+        let message = route::build_message(&env, Bytes::from(bytes), &template, None, received_at)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let names: BTreeSet<&str> = message.headers.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, documented, "{name}: headers the bridge sets");
