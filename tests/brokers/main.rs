@@ -1,13 +1,15 @@
 //! Against real brokers started by the tests on loopback: nats-server
 //! (2.15, and 2.9.10 as the oldest; one server or a cluster), tansu for
 //! Kafka, librdkafka's mock cluster for Kafka faults; the spool, dead
-//! letters and chaos (kill -9, SIGSTOP) under load.
+//! letters and chaos (kill -9, SIGSTOP) under load; `--cloudevents` read
+//! back with the official CloudEvents SDK.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod chaos;
 mod check;
+mod cloudevents;
 mod kafka;
 mod kafka_mock;
 mod nats;
