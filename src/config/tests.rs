@@ -917,7 +917,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 60);
+    assert_eq!(checked, 62);
 }
 
 #[test]
