@@ -109,6 +109,7 @@ fn check(data: &[u8]) {
             &envelope,
             Bytes::copy_from_slice(data),
             default,
+            None,
             received_at,
         )
         .expect("default template");
@@ -151,6 +152,7 @@ fn check(data: &[u8]) {
                 &envelope,
                 Bytes::copy_from_slice(data),
                 with_id,
+                None,
                 received_at,
             )
             .expect("{objectId} template");

@@ -293,6 +293,7 @@ fn passes(settings: &Settings, dead: &Stored) -> Result<Message, String> {
         &envelope,
         dead.payload.clone(),
         &settings.routing.template,
+        settings.routing.cloudevents.as_ref(),
         SystemTime::now(),
     )
     .map_err(|e| e.to_string())

@@ -163,7 +163,8 @@ fn settings(
     kafka: KafkaArgs,
     patterns: Vec<String>,
 ) -> Result<(SinkSettings, Vec<String>), ConfigError> {
-    let routing = route.settings()?;
+    // Only the topics matter here, not what the messages carry.
+    let routing = route.settings(None)?;
     let dead_letter = dead_letter.settings()?;
     let delivery_settings = delivery.settings()?;
     let context = SinkContext {

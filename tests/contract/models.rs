@@ -72,7 +72,7 @@ fn cases() -> Vec<Value> {
     for (name, bytes) in valid_samples() {
         let env = envelope::parse(&bytes, Rules::default()).unwrap();
         let body = String::from_utf8(bytes.clone()).expect("samples are UTF-8");
-        let message = route::build_message(&env, Bytes::from(bytes), &template, received_at)
+        let message = route::build_message(&env, Bytes::from(bytes), &template, None, received_at)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut headers = headers_of(&message);
         headers["Nats-Msg-Id"] = message.event_id.clone().into();
