@@ -48,6 +48,7 @@
 //!   (`--sink`); [`sink::nats`] and [`sink::kafka`] are folders with their
 //!   flags beside them; stdout for development, memory for tests.
 //! - [`tls`]: the listener's optional TLS, its reloading and its metrics.
+//! - [`trace`]: W3C trace context, from the request into its message.
 //! - [`metrics`]: the registry, and the HTTP edge's metrics.
 //! - [`logging`]: text or JSON logs on stderr.
 //! - [`shutdown`]: the SIGTERM / SIGINT signal, and the task groups that stop
@@ -123,6 +124,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod tls;
+pub mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;

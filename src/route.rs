@@ -54,6 +54,7 @@ pub mod header {
     pub fn canonical(name: &str) -> Option<&'static str> {
         ALL.into_iter()
             .chain(super::cloudevents::header::ALL)
+            .chain([crate::trace::TRACEPARENT, crate::trace::TRACESTATE])
             .find(|known| *known == name)
     }
 }

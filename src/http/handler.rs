@@ -31,6 +31,8 @@ use crate::envelope::{self, EnvelopeError, Problem};
 use crate::metrics::{Metrics, Registered, opts};
 use crate::route;
 use crate::route::config::Routing;
+use crate::trace::TraceContext;
+use tracing::Instrument;
 
 /// Shared state of the webhook listener: every part a request goes
 /// through, each built once by [`crate::Service::build`].
@@ -184,19 +186,30 @@ pub async fn handle(
     } else {
         Endpoint::Other
     };
-    let result = match (check_host(&request), endpoint) {
-        (Err(rejection), _) => Err(rejection),
-        (Ok(()), Endpoint::Webhook) => webhook(&app, peer, request).await,
-        (Ok(()), Endpoint::Health) => health(&app, &request),
-        (Ok(()), Endpoint::Other) => Err(Rejection::NotFound),
+    // A webhook's trace: what its log lines carry, and its message too.
+    let trace =
+        (endpoint == Endpoint::Webhook).then(|| TraceContext::of_request(request.headers()));
+    let span = match &trace {
+        Some(trace) => tracing::info_span!("webhook", trace_id = %trace.trace_id()),
+        None => tracing::Span::none(),
     };
-    let response = result.unwrap_or_else(|rejection| {
-        let answering = Answering {
-            retry_after_secs: app.http.retry_after_secs,
-            challenge: app.guard.challenge(),
+    let response = async {
+        let result = match (check_host(&request), &trace) {
+            (Err(rejection), _) => Err(rejection),
+            (Ok(()), Some(trace)) => webhook(&app, peer, request, trace).await,
+            (Ok(()), None) if endpoint == Endpoint::Health => health(&app, &request),
+            (Ok(()), None) => Err(Rejection::NotFound),
         };
-        rejection.answer(peer, &app.metrics, answering)
-    });
+        result.unwrap_or_else(|rejection| {
+            let answering = Answering {
+                retry_after_secs: app.http.retry_after_secs,
+                challenge: app.guard.challenge(),
+            };
+            rejection.answer(peer, &app.metrics, answering)
+        })
+    }
+    .instrument(span)
+    .await;
     app.metrics
         .http_request(endpoint, response.status(), started.elapsed());
     Ok(response)
@@ -221,6 +234,7 @@ async fn webhook(
     app: &App,
     peer: SocketAddr,
     request: Request<Incoming>,
+    trace: &TraceContext,
 ) -> Result<Response<Full<Bytes>>, Rejection> {
     if request.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed { allow: "POST" });
@@ -259,7 +273,7 @@ async fn webhook(
             return Err(dead_letter(app, rejection, body, received_at));
         }
     };
-    let message = match route::build_message(
+    let mut message = match route::build_message(
         &envelope,
         body.clone(),
         &app.routing.template,
@@ -275,6 +289,7 @@ async fn webhook(
             return Err(dead_letter(app, rejection, body, received_at));
         }
     };
+    message.headers.extend(trace.headers());
     app.metrics.webhook_received(&envelope);
 
     let delivered = app

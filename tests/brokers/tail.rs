@@ -113,6 +113,12 @@ async fn nats_webhooks_and_dead_letters_with_their_headers() {
         header(webhook, "Nats-Msg-Id"),
         accepted.json()["id"].as_str()
     );
+    // No traceparent on the request: the bridge started a trace.
+    let started = header(webhook, "traceparent").unwrap_or_default();
+    assert!(
+        started.starts_with("00-") && started.len() == 55,
+        "{started}"
+    );
     let dead = &messages[1];
     assert_eq!(dead["topic"], "apizee.dead-letter");
     assert_eq!(dead["payload"], r#"{"event":"update"}"#);
@@ -181,10 +187,35 @@ async fn kafka_keys_headers_and_bodies() {
         "1",
     ])
     .await;
-    let accepted = bridge.post(SPEC_TICKET).await;
+    let accepted = bridge
+        .request(
+            "POST",
+            "/webhooks",
+            &[
+                ("content-type", "application/json"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("tracestate", "congo=t61rcWkgMzE"),
+            ],
+            bytes::Bytes::from_static(SPEC_TICKET.as_bytes()),
+        )
+        .await;
     assert_eq!(accepted.status, 200, "{}", accepted.text());
     let messages = printed(reader).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
+    // The sender's trace goes on through Kafka, from the bridge's span.
+    let continued = header(&messages[0], "traceparent").unwrap_or_default();
+    assert!(
+        continued.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{continued}"
+    );
+    assert!(!continued.contains("b7ad6b7169203331"), "{continued}");
+    assert_eq!(
+        header(&messages[0], "tracestate"),
+        Some("congo=t61rcWkgMzE")
+    );
     assert_eq!(messages[0]["topic"], "apizee.ticket.update");
     assert_eq!(messages[0]["key"], "100");
     assert_eq!(messages[0]["payload"], SPEC_TICKET);

@@ -823,3 +823,56 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
     assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
     assert_eq!(sink.messages().len(), 2);
 }
+
+/// W3C trace context: a request's `traceparent` goes on into its message
+/// with the bridge's own span id, its `tracestate` unchanged; a request
+/// without one starts a trace.
+#[tokio::test]
+async fn trace_context_is_carried_into_the_message() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let reply = bridge
+        .request(
+            "POST",
+            "/webhooks",
+            &[
+                ("content-type", "application/json"),
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+                ("tracestate", "rojo=00f067aa0ba902b7"),
+            ],
+            Bytes::from_static(SPEC_TICKET.as_bytes()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(bridge.post(SPEC_CONVERSATION).await.status, 200);
+    let messages = sink.messages();
+    let header = |i: usize, name: &str| {
+        messages[i]
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let continued = header(0, "traceparent").unwrap_or_default();
+    assert!(
+        continued.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && continued.ends_with("-01"),
+        "{continued}"
+    );
+    assert!(
+        !continued.contains("00f067aa0ba902b7"),
+        "the bridge's span is its own: {continued}"
+    );
+    assert_eq!(
+        header(0, "tracestate").as_deref(),
+        Some("rojo=00f067aa0ba902b7")
+    );
+    let started = header(1, "traceparent").unwrap_or_default();
+    assert_eq!(started.len(), 55, "{started}");
+    assert!(
+        !started.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{started}"
+    );
+    assert_eq!(header(1, "tracestate"), None);
+}

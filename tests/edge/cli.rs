@@ -165,6 +165,9 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
         "do-not-log-me",
     ]);
     process.wait_ready().await;
+    // The refused request's log line carries the trace it came with.
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
     for (secret, body, status) in [
         ("wrong-guess", SPEC_TICKET, 401),
         ("do-not-log-me", "{", 400),
@@ -174,7 +177,7 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
             process.addr,
             "POST",
             "/webhooks",
-            &[("x-apizee-secret", secret)],
+            &[("x-apizee-secret", secret), ("traceparent", &traceparent)],
             bytes::Bytes::from(body),
         )
         .await
@@ -192,6 +195,7 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
         assert!(!line.contains("do-not-log-me"), "secret logged: {line}");
         if let Some(reason) = entry["reason"].as_str() {
             reasons.push(reason.to_owned());
+            assert_eq!(entry["span"]["trace_id"], TRACE, "{line}");
         }
     }
     assert_eq!(reasons, ["unauthorized", "malformed_json"], "{lines:#?}");

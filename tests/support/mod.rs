@@ -114,6 +114,19 @@ pub fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `/proc/PID/stat` shows the process stopped (state `T`).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses
+            // and may hold spaces.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "T"))
+        })
+        .unwrap_or(false)
+}
+
 /// A child process stopped with SIGSTOP: its sockets stay open and nothing
 /// is answered. Dropping the guard (or [`Frozen::thaw`]) sends SIGCONT, so a
 /// failing test never leaves a stopped process behind; the child's own guard
@@ -124,9 +137,21 @@ pub struct Frozen {
 }
 
 impl Frozen {
+    /// Returns once the kernel shows the process stopped: the signal is
+    /// only queued when `kill` returns, and on a busy machine the process
+    /// could still answer a request sent right after.
     pub fn freeze(pid: u32) -> Self {
         send_signal(pid, "STOP").unwrap_or_else(|e| panic!("{e}"));
-        Self { pid: Some(pid) }
+        let frozen = Self { pid: Some(pid) };
+        let deadline = Instant::now() + READY_DEADLINE;
+        while !is_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} did not stop on SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        frozen
     }
 
     /// Resumes the process.

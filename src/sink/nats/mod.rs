@@ -351,7 +351,8 @@ mod tests {
     fn every_header_name_is_valid_for_nats() {
         let names = header::ALL
             .iter()
-            .chain(&[header::REJECTION_REASON, header::REJECTION_DETAILS]);
+            .chain(&[header::REJECTION_REASON, header::REJECTION_DETAILS])
+            .chain(&[crate::trace::TRACEPARENT, crate::trace::TRACESTATE]);
         for name in names {
             assert!(name.parse::<HeaderName>().is_ok(), "{name}");
         }
