@@ -10,6 +10,7 @@ mod support;
 mod chaos;
 mod check;
 mod cloudevents;
+mod consumers;
 mod kafka;
 mod kafka_mock;
 mod nats;
