@@ -40,6 +40,19 @@ pub fn run(command: Command) -> ExitCode {
 
 const BIN: &str = "apizee-bridge";
 
+/// The runtime a tool runs on: one worker, since a tool does one thing at
+/// a time, and librdkafka's blocking calls go to `spawn_blocking`.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("apizee-bridge: error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// clap_complete 4.6 spells a hyphenated binary's subcommand states two
 /// ways in bash (the loop builds `apizee__bridge__subcmd__check`, the case
 /// arms say `apizee__subcmd__bridge__subcmd__check`), so nothing past the

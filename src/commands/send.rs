@@ -79,15 +79,9 @@ pub const SAMPLES: [(ObjectKind, &str); ObjectKind::ALL.len()] = [
 pub fn main(args: SendArgs) -> ExitCode {
     match prepare(&args) {
         Ok((target, credentials, bodies)) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match super::runtime() {
                 Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("apizee-bridge: error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             runtime.block_on(send_all(&target, &credentials, bodies, args.timeout))
         }

@@ -112,16 +112,9 @@ pub fn main(args: TailArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("apizee-bridge: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let (format, count, from_beginning) = (args.format, args.count, args.from_beginning);
     let print = move |message: Tapped| message.print(format);

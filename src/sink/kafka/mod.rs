@@ -72,6 +72,28 @@ pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
     .collect()
 }
 
+/// A consumer for a tool (`tail`, `redrive`): partitions are assigned by
+/// hand and nothing is committed, so `group` only names it to the brokers.
+/// The `--kafka-option` properties apply, for security; producer-only ones
+/// are ignored by librdkafka with a warning.
+fn reader(
+    settings: &KafkaSettings,
+    group: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    for option in &settings.options {
+        config.set(&option.key, option.value.expose());
+    }
+    config
+        .create()
+        .map_err(|e| format!("invalid --kafka-option: {}", describe_config_error(&e)))
+}
+
 fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (key, value) in default_properties(settings) {

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -25,21 +24,7 @@ pub async fn read(
     after: &BTreeMap<i32, i64>,
     within: Duration,
 ) -> Result<Vec<Stored>, String> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", "apizee-bridge-redrive")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for option in &settings.options {
-        config.set(&option.key, option.value.expose());
-    }
-    let consumer: BaseConsumer = config.create().map_err(|e| {
-        format!(
-            "invalid --kafka-option: {}",
-            super::describe_config_error(&e)
-        )
-    })?;
+    let consumer = super::reader(settings, "apizee-bridge-redrive")?;
     let topic = topic.to_owned();
     let after = after.clone();
     tokio::task::spawn_blocking(move || {

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -20,23 +19,7 @@ pub async fn run(
     from_beginning: bool,
     print: impl Fn(Tapped) + Send + 'static,
 ) -> Result<(), String> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", "apizee-bridge-tail")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    // Security properties apply to consumers too; producer-only ones are
-    // ignored by librdkafka with a warning.
-    for option in &settings.options {
-        config.set(&option.key, option.value.expose());
-    }
-    let consumer: BaseConsumer = config.create().map_err(|e| {
-        format!(
-            "invalid --kafka-option: {}",
-            super::describe_config_error(&e)
-        )
-    })?;
+    let consumer = super::reader(settings, "apizee-bridge-tail")?;
     let patterns = patterns.to_vec();
     let brokers = settings.brokers.clone();
     // librdkafka's consumer blocks: it gets a thread of its own.

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use async_nats::ServerAddr;
 use async_nats::jetstream;
 
 use super::config::NatsSettings;
@@ -13,41 +12,9 @@ use crate::commands::check::{Finding, Topics};
 use crate::route::subject_matches;
 
 pub async fn run(settings: &NatsSettings, topics: &Topics<'_>, within: Duration) -> Vec<Finding> {
-    let urls = settings.urls.join(",");
-    let servers = match settings
-        .urls
-        .iter()
-        .map(|url| {
-            url.parse::<ServerAddr>()
-                .map_err(|e| format!("{url:?}: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(servers) => servers,
-        Err(e) => return vec![Finding::fail("nats", format!("invalid --nats-url {e}"))],
-    };
-    // Serving retries the first connection forever; a check wants the
-    // first error, an authentication refused above all.
-    let options = match super::auth_options(settings).await {
-        Ok(options) => options.connection_timeout(within),
-        Err(e) => return vec![Finding::fail("nats", e.to_string())],
-    };
-    let client = match tokio::time::timeout(within, options.connect(servers)).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => {
-            return vec![Finding::fail(
-                "nats",
-                format!("cannot connect to {urls}: {e}"),
-            )];
-        }
-        Err(_) => {
-            return vec![Finding::fail(
-                "nats",
-                format!(
-                    "no server at {urls} answered within {within:?}: is it running and reachable?"
-                ),
-            )];
-        }
+    let client = match super::connect_once(settings, within).await {
+        Ok(client) => client,
+        Err(e) => return vec![Finding::fail("nats", e)],
     };
     let info = client.server_info();
     let mut findings = vec![Finding::ok(

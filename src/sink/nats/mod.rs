@@ -120,7 +120,33 @@ impl NatsSink {
     }
 }
 
-/// The credentials and TLS every connection uses, serving's or a check's.
+/// One connection for a tool (`check`, `tail`, `redrive`): unlike
+/// serving's, not retried, so the first error (an authentication refused
+/// above all) is the answer, within `within`.
+async fn connect_once(settings: &NatsSettings, within: Duration) -> Result<Client, String> {
+    let urls = settings.urls.join(",");
+    let servers = settings
+        .urls
+        .iter()
+        .map(|url| {
+            url.parse::<ServerAddr>()
+                .map_err(|e| format!("invalid --nats-url {url:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = auth_options(settings)
+        .await
+        .map_err(|e| e.to_string())?
+        .connection_timeout(within);
+    match tokio::time::timeout(within, options.connect(servers)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(format!("cannot connect to {urls}: {e}")),
+        Err(_) => Err(format!(
+            "no server at {urls} answered within {within:?}: is it running and reachable?"
+        )),
+    }
+}
+
+/// The credentials and TLS every connection uses, serving's or a tool's.
 async fn auth_options(settings: &NatsSettings) -> Result<ConnectOptions, NatsSetupError> {
     let mut options =
         match &settings.auth {

@@ -17,22 +17,7 @@ async fn stream(
     subject: &str,
     within: Duration,
 ) -> Result<jetstream::stream::Stream, String> {
-    let servers: Vec<async_nats::ServerAddr> = settings
-        .urls
-        .iter()
-        .map(|url| {
-            url.parse()
-                .map_err(|e| format!("invalid --nats-url {url:?}: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let options = super::auth_options(settings)
-        .await
-        .map_err(|e| e.to_string())?
-        .connection_timeout(within);
-    let client = tokio::time::timeout(within, options.connect(servers))
-        .await
-        .map_err(|_| format!("no NATS server answered within {within:?}"))?
-        .map_err(|e| format!("cannot connect to {}: {e}", settings.urls.join(",")))?;
+    let client = super::connect_once(settings, within).await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(within)
         .build(client);

@@ -12,22 +12,7 @@ pub async fn run(
     count: Option<u64>,
     print: impl Fn(Tapped),
 ) -> Result<(), String> {
-    let servers: Vec<async_nats::ServerAddr> = settings
-        .urls
-        .iter()
-        .map(|url| {
-            url.parse()
-                .map_err(|e| format!("invalid --nats-url {url:?}: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let options = super::auth_options(settings)
-        .await
-        .map_err(|e| e.to_string())?
-        .connection_timeout(CONNECT_TIMEOUT);
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers))
-        .await
-        .map_err(|_| format!("no NATS server answered within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect to {}: {e}", settings.urls.join(",")))?;
+    let client = super::connect_once(settings, CONNECT_TIMEOUT).await?;
     let mut subscriptions = Vec::new();
     for pattern in patterns {
         subscriptions.push(
