@@ -409,12 +409,14 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         Some(mount.as_str()),
         "the init container mounts the spool where the bridge does"
     );
-    // The pod's init container: the image with its args, the same user,
-    // volume and environment, run to completion before the bridge starts.
-    let init = || {
-        let mut run = vec![
-            "run",
-            "--rm",
+    // A container of the pod: `how` (detached and named, or run to
+    // completion), then what every container of the pod shares: host
+    // network, read-only root, no capabilities, the pod's user and fsGroup,
+    // the claim's volume and the environment; then the image and `args`.
+    let container = |how: &[&str], args: &[&str]| {
+        let mut run = vec!["run"];
+        run.extend(how);
+        run.extend([
             "--network",
             "host",
             "--read-only",
@@ -426,39 +428,20 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
             &fs_group,
             "--volume",
             &volume_arg,
-        ];
+        ]);
         run.extend(LIMITS);
         for variable in &env {
             run.extend(["--env", variable.as_str()]);
         }
         run.push(IMAGE);
-        run.extend(init_args.iter().map(String::as_str));
+        run.extend(args);
         podman_ok(&run)
     };
+    // The init container runs to completion before the bridge starts.
+    let init_args: Vec<&str> = init_args.iter().map(String::as_str).collect();
+    let init = || container(&["--rm"], &init_args);
     let start = |name: &str| {
-        let mut run = vec![
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--network",
-            "host",
-            "--read-only",
-            "--cap-drop",
-            "ALL",
-            "--user",
-            &user_arg,
-            "--group-add",
-            &fs_group,
-            "--volume",
-            &volume_arg,
-        ];
-        run.extend(LIMITS);
-        for variable in &env {
-            run.extend(["--env", variable.as_str()]);
-        }
-        run.push(IMAGE);
-        podman_ok(&run);
+        container(&["--detach", "--name", name], &[]);
     };
     let addr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
     let auth_header = auth_header.as_str();
