@@ -25,6 +25,8 @@
 //! [`shutdown::Tasks`]). Tests build and serve the same [`Service`], with a
 //! memory sink in place of the broker when they want one ([`Overrides`]).
 //!
+//! `main` runs a subcommand instead when one is given ([`commands::run`]).
+//!
 //! Each part owns its flags (a clap group under its own heading in
 //! `--help`), its settings, its metrics and its tests:
 //!
@@ -51,6 +53,9 @@
 //! - [`trace`]: W3C trace context, from the request into its message.
 //! - [`metrics`]: the registry, and the HTTP edge's metrics.
 //! - [`logging`]: text or JSON logs on stderr.
+//! - [`commands`]: the operator's tools (`check`, `send`, `tail`,
+//!   `redrive`, `completions`, `man`); what each asks of a broker is in that
+//!   sink's folder (`check.rs`, `tap.rs`, `redrive.rs`).
 //! - [`shutdown`]: the SIGTERM / SIGINT signal, and the task groups that stop
 //!   in turn.
 //!
