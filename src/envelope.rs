@@ -106,7 +106,7 @@ pub struct EnumField {
 /// Every prop whose values are checked against a list from the spec: the
 /// one definition of those lists, and the whole label space of the
 /// unknown-values metric. The validator finds its fields here by name
-/// ([`enum_field`]), so it cannot check one this list leaves out.
+/// (`enum_field`), so it cannot check one this list leaves out.
 pub const ENUM_FIELDS: [EnumField; 4] = [
     EnumField {
         object: ObjectKind::Ticket,
