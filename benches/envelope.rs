@@ -105,5 +105,36 @@ fn route_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, validate_and_route, parse_only, route_only);
+/// Hostile nesting, refused at serde_json's recursion limit: the time to
+/// refuse must not grow with the body (the unit tests check the refusal,
+/// this measures its cost; a body of --max-body-bytes is the worst case).
+fn deep_nesting(c: &mut Criterion) {
+    let rules = Rules::default();
+    let mut group = c.benchmark_group("refuse_deep_nesting");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (name, body) in [
+        ("100k_unclosed_brackets", "[".repeat(100_000)),
+        (
+            "100k_balanced_brackets",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+        ("40k_unclosed_objects", r#"{"a":"#.repeat(40_000)),
+    ] {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| assert!(envelope::parse(black_box(body.as_bytes()), rules).is_err()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    validate_and_route,
+    parse_only,
+    route_only,
+    deep_nesting
+);
 criterion_main!(benches);

@@ -1750,15 +1750,11 @@ fn deep_nesting_is_malformed_at_once_without_overflowing_the_stack() {
         ("alternating [{", r#"[{"a":"#.repeat(20_000)),
         ("100k [ inside props", envelope_around(&"[".repeat(100_000))),
     ];
+    // How long the refusal takes is measured by `cargo bench --bench
+    // envelope` (refuse_deep_nesting), not timed here.
     for (case, body) in cases {
-        let started = std::time::Instant::now();
         let message = malformed_message(body.as_bytes(), case);
         assert!(message.contains("recursion limit"), "{case}: {message}");
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(3),
-            "{case}: took {:?}",
-            started.elapsed()
-        );
     }
     // serde_json's limit is 128 levels in all: the root object and props
     // take two, so 125 arrays inside props still pass, and 126 do not.
