@@ -27,7 +27,11 @@ fn readme_lists_every_flag_with_its_env_var() {
             .and_then(|e| e.to_str())
             .unwrap_or_else(|| panic!("--{long} has no env var"));
         let row = format!("| `--{long}` | `{env}` |");
-        assert!(readme.contains(&row), "README lacks the row {row}");
+        assert_eq!(
+            readme.matches(&row).count(),
+            1,
+            "README must have the row {row} once"
+        );
         // Under the heading --help shows it under.
         let heading = arg
             .get_help_heading()
