@@ -7,7 +7,7 @@
 //! [`crate::auth::config`], [`crate::tls::config`], [`crate::route::config`],
 //! [`crate::dead_letter`], [`crate::delivery`], [`crate::spool`],
 //! [`crate::sink::nats::config`], [`crate::sink::kafka::config`],
-//! [`crate::logging`]); this module only puts them together, under one
+//! [`crate::trace::otlp`], [`crate::logging`]); this module only puts them together, under one
 //! heading each in `--help`.
 
 use std::fmt;
@@ -29,6 +29,7 @@ use crate::sink::{SinkContext, SinkSettings};
 use crate::spool::{SpoolArgs, SpoolSettings};
 use crate::tls::TlsSettings;
 use crate::tls::config::TlsArgs;
+use crate::trace::otlp::{OtlpArgs, OtlpSettings};
 
 /// Receives Apizee (ApiRTC) webhooks and publishes each one to Kafka or NATS
 /// (or to standard output, for development) on a topic named by object and event
@@ -75,6 +76,8 @@ pub struct ServiceArgs {
     pub nats: NatsArgs,
     #[command(flatten, next_help_heading = "Kafka (--sink kafka)")]
     pub kafka: KafkaArgs,
+    #[command(flatten, next_help_heading = "Tracing (OpenTelemetry)")]
+    pub otlp: OtlpArgs,
     #[command(flatten, next_help_heading = "Logging")]
     pub log: LogArgs,
 }
@@ -169,6 +172,8 @@ pub struct Settings {
     /// Where and how big the durable spool is, if any.
     pub spool: Option<SpoolSettings>,
     pub sink: SinkSettings,
+    /// Where the bridge's spans are exported, if anywhere.
+    pub otlp: Option<OtlpSettings>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -196,6 +201,7 @@ impl Settings {
         };
         let sink = SinkSettings::new(cli.delivery.sink, cli.nats, cli.kafka, &context)?;
         let spool = cli.spool.settings()?;
+        let otlp = cli.otlp.settings()?;
         // Last: the only check that reads files besides the secret files.
         let tls = cli.tls.settings()?;
         Ok(Settings {
@@ -207,6 +213,7 @@ impl Settings {
             delivery,
             spool,
             sink,
+            otlp,
             log_format: cli.log.log_format,
             log_level: cli.log.log_level,
         })

@@ -50,7 +50,8 @@
 //!   (`--sink`); [`sink::nats`] and [`sink::kafka`] are folders with their
 //!   flags beside them; stdout for development, memory for tests.
 //! - [`tls`]: the listener's optional TLS, its reloading and its metrics.
-//! - [`trace`]: W3C trace context, from the request into its message.
+//! - [`trace`]: W3C trace context, from the request into its message;
+//!   the bridge's own spans over OTLP in [`trace::otlp`], with its flags.
 //! - [`metrics`]: the registry, and the HTTP edge's metrics.
 //! - [`logging`]: text or JSON logs on stderr.
 //! - [`commands`]: the operator's tools (`check`, `send`, `tail`,
@@ -164,6 +165,8 @@ pub enum RunError {
     Spool(#[from] spool::SpoolError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Otlp(#[from] trace::otlp::OtlpError),
 }
 
 /// How long the shutdown may take once the webhook listener has drained:
@@ -274,6 +277,15 @@ impl Service {
             }
             None => None,
         };
+        let spans = match &settings.otlp {
+            Some(otlp) => Some(Arc::new(trace::otlp::Spans::start(
+                otlp,
+                sink.name(),
+                &settings.http.path,
+                settings.routing.template.uses_object_id(),
+            )?)),
+            None => None,
+        };
         let delivery = Arc::new(Delivery::new(sink, spool, settings.delivery, registry)?);
         let drain = settings.http.drain;
         let app = Arc::new(App::new(
@@ -282,6 +294,7 @@ impl Service {
             settings.routing,
             delivery,
             dead_letters,
+            spans,
             metrics,
         )?);
         Ok(Self {
@@ -324,6 +337,12 @@ impl Service {
     /// others are dropped at an await. A spooled event whose replay was cut
     /// short stays on disk; a dead letter not published by then is dropped
     /// (its sender already has its 4xx).
+    ///
+    /// With `--otlp-endpoint`, the spans not yet exported are flushed from
+    /// step 2 on, beside the other steps and by the same deadline: every
+    /// span has ended once the listener has drained, and a collector that
+    /// is slow or gone must not take the broker's time (nor a broker that
+    /// is gone the collector's).
     pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let Self {
             app,
@@ -372,6 +391,9 @@ impl Service {
         http::server::serve_webhooks(listeners.webhooks, app.clone(), tls, drain, shutdown).await;
 
         let deadline = tokio::time::Instant::now() + SHUTDOWN_AFTER_DRAIN;
+        let spans_flushed = app
+            .spans()
+            .map(|spans| tokio::spawn(spans.clone().shutdown(deadline)));
         if !background.stop(deadline).await {
             tracing::warn!("background tasks did not stop in time");
         }
@@ -390,6 +412,10 @@ impl Service {
         }
         // Neither holds anything: they stop at their next await.
         sink_tasks.stop(deadline).await;
+        if let Some(flushed) = spans_flushed {
+            // Bounded by the deadline inside.
+            let _ = flushed.await;
+        }
         metrics_listener.stop(deadline).await;
         root.cancel();
         tracing::info!("apizee-bridge stopped");

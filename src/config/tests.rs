@@ -917,7 +917,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 62);
+    assert_eq!(checked, 64);
 }
 
 #[test]
@@ -1142,4 +1142,41 @@ fn refusal_budgets_must_hold_something() {
     let settings = settings(&["--dead-letter-topic", "dlq"]);
     assert_eq!(settings.http.max_unauthenticated_in_flight, 64);
     assert_eq!(settings.dead_letter.map(|d| d.queue), Some(128));
+}
+
+#[test]
+fn otlp_export_is_off_unless_an_endpoint_is_given() {
+    assert_eq!(settings(&[]).otlp, None);
+    let otlp = settings(&["--otlp-endpoint", "http://otel-collector:4318"]).otlp;
+    assert_eq!(
+        otlp,
+        Some(crate::trace::otlp::OtlpSettings {
+            endpoint: "http://otel-collector:4318/v1/traces".into(),
+            service_name: "apizee-bridge".into(),
+        })
+    );
+    let named = settings(&[
+        "--otlp-endpoint",
+        "http://127.0.0.1:4318/v1/traces",
+        "--otlp-service-name",
+        "bridge-eu",
+    ]);
+    assert_eq!(
+        named.otlp.map(|o| o.service_name).as_deref(),
+        Some("bridge-eu")
+    );
+    // A service name alone would export nowhere: refused, not ignored.
+    assert_eq!(
+        clap_error(&["--otlp-service-name", "bridge-eu"]),
+        ErrorKind::MissingRequiredArgument
+    );
+    let refused = error(&["--otlp-endpoint", "https://collector:4318"]);
+    assert_eq!(refused.flag, "--otlp-endpoint");
+    let empty = error(&[
+        "--otlp-endpoint",
+        "http://c:4318",
+        "--otlp-service-name",
+        " ",
+    ]);
+    assert_eq!(empty.flag, "--otlp-service-name");
 }

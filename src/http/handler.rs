@@ -32,6 +32,7 @@ use crate::metrics::{Metrics, Registered, opts};
 use crate::route;
 use crate::route::config::Routing;
 use crate::trace::TraceContext;
+use crate::trace::otlp::{RequestSpan, Spans};
 use tracing::Instrument;
 
 /// Shared state of the webhook listener: every part a request goes
@@ -47,6 +48,8 @@ pub struct App {
     budgets: Budgets,
     /// Where refused-but-readable requests go, if anywhere.
     dead_letters: Option<Arc<DeadLetters>>,
+    /// The spans exported over OTLP, with `--otlp-endpoint`.
+    spans: Option<Arc<Spans>>,
 }
 
 impl App {
@@ -56,6 +59,7 @@ impl App {
         routing: Routing,
         delivery: Arc<Delivery>,
         dead_letters: Option<Arc<DeadLetters>>,
+        spans: Option<Arc<Spans>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, prometheus::Error> {
         let unauthenticated = guard
@@ -71,7 +75,12 @@ impl App {
             metrics,
             draining: AtomicBool::new(false),
             dead_letters,
+            spans,
         })
+    }
+
+    pub fn spans(&self) -> Option<&Arc<Spans>> {
+        self.spans.as_ref()
     }
 
     pub fn dead_letters(&self) -> Option<&Arc<DeadLetters>> {
@@ -186,27 +195,45 @@ pub async fn handle(
     } else {
         Endpoint::Other
     };
-    // A webhook's trace: what its log lines carry, and its message too.
-    let trace =
+    // A webhook's trace: what its log lines carry, its exported spans, and
+    // its message too.
+    let mut trace =
         (endpoint == Endpoint::Webhook).then(|| TraceContext::of_request(request.headers()));
+    let request_span = match (&mut trace, &app.spans) {
+        (Some(trace), Some(spans)) => {
+            Some(spans.request(trace, request.method(), request.version(), peer))
+        }
+        _ => None,
+    };
     let span = match &trace {
         Some(trace) => tracing::info_span!("webhook", trace_id = %trace.trace_id()),
         None => tracing::Span::none(),
     };
     let response = async {
-        let result = match (check_host(&request), &trace) {
+        let result = match (check_host(&request), &mut trace) {
             (Err(rejection), _) => Err(rejection),
-            (Ok(()), Some(trace)) => webhook(&app, peer, request, trace).await,
+            (Ok(()), Some(trace)) => {
+                webhook(&app, peer, request, trace, request_span.as_ref()).await
+            }
             (Ok(()), None) if endpoint == Endpoint::Health => health(&app, &request),
             (Ok(()), None) => Err(Rejection::NotFound),
         };
-        result.unwrap_or_else(|rejection| {
+        let outcome = match &result {
+            Ok(response) if response.status() == StatusCode::ACCEPTED => "spooled",
+            Ok(_) => "published",
+            Err(rejection) => rejection.code(),
+        };
+        let response = result.unwrap_or_else(|rejection| {
             let answering = Answering {
                 retry_after_secs: app.http.retry_after_secs,
                 challenge: app.guard.challenge(),
             };
             rejection.answer(peer, &app.metrics, answering)
-        })
+        });
+        if let Some(span) = request_span {
+            span.end(response.status(), outcome);
+        }
+        response
     }
     .instrument(span)
     .await;
@@ -234,7 +261,8 @@ async fn webhook(
     app: &App,
     peer: SocketAddr,
     request: Request<Incoming>,
-    trace: &TraceContext,
+    trace: &mut TraceContext,
+    span: Option<&RequestSpan<'_>>,
 ) -> Result<Response<Full<Bytes>>, Rejection> {
     if request.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed { allow: "POST" });
@@ -289,14 +317,16 @@ async fn webhook(
             return Err(dead_letter(app, rejection, body, received_at));
         }
     };
+    // The publish span first: its id is the message's `traceparent`.
+    let publish_span = span.map(|span| span.publish(trace, &message));
     message.headers.extend(trace.headers());
     app.metrics.webhook_received(&envelope);
 
-    let delivered = app
-        .delivery
-        .deliver(&message)
-        .await
-        .map_err(Rejection::BrokerUnavailable)?;
+    let delivered = app.delivery.deliver(&message).await;
+    if let Some(span) = publish_span {
+        span.end(&delivered);
+    }
+    let delivered = delivered.map_err(Rejection::BrokerUnavailable)?;
     let status = match delivered {
         Delivered::Acknowledged => StatusCode::OK,
         Delivered::Spooled => StatusCode::ACCEPTED,

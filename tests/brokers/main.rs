@@ -14,6 +14,7 @@ mod consumers;
 mod kafka;
 mod kafka_mock;
 mod nats;
+mod otlp;
 mod redrive;
 mod refusals;
 mod send;

@@ -10,6 +10,7 @@ pub mod compose;
 pub mod kafka;
 pub mod kubernetes;
 pub mod nats;
+pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod tls;

@@ -8,6 +8,12 @@
 //! published), and `tracestate` passes through unchanged. A malformed
 //! `traceparent` is treated as absent, as the specification asks: a new
 //! trace starts, and `tracestate` is dropped with it.
+//!
+//! With `--otlp-endpoint` the bridge's spans are also exported
+//! ([`otlp`]): then the ids come from those spans, so the message's
+//! `traceparent` names the exported publish span.
+
+pub mod otlp;
 
 use std::fmt;
 
@@ -30,8 +36,9 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
     pub flags: u8,
     pub state: Option<String>,
-    /// Whether the request brought the trace (false: the bridge began it).
-    pub continued: bool,
+    /// The sender's span, when the request brought the trace (None: the
+    /// bridge began it).
+    pub parent_id: Option<[u8; 8]>,
 }
 
 impl TraceContext {
@@ -45,7 +52,7 @@ impl TraceContext {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
         match parent {
-            Some((trace_id, flags)) => Self {
+            Some((trace_id, parent_id, flags)) => Self {
                 trace_id,
                 span_id,
                 flags,
@@ -55,7 +62,7 @@ impl TraceContext {
                     .map(str::trim)
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
                     .map(str::to_owned),
-                continued: true,
+                parent_id: Some(parent_id),
             },
             None => {
                 let mut trace_id = [0u8; 16];
@@ -67,10 +74,15 @@ impl TraceContext {
                     // for whoever consumes the message.
                     flags: 0x01,
                     state: None,
-                    continued: false,
+                    parent_id: None,
                 }
             }
         }
+    }
+
+    /// Whether the request brought the trace.
+    pub fn continued(&self) -> bool {
+        self.parent_id.is_some()
     }
 
     /// The `traceparent` the message carries.
@@ -107,7 +119,7 @@ impl fmt::Display for TraceId<'_> {
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`; a later version is read by its first
 /// four fields, as the specification allows. All-zero ids are invalid.
-fn parse_traceparent(value: &str) -> Option<([u8; 16], u8)> {
+fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     let value = value.trim();
     let mut fields = value.split('-');
     let version = fields.next()?;
@@ -124,7 +136,7 @@ fn parse_traceparent(value: &str) -> Option<([u8; 16], u8)> {
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some((trace_id, flags))
+    Some((trace_id, parent_id, flags))
 }
 
 /// `text` if it is `len` lowercase hex digits.
@@ -186,7 +198,12 @@ mod tests {
             (TRACEPARENT, PARENT),
             (TRACESTATE, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
         ]));
-        assert!(trace.continued);
+        assert!(trace.continued());
+        assert_eq!(
+            trace.parent_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]),
+            "the sender's span, the parent of the bridge's spans"
+        );
         let sent = trace.traceparent();
         assert!(
             sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
@@ -232,7 +249,7 @@ mod tests {
         ] {
             let trace =
                 TraceContext::of_request(&headers(&[(TRACEPARENT, bad), (TRACESTATE, "rojo=1")]));
-            assert!(!trace.continued, "{bad:?} was taken as valid");
+            assert!(!trace.continued(), "{bad:?} was taken as valid");
             assert_eq!(
                 trace.state, None,
                 "{bad:?}: tracestate kept without its parent"
@@ -247,7 +264,7 @@ mod tests {
             TRACEPARENT,
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
         )]));
-        assert!(later.continued);
+        assert!(later.continued());
         // Two requests without one get two traces.
         let (a, b) = (
             TraceContext::of_request(&HeaderMap::new()),
@@ -261,7 +278,7 @@ mod tests {
         let long = "a=".to_owned() + &"x".repeat(MAX_TRACESTATE);
         let trace =
             TraceContext::of_request(&headers(&[(TRACEPARENT, PARENT), (TRACESTATE, &long)]));
-        assert!(trace.continued);
+        assert!(trace.continued());
         assert_eq!(trace.state, None);
     }
 }

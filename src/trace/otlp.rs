@@ -1,0 +1,368 @@
+//! The bridge's own spans, exported over OTLP/HTTP (protobuf), opt-in
+//! (`--otlp-endpoint`): a server span per webhook request and, for a
+//! webhook that gets as far as the broker, a producer span for its publish,
+//! child of the request span, following OpenTelemetry's HTTP and messaging
+//! conventions. Both carry `apizee.outcome`: what the sender was answered
+//! (`published`, `spooled`, or the rejection's code) and what the broker
+//! did (`ok`, `spooled`, or the publish error's kind, as in the
+//! `outcome` label of `apizee_bridge_publishes_total`).
+//!
+//! The ids are the spans': the request span continues the sender's
+//! `traceparent` (or is the root of a new trace), and the message's
+//! `traceparent` names the publish span, so a consumer's span is its child.
+//! Spans are batched and exported from the SDK's own thread, never on a
+//! request's path; at shutdown what is left is flushed within the shared
+//! budget ([`crate::SHUTDOWN_AFTER_DRAIN`]).
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{Method, StatusCode, Uri, Version};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+use super::TraceContext;
+use crate::config::ConfigError;
+use crate::delivery::Delivered;
+use crate::route::Message;
+use crate::sink::PublishError;
+
+/// The `service.name` spans carry unless `--otlp-service-name` says
+/// otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "apizee-bridge";
+
+/// The path OTLP/HTTP collectors take traces on (OTLP specification,
+/// "OTLP/HTTP Request").
+const TRACES_PATH: &str = "/v1/traces";
+
+/// Flags under "Tracing (OpenTelemetry)" in `--help`.
+#[derive(Debug, clap::Args)]
+pub struct OtlpArgs {
+    /// Export the bridge's spans over OTLP/HTTP (protobuf) to this collector:
+    /// a server span per webhook request and a producer span per publish,
+    /// with the service name and the outcome. A URL without a path gets
+    /// /v1/traces (http://otel-collector:4318). Off without it. The exporter
+    /// also reads the standard OTEL_EXPORTER_OTLP_HEADERS (for an API key;
+    /// never logged), OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_BSP_* (batching) and
+    /// OTEL_TRACES_SAMPLER.
+    #[arg(long, env = "APIZEE_BRIDGE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The spans' service.name.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_OTLP_SERVICE_NAME",
+        default_value = DEFAULT_SERVICE_NAME,
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_service_name: String,
+}
+
+/// Where spans go, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// The full traces URL, `/v1/traces` included.
+    pub endpoint: String,
+    pub service_name: String,
+}
+
+impl OtlpArgs {
+    /// None without `--otlp-endpoint`.
+    pub fn settings(self) -> Result<Option<OtlpSettings>, ConfigError> {
+        let Some(endpoint) = self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let endpoint =
+            traces_url(&endpoint).map_err(|reason| ConfigError::new("--otlp-endpoint", reason))?;
+        if self.otlp_service_name.trim().is_empty() {
+            return Err(ConfigError::new("--otlp-service-name", "must not be empty"));
+        }
+        Ok(Some(OtlpSettings {
+            endpoint,
+            service_name: self.otlp_service_name,
+        }))
+    }
+}
+
+/// The collector's traces URL: `/v1/traces` appended to a URL without a
+/// path, as OTEL_EXPORTER_OTLP_ENDPOINT is read; any other path kept.
+fn traces_url(text: &str) -> Result<String, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL ({e}); example: http://otel-collector:4318"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https is not supported: export to a collector on the node or in the cluster \
+                 over http (http://otel-collector:4318), which forwards over TLS"
+                    .into(),
+            );
+        }
+        _ => return Err(format!("{text:?} must start with http://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{text:?} has no host"));
+    };
+    if authority.as_str().contains('@') {
+        // The URL is logged at start-up; credentials belong in headers.
+        return Err(
+            "credentials in the URL would be logged; pass them in OTEL_EXPORTER_OTLP_HEADERS \
+             instead (authorization=Bearer ...)"
+                .into(),
+        );
+    }
+    let text = text.trim_end_matches('/');
+    Ok(match uri.path() {
+        "" | "/" if uri.query().is_none() => format!("{text}{TRACES_PATH}"),
+        _ => text.to_owned(),
+    })
+}
+
+/// Why the exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP exporter for --otlp-endpoint: {0}")]
+pub struct OtlpError(String);
+
+/// The tracer the request path makes spans with, and the provider that
+/// batches and exports them.
+pub struct Spans {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    /// `messaging.system`: the sink's name (`kafka`, `nats`).
+    system: &'static str,
+    /// `--path`, the request span's `http.route`.
+    route: String,
+    /// Publish spans are named `send <topic>` unless topics hold the
+    /// objectId, which would make span names unbounded: then `send`.
+    topic_in_name: bool,
+}
+
+impl Spans {
+    /// Builds the exporter and its batching; nothing is sent until there is
+    /// a span.
+    pub fn start(
+        settings: &OtlpSettings,
+        system: &'static str,
+        route: &str,
+        topics_hold_object_id: bool,
+    ) -> Result<Self, OtlpError> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(&settings.endpoint)
+            .build()
+            .map_err(|e| OtlpError(e.to_string()))?;
+        let resource = Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer_with_scope(
+            InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, "exporting spans over OTLP");
+        Ok(Self {
+            provider,
+            tracer,
+            system,
+            route: route.to_owned(),
+            topic_in_name: !topics_hold_object_id,
+        })
+    }
+
+    /// Starts a webhook request's server span, child of the sender's span
+    /// if the request named one; `trace` takes the span's trace id and
+    /// flags (the sampler's decision).
+    pub fn request(
+        &self,
+        trace: &mut TraceContext,
+        method: &Method,
+        version: Version,
+        peer: SocketAddr,
+    ) -> RequestSpan<'_> {
+        let parent = match trace.parent_id {
+            Some(parent_id) => Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_bytes(trace.trace_id),
+                SpanId::from_bytes(parent_id),
+                TraceFlags::new(trace.flags),
+                true,
+                trace
+                    .state
+                    .as_deref()
+                    .and_then(|state| TraceState::from_str(state).ok())
+                    .unwrap_or_default(),
+            )),
+            None => Context::new(),
+        };
+        let span = self
+            .tracer
+            .span_builder(format!("{method} {}", self.route))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("http.route", self.route.clone()),
+                KeyValue::new("network.protocol.version", protocol_version(version)),
+                KeyValue::new("client.address", peer.ip().to_string()),
+            ])
+            .start_with_context(&self.tracer, &parent);
+        let context = span.span_context();
+        trace.trace_id = context.trace_id().to_bytes();
+        trace.flags = context.trace_flags().to_u8();
+        RequestSpan {
+            spans: self,
+            context: parent.with_span(span),
+        }
+    }
+
+    /// Exports what is still batched, within `timeout`. Blocks: call it off
+    /// the runtime's workers.
+    fn flush_and_close(&self, timeout: Duration) -> Result<(), String> {
+        self.provider
+            .shutdown_with_timeout(timeout)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Flushes the spans not yet exported, by `deadline`; after this no
+    /// span is exported.
+    pub async fn shutdown(self: std::sync::Arc<Self>, deadline: tokio::time::Instant) {
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::task::spawn_blocking(move || self.flush_and_close(timeout)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "exporting the last spans at shutdown failed"),
+            Err(e) => tracing::warn!(error = %e, "exporting the last spans at shutdown failed"),
+        }
+    }
+}
+
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// A request's server span, in progress.
+pub struct RequestSpan<'a> {
+    spans: &'a Spans,
+    /// Holds the span: the parent of the publish span.
+    context: Context,
+}
+
+impl RequestSpan<'_> {
+    /// Starts the publish span; `trace` takes its span id, which the
+    /// message's `traceparent` carries.
+    pub fn publish(&self, trace: &mut TraceContext, message: &Message) -> PublishSpan {
+        let spans = self.spans;
+        let name = if spans.topic_in_name {
+            format!("send {}", message.topic)
+        } else {
+            "send".to_owned()
+        };
+        let span = spans
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", spans.system),
+                KeyValue::new("messaging.operation.name", "send"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", message.topic.clone()),
+                KeyValue::new("messaging.message.id", message.event_id.clone()),
+            ])
+            .start_with_context(&spans.tracer, &self.context);
+        trace.span_id = span.span_context().span_id().to_bytes();
+        PublishSpan(span)
+    }
+
+    /// Ends the span with the answer: `outcome` is `published`, `spooled`
+    /// or the rejection's code. A 5xx marks it as an error; a 4xx is the
+    /// sender's, not the server's, as the HTTP conventions say.
+    pub fn end(self, status: StatusCode, outcome: &'static str) {
+        let span = self.context.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        span.set_attribute(KeyValue::new("apizee.outcome", outcome));
+        if status.is_server_error() {
+            span.set_attribute(KeyValue::new("error.type", outcome));
+            span.set_status(Status::error(outcome));
+        }
+        span.end();
+    }
+}
+
+/// A publish's producer span, in progress.
+pub struct PublishSpan(opentelemetry_sdk::trace::Span);
+
+impl PublishSpan {
+    /// Ends the span with what the broker did.
+    pub fn end(mut self, result: &Result<Delivered, PublishError>) {
+        let outcome = match result {
+            Ok(Delivered::Acknowledged) => "ok",
+            Ok(Delivered::Spooled) => "spooled",
+            Err(e) => e.outcome().as_str(),
+        };
+        self.0
+            .set_attribute(KeyValue::new("apizee.outcome", outcome));
+        if let Err(e) = result {
+            self.0.set_attribute(KeyValue::new("error.type", outcome));
+            self.0.set_status(Status::error(e.to_string()));
+        }
+        self.0.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_without_a_path_gets_the_traces_path() {
+        for (given, used) in [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "http://127.0.0.1:4318/v1/traces",
+                "http://127.0.0.1:4318/v1/traces",
+            ),
+            ("http://gateway/otlp/traces", "http://gateway/otlp/traces"),
+        ] {
+            assert_eq!(traces_url(given).as_deref(), Ok(used), "{given}");
+        }
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_refused_saying_why() {
+        for (given, says) in [
+            ("collector:4318", "must start with http://"),
+            ("ftp://collector", "must start with http://"),
+            ("https://collector:4318", "https is not supported"),
+            (
+                "http://user:secret@collector:4318",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+            ("http://", "not a URL"),
+        ] {
+            let reason = traces_url(given).expect_err(given);
+            assert!(reason.contains(says), "{given}: {reason}");
+            assert!(!reason.contains("secret"), "{given}: {reason}");
+        }
+    }
+}
