@@ -417,6 +417,21 @@ fn client_verifier(
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let flag = "--tls-client-ca";
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots(flag, path, pem)?), provider)
+        .build()
+        .map_err(|e| TlsError::new(flag, path, e.to_string()))
+}
+
+/// The CAs in the PEM file a client's flag names (`send --ca-file`,
+/// `--otlp-ca-file`): what that client trusts instead of the system's
+/// roots.
+pub fn client_roots(flag: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| TlsError::new(flag, path, format!("cannot be read: {e}")))?;
+    roots(flag, path, &pem)
+}
+
+fn roots(flag: &'static str, path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(flag, path, pem)? {
         roots.add(cert).map_err(|e| {
@@ -427,9 +442,7 @@ fn client_verifier(
             )
         })?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| TlsError::new(flag, path, e.to_string()))
+    Ok(roots)
 }
 
 fn certificates(

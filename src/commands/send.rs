@@ -173,18 +173,8 @@ fn prepare(args: &SendArgs) -> Result<(Target, Credentials, Vec<Named>), String>
 }
 
 fn connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certificates = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("cannot read --ca-file {}: {e}", ca.display()))?;
-    for certificate in certificates {
-        let certificate =
-            certificate.map_err(|e| format!("invalid --ca-file {}: {e}", ca.display()))?;
-        roots
-            .add(certificate)
-            .map_err(|e| format!("invalid --ca-file {}: {e}", ca.display()))?;
-    }
+    let roots =
+        crate::tls::client_roots("--ca-file", ca).map_err(|e| format!("invalid --ca-file: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

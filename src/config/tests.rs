@@ -917,7 +917,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 64);
+    assert_eq!(checked, 65);
 }
 
 #[test]
@@ -1146,15 +1146,13 @@ fn refusal_budgets_must_hold_something() {
 
 #[test]
 fn otlp_export_is_off_unless_an_endpoint_is_given() {
-    assert_eq!(settings(&[]).otlp, None);
-    let otlp = settings(&["--otlp-endpoint", "http://otel-collector:4318"]).otlp;
-    assert_eq!(
-        otlp,
-        Some(crate::trace::otlp::OtlpSettings {
-            endpoint: "http://otel-collector:4318/v1/traces".into(),
-            service_name: "apizee-bridge".into(),
-        })
-    );
+    assert!(settings(&[]).otlp.is_none());
+    let otlp = settings(&["--otlp-endpoint", "http://otel-collector:4318"])
+        .otlp
+        .unwrap_or_else(|| panic!("no OTLP settings"));
+    assert_eq!(otlp.endpoint, "http://otel-collector:4318/v1/traces");
+    assert_eq!(otlp.service_name, "apizee-bridge");
+    assert!(otlp.roots.is_none());
     let named = settings(&[
         "--otlp-endpoint",
         "http://127.0.0.1:4318/v1/traces",
@@ -1170,8 +1168,31 @@ fn otlp_export_is_off_unless_an_endpoint_is_given() {
         clap_error(&["--otlp-service-name", "bridge-eu"]),
         ErrorKind::MissingRequiredArgument
     );
-    let refused = error(&["--otlp-endpoint", "https://collector:4318"]);
+    let refused = error(&["--otlp-endpoint", "collector:4318"]);
     assert_eq!(refused.flag, "--otlp-endpoint");
+    // A CA is for https, and must be a CA file.
+    let plain = error(&[
+        "--otlp-endpoint",
+        "http://c:4318",
+        "--otlp-ca-file",
+        "/dev/null",
+    ]);
+    assert_eq!(plain.flag, "--otlp-ca-file");
+    let missing = error(&[
+        "--otlp-endpoint",
+        "https://c:4318",
+        "--otlp-ca-file",
+        "/nonexistent/ca.pem",
+    ]);
+    assert_eq!(missing.flag, "--otlp-ca-file");
+    assert!(missing.reason.contains("cannot be read"), "{missing}");
+    let not_pem = error(&[
+        "--otlp-endpoint",
+        "https://c:4318",
+        "--otlp-ca-file",
+        "/dev/null",
+    ]);
+    assert!(not_pem.reason.contains("no PEM certificate"), "{not_pem}");
     let empty = error(&[
         "--otlp-endpoint",
         "http://c:4318",

@@ -15,7 +15,9 @@
 //! budget ([`crate::SHUTDOWN_AFTER_DRAIN`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode, Uri, Version};
@@ -24,9 +26,10 @@ use opentelemetry::trace::{
     TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use rustls::RootCertStore;
 
 use super::TraceContext;
 use crate::config::ConfigError;
@@ -51,14 +54,26 @@ pub struct OtlpArgs {
     /// /v1/traces (http://otel-collector:4318). Off without it. The exporter
     /// also reads the standard OTEL_EXPORTER_OTLP_HEADERS (for an API key;
     /// never logged), OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_BSP_* (batching) and
-    /// OTEL_TRACES_SAMPLER.
+    /// OTEL_TRACES_SAMPLER. https is checked against the system's CAs, or
+    /// --otlp-ca-file's.
     #[arg(long, env = "APIZEE_BRIDGE_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// CA (PEM) for an https endpoint's certificate, instead of the system's
+    /// CAs.
+    #[arg(
+        long,
+        env = "APIZEE_BRIDGE_OTLP_CA_FILE",
+        value_name = "PATH",
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_ca_file: Option<PathBuf>,
 
     /// The spans' service.name.
     #[arg(
         long,
         env = "APIZEE_BRIDGE_OTLP_SERVICE_NAME",
+        value_name = "NAME",
         default_value = DEFAULT_SERVICE_NAME,
         requires = "otlp_endpoint"
     )]
@@ -66,11 +81,13 @@ pub struct OtlpArgs {
 }
 
 /// Where spans go, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OtlpSettings {
     /// The full traces URL, `/v1/traces` included.
     pub endpoint: String,
     pub service_name: String,
+    /// `--otlp-ca-file`, loaded: trusted instead of the system's CAs.
+    pub roots: Option<Arc<RootCertStore>>,
 }
 
 impl OtlpArgs {
@@ -81,12 +98,26 @@ impl OtlpArgs {
         };
         let endpoint =
             traces_url(&endpoint).map_err(|reason| ConfigError::new("--otlp-endpoint", reason))?;
+        let roots = match &self.otlp_ca_file {
+            Some(_) if !endpoint.starts_with("https:") => {
+                return Err(ConfigError::new(
+                    "--otlp-ca-file",
+                    "is for an https --otlp-endpoint; this one is http",
+                ));
+            }
+            Some(path) => Some(Arc::new(
+                crate::tls::client_roots("--otlp-ca-file", path)
+                    .map_err(|e| ConfigError::new(e.flag, e.to_string()))?,
+            )),
+            None => None,
+        };
         if self.otlp_service_name.trim().is_empty() {
             return Err(ConfigError::new("--otlp-service-name", "must not be empty"));
         }
         Ok(Some(OtlpSettings {
             endpoint,
             service_name: self.otlp_service_name,
+            roots,
         }))
     }
 }
@@ -97,16 +128,8 @@ fn traces_url(text: &str) -> Result<String, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("{text:?} is not a URL ({e}); example: http://otel-collector:4318"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https is not supported: export to a collector on the node or in the cluster \
-                 over http (http://otel-collector:4318), which forwards over TLS"
-                    .into(),
-            );
-        }
-        _ => return Err(format!("{text:?} must start with http://")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{text:?} must start with http:// or https://"));
     }
     let Some(authority) = uri.authority() else {
         return Err(format!("{text:?} has no host"));
@@ -154,12 +177,7 @@ impl Spans {
         route: &str,
         topics_hold_object_id: bool,
     ) -> Result<Self, OtlpError> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(&settings.endpoint)
-            .build()
-            .map_err(|e| OtlpError(e.to_string()))?;
+        let exporter = exporter(settings)?;
         let resource = Resource::builder()
             .with_service_name(settings.service_name.clone())
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -245,6 +263,81 @@ impl Spans {
             Err(e) => tracing::warn!(error = %e, "exporting the last spans at shutdown failed"),
         }
     }
+}
+
+/// The exporter, with an HTTP client of the bridge's: its TLS is rustls
+/// with ring, as everywhere else in the bridge, trusting `--otlp-ca-file`
+/// or the system's CAs.
+///
+/// reqwest's blocking client (what the SDK's export thread needs) runs a
+/// runtime of its own, which must be neither made nor dropped on one of
+/// ours: a thread of its own builds the client and the exporter holding
+/// it, as opentelemetry-otlp does for the client it would make itself.
+fn exporter(settings: &OtlpSettings) -> Result<opentelemetry_otlp::SpanExporter, OtlpError> {
+    let roots = match &settings.roots {
+        Some(roots) => RootCertStore::clone(roots),
+        None if settings.endpoint.starts_with("https:") => system_roots()?,
+        // Plain http: no certificate is ever checked.
+        None => RootCertStore::empty(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OtlpError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let endpoint = settings.endpoint.clone();
+    let timeout = export_timeout();
+    let built = std::thread::Builder::new()
+        .name("otlp-client".into())
+        .spawn(move || {
+            let client = reqwest::blocking::Client::builder()
+                .use_preconfigured_tls(tls)
+                .timeout(timeout)
+                .build()
+                .map_err(|e| OtlpError(format!("cannot build the HTTP client: {e}")))?;
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .build()
+                .map_err(|e| OtlpError(e.to_string()))
+        })
+        .map_err(|e| OtlpError(format!("cannot start a thread: {e}")))?;
+    built
+        .join()
+        .map_err(|_| OtlpError("building the exporter panicked".into()))?
+}
+
+/// The system's CAs (on Debian, the ca-certificates package; SSL_CERT_FILE
+/// and SSL_CERT_DIR are honoured).
+fn system_roots() -> Result<RootCertStore, OtlpError> {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(OtlpError(
+            "no CA certificates found on this system for the https endpoint \
+             (on Debian: install ca-certificates); or pass --otlp-ca-file"
+                .into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else OTEL_EXPORTER_OTLP_TIMEOUT, in
+/// milliseconds; 10 s by default, as the OTLP exporter specification says.
+/// Read here because the client, whose timeout it is, is the bridge's.
+fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok()?.trim().parse::<u64>().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
 fn protocol_version(version: Version) -> &'static str {
@@ -351,9 +444,8 @@ mod tests {
     #[test]
     fn a_bad_endpoint_is_refused_saying_why() {
         for (given, says) in [
-            ("collector:4318", "must start with http://"),
-            ("ftp://collector", "must start with http://"),
-            ("https://collector:4318", "https is not supported"),
+            ("collector:4318", "must start with http:// or https://"),
+            ("ftp://collector", "must start with http:// or https://"),
             (
                 "http://user:secret@collector:4318",
                 "OTEL_EXPORTER_OTLP_HEADERS",

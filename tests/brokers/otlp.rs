@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 
 use crate::support::otlp::{OtlpReceiver, Received};
 use crate::support::process::BridgeProcess;
+use crate::support::tls::Pki;
 use crate::support::*;
 
 const SENDER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -38,6 +39,16 @@ fn status_code(span: &Received) -> i32 {
 /// only), its stderr in `log`; `batch_delay` is the SDK's
 /// OTEL_BSP_SCHEDULE_DELAY in milliseconds.
 fn bridge(nats: &str, endpoint: &str, batch_delay: &str, log: &std::path::Path) -> BridgeProcess {
+    bridge_with(nats, endpoint, batch_delay, log, &[])
+}
+
+fn bridge_with(
+    nats: &str,
+    endpoint: &str,
+    batch_delay: &str,
+    log: &std::path::Path,
+    more: &[(&str, &str)],
+) -> BridgeProcess {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -59,6 +70,10 @@ fn bridge(nats: &str, endpoint: &str, batch_delay: &str, log: &std::path::Path) 
         ("APIZEE_BRIDGE_LOG_LEVEL", "info,apizee_bridge=debug".into()),
         ("OTEL_BSP_SCHEDULE_DELAY", batch_delay.into()),
     ];
+    let env = env
+        .into_iter()
+        .chain(more.iter().map(|(k, v)| (*k, (*v).to_owned())))
+        .collect::<Vec<_>>();
     BridgeProcess::spawn_with_env(env.iter().map(|(k, v)| (*k, v.as_str())), addr, log)
 }
 
@@ -308,5 +323,57 @@ async fn spans_are_exported_while_the_bridge_runs() {
         kinds.contains(&SERVER) && kinds.contains(&PRODUCER),
         "{spans:#?}"
     );
+    bridge.kill_9();
+}
+
+/// An https collector, its certificate checked against --otlp-ca-file.
+#[tokio::test]
+async fn spans_reach_an_https_receiver_trusted_through_the_ca_file() {
+    let pki = Pki::new("otlp test CA");
+    let receiver = OtlpReceiver::start_tls(&pki.server("collector")).await;
+    let ca = pki.write("ca.pem", &pki.ca_pem());
+    let nats = NatsServer::start(true).await;
+    let log = pki.path("bridge.log");
+    let ca = ca.display().to_string();
+    let mut bridge = bridge_with(
+        &nats.url(),
+        &receiver.endpoint(),
+        "50",
+        &log,
+        &[("APIZEE_BRIDGE_OTLP_CA_FILE", &ca)],
+    );
+    bridge.wait_ready().await;
+    assert_eq!(post(bridge.addr, &[], SPEC_TICKET).await.status, 200);
+    let spans = receiver.wait_for(2).await;
+    assert!(receiver.endpoint().starts_with("https://"));
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    bridge.kill_9();
+}
+
+/// The certificate is checked: trusting another CA (the system's store,
+/// pointed elsewhere with SSL_CERT_FILE), no span gets through, and the
+/// log says the export failed.
+#[tokio::test]
+async fn an_https_receiver_with_an_unknown_certificate_gets_no_spans() {
+    let pki = Pki::new("otlp test CA");
+    let receiver = OtlpReceiver::start_tls(&pki.server("collector")).await;
+    let other = Pki::new("another CA");
+    let other_ca = other.write("ca.pem", &other.ca_pem()).display().to_string();
+    let nats = NatsServer::start(true).await;
+    let log = pki.path("bridge.log");
+    let mut bridge = bridge_with(
+        &nats.url(),
+        &receiver.endpoint(),
+        "50",
+        &log,
+        &[("SSL_CERT_FILE", &other_ca)],
+    );
+    bridge.wait_ready().await;
+    assert_eq!(post(bridge.addr, &[], SPEC_TICKET).await.status, 200);
+    wait_until("the failed export in the log", async || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("BatchSpanProcessor.ExportError"))
+    })
+    .await;
+    assert_eq!(receiver.spans().len(), 0);
     bridge.kill_9();
 }

@@ -1,10 +1,9 @@
-//! An OTLP/HTTP trace receiver on a free loopback port, as a collector
-//! would be: it takes `POST /v1/traces` in protobuf, decodes each export
+//! An OTLP/HTTP trace receiver on a free loopback port, over HTTP or
+//! HTTPS, as a collector would be: it takes `POST /v1/traces` in protobuf, decodes each export
 //! with opentelemetry-proto (the protocol's own definitions), keeps every
 //! span with its resource, and answers as the protocol says.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,9 +16,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
+use super::tls::Issued;
 use super::wait_until;
 
 /// One span as exported, with the attributes of its resource.
@@ -64,7 +67,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub struct OtlpReceiver {
-    addr: SocketAddr,
+    url: String,
     spans: Arc<Mutex<Vec<Received>>>,
     /// Requests it could not read as an OTLP export.
     refused: Arc<Mutex<Vec<String>>>,
@@ -72,7 +75,28 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
+    /// Plain HTTP.
     pub async fn start() -> Self {
+        Self::listen(None).await
+    }
+
+    /// HTTPS with `server`'s certificate.
+    pub async fn start_tls(server: &Issued) -> Self {
+        let cert = CertificateDer::from_pem_slice(server.cert_pem.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self::listen(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn listen(tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -80,9 +104,10 @@ impl OtlpReceiver {
         let spans = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(Vec::new()));
         let (kept, refusals) = (spans.clone(), refused.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (kept, refusals) = (kept.clone(), refusals.clone());
+                let (kept, refusals, tls) = (kept.clone(), refusals.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(
                         move |request: http::Request<hyper::body::Incoming>| {
@@ -90,14 +115,22 @@ impl OtlpReceiver {
                             async move { Ok::<_, hyper::Error>(export(request, &kept, &refusals).await) }
                         },
                     );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
         Self {
-            addr,
+            url: format!("{scheme}://{addr}"),
             spans,
             refused,
             task,
@@ -106,7 +139,7 @@ impl OtlpReceiver {
 
     /// The base URL, as an operator gives `--otlp-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
 
     pub fn spans(&self) -> Vec<Received> {
