@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Load benchmark of apizee-bridge, side by side with the least programs that
-# could do its job, in one run on one machine (issue 7).
+# could do its job and with the peer users would pick (Vector), in one run
+# on one machine (issues 7 and 17).
 #
 #   bash benches/load.sh [--rounds N] [--duration S] [--warmup S]
 #                        [--connections N] [--threads N] [--sinks "nats kafka"]
-#                        [--with-headers] [--profile] [--no-build] [--out DIR]
+#                        [--vector PATH] [--profile] [--no-build] [--out DIR]
 #
 # Every option also reads an environment variable: BENCH_ROUNDS,
 # BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_SINKS,
-# BENCH_WITH_HEADERS=1, BENCH_PROFILE=1, BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to the bridge only, for tuning
-# experiments (BENCH_BRIDGE_ARGS='--kafka-option linger.ms=5'); the
-# baselines keep the bridge's defaults, so say so next to such figures.
-# BENCH_HEADERS_ARGS replaces the flags of the "pipeline+headers" target
-# (default --headers): BENCH_HEADERS_ARGS='--headers --no-message-id' for
-# the header block without JetStream de-duplication, '--message-id-only'
-# for the de-duplication without the header block (NATS only).
+# BENCH_VECTOR, BENCH_PROFILE=1, BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to
+# the bridge only, for tuning experiments (BENCH_BRIDGE_ARGS='--kafka-option
+# linger.ms=5'); the baselines keep the bridge's defaults, so say so next
+# to such figures. BENCH_CONTRACT_ARGS replaces the flags of the contract
+# pipeline (default --headers): '--headers --no-message-id' for the header
+# block without JetStream de-duplication, '--message-id-only' for the
+# de-duplication without the header block (NATS only).
 #
 # What it does:
 #  1. builds the bridge and the baselines in release mode
@@ -23,16 +24,24 @@
 #     tests/samples: 5 objects, 3 events, a fresh objectId per request,
 #     `Content-Type: application/JSON`, keep-alive), one target at a time:
 #       - the HTTP ceiling (examples/baseline_http.rs: read, parse, 200);
-#       - per sink, the bridge and the minimal pipeline
-#         (examples/baseline_<sink>.rs: the same server, plus publish and
-#         wait for the broker's ack), both started side by side, each on its
-#         own fresh broker (nats-server -js with its store in a temporary
-#         directory; tansu on memory storage) that has its stream or topics
-#         before the target is probed ready, so no creation is measured;
-#         then each at full load, one run right after the other, and each at
-#         half the bridge's measured rate for the latency target;
+#       - per sink, side by side, each on its own fresh broker (nats-server
+#         -js with its store in a temporary directory; tansu on memory
+#         storage) that has its stream or topics before the target is
+#         probed ready, so no creation is measured:
+#           - the bridge;
+#           - the contract pipeline, the reference (examples/baseline_<sink>.rs
+#             --headers: the same server, plus the bridge's message headers
+#             and Nats-Msg-Id, publish, and wait for the broker's ack): the
+#             least program that does the whole contract;
+#           - the minimal pipeline (the same without headers or
+#             Nats-Msg-Id), what coalescing would have to beat;
+#           - with --vector, Vector with benches/vector/<sink>.yaml, its
+#             stream or topics made beforehand by the bridge itself;
+#         then each at full load, one run right after the other, and the
+#         bridge and the pipelines at half the bridge's measured rate for the
+#         latency target;
 #     every target after a warm-up run that is not counted;
-#  3. does all of step 2 --rounds times (3 by default), one round after the
+#  3. does all of step 2 --rounds times (5 by default), one round after the
 #     other, with the sink's targets in the opposite order in even rounds:
 #     on a shared 2-core machine the speed of the same program drifts by
 #     10-40% over minutes, more than the differences being measured. Runs
@@ -43,15 +52,13 @@
 #     and of the broker during the measured run, and CPU µs per request; the
 #     errors of every round (non-2xx answers and socket errors); idle RSS
 #     (after start-up and one request) and the highest peak RSS (VmHWM);
-#     and the ratios bridge / minimal pipeline (the median of each round's
-#     ratio, with the lowest and highest) and bridge / HTTP ceiling. Every
-#     round's rows are in $OUT/results.tsv;
-#  5. with --with-headers, also runs per sink and round, at full load, the
-#     minimal pipeline with the bridge's message headers (and Nats-Msg-Id):
-#     "<sink> pipeline+headers". It is not a baseline of the issue; it
-#     splits the gap between the bridge and the minimal pipeline into what
-#     the headers cost (in the process and in the broker) and what the rest
-#     of the bridge costs;
+#     and the ratios (the median of each round's ratio, with every round's)
+#     against the targets of issue 17: bridge / contract pipeline >= 0.95,
+#     bridge / Vector >= 3, p99 at half load <= 1.1 x the contract
+#     pipeline's at the same rate; and bridge / minimal pipeline, contract /
+#     minimal pipeline, bridge / HTTP ceiling. Every round's rows are in
+#     $OUT/results.tsv;
+#  5. without --vector (or BENCH_VECTOR), everything but Vector's rows;
 #  6. with --profile, builds with line tables (CARGO_PROFILE_RELEASE_DEBUG,
 #     in target/bench-profile so the normal release build is untouched) and
 #     adds, per sink, one more full-load run of the minimal pipeline and of
@@ -81,17 +88,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 THREADS=${BENCH_THREADS:-1}
 SINKS=${BENCH_SINKS:-nats kafka}
 PROFILE=${BENCH_PROFILE:-0}
-WITH_HEADERS=${BENCH_WITH_HEADERS:-0}
+VECTOR=${BENCH_VECTOR:-}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
-HEADERS_ARGS=${BENCH_HEADERS_ARGS:---headers}
+CONTRACT_ARGS=${BENCH_CONTRACT_ARGS:---headers}
 BUILD=1
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -105,7 +112,7 @@ while (($#)); do
         --threads) THREADS=$2; shift 2 ;;
         --sinks) SINKS=${2//,/ }; shift 2 ;;
         --profile) PROFILE=1; shift ;;
-        --with-headers) WITH_HEADERS=1; shift ;;
+        --vector) VECTOR=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -140,6 +147,10 @@ TANSU=${TANSU:-$(find_tool tansu || true)}
 [[ " $SINKS " != *" kafka "* || -n $TANSU ]] ||
     die "tansu not found: cargo install tansu --locked --features dynostore,libsql"
 command -v curl >/dev/null || die "curl not found"
+if [[ -n $VECTOR ]]; then
+    [[ -x $VECTOR ]] || die "--vector $VECTOR is not an executable (README, Performance: how to build Vector)"
+    VECTOR_VERSION=$("$VECTOR" --version | head -n 1)
+fi
 if ((PROFILE)); then
     PERF=$(find_tool perf) || die "perf not found: apt-get install linux-perf"
     PERF_FREQUENCY=${BENCH_PERF_FREQUENCY:-499}
@@ -439,11 +450,37 @@ start_target() {
                     --brokers "$BROKER_URL" --partitions 3 "$@" ;;
             esac
             ;;
+        vector)
+            provision "$sink" "$log"
+            mkdir -p "$TMP/$log-data"
+            start "$log" env VECTOR_DATA_DIR="$TMP/$log-data" VECTOR_LISTEN="127.0.0.1:$port" \
+                NATS_URL="$BROKER_URL" KAFKA_BROKERS="$BROKER_URL" \
+                "$VECTOR" --config "$ROOT/benches/vector/$sink.yaml"
+            ;;
     esac
     TARGET_PID[$name]=$STARTED
     TARGET_URL[$name]=$url
     TARGET_BROKER[$name]=$BROKER_PID
     ready_and_warm "$log" "$STARTED" "$url"
+}
+
+# Has the bridge make the stream or the topics on the current broker, as
+# it would in production, for a target that expects them (Vector): it
+# serves until one webhook is published, then stops.
+provision() {
+    local sink=$1 log=$2-provision port metrics_port
+    port=$(free_port)
+    metrics_port=$(free_port)
+    local args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port")
+    case $sink in
+        nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream --nats-stream BENCH) ;;
+        kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
+            --kafka-partitions 3 --kafka-replication-factor 1) ;;
+    esac
+    start "$log" "$BRIDGE" "${args[@]}"
+    wait_until "the bridge making the stream or topics" "$STARTED" "$TMP/$log.log" \
+        post_ok "http://127.0.0.1:$port/webhooks"
+    stop "$STARTED"
 }
 
 stop_target() {
@@ -478,26 +515,29 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for sink in $SINKS; do
         # Side by side, each on its own broker (an idle one uses no CPU), in
         # the round's order: see steps 2 and 3 at the top.
-        targets=("$sink bridge" "$sink pipeline")
-        ((WITH_HEADERS)) && targets+=("$sink pipeline+headers")
+        halved=("$sink bridge" "$sink contract pipeline" "$sink minimal pipeline")
+        targets=("${halved[@]}")
+        [[ -n $VECTOR ]] && targets+=("$sink vector")
         start_target "$sink bridge" "$sink" bridge
-        start_target "$sink pipeline" "$sink" pipeline
         # Word-split on purpose, as BRIDGE_ARGS.
         # shellcheck disable=SC2086
-        ((WITH_HEADERS)) && start_target "$sink pipeline+headers" "$sink" pipeline $HEADERS_ARGS
+        start_target "$sink contract pipeline" "$sink" pipeline $CONTRACT_ARGS
+        start_target "$sink minimal pipeline" "$sink" pipeline
+        [[ -n $VECTOR ]] && start_target "$sink vector" "$sink" vector
         while read -r name; do
             measure_target "$name"
         done < <(in_round_order "${targets[@]}")
         # At half the bridge's rate: the latency target, and how much of
-        # that latency the pipelines have too.
+        # that latency the pipelines have too. Not Vector: it cannot reach
+        # that rate.
         half=$(awk -v r="$(rps_of "$sink bridge")" 'BEGIN { printf "%.1f", r / 2 }')
         printf '%s\t%s\t%s\n' "$ROUND" "$sink" "$half" >>"$TMP/half-targets"
         while read -r name; do
             measure_target "$name" "$half"
-        done < <(in_round_order "${targets[@]}")
+        done < <(in_round_order "${halved[@]}")
         if ((PROFILE && ROUND == ROUNDS)); then
             profile_run "bridge-$sink" "${TARGET_PID[$sink bridge]}" "${TARGET_URL[$sink bridge]}"
-            profile_run "pipeline-$sink" "${TARGET_PID[$sink pipeline]}" "${TARGET_URL[$sink pipeline]}"
+            profile_run "contract-$sink" "${TARGET_PID[$sink contract pipeline]}" "${TARGET_URL[$sink contract pipeline]}"
         fi
         for name in "${targets[@]}"; do stop_target "$name"; done
     done
@@ -526,7 +566,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
 {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($cpu_model), ${mem_gib} GiB;"
     echo "revision $revision; load average before $LOAD_BEFORE, after $LOAD_AFTER."
-    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage)."
+    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage)${VECTOR:+; ${VECTOR_VERSION}}."
     echo
     echo "Medians over $ROUNDS round(s); errors are the sum over the rounds; peak RSS is the highest."
     echo
@@ -564,42 +604,44 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
             $2 == "http ceiling" { ceiling[$1] = $3 }
             $2 == sink " bridge" { bridge[$1] = $3; idle[$1] = $11; errors += $7 }
             $2 == sink " bridge @ half" { hp99[$1] = $5; hrps[$1] = $3; errors += $7; if ($12 > peak) peak = $12 }
-            $2 == sink " pipeline" { pipeline[$1] = $3 }
-            $2 == sink " pipeline+headers" { headers[$1] = $3 }
-            $2 == sink " pipeline @ half" { pp99[$1] = $5 }
-            $2 == sink " pipeline+headers @ half" { wp99[$1] = $5 }
+            $2 == sink " contract pipeline" { contract[$1] = $3 }
+            $2 == sink " contract pipeline @ half" { cp99[$1] = $5 }
+            $2 == sink " minimal pipeline" { minimal[$1] = $3 }
+            $2 == sink " minimal pipeline @ half" { mp99[$1] = $5 }
+            $2 == sink " vector" { vector[$1] = $3; verrors += $7 }
             function verdict(ok) { return ok ? "met" : "NOT met" }
             function of(array,    r, list) {
                 for (r = 1; r <= rounds; r++) { list[r] = array[r] }
                 return median(list, rounds)
             }
-            END {
-                lowest = ""; highest = ""; each = ""
+            # The median of the rounds'"'"' a[r] / b[r], and every round'"'"'s.
+            function ratio(a, b,    r, list, each) {
+                each = ""
                 for (r = 1; r <= rounds; r++) {
-                    ratio[r] = bridge[r] / pipeline[r]
-                    to_ceiling[r] = bridge[r] / ceiling[r]
-                    if (lowest == "" || ratio[r] < lowest) lowest = ratio[r]
-                    if (highest == "" || ratio[r] > highest) highest = ratio[r]
-                    each = each (r > 1 ? ", " : "") sprintf("%.2f", ratio[r])
+                    list[r] = (b[r] > 0 ? a[r] / b[r] : 0)
+                    each = each (r > 1 ? ", " : "") sprintf("%.2f", list[r])
                 }
-                r = of(ratio)
-                printf "- %s: bridge / minimal pipeline = %.2f (target >= 0.9: %s; rounds: %s); bridge / HTTP ceiling = %.2f\n",
-                    sink, r, verdict(r >= 0.9), each, of(to_ceiling)
-                if (length(headers) > 0) {
-                    each = ""; cost = ""
-                    for (r = 1; r <= rounds; r++) {
-                        with[r] = bridge[r] / headers[r]
-                        contract[r] = headers[r] / pipeline[r]
-                        each = each (r > 1 ? ", " : "") sprintf("%.2f", with[r])
-                        cost = cost (r > 1 ? ", " : "") sprintf("%.2f", contract[r])
-                    }
-                    printf "  pipeline with headers / minimal pipeline = %.2f (rounds: %s); its p99 at half load: %.2f ms\n",
-                        of(contract), cost, of(wp99)
-                    printf "  bridge / pipeline with the same headers = %.2f (rounds: %s)\n", of(with), each
+                EACH = each
+                return median(list, rounds)
+            }
+            END {
+                r = ratio(bridge, contract)
+                printf "- %s: bridge / contract pipeline = %.2f (target >= 0.95: %s; rounds: %s)\n",
+                    sink, r, verdict(r >= 0.95), EACH
+                if (length(vector) > 0) {
+                    r = ratio(bridge, vector)
+                    printf "  bridge / Vector = %.2f (target >= 3: %s; rounds: %s); Vector errors %d\n",
+                        r, verdict(r >= 3), EACH, verrors
                 }
-                p = of(hp99)
-                printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms (target < 5 ms: %s; minimal pipeline at that rate: %.2f ms); errors %d (target 0: %s)\n",
-                    of(asked), of(hrps), p, verdict(p < 5), of(pp99), errors, verdict(errors == 0)
+                r = ratio(bridge, minimal)
+                printf "  bridge / minimal pipeline = %.2f (>= 1.0 would need coalescing; rounds: %s)\n", r, EACH
+                r = ratio(contract, minimal)
+                printf "  contract / minimal pipeline = %.2f (what the contract costs; rounds: %s)\n", r, EACH
+                printf "  bridge / HTTP ceiling = %.2f\n", ratio(bridge, ceiling)
+                p = of(hp99); c = of(cp99); q = ratio(hp99, cp99)
+                printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms; contract pipeline at that rate %.2f ms, minimal %.2f ms; bridge / contract = %.2f (target <= 1.1: %s; rounds: %s)\n",
+                    of(asked), of(hrps), p, c, of(mp99), q, verdict(q <= 1.1), EACH
+                printf "  errors %d (target 0: %s)\n", errors, verdict(errors == 0)
                 i = of(idle)
                 printf "  idle RSS %.1f MiB (target < 20: %s); peak RSS %.1f MiB (target < 64: %s)\n",
                     i, verdict(i < 20), peak, verdict(peak < 64)

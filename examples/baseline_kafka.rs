@@ -21,6 +21,7 @@
 
 use std::time::Duration;
 
+use apizee_bridge::envelope::{Event, ObjectKind};
 use apizee_bridge::sink::kafka::config::KafkaSettings;
 use apizee_bridge::sink::kafka::default_properties;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -32,15 +33,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[path = "support/baseline.rs"]
 mod baseline;
-
-const OBJECTS: [&str; 5] = [
-    "ticket",
-    "media",
-    "conversation",
-    "smsmessage",
-    "conversationevent",
-];
-const EVENTS: [&str; 3] = ["create", "update", "delete"];
 
 #[tokio::main]
 async fn main() {
@@ -107,12 +99,13 @@ async fn create_topics(brokers: &str, partitions: i32) {
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap_or_else(|e| panic!("cannot create the admin client: {e}"));
-    let names: Vec<String> = OBJECTS
+    // The object types and events as the bridge declares them.
+    let names: Vec<String> = ObjectKind::ALL
         .iter()
         .flat_map(|object| {
-            EVENTS
+            Event::ALL
                 .iter()
-                .map(move |event| format!("apizee.{object}.{event}"))
+                .map(move |event| format!("apizee.{}.{}", object.as_str(), event.as_str()))
         })
         .collect();
     let topics: Vec<NewTopic<'_>> = names

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use apizee_bridge::route::event_id;
+use apizee_bridge::route::{event_id, header};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, HeaderName};
 
@@ -65,7 +65,11 @@ async fn main() {
                 }
                 None => js.publish(topic, body).await,
                 Some(headers) => {
-                    let id = headers[headers.len() - 1].1.clone();
+                    let id = headers
+                        .iter()
+                        .find(|(name, _)| *name == header::EVENT_ID)
+                        .map(|(_, id)| id.clone())
+                        .unwrap_or_default();
                     let mut map = HeaderMap::new();
                     for (name, value) in headers {
                         map.insert(HeaderName::from_static(name), value);

@@ -72,7 +72,8 @@ pub fn key(value: &Value) -> String {
     }
 }
 
-/// For `--headers`: the headers the bridge puts on every message, with the
+/// For `--headers`: the headers the bridge puts on every message (its
+/// `traceparent` included), with the
 /// same names and values of the same shape, built the simplest way. Not part
 /// of the minimal pipeline (which has no headers): a variant that tells how
 /// much of the bridge's cost is the headers and message id themselves, in
@@ -80,6 +81,10 @@ pub fn key(value: &Value) -> String {
 pub fn contract_headers(body: &[u8], value: &Value) -> Vec<(&'static str, String)> {
     use apizee_bridge::route::{event_id, header};
     let text = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
+    let id = event_id(body);
+    // A trace the pipeline starts, as the bridge does for a request without
+    // one: the same 55 characters, without the randomness.
+    let traceparent = format!("00-{id}-{}-01", &id[..16]);
     vec![
         (header::CONTENT_TYPE, "application/json".to_owned()),
         (header::EVENT, text("event")),
@@ -90,7 +95,8 @@ pub fn contract_headers(body: &[u8], value: &Value) -> Vec<(&'static str, String
             header::RECEIVED_AT,
             humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         ),
-        (header::EVENT_ID, event_id(body)),
+        (header::EVENT_ID, id),
+        (apizee_bridge::trace::TRACEPARENT, traceparent),
     ]
 }
 
