@@ -240,14 +240,19 @@ pub struct Message {
 pub fn event_id(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let mut id = String::with_capacity(32);
-    for byte in &digest[..16] {
-        id.push(char::from(HEX[usize::from(byte >> 4)]));
-        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
+    push_hex(&mut id, &digest[..16]);
     id
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Appends `bytes` as lowercase hex: the one encoder of event ids and
+/// trace ids, on every request's path, so a table instead of `format!`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the topic {0:?} built from the objectId is longer than {MAX_TOPIC_LEN} characters")]

@@ -18,7 +18,9 @@ pub mod otlp;
 use std::fmt;
 
 use http::HeaderMap;
-use ring::rand::{SecureRandom, SystemRandom};
+use rand::RngCore;
+
+use crate::route::push_hex;
 
 /// The header names, on the request and on the message.
 pub const TRACEPARENT: &str = "traceparent";
@@ -87,12 +89,14 @@ impl TraceContext {
 
     /// The `traceparent` the message carries.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
     }
 
     /// The trace id, as logs and tools print it.
@@ -154,19 +158,18 @@ fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
 }
 
-/// Random bytes, never all zero (an invalid id).
+/// Random bytes, never all zero (an invalid id), from the thread's own
+/// generator (ChaCha, seeded and reseeded by the system's): unpredictable
+/// enough for ids, with no system call on a request's path.
 fn random_nonzero(out: &mut [u8]) {
-    let random = SystemRandom::new();
+    let mut random = rand::rng();
     loop {
-        // The system's generator does not fail on Linux; should it, a
-        // fixed non-zero id still makes a valid, if unhelpful, trace.
-        if random.fill(out).is_err() {
-            out.fill(0);
-            out[out.len() - 1] = 1;
-        }
+        random.fill_bytes(out);
         if out.iter().any(|b| *b != 0) {
             return;
         }
