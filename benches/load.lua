@@ -3,7 +3,7 @@
 -- connections.
 --
 --   wrk -t1 -c32 -d10s -s benches/load.lua http://127.0.0.1:PORT/webhooks \
---       -- SAMPLE_LIST RUN [DELAY_MS]
+--       -- SAMPLE_LIST RUN [DELAY_MS|-] [BODY_BYTES]
 --
 -- SAMPLE_LIST: a file naming one envelope file per line (the harness lists
 --   tests/samples/valid/*.json and the two spec samples: 5 objects, 3 events).
@@ -15,7 +15,11 @@
 -- DELAY_MS (optional): mean pause before each request on each connection,
 --   for a fixed approximate rate (wrk has no rate option). wrk takes whole
 --   milliseconds, so the pause is dithered between floor and ceil to keep
---   the mean exact.
+--   the mean exact. "-": no pause.
+-- BODY_BYTES (optional): every body is padded to about this size (within
+--   a few bytes: the objectId's length varies) with a "padding" field of
+--   x's at the top of the envelope, which the bridge passes through like
+--   any field it does not know.
 --
 -- done() prints one line starting with "RESULT" that the harness parses:
 -- latencies in microseconds, errors split as wrk counts them ("status" is
@@ -58,7 +62,8 @@ end
 function init(args)
   local list = assert(args[1], "usage: -- SAMPLE_LIST RUN [DELAY_MS]")
   local run = tonumber(args[2] or "1")
-  delay_ms = args[3] and tonumber(args[3]) or nil
+  delay_ms = (args[3] and args[3] ~= "-") and tonumber(args[3]) or nil
+  local body_bytes = args[4] and tonumber(args[4]) or nil
   if delay_ms then
     delay = paced
   end
@@ -79,8 +84,19 @@ function init(args)
         value_end = digits_end
       end
       assert(value_end, path .. ": objectId is neither a string nor an integer")
+      local before = body:sub(1, e)
+      if body_bytes then
+        -- 12: about the length of the objectId put in below.
+        local filler = '"padding":"",'
+        local pad = body_bytes - (#before + #body - value_end + 12 + #filler)
+        local brace = before:find("{", 1, true)
+        if pad > 0 and brace then
+          before = before:sub(1, brace) .. '"padding":"' .. string.rep("x", pad) .. '",'
+            .. before:sub(brace + 1)
+        end
+      end
       table.insert(samples, {
-        before = body:sub(1, e),
+        before = before,
         after = body:sub(value_end + 1),
         quoted = quoted,
       })

@@ -5,14 +5,18 @@
 #
 #   bash benches/load.sh [--rounds N] [--duration S] [--warmup S]
 #                        [--connections N] [--threads N] [--sinks "nats kafka"]
-#                        [--vector PATH] [--profile] [--no-build] [--out DIR]
+#                        [--vector PATH] [--body-bytes N] [--no-half]
+#                        [--profile] [--no-build] [--out DIR]
 #
 # Every option also reads an environment variable: BENCH_ROUNDS,
 # BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_SINKS,
-# BENCH_VECTOR, BENCH_PROFILE=1, BENCH_OUT. BENCH_BRIDGE_ARGS adds flags to
+# BENCH_VECTOR, BENCH_BODY_BYTES, BENCH_NO_HALF=1, BENCH_PROFILE=1,
+# BENCH_OUT. --body-bytes pads every webhook to about N bytes (a "padding"
+# field); --no-half skips the half-load runs (for sweeps of full load). BENCH_BRIDGE_ARGS adds flags to
 # the bridge only, for tuning experiments (BENCH_BRIDGE_ARGS='--kafka-option
 # linger.ms=5'); the baselines keep the bridge's defaults, so say so next
-# to such figures. BENCH_CONTRACT_ARGS replaces the flags of the contract
+# to such figures. BENCH_BRIDGE runs another bridge binary (a build to
+# compare) in place of the one built. BENCH_CONTRACT_ARGS replaces the flags of the contract
 # pipeline (default --headers): '--headers --no-message-id' for the header
 # block without JetStream de-duplication, '--message-id-only' for the
 # de-duplication without the header block (NATS only).
@@ -96,6 +100,8 @@ THREADS=${BENCH_THREADS:-1}
 SINKS=${BENCH_SINKS:-nats kafka}
 PROFILE=${BENCH_PROFILE:-0}
 VECTOR=${BENCH_VECTOR:-}
+BODY_BYTES=${BENCH_BODY_BYTES:-}
+NO_HALF=${BENCH_NO_HALF:-0}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
 CONTRACT_ARGS=${BENCH_CONTRACT_ARGS:---headers}
@@ -113,6 +119,8 @@ while (($#)); do
         --sinks) SINKS=${2//,/ }; shift 2 ;;
         --profile) PROFILE=1; shift ;;
         --vector) VECTOR=$2; shift 2 ;;
+        --body-bytes) BODY_BYTES=$2; shift 2 ;;
+        --no-half) NO_HALF=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -170,7 +178,9 @@ if ((BUILD)); then
     log "building (release): the bridge and the baselines"
     cargo build --release --locked --bin apizee-bridge --examples
 fi
-BRIDGE=$TARGET_DIR/release/apizee-bridge
+# BENCH_BRIDGE: another bridge binary, for comparing two builds in turn
+# against the same pipelines.
+BRIDGE=${BENCH_BRIDGE:-$TARGET_DIR/release/apizee-bridge}
 EXAMPLES=$TARGET_DIR/release/examples
 for binary in "$BRIDGE" "$EXAMPLES"/baseline_{http,nats,kafka}; do
     [[ -x $binary ]] || die "$binary is missing (run without --no-build)"
@@ -268,6 +278,8 @@ memory_mib() {
 # in $BROKER_PID and its address in $BROKER_URL.
 BROKER_PID=
 BROKER_URL=
+# A broker's files, by pid, removed when it stops: large bodies fill gigabytes.
+declare -A BROKER_STORE=()
 start_broker() {
     local sink=$1 log=$2-broker port
     port=$(free_port)
@@ -279,6 +291,7 @@ start_broker() {
             start "$log" "$NATS_SERVER" -a 127.0.0.1 -p "$port" -m "$monitor" \
                 -js -sd "$store"
             BROKER_PID=$STARTED
+            BROKER_STORE[$BROKER_PID]=$store
             BROKER_URL=nats://127.0.0.1:$port
             wait_until "nats-server" "$BROKER_PID" "$TMP/$log.log" \
                 http_ok "http://127.0.0.1:$monitor/healthz"
@@ -307,8 +320,8 @@ WRK_RESULT=
 drive() {
     local url=$1 seconds=$2 pause=${3:-}
     RUN=$((RUN + 1))
-    local args=("$TMP/samples.list" "$RUN")
-    [[ -n $pause ]] && args+=("$pause")
+    local args=("$TMP/samples.list" "$RUN" "${pause:--}")
+    [[ -n $BODY_BYTES ]] && args+=("$BODY_BYTES")
     WRK_RESULT=$("$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
         -s "$ROOT/benches/load.lua" "$url" -- "${args[@]}" | grep '^RESULT ') ||
         die "wrk produced no result against $url"
@@ -487,8 +500,11 @@ provision() {
 }
 
 stop_target() {
+    local broker=${TARGET_BROKER[$1]}
     stop "${TARGET_PID[$1]}"
-    stop "${TARGET_BROKER[$1]}"
+    stop "$broker"
+    [[ -n ${BROKER_STORE[$broker]:-} ]] && rm -rf "${BROKER_STORE[$broker]}"
+    return 0
 }
 
 # Measures target $1 at full load, or with $2 at about that many requests/s.
@@ -535,9 +551,11 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         # that rate.
         half=$(awk -v r="$(rps_of "$sink bridge")" 'BEGIN { printf "%.1f", r / 2 }')
         printf '%s\t%s\t%s\n' "$ROUND" "$sink" "$half" >>"$TMP/half-targets"
-        while read -r name; do
-            measure_target "$name" "$half"
-        done < <(in_round_order "${halved[@]}")
+        if ! ((NO_HALF)); then
+            while read -r name; do
+                measure_target "$name" "$half"
+            done < <(in_round_order "${halved[@]}")
+        fi
         if ((PROFILE && ROUND == ROUNDS)); then
             profile_run "bridge-$sink" "${TARGET_PID[$sink bridge]}" "${TARGET_URL[$sink bridge]}"
             profile_run "contract-$sink" "${TARGET_PID[$sink contract pipeline]}" "${TARGET_URL[$sink contract pipeline]}"
@@ -569,7 +587,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
 {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($cpu_model), ${mem_gib} GiB;"
     echo "revision $revision; load average before $LOAD_BEFORE, after $LOAD_AFTER."
-    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage)${VECTOR:+; ${VECTOR_VERSION}}."
+    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run${BODY_BYTES:+, bodies padded to about $BODY_BYTES bytes}; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage)${VECTOR:+; ${VECTOR_VERSION}}."
     echo
     echo "Medians over $ROUNDS round(s); errors are the sum over the rounds; peak RSS is the highest."
     echo

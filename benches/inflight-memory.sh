@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Peak memory of the bridge with --max-in-flight webhooks of
+# --max-body-bytes held at once: the worst case the memory limit of the
+# Kubernetes Deployment (deploy/kubernetes/base/deployment.yaml) must hold.
+#
+# Starts nats-server -js and the bridge (release build) with the JetStream
+# sink and the deploy files' limits, freezes the server (SIGSTOP) so that
+# no publish is acknowledged, opens --max-in-flight connections that each
+# post one body of about --max-body-bytes, waits until the bridge holds all
+# of them (apizee_bridge_requests_in_flight), reads its resident set size,
+# thaws the server, waits until every webhook is answered 200, and prints
+# the resident set size before, while holding them, and its peak (VmHWM).
+#
+#   bash benches/inflight-memory.sh [MAX_IN_FLIGHT [MAX_BODY_BYTES]]
+#       # defaults: 256 and 262144, as deploy/kubernetes/base/kustomization.yaml
+#
+# Needs curl, python3 and nats-server (NATS_SERVER overrides the pinned one
+# that .ci/tools/nats-server.sh installs); kills what it started when it
+# exits. CARGO_TARGET_DIR is honoured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+IN_FLIGHT=${1:-256}
+BODY_BYTES=${2:-262144}
+for n in "$IN_FLIGHT" "$BODY_BYTES"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "inflight-memory.sh: arguments must be positive integers" >&2; exit 2; }
+done
+NATS_SERVER=${NATS_SERVER:-$(bash "$ROOT/.ci/tools/nats-server.sh")}
+command -v curl >/dev/null || { echo "inflight-memory.sh: curl not found" >&2; exit 1; }
+log() { printf '[inflight-memory.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+cargo build --release --locked --bin apizee-bridge >&2
+BRIDGE=${CARGO_TARGET_DIR:-$ROOT/target}/release/apizee-bridge
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/apizee-inflight.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_for() {
+    local what=$1 deadline=$((SECONDS + 60))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { log "timed out waiting for $what"; exit 1; }
+        sleep 0.05
+    done
+}
+rss() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+nats_port=$(port) monitor=$(port) listen=$(port) metrics=$(port)
+"$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -m "$monitor" -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
+NATS=$!
+PIDS+=("$NATS")
+wait_for nats-server curl -sf "http://127.0.0.1:$monitor/healthz"
+"$BRIDGE" --listen "127.0.0.1:$listen" --metrics-listen "127.0.0.1:$metrics" --drain-delay 0s \
+    --sink nats --nats-url "nats://127.0.0.1:$nats_port" --nats-jetstream --nats-stream BENCH \
+    --max-in-flight "$IN_FLIGHT" --max-body-bytes "$BODY_BYTES" --publish-timeout 60s \
+    >"$TMP/bridge.log" 2>&1 &
+BRIDGE_PID=$!
+PIDS+=("$BRIDGE_PID")
+wait_for "the bridge" curl -sf "http://127.0.0.1:$listen/readyz"
+
+# One body of about BODY_BYTES, a valid ticket with a "padding" field; each
+# sender changes its objectId so no two are equal.
+python3 - "$BODY_BYTES" "$TMP/body.json" <<'EOF'
+import json, sys
+size, path = int(sys.argv[1]), sys.argv[2]
+envelope = {"event": "update", "time": 1575976413, "object": "ticket", "objectId": 100000000,
+            "props": {"state": "OPEN"}, "padding": ""}
+envelope["padding"] = "x" * (size - len(json.dumps(envelope, separators=(",", ":"))))
+open(path, "w").write(json.dumps(envelope, separators=(",", ":")))
+EOF
+post() {
+    sed "s/100000000/$((100000000 + $1))/" "$TMP/body.json" >"$TMP/body-$1.json"
+    curl -s -o /dev/null -w '%{http_code}\n' --max-time 120 -H 'Content-Type: application/json' \
+        --data-binary @"$TMP/body-$1.json" "http://127.0.0.1:$listen/webhooks" >"$TMP/status-$1"
+}
+in_flight() {
+    curl -sf "http://127.0.0.1:$metrics/metrics" |
+        awk '$1 == "apizee_bridge_requests_in_flight" { print $2 }'
+}
+
+# One webhook first: the stream exists and every code path has run once.
+post 0
+idle=$(rss "$BRIDGE_PID" VmRSS)
+log "idle RSS ${idle} MiB; freezing nats-server and posting $IN_FLIGHT webhooks of $(wc -c <"$TMP/body.json") bytes"
+kill -STOP "$NATS"
+senders=()
+for ((i = 1; i <= IN_FLIGHT; i++)); do
+    post "$i" &
+    senders+=($!)
+done
+wait_for "$IN_FLIGHT webhooks in flight" test "$(in_flight)" = "$IN_FLIGHT"
+holding=$(rss "$BRIDGE_PID" VmRSS)
+log "holding $IN_FLIGHT webhooks: RSS ${holding} MiB; thawing nats-server"
+kill -CONT "$NATS"
+for pid in "${senders[@]}"; do wait "$pid"; done
+answered=$(cat "$TMP"/status-* | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+peak=$(rss "$BRIDGE_PID" VmHWM)
+bodies=$(awk -v n="$IN_FLIGHT" -v b="$BODY_BYTES" 'BEGIN { printf "%.1f", n * b / 1048576 }')
+echo "max-in-flight $IN_FLIGHT x max-body-bytes $BODY_BYTES = $bodies MiB of bodies: idle RSS $idle MiB, holding them $holding MiB, peak $peak MiB; answers:$answered"
