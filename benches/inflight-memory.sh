@@ -49,7 +49,7 @@ wait_for() {
     local what=$1 deadline=$((SECONDS + 60))
     shift
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { log "timed out waiting for $what"; exit 1; }
+        ((SECONDS < deadline)) || { log "timed out waiting for $(eval echo "\"$what\"")"; exit 1; }
         sleep 0.05
     done
 }
@@ -98,7 +98,8 @@ for ((i = 1; i <= IN_FLIGHT; i++)); do
     post "$i" &
     senders+=($!)
 done
-wait_for "$IN_FLIGHT webhooks in flight" test "$(in_flight)" = "$IN_FLIGHT"
+all_in_flight() { [[ $(in_flight) == "$IN_FLIGHT" ]]; }
+wait_for "$IN_FLIGHT webhooks in flight (last seen: \$(in_flight))" all_in_flight
 holding=$(rss "$BRIDGE_PID" VmRSS)
 log "holding $IN_FLIGHT webhooks: RSS ${holding} MiB; thawing nats-server"
 kill -CONT "$NATS"

@@ -1315,8 +1315,12 @@ fn the_memory_limit_covers_every_body_the_settings_let_in() {
         } else {
             0
         };
-        // The deployment may turn either on later: count them anyway.
-        let worst = (http.max_in_flight as u64 + http.max_unauthenticated_in_flight as u64) * body
+        // A body waiting for its ack is held twice, by the request and by
+        // the broker client's buffer (benches/inflight-memory.sh: 256 bodies
+        // of 256 KiB, 101 to 113 MiB peak). The deployment may turn the
+        // unauthenticated budget and dead letters on later: count them anyway.
+        let worst = (2 * http.max_in_flight as u64 + http.max_unauthenticated_in_flight as u64)
+            * body
             + settings
                 .dead_letter
                 .as_ref()
