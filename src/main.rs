@@ -6,7 +6,7 @@ use clap::Parser;
 // Every webhook allocates its body, its headers and its answer, freed a few
 // milliseconds later on whichever worker thread: glibc's malloc spent 16 %
 // of the bridge's CPU on that under load (perf, benches/load.sh), mimalloc's
-// thread-local free lists much less (README, Performance).
+// thread-local free lists much less (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

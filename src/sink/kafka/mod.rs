@@ -56,14 +56,16 @@ pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
         // Webhook bodies are a few hundred bytes and a batch holds few of
         // them at webhook rates: compression saves little there, and costs
         // CPU in the bridge and in brokers that decompress to validate. With
-        // tansu, lz4 lowered throughput and raised latency (README,
-        // Performance). `--kafka-option compression.type=zstd` where disk or
-        // network matters more.
+        // tansu, lz4 lowered throughput and raised latency
+        // (docs/performance.md). `--kafka-option compression.type=zstd` where
+        // disk or network matters more.
         ("compression.type", "none"),
         // Every webhook waits for its own delivery report, so linger is pure
         // added latency when idle (1 ms doubled the median at half load).
         // Batches still form under load: whatever queues up while the
         // idempotent producer's 5 requests are in flight goes in the next.
+        // A sweep of 0, 1, 2 and 5 ms at 32 and 128 connections found no
+        // gain in throughput (benches/sweep.sh linger, docs/performance.md).
         ("linger.ms", "0"),
         ("message.timeout.ms", delivery_timeout_ms.as_str()),
     ]
