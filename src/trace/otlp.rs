@@ -161,8 +161,9 @@ pub struct Spans {
     tracer: SdkTracer,
     /// `messaging.system`: the sink's name (`kafka`, `nats`).
     system: &'static str,
-    /// `--path`, the request span's `http.route`.
-    route: String,
+    /// `--path`, the request span's `http.route`; shared, not copied, by
+    /// every span.
+    route: Arc<str>,
     /// Publish spans are named `send <topic>` unless topics hold the
     /// objectId, which would make span names unbounded: then `send`.
     topic_in_name: bool,
@@ -196,7 +197,7 @@ impl Spans {
             provider,
             tracer,
             system,
-            route: route.to_owned(),
+            route: Arc::from(route),
             topic_in_name: !topics_hold_object_id,
         })
     }
@@ -231,7 +232,10 @@ impl Spans {
             .with_kind(SpanKind::Server)
             .with_attributes([
                 KeyValue::new("http.request.method", method.to_string()),
-                KeyValue::new("http.route", self.route.clone()),
+                KeyValue::new(
+                    "http.route",
+                    opentelemetry::StringValue::from(self.route.clone()),
+                ),
                 KeyValue::new("network.protocol.version", protocol_version(version)),
                 KeyValue::new("client.address", peer.ip().to_string()),
             ])
