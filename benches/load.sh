@@ -425,6 +425,17 @@ measure_at_rate() {
     measure "$name @ half" "$pid" "$url" "$broker" "$pause"
 }
 
+# Appends to the caller's args the bridge's flags for sink $1 on the
+# current broker: JetStream with the stream BENCH, or Kafka with its topics
+# made at start-up, as the pipelines have them.
+bridge_sink_args() {
+    case $1 in
+        nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream --nats-stream BENCH) ;;
+        kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
+            --kafka-partitions 3 --kafka-replication-factor 1) ;;
+    esac
+}
+
 # The targets of a sink, each on its own fresh broker, by name ("nats
 # bridge"): pid, URL, and broker pid.
 declare -A TARGET_PID=() TARGET_URL=() TARGET_BROKER=()
@@ -442,12 +453,7 @@ start_target() {
         bridge)
             metrics_port=$(free_port)
             local args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port")
-            case $sink in
-                nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream
-                    --nats-stream BENCH) ;;
-                kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
-                    --kafka-partitions 3 --kafka-replication-factor 1) ;;
-            esac
+            bridge_sink_args "$sink"
             # Word-split on purpose: extra flags for experiments.
             # shellcheck disable=SC2206
             args+=($BRIDGE_ARGS)
@@ -488,11 +494,7 @@ provision() {
     port=$(free_port)
     metrics_port=$(free_port)
     local args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port")
-    case $sink in
-        nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream --nats-stream BENCH) ;;
-        kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
-            --kafka-partitions 3 --kafka-replication-factor 1) ;;
-    esac
+    bridge_sink_args "$sink"
     start "$log" "$BRIDGE" "${args[@]}"
     wait_until "the bridge making the stream or topics" "$STARTED" "$TMP/$log.log" \
         post_ok "http://127.0.0.1:$port/webhooks"
