@@ -19,7 +19,12 @@
 # compare) in place of the one built. BENCH_CONTRACT_ARGS replaces the flags of the contract
 # pipeline (default --headers): '--headers --no-message-id' for the header
 # block without JetStream de-duplication, '--message-id-only' for the
-# de-duplication without the header block (NATS only).
+# de-duplication without the header block (NATS only); the coalescing and
+# window experiments of issue 17: '--headers --fast-batch' (NATS: JetStream
+# fast batches, nats-server 2.14+) and '--headers --producers 4' (Kafka:
+# idempotent producers sharded by key). BENCH_KAFKA_PARTITIONS (3, the
+# bridge's default) sets the partitions of every Kafka topic, for every
+# target.
 #
 # What it does:
 #  1. builds the bridge and the baselines in release mode
@@ -105,6 +110,7 @@ NO_HALF=${BENCH_NO_HALF:-0}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
 CONTRACT_ARGS=${BENCH_CONTRACT_ARGS:---headers}
+KAFKA_PARTITIONS=${BENCH_KAFKA_PARTITIONS:-3}
 BUILD=1
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -432,7 +438,7 @@ bridge_sink_args() {
     case $1 in
         nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream --nats-stream BENCH) ;;
         kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
-            --kafka-partitions 3 --kafka-replication-factor 1) ;;
+            --kafka-partitions "$KAFKA_PARTITIONS" --kafka-replication-factor 1) ;;
     esac
 }
 
@@ -466,7 +472,7 @@ start_target() {
                 nats) start "$log" "$EXAMPLES/baseline_nats" --listen "127.0.0.1:$port" \
                     --nats-url "$BROKER_URL" --stream BENCH "$@" ;;
                 kafka) start "$log" "$EXAMPLES/baseline_kafka" --listen "127.0.0.1:$port" \
-                    --brokers "$BROKER_URL" --partitions 3 "$@" ;;
+                    --brokers "$BROKER_URL" --partitions "$KAFKA_PARTITIONS" "$@" ;;
             esac
             ;;
         vector)
@@ -589,7 +595,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
 {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($cpu_model), ${mem_gib} GiB;"
     echo "revision $revision; load average before $LOAD_BEFORE, after $LOAD_AFTER."
-    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run${BODY_BYTES:+, bodies padded to about $BODY_BYTES bytes}; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage)${VECTOR:+; ${VECTOR_VERSION}}."
+    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run${BODY_BYTES:+, bodies padded to about $BODY_BYTES bytes}; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage, topics of $KAFKA_PARTITIONS partitions)${VECTOR:+; ${VECTOR_VERSION}}; contract pipeline flags: $CONTRACT_ARGS${BRIDGE_ARGS:+; bridge flags added: $BRIDGE_ARGS}."
     echo
     echo "Medians over $ROUNDS round(s); errors are the sum over the rounds; peak RSS is the highest."
     echo
@@ -625,7 +631,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
             file == 1 && $2 == sink { asked[$1] = $3; next }
             file == 1 || FNR == 1 { next }
             $2 == "http ceiling" { ceiling[$1] = $3 }
-            $2 == sink " bridge" { bridge[$1] = $3; idle[$1] = $11; errors += $7 }
+            $2 == sink " bridge" { bridge[$1] = $3; idle[$1] = $11; errors += $7; if ($12 > peak) peak = $12 }
             $2 == sink " bridge @ half" { hp99[$1] = $5; hrps[$1] = $3; errors += $7; if ($12 > peak) peak = $12 }
             $2 == sink " contract pipeline" { contract[$1] = $3 }
             $2 == sink " contract pipeline @ half" { cp99[$1] = $5 }
@@ -661,9 +667,13 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
                 r = ratio(contract, minimal)
                 printf "  contract / minimal pipeline = %.2f (what the contract costs; rounds: %s)\n", r, EACH
                 printf "  bridge / HTTP ceiling = %.2f\n", ratio(bridge, ceiling)
-                p = of(hp99); c = of(cp99); q = ratio(hp99, cp99)
-                printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms; contract pipeline at that rate %.2f ms, minimal %.2f ms; bridge / contract = %.2f (target <= 1.1: %s; rounds: %s)\n",
-                    of(asked), of(hrps), p, c, of(mp99), q, verdict(q <= 1.1), EACH
+                if (length(hp99) == 0) {
+                    print "  p99 at half load: not measured (--no-half)"
+                } else {
+                    p = of(hp99); c = of(cp99); q = ratio(hp99, cp99)
+                    printf "  p99 at half load (%.0f req/s asked, %.0f got) = %.2f ms; contract pipeline at that rate %.2f ms, minimal %.2f ms; bridge / contract = %.2f (target <= 1.1: %s; rounds: %s)\n",
+                        of(asked), of(hrps), p, c, of(mp99), q, verdict(q <= 1.1), EACH
+                }
                 printf "  errors %d (target 0: %s)\n", errors, verdict(errors == 0)
                 i = of(idle)
                 printf "  idle RSS %.1f MiB (target < 20: %s); peak RSS %.1f MiB (target < 64: %s)\n",

@@ -16,9 +16,16 @@
 //! bridge, it uses `send_result`, which fails at once on a full local queue
 //! instead of waiting.
 //!
+//! `--producers N` (1 by default) is the experiment of issue 17 on tansu's
+//! window: N idempotent producers, each webhook sent through the one its
+//! objectId hashes to, so that each keeps the 5 requests in flight that
+//! idempotence allows, on a connection of its own.
+//!
 //! `cargo run --release --example baseline_kafka -- --listen 127.0.0.1:8083 \
 //!    --brokers 127.0.0.1:9092`
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apizee_bridge::envelope::{Event, ObjectKind};
@@ -56,15 +63,29 @@ async fn main() {
         config.set(key, value);
     }
     let with_headers = baseline::switch("--headers");
-    let producer: FutureProducer = config
-        .create()
-        .unwrap_or_else(|e| panic!("cannot create the producer: {e}"));
+    let lanes: usize = baseline::flag("--producers")
+        .map(|p| p.parse().unwrap_or_else(|e| panic!("--producers: {e}")))
+        .unwrap_or(1);
+    let producers: Arc<[FutureProducer]> = Arc::from(
+        (0..lanes.max(1))
+            .map(|_| {
+                config
+                    .create()
+                    .unwrap_or_else(|e| panic!("cannot create the producer: {e}"))
+            })
+            .collect::<Vec<_>>(),
+    );
 
     baseline::serve(listen, move |body, value| {
-        let producer = producer.clone();
+        let producers = producers.clone();
         async move {
             let topic = baseline::topic(&value);
             let key = baseline::key(&value);
+            // One objectId always goes through one producer: its events
+            // keep their order, and idempotence holds per producer.
+            let mut hasher = DefaultHasher::new();
+            key.hash(&mut hasher);
+            let producer = &producers[(hasher.finish() % producers.len() as u64) as usize];
             let headers = with_headers.then(|| {
                 baseline::contract_headers(&body, &value).iter().fold(
                     OwnedHeaders::new(),
