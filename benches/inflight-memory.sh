@@ -20,6 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+BENCH_NAME=inflight-memory.sh
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 IN_FLIGHT=${1:-256}
 BODY_BYTES=${2:-262144}
@@ -27,46 +30,22 @@ for n in "$IN_FLIGHT" "$BODY_BYTES"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "inflight-memory.sh: arguments must be positive integers" >&2; exit 2; }
 done
 NATS_SERVER=${NATS_SERVER:-$(bash "$ROOT/.ci/tools/nats-server.sh")}
-command -v curl >/dev/null || { echo "inflight-memory.sh: curl not found" >&2; exit 1; }
-log() { printf '[inflight-memory.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+command -v curl >/dev/null || die "curl not found"
 
 cargo build --release --locked --bin apizee-bridge >&2
 BRIDGE=${CARGO_TARGET_DIR:-$ROOT/target}/release/apizee-bridge
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/apizee-inflight.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmpdir apizee-inflight
 
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() {
-    local what=$1 deadline=$((SECONDS + 60))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { log "timed out waiting for $(eval echo "\"$what\"")"; exit 1; }
-        sleep 0.05
-    done
-}
-rss() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-
-nats_port=$(port) monitor=$(port) listen=$(port) metrics=$(port)
-"$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -m "$monitor" -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
-NATS=$!
-PIDS+=("$NATS")
-wait_for nats-server curl -sf "http://127.0.0.1:$monitor/healthz"
-"$BRIDGE" --listen "127.0.0.1:$listen" --metrics-listen "127.0.0.1:$metrics" --drain-delay 0s \
+nats_port=$(free_port) monitor=$(free_port) listen=$(free_port) metrics=$(free_port)
+start nats "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -m "$monitor" -js -sd "$TMP/js"
+NATS=$STARTED
+wait_until nats-server "$NATS" "$TMP/nats.log" http_ok "http://127.0.0.1:$monitor/healthz"
+start bridge "$BRIDGE" --listen "127.0.0.1:$listen" --metrics-listen "127.0.0.1:$metrics" --drain-delay 0s \
     --sink nats --nats-url "nats://127.0.0.1:$nats_port" --nats-jetstream --nats-stream BENCH \
-    --max-in-flight "$IN_FLIGHT" --max-body-bytes "$BODY_BYTES" --publish-timeout 60s \
-    >"$TMP/bridge.log" 2>&1 &
-BRIDGE_PID=$!
-PIDS+=("$BRIDGE_PID")
-wait_for "the bridge" curl -sf "http://127.0.0.1:$listen/readyz"
+    --max-in-flight "$IN_FLIGHT" --max-body-bytes "$BODY_BYTES" --publish-timeout 60s
+BRIDGE_PID=$STARTED
+wait_until "the bridge" "$BRIDGE_PID" "$TMP/bridge.log" http_ok "http://127.0.0.1:$listen/readyz"
 
 # One body of about BODY_BYTES, a valid ticket with a "padding" field; each
 # sender changes its objectId so no two are equal.
@@ -83,14 +62,11 @@ post() {
     curl -s -o /dev/null -w '%{http_code}\n' --max-time 120 -H 'Content-Type: application/json' \
         --data-binary @"$TMP/body-$1.json" "http://127.0.0.1:$listen/webhooks" >"$TMP/status-$1"
 }
-in_flight() {
-    curl -sf "http://127.0.0.1:$metrics/metrics" |
-        awk '$1 == "apizee_bridge_requests_in_flight" { print $2 }'
-}
+in_flight() { metric "http://127.0.0.1:$metrics/metrics" apizee_bridge_requests_in_flight; }
 
 # One webhook first: the stream exists and every code path has run once.
 post 0
-idle=$(rss "$BRIDGE_PID" VmRSS)
+idle=$(memory_mib "$BRIDGE_PID" VmRSS)
 log "idle RSS ${idle} MiB; freezing nats-server and posting $IN_FLIGHT webhooks of $(wc -c <"$TMP/body.json") bytes"
 kill -STOP "$NATS"
 senders=()
@@ -99,12 +75,12 @@ for ((i = 1; i <= IN_FLIGHT; i++)); do
     senders+=($!)
 done
 all_in_flight() { [[ $(in_flight) == "$IN_FLIGHT" ]]; }
-wait_for "$IN_FLIGHT webhooks in flight (last seen: \$(in_flight))" all_in_flight
-holding=$(rss "$BRIDGE_PID" VmRSS)
+WAIT_SECONDS=120 wait_until "$IN_FLIGHT webhooks in flight" "$BRIDGE_PID" "$TMP/bridge.log" all_in_flight
+holding=$(memory_mib "$BRIDGE_PID" VmRSS)
 log "holding $IN_FLIGHT webhooks: RSS ${holding} MiB; thawing nats-server"
 kill -CONT "$NATS"
 for pid in "${senders[@]}"; do wait "$pid"; done
 answered=$(cat "$TMP"/status-* | sort | uniq -c | tr -s ' ' | tr '\n' ';')
-peak=$(rss "$BRIDGE_PID" VmHWM)
+peak=$(memory_mib "$BRIDGE_PID" VmHWM)
 bodies=$(awk -v n="$IN_FLIGHT" -v b="$BODY_BYTES" 'BEGIN { printf "%.1f", n * b / 1048576 }')
 echo "max-in-flight $IN_FLIGHT x max-body-bytes $BODY_BYTES = $bodies MiB of bodies: idle RSS $idle MiB, holding them $holding MiB, peak $peak MiB; answers:$answered"

@@ -96,6 +96,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+BENCH_NAME=load.sh
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 ROUNDS=${BENCH_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-10}
@@ -112,8 +115,6 @@ BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
 CONTRACT_ARGS=${BENCH_CONTRACT_ARGS:---headers}
 KAFKA_PARTITIONS=${BENCH_KAFKA_PARTITIONS:-3}
 BUILD=1
-
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 while (($#)); do
     case $1 in
@@ -141,16 +142,6 @@ for sink in $SINKS; do
     esac
 done
 
-log() { printf '[load.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-find_tool() {
-    local name=$1 dir
-    for dir in ${PATH//:/ } /usr/sbin /usr/local/bin "$HOME/.cargo/bin"; do
-        [[ -x $dir/$name ]] && { echo "$dir/$name"; return; }
-    done
-    return 1
-}
 WRK=$(find_tool wrk) || die "wrk not found: apt-get install wrk"
 # The pinned nats-server the tests run (2.15), installed without root under
 # target/tools/ by the same script the tests name; NATS_SERVER overrides it.
@@ -195,69 +186,8 @@ done
 # --- processes, ports, probes ------------------------------------------------
 
 mkdir -p "$OUT"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/apizee-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmpdir apizee-bench
 
-# Starts "$@" in the background with its output in $TMP/$name.log; the pid
-# is left in $STARTED.
-STARTED=
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
-
-stop() {
-    local pid=$1 kept=() p
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
-    PIDS=("${kept[@]}")
-}
-
-# A loopback port nobody uses and this run has not handed out yet.
-USED_PORTS=" "
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        if ! ss -Htan "( sport = :$port )" 2>/dev/null | grep -q .; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return
-        fi
-    done
-}
-
-# Polls "$@" every 50 ms until it succeeds; gives up after 60 s, or at once
-# when process $pid has exited (its log is printed).
-wait_until() {
-    local what=$1 pid=$2 log=$3
-    shift 3
-    local deadline=$((SECONDS + 60))
-    until "$@" >/dev/null 2>&1; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$log" >&2 || true
-            die "$what exited before it was ready"
-        fi
-        ((SECONDS < deadline)) || { tail -n 30 "$log" >&2; die "timed out waiting for $what"; }
-        sleep 0.05
-    done
-}
-
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-http_ok() { curl -sf -o /dev/null --max-time 2 "$1"; }
 # One real webhook, answered 200: the whole pipeline works.
 post_ok() {
     [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
@@ -272,10 +202,6 @@ cpu_seconds() {
     local stat
     stat=$(<"/proc/$1/stat")
     awk -v tck="$CLK_TCK" '{ printf "%.3f", ($12 + $13) / tck }' <<<"${stat##*) }"
-}
-# VmRSS or VmHWM of a process, in MiB.
-memory_mib() {
-    awk -v field="$2:" '$1 == field { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
 # --- brokers -----------------------------------------------------------------
@@ -575,18 +501,6 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report --------------------------------------------------------------------
 
-# median(list, n): the middle of n numbers (the mean of the two middle ones
-# when n is even). Plain awk: Debian's default awk (mawk) has no asort.
-MEDIAN_AWK='
-function median(list, n,    i, j, x, sorted) {
-    for (i = 1; i <= n; i++) {
-        x = list[i] + 0
-        for (j = i - 1; j >= 1 && sorted[j] > x; j--) { sorted[j + 1] = sorted[j] }
-        sorted[j + 1] = x
-    }
-    return n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
-}
-'
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 mem_gib=$(awk '$1 == "MemTotal:" { printf "%.1f", $2 / 1048576 }' /proc/meminfo)

@@ -33,6 +33,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+BENCH_NAME=sweep.sh
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 MODE=
 LINGERS="0 1 2 5"
@@ -41,8 +44,6 @@ BODY_SIZES="200 4096 65536 262000"
 ROUNDS=${BENCH_ROUNDS:-3}
 OUT=${BENCH_OUT:-$ROOT/target/bench/sweep}
 PASS=()
-
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 while (($#)); do
     case $1 in
@@ -66,29 +67,21 @@ if [[ -z $CONNECTIONS_LIST ]]; then
     esac
 fi
 
-log() { printf '[sweep.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
 # The median of column $3 for target $2 in results.tsv $1.
 median_of() {
-    awk -F'\t' -v name="$2" -v c="$3" '
-        NR > 1 && $2 == name { v[++n] = $c + 0 }
-        END {
-            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-            if (n == 0) { print "-"; exit }
-            print (n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2)
-        }' "$1"
+    awk -F'\t' -v name="$2" -v c="$3" "$MEDIAN_AWK"'
+        NR > 1 && $2 == name { v[++n] = $c }
+        END { if (n == 0) print "-"; else print median(v, n) }' "$1"
 }
 
 # The median over rounds of target $2's req/s divided by target $3's.
 ratio_of() {
-    awk -F'\t' -v a="$2" -v b="$3" '
+    awk -F'\t' -v a="$2" -v b="$3" "$MEDIAN_AWK"'
         NR > 1 && $2 == a { x[$1] = $3 }
         NR > 1 && $2 == b { y[$1] = $3 }
         END {
             for (r in x) if (y[r] > 0) v[++n] = x[r] / y[r]
-            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-            if (n == 0) { print "-"; exit }
-            printf "%.3f\n", (n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2)
+            if (n == 0) print "-"; else printf "%.3f\n", median(v, n)
         }' "$1"
 }
 
@@ -133,11 +126,11 @@ case $MODE in
         # Appends the medians of every full-load target in $1's results
         # (the highest peak RSS), as rows of $table.
         collect() {
-            awk -F'\t' -v OFS='\t' -v dimension="$2" -v value="$3" '
-                function median(a, name, n,    i, j, t, v) {
-                    for (i = 1; i <= n; i++) v[i] = a[name, i] + 0
-                    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-                    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+            awk -F'\t' -v OFS='\t' -v dimension="$2" -v value="$3" "$MEDIAN_AWK"'
+                # The median of target name'"'"'s n values in a[name, 1..n].
+                function median_in(a, name, n,    i, v) {
+                    for (i = 1; i <= n; i++) v[i] = a[name, i]
+                    return median(v, n)
                 }
                 NR > 1 && $2 !~ /@|ceiling/ {
                     n = ++count[$2]; rps[$2, n] = $3; p99[$2, n] = $5; cpu[$2, n] = $9
@@ -149,7 +142,7 @@ case $MODE in
                         target = name; sub(/^[^ ]+ /, "", target)
                         n = count[name]
                         printf "%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.1f\t%s\n", sink, dimension, value, target,
-                            median(rps, name, n), median(p99, name, n), median(cpu, name, n), peak[name]
+                            median_in(rps, name, n), median_in(p99, name, n), median_in(cpu, name, n), peak[name]
                     }
                 }' "$1/results.tsv" | sort >>"$table"
         }
