@@ -153,7 +153,7 @@ TANSU=${TANSU:-$(find_tool tansu || true)}
     die "tansu not found: cargo install tansu --locked --features dynostore,libsql"
 command -v curl >/dev/null || die "curl not found"
 if [[ -n $VECTOR ]]; then
-    [[ -x $VECTOR ]] || die "--vector $VECTOR is not an executable (docs/performance.md, "Building Vector")"
+    [[ -x $VECTOR ]] || die "--vector $VECTOR is not an executable (docs/performance.md, 'Building Vector')"
     VECTOR_VERSION=$("$VECTOR" --version | head -n 1)
 fi
 if ((PROFILE)); then
