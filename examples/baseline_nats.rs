@@ -198,14 +198,8 @@ async fn main() {
             let tx = tx.clone();
             async move {
                 let topic = baseline::topic(&value);
-                let headers = baseline::contract_headers(&body, &value);
-                let mut map = HeaderMap::new();
-                for (name, value) in headers {
-                    if name == header::EVENT_ID {
-                        map.insert("Nats-Msg-Id", value.as_str());
-                    }
-                    map.insert(HeaderName::from_static(name), value);
-                }
+                let (mut map, id) = header_map(baseline::contract_headers(&body, &value));
+                map.insert("Nats-Msg-Id", id);
                 let (done, answer) = tokio::sync::oneshot::channel();
                 tx.send(fast::Pending {
                     subject: topic,
@@ -235,15 +229,7 @@ async fn main() {
                 }
                 None => js.publish(topic, body).await,
                 Some(headers) => {
-                    let id = headers
-                        .iter()
-                        .find(|(name, _)| *name == header::EVENT_ID)
-                        .map(|(_, id)| id.clone())
-                        .unwrap_or_default();
-                    let mut map = HeaderMap::new();
-                    for (name, value) in headers {
-                        map.insert(HeaderName::from_static(name), value);
-                    }
+                    let (map, id) = header_map(headers);
                     let mut message = PublishMessage::build().payload(body).headers(map);
                     if !no_message_id {
                         message = message.message_id(id);
@@ -256,4 +242,18 @@ async fn main() {
         }
     })
     .await;
+}
+
+/// The contract's headers as a NATS header map, and the event id among
+/// them (what `Nats-Msg-Id` carries).
+fn header_map(headers: Vec<(&'static str, String)>) -> (HeaderMap, String) {
+    let mut map = HeaderMap::new();
+    let mut id = String::new();
+    for (name, value) in headers {
+        if name == header::EVENT_ID {
+            id.clone_from(&value);
+        }
+        map.insert(HeaderName::from_static(name), value);
+    }
+    (map, id)
 }
