@@ -1,21 +1,28 @@
-//! End-to-end tests against a real Kafka-protocol broker (tansu) started by
-//! each test on a free loopback port. Messages are read back with a separate
-//! consumer.
+//! End-to-end tests against Apache Kafka: the newest release's broker that
+//! this test binary shares (each test with topics of its own, named by
+//! `--topic-prefix`), and a broker of the oldest supported release for the
+//! basics. Messages are read back with a separate consumer, up to the high
+//! watermarks.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::support::kafka::{Tansu, header, key, partition_count, read_topic};
+use crate::support::kafka::{
+    KafkaCluster, KafkaRelease, header, key, partition_count, read_topic, shared,
+};
 use crate::support::*;
 use bytes::Bytes;
 use rdkafka::Message as _;
 
-async fn start_bridge(broker: &Tansu, extra: &[&str]) -> Bridge {
-    let bootstrap = broker.bootstrap();
+/// A bridge publishing to `bootstrap`, its topics named `{prefix}.{object}.{event}`
+/// and created at start-up.
+async fn start_bridge(bootstrap: &str, prefix: &str, extra: &[&str]) -> Bridge {
     let mut args = vec![
         "--sink",
         "kafka",
         "--kafka-brokers",
-        &bootstrap,
+        bootstrap,
+        "--topic-prefix",
+        prefix,
         "--kafka-create-topics",
         "--kafka-partitions",
         "3",
@@ -28,8 +35,8 @@ async fn start_bridge(broker: &Tansu, extra: &[&str]) -> Bridge {
     bridge
 }
 
-async fn read(broker: &Tansu, topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let bootstrap = broker.bootstrap();
+async fn read(bootstrap: &str, topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, count))
         .await
@@ -38,34 +45,50 @@ async fn read(broker: &Tansu, topic: &str, count: usize) -> Vec<rdkafka::message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_samples_arrive_byte_for_byte_with_key_and_headers() {
-    let broker = Tansu::start().await;
-    let bridge = start_bridge(&broker, &[]).await;
+    spec_samples_arrive(&shared().await.bootstrap(), "samples").await;
+}
 
-    let bootstrap = broker.bootstrap();
+/// The same on the oldest Kafka the bridge supports: its own broker, since
+/// the shared one is the newest release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_samples_arrive_on_the_oldest_supported_kafka() {
+    let broker = KafkaCluster::start(1, KafkaRelease::Oldest).await;
+    spec_samples_arrive(&broker.bootstrap(), "apizee").await;
+}
+
+async fn spec_samples_arrive(bootstrap: &str, prefix: &str) {
+    let bridge = start_bridge(bootstrap, prefix, &[]).await;
+
+    let (probe, ticket, conversation_event) = (
+        bootstrap.to_owned(),
+        format!("{prefix}.ticket.update"),
+        format!("{prefix}.conversationevent.delete"),
+    );
     let created = tokio::task::spawn_blocking(move || {
-        ["apizee.ticket.update", "apizee.conversationevent.delete"]
-            .map(|topic| partition_count(&bootstrap, topic))
+        [ticket, conversation_event].map(|topic| partition_count(&probe, &topic))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(created, [3, 3], "--kafka-create-topics made every topic");
 
     for (sample, topic, object_id, time) in [
-        (SPEC_TICKET, "apizee.ticket.update", "100", "1575976413"),
+        (SPEC_TICKET, "ticket.update", "100", "1575976413"),
         (
             SPEC_CONVERSATION,
-            "apizee.conversation.update",
+            "conversation.update",
             "734e3a7b-eb17-4d3f-901d-bcff178b",
             "1632144306",
         ),
     ] {
+        let topic = format!("{prefix}.{topic}");
+        let topic = topic.as_str();
         let reply = bridge.post(sample).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         let body = reply.json();
         assert_eq!(body["topic"], topic);
         let id = body["id"].as_str().unwrap_or_default().to_owned();
 
-        let messages = read(&broker, topic, 1).await;
+        let messages = read(bootstrap, topic, 1).await;
         assert_eq!(messages.len(), 1, "exactly one message on {topic}");
         let message = &messages[0];
         assert_eq!(message.topic(), topic);
@@ -98,9 +121,8 @@ async fn spec_samples_arrive_byte_for_byte_with_key_and_headers() {
         ),
         2.0
     );
-    // kafka_delivery_errors_total has a series only once an error happens:
-    // tests/brokers/kafka_mock.rs provokes one.
     for name in [
+        "apizee_bridge_kafka_delivery_errors_total",
         "apizee_bridge_kafka_queue_messages",
         "apizee_bridge_kafka_in_flight_messages",
     ] {
@@ -114,8 +136,8 @@ async fn spec_samples_arrive_byte_for_byte_with_key_and_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_object_id_always_maps_to_one_partition() {
-    let broker = Tansu::start().await;
-    let bridge = start_bridge(&broker, &[]).await;
+    let bootstrap = shared().await.bootstrap();
+    let bridge = start_bridge(&bootstrap, "partitions", &[]).await;
 
     let ids = ["7", "42", "1001", "\"734e3a7b-eb17\"", "\"x-1\"", "\"x-2\""];
     let mut sent = 0;
@@ -129,7 +151,7 @@ async fn one_object_id_always_maps_to_one_partition() {
             sent += 1;
         }
     }
-    let messages = read(&broker, "apizee.ticket.update", sent).await;
+    let messages = read(&bootstrap, "partitions.ticket.update", sent).await;
     assert_eq!(messages.len(), sent, "every event once");
 
     let mut partitions: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
@@ -158,8 +180,8 @@ async fn one_object_id_always_maps_to_one_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_requests_publish_nothing() {
-    let broker = Tansu::start().await;
-    let bridge = start_bridge(&broker, &[]).await;
+    let bootstrap = shared().await.bootstrap();
+    let bridge = start_bridge(&bootstrap, "rejected", &[]).await;
     for (body, status) in [
         ("{", 400),
         (
@@ -171,7 +193,7 @@ async fn rejected_requests_publish_nothing() {
     }
     let marker = r#"{"event":"update","time":2,"object":"ticket","objectId":5,"props":{}}"#;
     assert_eq!(bridge.post(marker).await.status, 200);
-    let messages = read(&broker, "apizee.ticket.update", 1).await;
+    let messages = read(&bootstrap, "rejected.ticket.update", 1).await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].payload(), Some(marker.as_bytes()));
     bridge.stop().await;
