@@ -7,9 +7,11 @@
 //! - Frozen: every webhook gets a 503 with `Retry-After` within
 //!   `--publish-timeout` (plus a margin that rules out a hang, not a
 //!   benchmark), memory stays bounded, and once the broker resumes the
-//!   bridge answers 200 again. Against tansu 0.6.0, that last part needs the
-//!   bridge to replace its Kafka producer: tansu never accepts the epoch
-//!   librdkafka bumps after an in-flight timeout (see the last test).
+//!   bridge answers 200 again (see the last test for what that takes of
+//!   the Kafka producer).
+//!
+//! Kafka is one Apache Kafka broker per test: these tests hurt it, so they
+//! cannot share the binary's.
 //!
 //! Each test owns its brokers, ports and directories, so they run in
 //! parallel with each other and with the other test binaries.
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::kafka::{DurableTansu, Tansu, header, read_all};
+use crate::support::kafka::{KafkaCluster, header, read_all};
 use crate::support::*;
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -305,20 +307,20 @@ async fn nats_jetstream_kill_9_mid_load_loses_no_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_kill_9_mid_load_loses_no_acknowledged_event() {
-    let mut broker = DurableTansu::start().await;
+    let mut broker = KafkaCluster::single().await;
     let bootstrap = broker.bootstrap();
     let bridge = start_bridge(&kafka_bridge_args(&bootstrap, KILL_TIMEOUT)).await;
-    // Ready means the topics exist: created in the database, so they outlive
-    // the kill.
+    // Ready means the topics exist, in the broker's log folder, so they
+    // outlive the kill.
     bridge.wait_ready().await;
 
     let load = load_with_chaos(&bridge, "kafka", async || {
-        // SIGKILL, then at once the same port and database. Not later: a
-        // batch in flight for longer than --publish-timeout makes librdkafka
-        // bump the producer epoch, which tansu never accepts, so the bridge
-        // must replace its producer first (see the last test) and some
-        // webhooks get 503s in between.
-        broker.restart().await;
+        // SIGKILL; the senders get 503s until the broker is back on the same
+        // port and data (a JVM start: seconds, so the batches in flight time
+        // out and librdkafka bumps the producer's epoch, which Kafka takes).
+        broker.nodes[0].kill();
+        bridge.wait_not_ready().await;
+        broker.nodes[0].restart().await;
     })
     .await;
 
@@ -347,9 +349,7 @@ async fn kafka_kill_9_mid_load_loses_no_acknowledged_event() {
         .collect();
     let lost = reconcile("kafka", &load, &stored);
     if !lost.is_empty() {
-        let log = broker.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        println!("tansu's log, last lines first:\n{}", tail.join("\n"));
+        println!("the broker's log:\n{}", broker.nodes[0].log_tail(40));
     }
     assert!(
         lost.is_empty(),
@@ -555,40 +555,41 @@ async fn broker_that_never_acks_gets_503_within_the_timeout() {
     let timeout = format!("{}s", FROZEN_TIMEOUT.as_secs());
     let nats = NatsServer::start(true).await;
     let nats_bridge = start_bridge(&nats_bridge_args(&nats, &timeout)).await;
-    let tansu = Tansu::start().await;
-    let kafka_bridge = start_bridge(&kafka_bridge_args(&tansu.bootstrap(), &timeout)).await;
+    let kafka = KafkaCluster::single().await;
+    let kafka_bridge = start_bridge(&kafka_bridge_args(&kafka.bootstrap(), &timeout)).await;
 
     let nats_pid = nats
         .pid()
         .unwrap_or_else(|| panic!("nats-server is not running"));
-    let tansu_pid = tansu
+    let kafka_pid = kafka
         .pid()
-        .unwrap_or_else(|| panic!("tansu is not running"));
+        .unwrap_or_else(|| panic!("the Kafka broker is not running"));
     tokio::join!(
         async {
             frozen_broker("nats", &nats_bridge, nats_pid).await;
             recovers("nats", &nats_bridge).await;
         },
-        frozen_broker("kafka", &kafka_bridge, tansu_pid),
+        frozen_broker("kafka", &kafka_bridge, kafka_pid),
     );
     nats_bridge.stop().await;
     kafka_bridge.stop().await;
 }
 
 /// When a produce request times out in flight, librdkafka's idempotent
-/// producer bumps its epoch locally (KIP-360, accepted by Kafka 2.5+ and by
-/// librdkafka's mock cluster). tansu 0.6.0 rejects every batch with the
-/// bumped epoch (PRODUCER_FENCED with memory storage), so without the
-/// bridge replacing its producer on such errors, every later publish would
-/// fail for good while `/readyz` stays 200. This is the regression test.
+/// producer bumps its epoch locally (KIP-360, Kafka 2.5+), and the broker
+/// must take the batches that follow. A broker that refuses the bumped
+/// epoch (tansu 0.6 did, with PRODUCER_FENCED) would fail every later
+/// publish while `/readyz` stays 200, unless the bridge replaces its
+/// producer on such errors, which it does. Apache Kafka takes the bump:
+/// 200s come back once the frozen broker resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_bridge_answers_200_again_after_a_frozen_broker_resumes() {
     let timeout = format!("{}s", FROZEN_TIMEOUT.as_secs());
-    let tansu = Tansu::start().await;
-    let bridge = start_bridge(&kafka_bridge_args(&tansu.bootstrap(), &timeout)).await;
-    let pid = tansu
+    let kafka = KafkaCluster::single().await;
+    let bridge = start_bridge(&kafka_bridge_args(&kafka.bootstrap(), &timeout)).await;
+    let pid = kafka
         .pid()
-        .unwrap_or_else(|| panic!("tansu is not running"));
+        .unwrap_or_else(|| panic!("the Kafka broker is not running"));
     frozen_broker("kafka", &bridge, pid).await;
     recovers("kafka", &bridge).await;
     bridge.stop().await;

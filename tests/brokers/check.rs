@@ -1,11 +1,11 @@
 //! `apizee-bridge check` against real brokers: the binary, run to
-//! completion, reaching nats-server 2.15 and tansu as serving would. Each
+//! completion, reaching nats-server 2.15 and Apache Kafka as serving would. Each
 //! case checks the lines that matter, the exit status, and that the check
 //! changed nothing on the broker.
 
 use std::process::Output;
 
-use crate::support::kafka::{Tansu, create_topics};
+use crate::support::kafka::{create_topics, shared};
 use crate::support::process::run;
 use crate::support::*;
 
@@ -191,10 +191,18 @@ async fn skip_broker_checks_the_spool_and_not_the_broker() {
 
 #[tokio::test]
 async fn kafka_topics_are_found_or_said_to_be_created() {
-    let tansu = Tansu::start().await;
-    let brokers = tansu.bootstrap();
-    let base = ["--sink", "kafka", "--kafka-brokers", &brokers];
-    let dead_letter = ["--dead-letter-topic", "apizee.dead-letter"];
+    // The broker this binary shares: the check's topics have a prefix of
+    // their own.
+    let brokers = shared().await.bootstrap();
+    let base = [
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--topic-prefix",
+        "check",
+    ];
+    let dead_letter = ["--dead-letter-topic", "check.dead-letter"];
     let all: Vec<&str> = base.iter().chain(&dead_letter).copied().collect();
 
     let created: Vec<&str> = all
@@ -216,21 +224,19 @@ async fn kafka_topics_are_found_or_said_to_be_created() {
 
     // Made by hand, all but the dead-letter topic: a warning, not a failure,
     // since a cluster may create topics on demand.
-    let topics: Vec<String> = apizee_bridge::route::TopicTemplate::parse(
-        apizee_bridge::route::DEFAULT_TEMPLATE,
-        "apizee",
-    )
-    .ok()
-    .and_then(|t| t.all_topics())
-    .unwrap_or_else(|| panic!("the default template's topics"));
+    let topics: Vec<String> =
+        apizee_bridge::route::TopicTemplate::parse(apizee_bridge::route::DEFAULT_TEMPLATE, "check")
+            .ok()
+            .and_then(|t| t.all_topics())
+            .unwrap_or_else(|| panic!("the default template's topics"));
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    create_topics(&brokers, &names, 1).await;
+    create_topics(&brokers, &names, 1, 1).await;
     let output = check(&all).await;
     exit_code(&output, 0);
     has_line(&output, "ok    topics: 15 exist");
     let line = has_line(
         &output,
-        "warn  dead-letter topic: 1 of 1 missing: apizee.dead-letter",
+        "warn  dead-letter topic: 1 of 1 missing: check.dead-letter",
     );
     assert!(line.contains("--kafka-create-topics"), "{line}");
 }

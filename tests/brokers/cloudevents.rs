@@ -1,5 +1,5 @@
 //! `--cloudevents` end to end: the bridge publishes the spec samples to
-//! tansu (Kafka) and to nats-server (JetStream), and the official
+//! Apache Kafka and to nats-server (JetStream), and the official
 //! CloudEvents SDK for Python reads them back (`read_cloudevents.py` beside this
 //! file says how, per binding) and checks every attribute and that the data
 //! is the body posted, byte for byte.
@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::support::kafka::Tansu;
+use crate::support::kafka::shared;
 use crate::support::*;
 use async_nats::jetstream;
 use base64::Engine as _;
@@ -23,6 +23,7 @@ const UID_TO_ENCODE: &str =
 /// What the SDK must read back for one posted webhook.
 struct Posted {
     body: &'static str,
+    /// The topic after `{prefix}.`.
     topic: &'static str,
     kind: &'static str,
     subject: &'static str,
@@ -32,21 +33,21 @@ struct Posted {
 const POSTED: [Posted; 3] = [
     Posted {
         body: SPEC_TICKET,
-        topic: "apizee.ticket.update",
+        topic: "ticket.update",
         kind: "com.apizee.ticket.update",
         subject: "100",
         time: 1575976413,
     },
     Posted {
         body: SPEC_CONVERSATION,
-        topic: "apizee.conversation.update",
+        topic: "conversation.update",
         kind: "com.apizee.conversation.update",
         subject: "734e3a7b-eb17-4d3f-901d-bcff178b",
         time: 1632144306,
     },
     Posted {
         body: UID_TO_ENCODE,
-        topic: "apizee.conversation.create",
+        topic: "conversation.create",
         kind: "com.apizee.conversation.create",
         subject: "Zoë 7",
         time: 1700000000,
@@ -104,14 +105,15 @@ async fn read_back_with_the_sdk(args: Vec<String>, cases: Value) -> Vec<String> 
     stdout.lines().map(str::to_owned).collect()
 }
 
-/// Posts every sample; the `expect` of each, with the id the bridge gave.
-async fn post_all(bridge: &Bridge, source: &str) -> Vec<Value> {
+/// Posts every sample to a bridge whose topics start with `prefix`; the
+/// `expect` of each, with the id the bridge gave.
+async fn post_all(bridge: &Bridge, prefix: &str, source: &str) -> Vec<Value> {
     let mut expected = Vec::new();
     for posted in &POSTED {
         let reply = bridge.post(posted.body).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         let body = reply.json();
-        assert_eq!(body["topic"], posted.topic);
+        assert_eq!(body["topic"], format!("{prefix}.{}", posted.topic));
         expected.push(json!({
             "id": body["id"],
             "type": posted.kind,
@@ -126,14 +128,16 @@ async fn post_all(bridge: &Bridge, source: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_messages_are_binary_mode_cloudevents() {
-    let broker = Tansu::start().await;
-    let bootstrap = broker.bootstrap();
+    // The broker this binary shares, with topics of this test's own.
+    let bootstrap = shared().await.bootstrap();
     let source = "urn:apizee:acme";
     let bridge = Bridge::start(&[
         "--sink",
         "kafka",
         "--kafka-brokers",
         &bootstrap,
+        "--topic-prefix",
+        "cloudevents",
         "--kafka-create-topics",
         "--kafka-replication-factor",
         "1",
@@ -144,11 +148,11 @@ async fn kafka_messages_are_binary_mode_cloudevents() {
     .await;
     bridge.wait_ready().await;
 
-    let expected = post_all(&bridge, source).await;
+    let expected = post_all(&bridge, "cloudevents", source).await;
     let cases: Vec<Value> = POSTED
         .iter()
         .zip(expected)
-        .map(|(posted, expect)| json!({"topic": posted.topic, "expect": expect}))
+        .map(|(posted, expect)| json!({"topic": format!("cloudevents.{}", posted.topic), "expect": expect}))
         .collect();
     let ok = read_back_with_the_sdk(vec!["kafka".into(), bootstrap], Value::from(cases)).await;
     assert_eq!(ok.len(), POSTED.len(), "{ok:?}");
@@ -172,7 +176,7 @@ async fn nats_jetstream_messages_are_binary_mode_cloudevents() {
     .await;
     bridge.wait_ready().await;
 
-    let expected = post_all(&bridge, "/apizee-bridge").await;
+    let expected = post_all(&bridge, "apizee", "/apizee-bridge").await;
     let stream = jetstream::new(nats.client().await)
         .get_stream("WEBHOOKS")
         .await

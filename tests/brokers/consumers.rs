@@ -1,12 +1,12 @@
 //! The consumers in `examples/`, run as a downstream team would run them,
-//! against a bridge publishing to JetStream and to tansu: a retried webhook
+//! against a bridge publishing to JetStream and to Apache Kafka: a retried webhook
 //! delivered twice is processed once, and a durable consumer or a group
 //! resumes after its last acknowledged message.
 
 use std::path::PathBuf;
 use std::process::Output;
 
-use crate::support::kafka::Tansu;
+use crate::support::kafka::shared;
 use crate::support::process::BINARY;
 use crate::support::*;
 use async_nats::jetstream;
@@ -119,13 +119,15 @@ async fn jetstream_consumer_processes_a_retried_webhook_once_and_resumes() {
 
 #[tokio::test]
 async fn kafka_group_consumer_processes_a_retried_webhook_once_and_resumes() {
-    let tansu = Tansu::start().await;
-    let brokers = tansu.bootstrap();
+    // The broker this binary shares, with topics of this test's own.
+    let brokers = shared().await.bootstrap();
     let bridge = Bridge::start(&[
         "--sink",
         "kafka",
         "--kafka-brokers",
         &brokers,
+        "--topic-prefix",
+        "consumers",
         "--kafka-create-topics",
         "--kafka-partitions",
         "1",
@@ -146,7 +148,7 @@ async fn kafka_group_consumer_processes_a_retried_webhook_once_and_resumes() {
             "--group".into(),
             "tickets".into(),
             "--topic".into(),
-            "apizee.ticket.update".into(),
+            "consumers.ticket.update".into(),
             "--count".into(),
             count.to_string(),
         ]
@@ -155,8 +157,8 @@ async fn kafka_group_consumer_processes_a_retried_webhook_once_and_resumes() {
     assert_eq!(
         lines(&output),
         [
-            format!("processed {id} apizee.ticket.update"),
-            format!("duplicate {id} apizee.ticket.update")
+            format!("processed {id} consumers.ticket.update"),
+            format!("duplicate {id} consumers.ticket.update")
         ]
     );
     // The group committed both: it resumes after them.
@@ -167,6 +169,6 @@ async fn kafka_group_consumer_processes_a_retried_webhook_once_and_resumes() {
     let output = run_example("consumer_kafka", args(1)).await;
     assert_eq!(
         lines(&output),
-        [format!("processed {next} apizee.ticket.update")]
+        [format!("processed {next} consumers.ticket.update")]
     );
 }

@@ -1,11 +1,11 @@
 //! `apizee-bridge redrive`, the binary, against the dead letters a bridge
-//! left on nats-server and tansu: refused under --strict, redriven once the
+//! left on nats-server and Apache Kafka: refused under --strict, redriven once the
 //! rules no longer refuse them, with their original event id; what still
 //! fails stays.
 
 use std::process::Output;
 
-use crate::support::kafka::{Tansu, header, read_topic};
+use crate::support::kafka::{header, read_topic, shared};
 use crate::support::process::run;
 use crate::support::*;
 use async_nats::jetstream;
@@ -57,7 +57,7 @@ async fn nats_dead_letters_that_pass_now_are_republished_once_and_removed() {
         "--nats-stream",
         "APIZEE",
         "--dead-letter-topic",
-        "apizee.dead-letter",
+        "redrive.dead-letter",
     ]);
     let strict: Vec<&str> = common
         .iter()
@@ -145,20 +145,22 @@ async fn nats_dead_letters_that_pass_now_are_republished_once_and_removed() {
 
 #[tokio::test]
 async fn kafka_dead_letters_are_republished_and_after_skips_them_next_time() {
-    let tansu = Tansu::start().await;
-    let brokers = tansu.bootstrap();
+    // The broker this binary shares, with topics of this test's own.
+    let brokers = shared().await.bootstrap();
     let common = owned(&[
         "--sink",
         "kafka",
         "--kafka-brokers",
         &brokers,
+        "--topic-prefix",
+        "redrive",
         "--kafka-create-topics",
         "--kafka-replication-factor",
         "1",
         "--kafka-partitions",
         "1",
         "--dead-letter-topic",
-        "apizee.dead-letter",
+        "redrive.dead-letter",
     ]);
     let strict: Vec<&str> = common
         .iter()
@@ -169,7 +171,7 @@ async fn kafka_dead_letters_are_republished_and_after_skips_them_next_time() {
     bridge.wait_ready().await;
     let id = refuse_both(&bridge).await;
     let dead = brokers.clone();
-    let letters = tokio::task::spawn_blocking(move || read_topic(&dead, "apizee.dead-letter", 2))
+    let letters = tokio::task::spawn_blocking(move || read_topic(&dead, "redrive.dead-letter", 2))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(letters.len(), 2);
@@ -181,7 +183,7 @@ async fn kafka_dead_letters_are_republished_and_after_skips_them_next_time() {
     let report = text(&output);
     assert!(output.status.success(), "{report}");
     assert!(
-        report.contains(&format!("redriven 0:0: to apizee.ticket.update as {id}")),
+        report.contains(&format!("redriven 0:0: to redrive.ticket.update as {id}")),
         "{report}"
     );
     assert!(
@@ -194,7 +196,7 @@ async fn kafka_dead_letters_are_republished_and_after_skips_them_next_time() {
     );
     let source = brokers.clone();
     let republished =
-        tokio::task::spawn_blocking(move || read_topic(&source, "apizee.ticket.update", 1))
+        tokio::task::spawn_blocking(move || read_topic(&source, "redrive.ticket.update", 1))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(republished.len(), 1);

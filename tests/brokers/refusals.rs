@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use crate::support::kafka::{Tansu, create_topics, header, partition_count, read_all, read_topic};
+use crate::support::kafka::{create_topics, header, partition_count, read_all, read_topic, shared};
 use crate::support::*;
 use async_nats::jetstream;
 use futures_util::future::join_all;
@@ -56,18 +56,27 @@ const DEAD_LETTERS_OK: &str = r#"apizee_bridge_dead_letters_total{outcome="ok"}"
 const DEAD_LETTERS_SHED: &str = r#"apizee_bridge_dead_letters_total{outcome="shed"}"#;
 const DEAD_LETTERS_WAITING: &str = "apizee_bridge_dead_letter_queue_messages";
 
-fn kafka_args<'a>(broker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--sink", "kafka", "--kafka-brokers", broker];
+/// A bridge on the broker this binary shares, its topics named
+/// `{prefix}.{object}.{event}`: each test keeps to a prefix of its own.
+fn kafka_args<'a>(broker: &'a str, prefix: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        broker,
+        "--topic-prefix",
+        prefix,
+    ];
     args.extend_from_slice(extra);
     args
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_create_topics_also_creates_the_dead_letter_topic() {
-    let broker = Tansu::start().await;
-    let bootstrap = broker.bootstrap();
+    let bootstrap = shared().await.bootstrap();
     let bridge = Bridge::start(&kafka_args(
         &bootstrap,
+        "created",
         &[
             "--kafka-create-topics",
             "--kafka-partitions",
@@ -103,11 +112,11 @@ async fn kafka_create_topics_also_creates_the_dead_letter_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_that_exists_is_used_as_it_is() {
-    let broker = Tansu::start().await;
-    let bootstrap = broker.bootstrap();
-    create_topics(&bootstrap, &["apizee.dead-letter"], 1).await;
+    let bootstrap = shared().await.bootstrap();
+    create_topics(&bootstrap, &["existing.dead-letter"], 1, 1).await;
     let bridge = Bridge::start(&kafka_args(
         &bootstrap,
+        "existing",
         &[
             "--kafka-create-topics",
             "--kafka-partitions",
@@ -115,7 +124,7 @@ async fn a_dead_letter_topic_that_exists_is_used_as_it_is() {
             "--kafka-replication-factor",
             "1",
             "--dead-letter-topic",
-            "apizee.dead-letter",
+            "existing.dead-letter",
             "--dead-letter-malformed",
         ],
     ))
@@ -125,14 +134,14 @@ async fn a_dead_letter_topic_that_exists_is_used_as_it_is() {
     assert_refused(&bridge.post("{not json").await, 400, "malformed_json");
     let dead = {
         let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || read_topic(&bootstrap, "apizee.dead-letter", 1))
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, "existing.dead-letter", 1))
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     };
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload(), Some(&b"{not json"[..]));
     let partitions =
-        tokio::task::spawn_blocking(move || partition_count(&bootstrap, "apizee.dead-letter"))
+        tokio::task::spawn_blocking(move || partition_count(&bootstrap, "existing.dead-letter"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(partitions, 1, "the existing topic was left as it was");
@@ -145,21 +154,19 @@ async fn a_dead_letter_topic_that_exists_is_used_as_it_is() {
 /// out; past the queue, dead letters are shed and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_stuck_on_a_missing_topic_cost_the_senders_nothing() {
-    let broker = Tansu::start().await;
-    let bootstrap = broker.bootstrap();
-    let template = apizee_bridge::route::TopicTemplate::parse(
-        apizee_bridge::route::DEFAULT_TEMPLATE,
-        "apizee",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let bootstrap = shared().await.bootstrap();
+    let template =
+        apizee_bridge::route::TopicTemplate::parse(apizee_bridge::route::DEFAULT_TEMPLATE, "stuck")
+            .unwrap_or_else(|e| panic!("{e}"));
     let topics = template.all_topics().unwrap_or_default();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    create_topics(&bootstrap, &topics, 1).await;
+    create_topics(&bootstrap, &topics, 1, 1).await;
     let bridge = Bridge::start(&kafka_args(
         &bootstrap,
+        "stuck",
         &[
             "--dead-letter-topic",
-            "apizee.forgotten",
+            "stuck.forgotten",
             "--max-in-flight",
             "4",
             "--dead-letter-queue",

@@ -242,9 +242,9 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
-    use crate::support::kafka::{DurableTansu, header, read_topic};
+    use crate::support::kafka::{KafkaCluster, header, read_topic};
 
-    let mut broker = DurableTansu::start().await;
+    let mut broker = KafkaCluster::single().await;
     let bootstrap = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let spool = dir.path().to_string_lossy().into_owned();
@@ -266,13 +266,13 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
     let mut bridge = BridgeProcess::spawn_quiet(&args);
     // Ready means the topics exist, stored by the broker: they outlive it.
     bridge.wait_ready().await;
-    broker.kill();
+    broker.nodes[0].kill();
 
     let count = 30;
     let ids = post_all_spooled(&bridge, count).await;
     bridge.kill_9();
 
-    broker.restart().await;
+    broker.nodes[0].restart().await;
     let bridge = BridgeProcess::spawn_quiet(&args);
     bridge.wait_ready().await;
     let messages = tokio::task::spawn_blocking(move || {

@@ -1,12 +1,12 @@
 //! `apizee-bridge tail`, the binary, reading what a bridge publishes: from
-//! nats-server (webhooks and dead letters, a pattern) and from tansu, with
+//! nats-server (webhooks and dead letters, a pattern) and from Apache Kafka, with
 //! headers and bodies as the broker holds them.
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::kafka::Tansu;
+use crate::support::kafka::shared;
 use crate::support::process::BINARY;
 use crate::support::*;
 
@@ -160,13 +160,15 @@ async fn a_pattern_prints_only_what_it_selects_as_text() {
 
 #[tokio::test]
 async fn kafka_keys_headers_and_bodies() {
-    let tansu = Tansu::start().await;
-    let brokers = tansu.bootstrap();
+    // The broker this binary shares, with topics of this test's own.
+    let brokers = shared().await.bootstrap();
     let bridge = Bridge::start(&[
         "--sink",
         "kafka",
         "--kafka-brokers",
         &brokers,
+        "--topic-prefix",
+        "tail",
         "--kafka-create-topics",
         "--kafka-replication-factor",
         "1",
@@ -176,7 +178,7 @@ async fn kafka_keys_headers_and_bodies() {
     .await;
     bridge.wait_ready().await;
     let reader = tail(&[
-        "apizee.ticket.*",
+        "tail.ticket.*",
         "--sink",
         "kafka",
         "--kafka-brokers",
@@ -216,7 +218,7 @@ async fn kafka_keys_headers_and_bodies() {
         header(&messages[0], "tracestate"),
         Some("congo=t61rcWkgMzE")
     );
-    assert_eq!(messages[0]["topic"], "apizee.ticket.update");
+    assert_eq!(messages[0]["topic"], "tail.ticket.update");
     assert_eq!(messages[0]["key"], "100");
     assert_eq!(messages[0]["payload"], SPEC_TICKET);
     assert_eq!(
@@ -227,7 +229,7 @@ async fn kafka_keys_headers_and_bodies() {
     let output = Command::new(BINARY)
         .args([
             "tail",
-            "nothing.*",
+            "nowhere.*",
             "--sink",
             "kafka",
             "--kafka-brokers",

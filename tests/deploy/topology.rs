@@ -1,7 +1,7 @@
 //! The compose topology, run for real on loopback: HAProxy with the repo's
 //! `deploy/compose/haproxy.cfg` (addresses substituted, nothing else), two
 //! bridge replicas configured from `compose.yaml`'s own environment (with
-//! `BRIDGE_SINK=nats`, then `kafka`), nats-server with JetStream or tansu,
+//! `BRIDGE_SINK=nats`, then `kafka`), nats-server with JetStream or Apache Kafka,
 //! and Prometheus with the
 //! compose scrape config and the repo's alert rules (scraping every second).
 //!
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::compose::interpolate;
-use crate::support::kafka::{Tansu, header, read_topic};
+use crate::support::kafka::{KafkaCluster, header, read_topic};
 use crate::support::process::BridgeProcess;
 use crate::support::prometheus::Prometheus;
 use crate::support::*;
@@ -444,7 +444,7 @@ async fn stored_ids(nats: &NatsServer, stream: &str) -> Vec<String> {
 /// The broker the replicas publish to, and how to read back what it holds.
 enum Broker {
     Nats(NatsServer),
-    Kafka(Tansu),
+    Kafka(KafkaCluster),
 }
 
 impl Broker {
@@ -459,8 +459,8 @@ impl Broker {
     fn addresses(&self) -> BTreeMap<&'static str, String> {
         match self {
             Broker::Nats(nats) => BTreeMap::from([("APIZEE_BRIDGE_NATS_URL", nats.url())]),
-            Broker::Kafka(tansu) => {
-                BTreeMap::from([("APIZEE_BRIDGE_KAFKA_BROKERS", tansu.bootstrap())])
+            Broker::Kafka(kafka) => {
+                BTreeMap::from([("APIZEE_BRIDGE_KAFKA_BROKERS", kafka.bootstrap())])
             }
         }
     }
@@ -470,10 +470,9 @@ impl Broker {
     async fn stored_ids(&self, env: &BTreeMap<String, String>, acknowledged: usize) -> Vec<String> {
         match self {
             Broker::Nats(nats) => stored_ids(nats, &env["APIZEE_BRIDGE_NATS_STREAM"]).await,
-            Broker::Kafka(tansu) => {
-                let bootstrap = tansu.bootstrap();
+            Broker::Kafka(kafka) => {
+                let bootstrap = kafka.bootstrap();
                 tokio::task::spawn_blocking(move || {
-                    // By count, not up to the watermark: see read_all.
                     read_topic(&bootstrap, "apizee.ticket.update", acknowledged)
                         .iter()
                         .map(|m| header(m, "apizee-event-id").unwrap_or_default().to_owned())
@@ -611,5 +610,5 @@ async fn a_rolling_restart_behind_haproxy_loses_and_refuses_nothing_with_nats() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_behind_haproxy_loses_and_refuses_nothing_with_kafka() {
-    rolling_restart(Broker::Kafka(Tansu::start().await)).await;
+    rolling_restart(Broker::Kafka(KafkaCluster::single().await)).await;
 }

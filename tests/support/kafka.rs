@@ -68,8 +68,14 @@ impl KafkaRelease {
     }
 
     /// The folder of the release's jars; a missing one fails the test with
-    /// the command that installs it.
+    /// the command that installs it. `$KAFKA_LIBS` (a Kafka tarball's
+    /// `libs/`, say) replaces the newest release's.
     fn libs(self) -> PathBuf {
+        if self == Self::Newest
+            && let Some(libs) = std::env::var_os("KAFKA_LIBS")
+        {
+            return libs.into();
+        }
         let libs = Path::new(ROOT)
             .join("target/tools/kafka")
             .join(self.version())
@@ -173,7 +179,8 @@ impl KafkaNode {
     }
 
     fn spawn(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("{}: {e}", self.dir.display()));
+        std::fs::create_dir_all(&self.dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.dir.display()));
         let output = OpenOptions::new()
             .create(true)
             .append(true)
@@ -197,8 +204,8 @@ impl KafkaNode {
             // A pipe nobody reads would stall the JVM once full.
             .stdout(output)
             .stderr(errors);
-        let child =
-            spawn_tied(command).unwrap_or_else(|e| panic!("cannot start Kafka node {}: {e}", self.id));
+        let child = spawn_tied(command)
+            .unwrap_or_else(|e| panic!("cannot start Kafka node {}: {e}", self.id));
         self.child = Some(child);
     }
 
@@ -270,8 +277,8 @@ impl KafkaNode {
     /// The KRaft leader (the active controller) and its epoch, as this
     /// node last recorded them in its `quorum-state` file.
     fn quorum_leader(&self) -> Option<(u32, u64)> {
-        let text =
-            std::fs::read_to_string(self.dir.join("data/__cluster_metadata-0/quorum-state")).ok()?;
+        let text = std::fs::read_to_string(self.dir.join("data/__cluster_metadata-0/quorum-state"))
+            .ok()?;
         let state: serde_json::Value = serde_json::from_str(&text).ok()?;
         let leader = u32::try_from(state["leaderId"].as_i64()?).ok()?;
         Some((leader, state["leaderEpoch"].as_u64()?))
@@ -393,16 +400,19 @@ impl KafkaCluster {
     /// Waits until the cluster's metadata lists `count` live brokers.
     pub async fn wait_brokers(&self, count: usize) {
         let bootstrap = self.bootstrap();
-        super::wait_until(&format!("{count} Kafka brokers in the metadata"), async || {
-            let bootstrap = bootstrap.clone();
-            tokio::task::spawn_blocking(move || {
-                consumer(&bootstrap)
-                    .fetch_metadata(None, Duration::from_secs(2))
-                    .is_ok_and(|m| m.brokers().len() == count)
-            })
-            .await
-            .unwrap_or(false)
-        })
+        super::wait_until(
+            &format!("{count} Kafka brokers in the metadata"),
+            async || {
+                let bootstrap = bootstrap.clone();
+                tokio::task::spawn_blocking(move || {
+                    consumer(&bootstrap)
+                        .fetch_metadata(None, Duration::from_secs(2))
+                        .is_ok_and(|m| m.brokers().len() == count)
+                })
+                .await
+                .unwrap_or(false)
+            },
+        )
         .await;
     }
 
@@ -520,27 +530,54 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
         .unwrap_or_else(|e| panic!("cannot create a Kafka consumer: {e}"))
 }
 
-/// Number of partitions of a topic, as the broker reports it.
-/// Retries until [`READY_DEADLINE`]: a broker just restarted, or slowed by
-/// a busy machine, may drop the first requests.
+/// Number of partitions of a topic, as the broker reports it, once it
+/// reports the topic without an error. Retries until [`READY_DEADLINE`]: a
+/// topic just created, or a broker just restarted, has no leader for a
+/// moment (`LeaderNotAvailable`). 0 if the topic is still not there then.
 pub fn partition_count(bootstrap: &str, topic: &str) -> usize {
     let consumer = consumer(bootstrap);
     let deadline = Instant::now() + READY_DEADLINE;
-    let metadata = loop {
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            Ok(metadata) => break metadata,
+    loop {
+        let found = match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(metadata) => metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map(|t| match t.error() {
+                    None => Ok(t.partitions().len()),
+                    Some(e) => Err(format!("{:?}", rdkafka::error::RDKafkaErrorCode::from(e))),
+                })
+                .unwrap_or_else(|| Err("not in the metadata".to_owned())),
+            Err(e) => Err(e.to_string()),
+        };
+        match found {
+            Ok(partitions) if partitions > 0 => return partitions,
+            Ok(_) => {}
+            Err(e) if Instant::now() < deadline => eprintln!("metadata for {topic}: {e}; retrying"),
+            Err(_) => return 0,
+        }
+        if Instant::now() >= deadline {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `(low, high)` watermarks of one partition, retried until
+/// [`READY_DEADLINE`]: right after a topic is created or a leader moves,
+/// the broker asked may answer `NotLeaderForPartition` for a moment.
+fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok(marks) => return marks,
             Err(e) if Instant::now() < deadline => {
-                eprintln!("metadata for {topic}: {e}; retrying");
+                eprintln!("watermarks of {topic}/{partition}: {e}; retrying");
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(e) => panic!("metadata for {topic}, still failing after {READY_DEADLINE:?}: {e}"),
+            Err(e) => panic!("watermarks of {topic}/{partition}, still failing: {e}"),
         }
-    };
-    metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len())
+    }
 }
 
 /// The high watermark of every partition of `topic`: partition -> the
@@ -552,12 +589,7 @@ pub fn high_watermarks(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
     let partitions = partition_count(bootstrap, topic);
     assert!(partitions > 0, "topic {topic} has no partitions");
     (0..partitions as i32)
-        .map(|partition| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
-            (partition, high)
-        })
+        .map(|partition| (partition, watermarks(&consumer, topic, partition).1))
         .collect()
 }
 
@@ -610,9 +642,7 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
     let mut pending = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for (partition, high) in high_watermarks(bootstrap, topic) {
-        let (low, _) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+        let (low, _) = watermarks(&consumer, topic, partition);
         if high > low {
             pending.insert(partition, high);
             assignment
