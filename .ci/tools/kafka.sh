@@ -7,7 +7,7 @@
 # .ci/tools/kafka/node.sh.
 #
 #   bash .ci/tools/kafka.sh            installs every release, prints nothing
-#   bash .ci/tools/kafka.sh newest     installs that one, prints its libs folder
+#   bash .ci/tools/kafka.sh current    installs that one, prints its libs folder
 #
 # Needs Maven and a JDK (Debian: apt-get install maven openjdk-17-jdk-headless).
 set -euo pipefail

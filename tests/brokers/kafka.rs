@@ -1,17 +1,24 @@
-//! End-to-end tests against Apache Kafka: the newest release's broker that
-//! this test binary shares (each test with topics of its own, named by
-//! `--topic-prefix`), and a broker of the oldest supported release for the
-//! basics. Messages are read back with a separate consumer, up to the high
-//! watermarks.
+//! End-to-end tests against Apache Kafka, each run on the newest release
+//! (`current::`) and on the oldest the bridge supports (`oldest::`): the
+//! broker of that release this test binary shares, each test with topics of
+//! its own (`--topic-prefix`). Messages are read back with a separate
+//! consumer, up to the high watermarks.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::support::kafka::{
-    KafkaCluster, KafkaRelease, header, key, partition_count, read_topic, shared,
+    KafkaRelease, header, key, partition_count, read_topic, shared_release,
 };
 use crate::support::*;
 use bytes::Bytes;
 use rdkafka::Message as _;
+
+on_both_releases!(
+    KafkaRelease:
+    spec_samples_arrive_byte_for_byte_with_key_and_headers,
+    one_object_id_always_maps_to_one_partition,
+    rejected_requests_publish_nothing,
+);
 
 /// A bridge publishing to `bootstrap`, its topics named `{prefix}.{object}.{event}`
 /// and created at start-up.
@@ -43,20 +50,8 @@ async fn read(bootstrap: &str, topic: &str, count: usize) -> Vec<rdkafka::messag
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_samples_arrive_byte_for_byte_with_key_and_headers() {
-    spec_samples_arrive(&shared().await.bootstrap(), "samples").await;
-}
-
-/// The same on the oldest Kafka the bridge supports: its own broker, since
-/// the shared one is the newest release.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_samples_arrive_on_the_oldest_supported_kafka() {
-    let broker = KafkaCluster::start(1, KafkaRelease::Oldest).await;
-    spec_samples_arrive(&broker.bootstrap(), "apizee").await;
-}
-
-async fn spec_samples_arrive(bootstrap: &str, prefix: &str) {
+async fn spec_samples_arrive_byte_for_byte_with_key_and_headers(release: KafkaRelease) {
+    let (bootstrap, prefix) = (&shared_release(release).await.bootstrap(), "samples");
     let bridge = start_bridge(bootstrap, prefix, &[]).await;
 
     let (probe, ticket, conversation_event) = (
@@ -134,9 +129,8 @@ async fn spec_samples_arrive(bootstrap: &str, prefix: &str) {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_object_id_always_maps_to_one_partition() {
-    let bootstrap = shared().await.bootstrap();
+async fn one_object_id_always_maps_to_one_partition(release: KafkaRelease) {
+    let bootstrap = shared_release(release).await.bootstrap();
     let bridge = start_bridge(&bootstrap, "partitions", &[]).await;
 
     let ids = ["7", "42", "1001", "\"734e3a7b-eb17\"", "\"x-1\"", "\"x-2\""];
@@ -178,9 +172,8 @@ async fn one_object_id_always_maps_to_one_partition() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_requests_publish_nothing() {
-    let bootstrap = shared().await.bootstrap();
+async fn rejected_requests_publish_nothing(release: KafkaRelease) {
+    let bootstrap = shared_release(release).await.bootstrap();
     let bridge = start_bridge(&bootstrap, "rejected", &[]).await;
     for (body, status) in [
         ("{", 400),

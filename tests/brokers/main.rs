@@ -7,6 +7,7 @@
 //! back with the official CloudEvents SDK.
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod chaos;

@@ -20,29 +20,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 
-/// One test per case and release, each calling `case(release)`.
-macro_rules! on_both_releases {
-    ($($case:ident),* $(,)?) => {
-        mod current {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::NatsRelease::Current).await;
-                }
-            )*
-        }
-        mod oldest {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::NatsRelease::Oldest).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_releases!(
+    NatsRelease:
     core_nats_delivers_the_body_byte_for_byte_with_headers,
     jetstream_creates_the_stream_and_stores_a_retried_webhook_once,
     jetstream_without_a_stream_for_the_subject_answers_503,

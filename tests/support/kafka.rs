@@ -41,7 +41,7 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KafkaRelease {
     /// The newest 4.x release, which every Kafka test runs against.
-    Newest,
+    Current,
     /// The oldest release the bridge supports, for the end-to-end basics.
     Oldest,
 }
@@ -49,7 +49,7 @@ pub enum KafkaRelease {
 impl KafkaRelease {
     pub fn name(self) -> &'static str {
         match self {
-            Self::Newest => "newest",
+            Self::Current => "current",
             Self::Oldest => "oldest",
         }
     }
@@ -69,9 +69,9 @@ impl KafkaRelease {
 
     /// The folder of the release's jars; a missing one fails the test with
     /// the command that installs it. `$KAFKA_LIBS` (a Kafka tarball's
-    /// `libs/`, say) replaces the newest release's.
+    /// `libs/`, say) replaces the current release's.
     fn libs(self) -> PathBuf {
-        if self == Self::Newest
+        if self == Self::Current
             && let Some(libs) = std::env::var_os("KAFKA_LIBS")
         {
             return libs.into();
@@ -298,7 +298,7 @@ impl KafkaCluster {
     /// One broker of the newest release: for a test that kills, stops or
     /// restarts it (the others share [`shared`]).
     pub async fn single() -> Self {
-        Self::start(1, KafkaRelease::Newest).await
+        Self::start(1, KafkaRelease::Current).await
     }
 
     /// `size` nodes of `release`. With more than one, topics get 3 replicas
@@ -499,25 +499,35 @@ fn cluster_id() -> String {
 /// so the broker dies with the process ([`spawn_tied`]) and its folder is
 /// removed at exit.
 pub async fn shared() -> &'static KafkaCluster {
-    static SHARED: tokio::sync::OnceCell<KafkaCluster> = tokio::sync::OnceCell::const_new();
-    SHARED
-        .get_or_init(async || {
-            let cluster = KafkaCluster::single().await;
-            extern "C" fn remove_shared() {
-                if let Some(cluster) = SHARED.get() {
-                    if let Some(pid) = cluster.pid() {
-                        let _ = super::send_signal(pid, "KILL");
-                    }
-                    let _ = std::fs::remove_dir_all(cluster.dir());
-                }
+    shared_release(KafkaRelease::Current).await
+}
+
+/// The same for any release: one broker of each per test binary.
+pub async fn shared_release(release: KafkaRelease) -> &'static KafkaCluster {
+    type Shared = tokio::sync::OnceCell<KafkaCluster>;
+    static NEWEST: Shared = Shared::const_new();
+    static OLDEST: Shared = Shared::const_new();
+    static CLEANUP: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_shared() {
+        for cluster in [NEWEST.get(), OLDEST.get()].into_iter().flatten() {
+            if let Some(pid) = cluster.pid() {
+                let _ = super::send_signal(pid, "KILL");
             }
-            // SAFETY: registers a plain function that runs at exit.
-            unsafe {
-                libc::atexit(remove_shared);
-            }
-            cluster
-        })
-        .await
+            let _ = std::fs::remove_dir_all(cluster.dir());
+        }
+    }
+    let cell = match release {
+        KafkaRelease::Current => &NEWEST,
+        KafkaRelease::Oldest => &OLDEST,
+    };
+    cell.get_or_init(async || {
+        // SAFETY: registers, once, a plain function that runs at exit.
+        CLEANUP.call_once(|| unsafe {
+            libc::atexit(remove_shared);
+        });
+        KafkaCluster::start(1, release).await
+    })
+    .await
 }
 
 fn consumer(bootstrap: &str) -> BaseConsumer {

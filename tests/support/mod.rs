@@ -37,6 +37,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// One test per case and release of a broker, as `current::<case>` and
+/// `oldest::<case>`, each calling `case(Release::Current)` or
+/// `case(Release::Oldest)`: `on_both_releases!(NatsRelease: a, b)`.
+#[allow(unused_macros)] // only the brokers binary has cases on two releases
+macro_rules! on_both_releases {
+    ($release:ident: $($case:ident),* $(,)?) => {
+        mod current {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::$release::Current).await;
+                }
+            )*
+        }
+        mod oldest {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::$release::Oldest).await;
+                }
+            )*
+        }
+    };
+}
+
 /// How long any readiness wait may take before the test fails.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
