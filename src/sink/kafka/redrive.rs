@@ -63,9 +63,9 @@ pub async fn read(
         }
         consumer.assign(&assignment).map_err(|e| e.to_string())?;
         // Past the watermarks, a little more is read while records keep
-        // coming: a broker may report its watermark late (tansu 0.6 lags
-        // its last record), and a dead letter added meanwhile is as good
-        // to redrive as the others.
+        // coming: a dead letter added meanwhile is as good to redrive as
+        // the others, and some Kafka-protocol brokers report a watermark
+        // behind their last record (tansu 0.6 did).
         let mut idle_since = std::time::Instant::now();
         while stored.len() < limit {
             let idle = idle_since.elapsed();
