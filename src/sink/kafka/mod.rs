@@ -8,9 +8,9 @@
 //! later behind the sender's back. Any librdkafka property can be overridden
 //! with `--kafka-option`.
 //!
-//! Readiness comes from a probe that fetches cluster metadata; while it
-//! fails, publishes get `NotConnected` at once rather than waiting out the
-//! timeout in librdkafka's queue.
+//! Readiness comes from a probe that fetches cluster metadata on a client
+//! of its own; while it fails, publishes get `NotConnected` at once rather
+//! than waiting out the timeout in librdkafka's queue.
 
 pub mod check;
 pub mod config;
@@ -27,7 +27,9 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseProducer, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+};
 
 use super::{BoxFuture, PublishError, Sink};
 use prometheus::{IntCounterVec, IntGauge, Registry};
@@ -135,6 +137,46 @@ impl ClientContext for LoggingContext {
     }
 }
 
+/// The probe's client logs at debug only: a broker it cannot reach is in
+/// the producer's log already, and the probe logs its own verdict.
+struct ProbeContext;
+
+impl ClientContext for ProbeContext {
+    fn log(&self, _level: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", facility, "probe: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, "probe: {reason}");
+    }
+}
+
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+
+    // The probe produces nothing.
+    fn delivery(&self, _result: &DeliveryResult<'_>, _opaque: ()) {}
+}
+
+/// The probe's own client, from the producer's configuration (so with the
+/// same security options): the producer's connection to a broker carries at
+/// most 5 requests at once (idempotence), and when produce requests wait
+/// for a dead follower to leave the ISR, a metadata request queued behind
+/// them times out although the broker answers. On the producer's client the
+/// probe called a cluster that had lost one node of three unreachable, for
+/// seconds, and every webhook got 503 at once meanwhile.
+fn probe_client(config: &ClientConfig) -> Result<BaseProducer<ProbeContext>, KafkaError> {
+    let mut config = config.clone();
+    // It needs no producer id. A request unanswered within the probe's
+    // timeout closes its connection (librdkafka's socket.max.fails is 1), so
+    // that a broker that hangs is left for another at the next probe rather
+    // than asked again until it answers.
+    config
+        .set("enable.idempotence", "false")
+        .set("socket.timeout.ms", PROBE_TIMEOUT.as_millis().to_string());
+    config.create_with_context(ProbeContext)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
     /// librdkafka refused a property: names it, never echoes its value.
@@ -179,8 +221,8 @@ impl KafkaMetrics {
 
 pub struct KafkaSink {
     /// Replaced when librdkafka reports the idempotent producer unusable
-    /// (see [`KafkaSink::renew_if_broken`]); shared with the probe.
-    producer: Arc<RwLock<FutureProducer<LoggingContext>>>,
+    /// (see [`KafkaSink::renew_if_broken`]).
+    producer: RwLock<FutureProducer<LoggingContext>>,
     config: ClientConfig,
     last_renewal: Mutex<Option<Instant>>,
     state: Arc<State>,
@@ -216,12 +258,9 @@ impl KafkaSink {
             ..State::default()
         });
 
-        let producer = Arc::new(RwLock::new(producer));
-        tasks.spawn_until_stopped(probe(
-            producer.clone(),
-            settings.probe_topic.clone(),
-            state.clone(),
-        ));
+        let prober = probe_client(&config)
+            .map_err(|e| KafkaSetupError::Config(describe_config_error(&e)))?;
+        tasks.spawn_until_stopped(probe(prober, settings.probe_topic.clone(), state.clone()));
         if let Some(creation) = &settings.create_topics {
             let admin: AdminClient<DefaultClientContext> = config
                 .create()
@@ -229,7 +268,7 @@ impl KafkaSink {
             tasks.spawn_until_stopped(create_topics(admin, creation.clone(), state.clone()));
         }
         Ok(Self {
-            producer,
+            producer: RwLock::new(producer),
             config,
             last_renewal: Mutex::new(None),
             state,
@@ -239,7 +278,10 @@ impl KafkaSink {
     }
 
     fn producer(&self) -> FutureProducer<LoggingContext> {
-        current(&self.producer)
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the producer when librdkafka says it can no longer produce:
@@ -325,23 +367,16 @@ fn describe_config_error(error: &KafkaError) -> String {
 /// Asks for metadata every [`PROBE_INTERVAL`]: any answer naming a broker
 /// means the cluster is reachable. One topic's metadata is enough, and keeps
 /// the request small on clusters with thousands of topics.
-fn current(producer: &RwLock<FutureProducer<LoggingContext>>) -> FutureProducer<LoggingContext> {
-    producer.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-async fn probe(
-    producer: Arc<RwLock<FutureProducer<LoggingContext>>>,
-    topic: Option<String>,
-    state: Arc<State>,
-) {
+async fn probe(prober: BaseProducer<ProbeContext>, topic: Option<String>, state: Arc<State>) {
+    let prober = Arc::new(prober);
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let producer = current(&producer);
+        let prober = prober.clone();
         let topic = topic.clone();
         let reachable = tokio::task::spawn_blocking(move || {
-            producer
+            prober
                 .client()
                 .fetch_metadata(topic.as_deref(), PROBE_TIMEOUT)
                 .is_ok_and(|metadata| !metadata.brokers().is_empty())
