@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod config;
+pub mod errors;
 pub mod redrive;
 pub mod tap;
 
@@ -32,12 +33,13 @@ use rdkafka::producer::{
 };
 
 use super::{BoxFuture, PublishError, Sink};
-use prometheus::{IntCounterVec, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::metrics::{Registered, opts};
 use crate::route::Message;
 use crate::shutdown::Tasks;
 use config::{KafkaSettings, TopicCreation};
+use errors::Meaning;
 
 /// How often the reachability probe asks for metadata, and how long it
 /// waits for an answer. Short enough that `/readyz` follows an outage within
@@ -189,22 +191,31 @@ pub enum KafkaSetupError {
 /// The Kafka sink's own metrics, registered when it starts, so that other
 /// sinks do not export Kafka series stuck at 0.
 struct KafkaMetrics {
+    /// By error code name; the codes of [`errors::KNOWN`] have theirs at 0
+    /// from the start, in the table's order.
     delivery_errors: IntCounterVec,
+    known_delivery_errors: Vec<IntCounter>,
     queue_messages: IntGauge,
     in_flight_messages: IntGauge,
 }
 
 impl KafkaMetrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let delivery_errors = IntCounterVec::new(
+            opts(
+                "kafka_delivery_errors_total",
+                "Kafka publishes that failed, by librdkafka error code name.",
+            ),
+            &["error"],
+        )?
+        .registered(registry)?;
+        let known_delivery_errors = errors::KNOWN
+            .iter()
+            .map(|&(code, _)| delivery_errors.with_label_values(&[errors::label(Some(code))]))
+            .collect();
         Ok(Self {
-            delivery_errors: IntCounterVec::new(
-                opts(
-                    "kafka_delivery_errors_total",
-                    "Kafka publishes that failed, by librdkafka error code name.",
-                ),
-                &["error"],
-            )?
-            .registered(registry)?,
+            delivery_errors,
+            known_delivery_errors,
             queue_messages: IntGauge::with_opts(opts(
                 "kafka_queue_messages",
                 "Messages and requests in librdkafka's queues, waiting to be sent or acknowledged.",
@@ -216,6 +227,17 @@ impl KafkaMetrics {
             ))?
             .registered(registry)?,
         })
+    }
+
+    /// Counts one failed publish under its code's name.
+    fn delivery_error(&self, code: Option<RDKafkaErrorCode>, known: Option<usize>) {
+        match known.and_then(|i| self.known_delivery_errors.get(i)) {
+            Some(counter) => counter.inc(),
+            None => self
+                .delivery_errors
+                .with_label_values(&[errors::label(code)])
+                .inc(),
+        }
     }
 }
 
@@ -289,19 +311,9 @@ impl KafkaSink {
     /// brokers never accept the epoch librdkafka bumps after a timeout, and
     /// every later send would fail). A new producer gets a new id. At most
     /// once per [`RENEWAL_INTERVAL`], so a broken cluster is not hammered.
-    fn renew_if_broken(&self, code: Option<RDKafkaErrorCode>) {
-        let fenced = matches!(
-            code,
-            Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::InvalidProducerIdMapping
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-            )
-        );
+    fn renew_if_broken(&self, code: Option<RDKafkaErrorCode>, unusable: bool) {
         let fatal = self.producer().client().fatal_error();
-        if !fenced && fatal.is_none() {
+        if !unusable && fatal.is_none() {
             return;
         }
         {
@@ -320,36 +332,15 @@ impl KafkaSink {
         }
     }
 
+    /// The answer to a failed publish, from [`errors::KNOWN`]; counts it,
+    /// and replaces the producer if the error says it is unusable.
     fn error(&self, error: &KafkaError) -> PublishError {
         let code = error.rdkafka_error_code();
-        self.renew_if_broken(code);
-        // The variant's name: a bounded label, since the enum is fixed.
-        let name = code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
-        self.metrics
-            .delivery_errors
-            .with_label_values(&[name.as_str()])
-            .inc();
-        match code {
-            Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
-                PublishError::Timeout(self.publish_timeout)
-            }
-            Some(
-                RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::NetworkException,
-            ) => PublishError::NotConnected,
-            Some(RDKafkaErrorCode::QueueFull) => {
-                PublishError::Failed("the producer's local queue is full".into())
-            }
-            Some(
-                RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidRecord,
-            ) => PublishError::Refused(error.to_string()),
-            _ => PublishError::Failed(error.to_string()),
-        }
+        let known = code.and_then(errors::lookup);
+        let meaning = known.map(|(_, meaning)| meaning);
+        self.renew_if_broken(code, meaning == Some(Meaning::ProducerUnusable));
+        self.metrics.delivery_error(code, known.map(|(i, _)| i));
+        errors::publish_error(meaning, error, self.publish_timeout)
     }
 }
 
@@ -591,6 +582,48 @@ mod tests {
             ("sasl.password", "hunter2"),
         ]);
         assert!(KafkaSink::start(&settings, &Registry::new(), &tasks()).is_ok());
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8(out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn every_known_delivery_error_is_exported_from_the_start() {
+        let registry = Registry::new();
+        let sink =
+            KafkaSink::start(&settings(&[]), &registry, &tasks()).unwrap_or_else(|e| panic!("{e}"));
+        let series = |label: &str, value: u64| {
+            format!("apizee_bridge_kafka_delivery_errors_total{{error=\"{label}\"}} {value}")
+        };
+        let before = exposition(&registry);
+        for &(code, _) in errors::KNOWN {
+            let line = series(&errors::label(Some(code)), 0);
+            assert!(before.lines().any(|l| l == line), "no {line} in\n{before}");
+        }
+
+        // A known code counts on its series; a code outside the table gets
+        // one of its own, by name.
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let odd = KafkaError::MessageProduction(RDKafkaErrorCode::InconsistentGroupProtocol);
+        assert_eq!(
+            sink.error(&timed_out),
+            PublishError::Timeout(Duration::from_millis(2500))
+        );
+        assert!(matches!(sink.error(&odd), PublishError::Failed(_)));
+        let after = exposition(&registry);
+        for line in [
+            series("MessageTimedOut", 1),
+            series("InconsistentGroupProtocol", 1),
+            series("QueueFull", 0),
+        ] {
+            assert!(after.lines().any(|l| l == line), "no {line} in\n{after}");
+        }
     }
 
     #[tokio::test]
