@@ -46,6 +46,16 @@ use errors::Meaning;
 /// a few seconds, cheap enough to be noise for the broker.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probes in a row that must go unanswered before the cluster counts as
+/// unreachable. One can fail on a broker that hangs (stopped, partitioned
+/// away) with its connection still open: the probe's client then drops that
+/// connection ([`PROBE_REQUEST_TIMEOUT`]) and the next probe asks another
+/// broker. With a stopped partition leader, a single failed probe made
+/// every webhook get 503 at once for a second or two (tests/kafka_cluster).
+const PROBE_FAILURES: u32 = 2;
+/// The probe's client gives up a request, and its connection, after this:
+/// before [`PROBE_TIMEOUT`] ends, so the next probe finds it gone.
+const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest time between two replacements of a broken producer.
 const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -169,13 +179,14 @@ impl ProducerContext for ProbeContext {
 /// seconds, and every webhook got 503 at once meanwhile.
 fn probe_client(config: &ClientConfig) -> Result<BaseProducer<ProbeContext>, KafkaError> {
     let mut config = config.clone();
-    // It needs no producer id. A request unanswered within the probe's
-    // timeout closes its connection (librdkafka's socket.max.fails is 1), so
-    // that a broker that hangs is left for another at the next probe rather
-    // than asked again until it answers.
-    config
-        .set("enable.idempotence", "false")
-        .set("socket.timeout.ms", PROBE_TIMEOUT.as_millis().to_string());
+    // It needs no producer id. A request unanswered for
+    // PROBE_REQUEST_TIMEOUT closes its connection (librdkafka's
+    // socket.max.fails is 1), so that a broker that hangs is left for
+    // another at the next probe rather than asked again until it answers.
+    config.set("enable.idempotence", "false").set(
+        "socket.timeout.ms",
+        PROBE_REQUEST_TIMEOUT.as_millis().to_string(),
+    );
     config.create_with_context(ProbeContext)
 }
 
@@ -356,17 +367,19 @@ fn describe_config_error(error: &KafkaError) -> String {
 }
 
 /// Asks for metadata every [`PROBE_INTERVAL`]: any answer naming a broker
-/// means the cluster is reachable. One topic's metadata is enough, and keeps
-/// the request small on clusters with thousands of topics.
+/// means the cluster is reachable, [`PROBE_FAILURES`] without one in a row
+/// that it is not. One topic's metadata is enough, and keeps the request
+/// small on clusters with thousands of topics.
 async fn probe(prober: BaseProducer<ProbeContext>, topic: Option<String>, state: Arc<State>) {
     let prober = Arc::new(prober);
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
     loop {
         interval.tick().await;
         let prober = prober.clone();
         let topic = topic.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
+        let answered = tokio::task::spawn_blocking(move || {
             prober
                 .client()
                 .fetch_metadata(topic.as_deref(), PROBE_TIMEOUT)
@@ -374,6 +387,13 @@ async fn probe(prober: BaseProducer<ProbeContext>, topic: Option<String>, state:
         })
         .await
         .unwrap_or(false);
+        failures = if answered {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        let reachable =
+            answered || (failures < PROBE_FAILURES && state.reachable.load(Ordering::SeqCst));
         let was = state.reachable.swap(reachable, Ordering::SeqCst);
         match (was, reachable) {
             (false, true) => tracing::info!("Kafka brokers reachable"),
