@@ -5,8 +5,10 @@
 //! (no duplicates or reordering from the producer's own retries), and the
 //! delivery timeout equals `--publish-timeout`, so librdkafka gives up on a
 //! message at the moment the sender is told 503 instead of delivering it
-//! later behind the sender's back. Any librdkafka property can be overridden
-//! with `--kafka-option`.
+//! later behind the sender's back; a broker that comes back is reconnected
+//! within a second. They were chosen against a 3-node cluster under faults
+//! ([`default_properties`]). Any librdkafka property can be overridden with
+//! `--kafka-option`.
 //!
 //! Readiness comes from a probe that fetches cluster metadata on a client
 //! of its own; while it fails, publishes get `NotConnected` at once rather
@@ -81,7 +83,27 @@ pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
         // A sweep of 0, 1, 2 and 5 ms at 32 and 128 connections found no
         // gain in throughput (benches/sweep.sh linger, docs/performance.md).
         ("linger.ms", "0"),
+        // Chosen against a 3-node cluster under faults (tests/kafka_cluster;
+        // the figures and the command are in the README's Kafka section).
+        //
+        // As long as --publish-timeout, not longer: a message librdkafka still
+        // holds after the sender got 503 can only arrive as a duplicate of the
+        // sender's retry, and the bridge's memory bound counts each waiting
+        // body twice (the request's and librdkafka's copy), which holds only
+        // while librdkafka's queue is no older than the requests. 30 s
+        // instead changed nothing a sender sees (200s back 3.6 to 6.6 s after
+        // a leader or the controller was killed or stopped, against 3.9 to
+        // 7.4 s). Nor is socket.timeout.ms lowered to bound a hung broker:
+        // the produce request's timeout is already the message's remaining
+        // time, and at 5 s it cut requests that were only waiting for the ISR
+        // to shrink, once stretching a controller failover to 18 s.
         ("message.timeout.ms", delivery_timeout_ms.as_str()),
+        // Down from 10 s: reconnection attempts to a broker that is down back
+        // off exponentially, and with two of three nodes down for 12 to 17 s
+        // the partitions they led took 1.0 and 2.0 s after the first came
+        // back to take webhooks again; 0.4 and 0.8 s with this. A refused
+        // connection a second is nothing to a broker.
+        ("reconnect.backoff.max.ms", "1000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -579,14 +601,41 @@ mod tests {
         assert_eq!(config.get("compression.type"), Some("none"));
         assert_eq!(config.get("linger.ms"), Some("0"));
         assert_eq!(config.get("message.timeout.ms"), Some("2500"));
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9"));
     }
 
     #[test]
     fn options_override_defaults() {
-        let config = client_config(&settings(&[("linger.ms", "20"), ("acks", "1")]));
+        let config = client_config(&settings(&[
+            ("linger.ms", "20"),
+            ("acks", "1"),
+            ("message.timeout.ms", "30000"),
+            ("reconnect.backoff.max.ms", "10000"),
+        ]));
         assert_eq!(config.get("linger.ms"), Some("20"));
         assert_eq!(config.get("acks"), Some("1"));
+        assert_eq!(config.get("message.timeout.ms"), Some("30000"));
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("10000"));
+    }
+
+    #[test]
+    fn every_default_can_be_overridden() {
+        // --kafka-option is applied last: each default, set to something
+        // else, comes out as the option says.
+        let defaults = default_properties(&settings(&[]));
+        let options: Vec<(String, String)> = defaults
+            .iter()
+            .map(|(key, value)| (key.clone(), format!("{value}-override")))
+            .collect();
+        let borrowed: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let config = client_config(&settings(&borrowed));
+        for (key, value) in &options {
+            assert_eq!(config.get(key), Some(value.as_str()), "{key}");
+        }
     }
 
     fn tasks() -> Tasks {
