@@ -179,27 +179,32 @@ async fn post(
     body: Bytes,
     tally: &Tally,
 ) -> Result<Reply, String> {
-    let mut sender = match connection.take() {
-        Some(sender) => sender,
-        None => {
-            tally.connections.fetch_add(1, Ordering::SeqCst);
-            connect(addr).await?
-        }
-    };
-    // A connection the bridge closed after its last answer is not ready;
-    // that, too, is an error here: the bridge has no reason to close one.
-    sender
-        .ready()
-        .await
-        .map_err(|e| format!("connection closed between requests: {e}"))?;
-    let request = http::Request::builder()
-        .method("POST")
-        .uri("/webhooks")
-        .header("host", addr.to_string())
-        .header("content-type", "application/JSON")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+    // The connection is put back only once a whole answer came on it.
+    let mut sender = connection.take();
+    // One deadline over all of it, connecting included: a sender never
+    // waits unbounded, so neither does the test.
     let reply = tokio::time::timeout(REQUEST_DEADLINE, async {
+        let sender = match &mut sender {
+            Some(sender) => sender,
+            None => {
+                tally.connections.fetch_add(1, Ordering::SeqCst);
+                sender.insert(connect(addr).await?)
+            }
+        };
+        // A connection the bridge closed after its last answer is not
+        // ready; that, too, is an error here: the bridge has no reason to
+        // close one.
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection closed between requests: {e}"))?;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/webhooks")
+            .header("host", addr.to_string())
+            .header("content-type", "application/JSON")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
         let response = sender
             .send_request(request)
             .await
@@ -220,7 +225,7 @@ async fn post(
     })
     .await
     .map_err(|_| format!("no answer within {REQUEST_DEADLINE:?}"))??;
-    *connection = Some(sender);
+    *connection = sender;
     Ok(reply)
 }
 
