@@ -136,6 +136,13 @@ async fn broker_refusal_is_503_and_counted_by_error_kind() {
     let cluster = mock_cluster();
     let bridge = bridge_for(&cluster, "2s").await;
     bridge.wait_ready().await;
+    // Exported before any error, so that a panel or an alert on it has a
+    // series to see.
+    let metrics = bridge.metrics().await;
+    for error in ["MessageSizeTooLarge", "MessageTimedOut"] {
+        let series = format!(r#"apizee_bridge_kafka_delivery_errors_total{{error="{error}"}}"#);
+        assert_eq!(metric_value(&metrics, &series), 0.0, "{series}");
+    }
     // A non-retriable answer to the produce request: librdkafka reports it
     // at once instead of retrying until the timeout.
     cluster.request_errors(

@@ -22,7 +22,8 @@ pub struct KafkaArgs {
     /// Any librdkafka producer property, as key=value; repeat the flag, or
     /// separate with ';' in the env var. Applied after the bridge's defaults
     /// (acks=all, enable.idempotence=true, compression.type=none, linger.ms=0,
-    /// message.timeout.ms=--publish-timeout), so it can override them.
+    /// message.timeout.ms=--publish-timeout, reconnect.backoff.max.ms=1000), so
+    /// it can override them.
     /// Examples: security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512.
     #[arg(
         long,

@@ -5,15 +5,18 @@
 //! (no duplicates or reordering from the producer's own retries), and the
 //! delivery timeout equals `--publish-timeout`, so librdkafka gives up on a
 //! message at the moment the sender is told 503 instead of delivering it
-//! later behind the sender's back. Any librdkafka property can be overridden
-//! with `--kafka-option`.
+//! later behind the sender's back; a broker that comes back is reconnected
+//! within a second. They were chosen against a 3-node cluster under faults
+//! ([`default_properties`]). Any librdkafka property can be overridden with
+//! `--kafka-option`.
 //!
-//! Readiness comes from a probe that fetches cluster metadata; while it
-//! fails, publishes get `NotConnected` at once rather than waiting out the
-//! timeout in librdkafka's queue.
+//! Readiness comes from a probe that fetches cluster metadata on a client
+//! of its own; while it fails, publishes get `NotConnected` at once rather
+//! than waiting out the timeout in librdkafka's queue.
 
 pub mod check;
 pub mod config;
+pub mod errors;
 pub mod redrive;
 pub mod tap;
 
@@ -27,21 +30,34 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseProducer, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+};
 
 use super::{BoxFuture, PublishError, Sink};
-use prometheus::{IntCounterVec, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::metrics::{Registered, opts};
 use crate::route::Message;
 use crate::shutdown::Tasks;
 use config::{KafkaSettings, TopicCreation};
+use errors::Meaning;
 
 /// How often the reachability probe asks for metadata, and how long it
 /// waits for an answer. Short enough that `/readyz` follows an outage within
 /// a few seconds, cheap enough to be noise for the broker.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probes in a row that must go unanswered before the cluster counts as
+/// unreachable. One can fail on a broker that hangs (stopped, partitioned
+/// away) with its connection still open: the probe's client then drops that
+/// connection ([`PROBE_REQUEST_TIMEOUT`]) and the next probe asks another
+/// broker. With a stopped partition leader, a single failed probe made
+/// every webhook get 503 at once for a second or two (tests/kafka_cluster).
+const PROBE_FAILURES: u32 = 2;
+/// The probe's client gives up a request, and its connection, after this:
+/// before [`PROBE_TIMEOUT`] ends, so the next probe finds it gone.
+const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest time between two replacements of a broken producer.
 const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -67,7 +83,28 @@ pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
         // A sweep of 0, 1, 2 and 5 ms at 32 and 128 connections found no
         // gain in throughput (benches/sweep.sh linger, docs/performance.md).
         ("linger.ms", "0"),
+        // Chosen against a 3-node cluster under faults (tests/kafka_cluster;
+        // the figures and the command are in the README's Kafka section).
+        //
+        // As long as --publish-timeout, not longer: a message librdkafka still
+        // holds after the sender got 503 can only arrive as a duplicate of the
+        // sender's retry, and the bridge's memory bound counts each waiting
+        // body twice (the request's and librdkafka's copy), which holds only
+        // while librdkafka's queue is no older than the requests. 30 s
+        // instead changed nothing a sender sees (200s back 3.6 to 6.6 s after
+        // a leader or the controller was killed or stopped, against 3.9 to
+        // 7.4 s). Nor is socket.timeout.ms lowered to bound a hung broker:
+        // the produce request's timeout is already the message's remaining
+        // time, and at 5 s it cut requests that were only waiting for the ISR
+        // to shrink, once stretching a controller failover to 18 s.
         ("message.timeout.ms", delivery_timeout_ms.as_str()),
+        // Down from librdkafka's 10 s: reconnection attempts to a broker
+        // that is down back off exponentially, up to this. With two of three
+        // nodes killed, webhooks were taken again 0.2 to 2.0 s (median 0.6)
+        // after the first node was back with 10 s, 0.3 to 0.8 s (median 0.45)
+        // with 1 s, over 5 runs each. A refused connection a second is
+        // nothing to a broker.
+        ("reconnect.backoff.max.ms", "1000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -135,6 +172,47 @@ impl ClientContext for LoggingContext {
     }
 }
 
+/// The probe's client logs at debug only: a broker it cannot reach is in
+/// the producer's log already, and the probe logs its own verdict.
+struct ProbeContext;
+
+impl ClientContext for ProbeContext {
+    fn log(&self, _level: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", facility, "probe: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, "probe: {reason}");
+    }
+}
+
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+
+    // The probe produces nothing.
+    fn delivery(&self, _result: &DeliveryResult<'_>, _opaque: ()) {}
+}
+
+/// The probe's own client, from the producer's configuration (so with the
+/// same security options): the producer's connection to a broker carries at
+/// most 5 requests at once (idempotence), and when produce requests wait
+/// for a dead follower to leave the ISR, a metadata request queued behind
+/// them times out although the broker answers. On the producer's client the
+/// probe called a cluster that had lost one node of three unreachable, for
+/// seconds, and every webhook got 503 at once meanwhile.
+fn probe_client(config: &ClientConfig) -> Result<BaseProducer<ProbeContext>, KafkaError> {
+    let mut config = config.clone();
+    // It needs no producer id. A request unanswered for
+    // PROBE_REQUEST_TIMEOUT closes its connection (librdkafka's
+    // socket.max.fails is 1), so that a broker that hangs is left for
+    // another at the next probe rather than asked again until it answers.
+    config.set("enable.idempotence", "false").set(
+        "socket.timeout.ms",
+        PROBE_REQUEST_TIMEOUT.as_millis().to_string(),
+    );
+    config.create_with_context(ProbeContext)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
     /// librdkafka refused a property: names it, never echoes its value.
@@ -147,22 +225,31 @@ pub enum KafkaSetupError {
 /// The Kafka sink's own metrics, registered when it starts, so that other
 /// sinks do not export Kafka series stuck at 0.
 struct KafkaMetrics {
+    /// By error code name; the codes of [`errors::KNOWN`] have theirs at 0
+    /// from the start, in the table's order.
     delivery_errors: IntCounterVec,
+    known_delivery_errors: Vec<IntCounter>,
     queue_messages: IntGauge,
     in_flight_messages: IntGauge,
 }
 
 impl KafkaMetrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let delivery_errors = IntCounterVec::new(
+            opts(
+                "kafka_delivery_errors_total",
+                "Kafka publishes that failed, by librdkafka error code name.",
+            ),
+            &["error"],
+        )?
+        .registered(registry)?;
+        let known_delivery_errors = errors::KNOWN
+            .iter()
+            .map(|&(code, _)| delivery_errors.with_label_values(&[errors::label(Some(code))]))
+            .collect();
         Ok(Self {
-            delivery_errors: IntCounterVec::new(
-                opts(
-                    "kafka_delivery_errors_total",
-                    "Kafka publishes that failed, by librdkafka error code name.",
-                ),
-                &["error"],
-            )?
-            .registered(registry)?,
+            delivery_errors,
+            known_delivery_errors,
             queue_messages: IntGauge::with_opts(opts(
                 "kafka_queue_messages",
                 "Messages and requests in librdkafka's queues, waiting to be sent or acknowledged.",
@@ -175,12 +262,23 @@ impl KafkaMetrics {
             .registered(registry)?,
         })
     }
+
+    /// Counts one failed publish under its code's name.
+    fn delivery_error(&self, code: Option<RDKafkaErrorCode>, known: Option<usize>) {
+        match known.and_then(|i| self.known_delivery_errors.get(i)) {
+            Some(counter) => counter.inc(),
+            None => self
+                .delivery_errors
+                .with_label_values(&[errors::label(code)])
+                .inc(),
+        }
+    }
 }
 
 pub struct KafkaSink {
     /// Replaced when librdkafka reports the idempotent producer unusable
-    /// (see [`KafkaSink::renew_if_broken`]); shared with the probe.
-    producer: Arc<RwLock<FutureProducer<LoggingContext>>>,
+    /// (see [`KafkaSink::renew_if_broken`]).
+    producer: RwLock<FutureProducer<LoggingContext>>,
     config: ClientConfig,
     last_renewal: Mutex<Option<Instant>>,
     state: Arc<State>,
@@ -216,12 +314,9 @@ impl KafkaSink {
             ..State::default()
         });
 
-        let producer = Arc::new(RwLock::new(producer));
-        tasks.spawn_until_stopped(probe(
-            producer.clone(),
-            settings.probe_topic.clone(),
-            state.clone(),
-        ));
+        let prober = probe_client(&config)
+            .map_err(|e| KafkaSetupError::Config(describe_config_error(&e)))?;
+        tasks.spawn_until_stopped(probe(prober, settings.probe_topic.clone(), state.clone()));
         if let Some(creation) = &settings.create_topics {
             let admin: AdminClient<DefaultClientContext> = config
                 .create()
@@ -229,7 +324,7 @@ impl KafkaSink {
             tasks.spawn_until_stopped(create_topics(admin, creation.clone(), state.clone()));
         }
         Ok(Self {
-            producer,
+            producer: RwLock::new(producer),
             config,
             last_renewal: Mutex::new(None),
             state,
@@ -239,7 +334,10 @@ impl KafkaSink {
     }
 
     fn producer(&self) -> FutureProducer<LoggingContext> {
-        current(&self.producer)
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the producer when librdkafka says it can no longer produce:
@@ -247,19 +345,9 @@ impl KafkaSink {
     /// brokers never accept the epoch librdkafka bumps after a timeout, and
     /// every later send would fail). A new producer gets a new id. At most
     /// once per [`RENEWAL_INTERVAL`], so a broken cluster is not hammered.
-    fn renew_if_broken(&self, code: Option<RDKafkaErrorCode>) {
-        let fenced = matches!(
-            code,
-            Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::InvalidProducerIdMapping
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-            )
-        );
+    fn renew_if_broken(&self, code: Option<RDKafkaErrorCode>, unusable: bool) {
         let fatal = self.producer().client().fatal_error();
-        if !fenced && fatal.is_none() {
+        if !unusable && fatal.is_none() {
             return;
         }
         {
@@ -278,36 +366,15 @@ impl KafkaSink {
         }
     }
 
+    /// The answer to a failed publish, from [`errors::KNOWN`]; counts it,
+    /// and replaces the producer if the error says it is unusable.
     fn error(&self, error: &KafkaError) -> PublishError {
         let code = error.rdkafka_error_code();
-        self.renew_if_broken(code);
-        // The variant's name: a bounded label, since the enum is fixed.
-        let name = code.map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
-        self.metrics
-            .delivery_errors
-            .with_label_values(&[name.as_str()])
-            .inc();
-        match code {
-            Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
-                PublishError::Timeout(self.publish_timeout)
-            }
-            Some(
-                RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::NetworkException,
-            ) => PublishError::NotConnected,
-            Some(RDKafkaErrorCode::QueueFull) => {
-                PublishError::Failed("the producer's local queue is full".into())
-            }
-            Some(
-                RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidRecord,
-            ) => PublishError::Refused(error.to_string()),
-            _ => PublishError::Failed(error.to_string()),
-        }
+        let known = code.and_then(errors::lookup);
+        let meaning = known.map(|(_, meaning)| meaning);
+        self.renew_if_broken(code, meaning == Some(Meaning::ProducerUnusable));
+        self.metrics.delivery_error(code, known.map(|(i, _)| i));
+        errors::publish_error(meaning, error, self.publish_timeout)
     }
 }
 
@@ -323,31 +390,33 @@ fn describe_config_error(error: &KafkaError) -> String {
 }
 
 /// Asks for metadata every [`PROBE_INTERVAL`]: any answer naming a broker
-/// means the cluster is reachable. One topic's metadata is enough, and keeps
-/// the request small on clusters with thousands of topics.
-fn current(producer: &RwLock<FutureProducer<LoggingContext>>) -> FutureProducer<LoggingContext> {
-    producer.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-async fn probe(
-    producer: Arc<RwLock<FutureProducer<LoggingContext>>>,
-    topic: Option<String>,
-    state: Arc<State>,
-) {
+/// means the cluster is reachable, [`PROBE_FAILURES`] without one in a row
+/// that it is not. One topic's metadata is enough, and keeps the request
+/// small on clusters with thousands of topics.
+async fn probe(prober: BaseProducer<ProbeContext>, topic: Option<String>, state: Arc<State>) {
+    let prober = Arc::new(prober);
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
     loop {
         interval.tick().await;
-        let producer = current(&producer);
+        let prober = prober.clone();
         let topic = topic.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
-            producer
+        let answered = tokio::task::spawn_blocking(move || {
+            prober
                 .client()
                 .fetch_metadata(topic.as_deref(), PROBE_TIMEOUT)
                 .is_ok_and(|metadata| !metadata.brokers().is_empty())
         })
         .await
         .unwrap_or(false);
+        failures = if answered {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        let reachable =
+            answered || (failures < PROBE_FAILURES && state.reachable.load(Ordering::SeqCst));
         let was = state.reachable.swap(reachable, Ordering::SeqCst);
         match (was, reachable) {
             (false, true) => tracing::info!("Kafka brokers reachable"),
@@ -533,14 +602,41 @@ mod tests {
         assert_eq!(config.get("compression.type"), Some("none"));
         assert_eq!(config.get("linger.ms"), Some("0"));
         assert_eq!(config.get("message.timeout.ms"), Some("2500"));
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9"));
     }
 
     #[test]
     fn options_override_defaults() {
-        let config = client_config(&settings(&[("linger.ms", "20"), ("acks", "1")]));
+        let config = client_config(&settings(&[
+            ("linger.ms", "20"),
+            ("acks", "1"),
+            ("message.timeout.ms", "30000"),
+            ("reconnect.backoff.max.ms", "10000"),
+        ]));
         assert_eq!(config.get("linger.ms"), Some("20"));
         assert_eq!(config.get("acks"), Some("1"));
+        assert_eq!(config.get("message.timeout.ms"), Some("30000"));
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("10000"));
+    }
+
+    #[test]
+    fn every_default_can_be_overridden() {
+        // --kafka-option is applied last: each default, set to something
+        // else, comes out as the option says.
+        let defaults = default_properties(&settings(&[]));
+        let options: Vec<(String, String)> = defaults
+            .iter()
+            .map(|(key, value)| (key.clone(), format!("{value}-override")))
+            .collect();
+        let borrowed: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let config = client_config(&settings(&borrowed));
+        for (key, value) in &options {
+            assert_eq!(config.get(key), Some(value.as_str()), "{key}");
+        }
     }
 
     fn tasks() -> Tasks {
@@ -556,6 +652,48 @@ mod tests {
             ("sasl.password", "hunter2"),
         ]);
         assert!(KafkaSink::start(&settings, &Registry::new(), &tasks()).is_ok());
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8(out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn every_known_delivery_error_is_exported_from_the_start() {
+        let registry = Registry::new();
+        let sink =
+            KafkaSink::start(&settings(&[]), &registry, &tasks()).unwrap_or_else(|e| panic!("{e}"));
+        let series = |label: &str, value: u64| {
+            format!("apizee_bridge_kafka_delivery_errors_total{{error=\"{label}\"}} {value}")
+        };
+        let before = exposition(&registry);
+        for &(code, _) in errors::KNOWN {
+            let line = series(&errors::label(Some(code)), 0);
+            assert!(before.lines().any(|l| l == line), "no {line} in\n{before}");
+        }
+
+        // A known code counts on its series; a code outside the table gets
+        // one of its own, by name.
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let odd = KafkaError::MessageProduction(RDKafkaErrorCode::InconsistentGroupProtocol);
+        assert_eq!(
+            sink.error(&timed_out),
+            PublishError::Timeout(Duration::from_millis(2500))
+        );
+        assert!(matches!(sink.error(&odd), PublishError::Failed(_)));
+        let after = exposition(&registry);
+        for line in [
+            series("MessageTimedOut", 1),
+            series("InconsistentGroupProtocol", 1),
+            series("QueueFull", 0),
+        ] {
+            assert!(after.lines().any(|l| l == line), "no {line} in\n{after}");
+        }
     }
 
     #[tokio::test]
