@@ -401,9 +401,12 @@ profile_run() {
     PIDS+=("$perf_pid")
     # perf is attached once its output file exists.
     wait_until "perf record" "$perf_pid" "$TMP/perf-$name.log" test -s "$data"
+    # The agent's options are quoted for jcmd, whose parser would split
+    # them at '=' and ','; jcmd exits 0 even when the agent fails.
     if [[ -n $jvm ]]; then
         "$JCMD" "$broker" JVMTI.agent_load "$ASYNC_PROFILER" \
-            "start,event=cpu,interval=$((1000000000 / PERF_FREQUENCY)),threads" >"$TMP/ap-$name.log" 2>&1 ||
+            "\"start,event=cpu,interval=$((1000000000 / PERF_FREQUENCY)),threads\"" >"$TMP/ap-$name.log" 2>&1
+        grep -q 'return code: 0' "$TMP/ap-$name.log" ||
             die "async-profiler did not start in the broker: $(cat "$TMP/ap-$name.log")"
     fi
     thread_cpu "$pid" >"$TMP/threads-$name.0"
@@ -416,8 +419,8 @@ profile_run() {
     stop "$perf_pid"
     if [[ -n $jvm ]]; then
         "$JCMD" "$broker" JVMTI.agent_load "$ASYNC_PROFILER" \
-            "stop,collapsed,file=$OUT/broker-$name.collapsed" >>"$TMP/ap-$name.log" 2>&1 ||
-            log "async-profiler did not stop: $(cat "$TMP/ap-$name.log")"
+            "\"stop,collapsed,file=$OUT/broker-$name.collapsed\"" >>"$TMP/ap-$name.log" 2>&1
+        [[ -s $OUT/broker-$name.collapsed ]] || log "async-profiler wrote no stacks: $(cat "$TMP/ap-$name.log")"
     fi
     local requests
     requests=$(field requests)
@@ -445,6 +448,12 @@ profile_run() {
         echo "## The broker's CPU per webhook by thread, from /proc"
         thread_cpu_report "$TMP/broker-threads-$name.0" "$TMP/broker-threads-$name.1" "$requests"
         if [[ -s $OUT/broker-$name.collapsed ]]; then
+            echo
+            echo "## The broker's JVM, async-profiler: samples by thread (digits as N)"
+            awk '{ n = $NF; t = $0; sub(/;.*/, "", t); sub(/ tid=[0-9]+\]/, "]", t); gsub(/[0-9]+/, "N", t)
+                    by[t] += n; total += n }
+                END { for (t in by) if (by[t] >= total / 200) printf "%6.2f%%  %s\n", 100 * by[t] / total, t }' \
+                "$OUT/broker-$name.collapsed" | sort -rn | sed '30q'
             echo
             echo "## The broker's JVM, async-profiler: self time by frame (>= 0.5%)"
             awk '{ n = $NF; $NF = ""; sub(/ $/, ""); k = split($0, f, ";"); self[f[k]] += n; total += n }
@@ -499,6 +508,10 @@ declare -A TARGET_PID=() TARGET_URL=() TARGET_BROKER=()
 start_target() {
     local name=$1 sink=$2 kind=$3 log=${1//[^a-z]/-} port metrics_port url
     shift 3
+    # A JVM broker still warming up, on 2 busy cores, can take more than a
+    # minute to create topics and acknowledge the first webhook.
+    local WAIT_SECONDS=$WAIT_SECONDS
+    [[ $sink == kafka ]] && WAIT_SECONDS=120
     start_broker "$sink" "$log"
     port=$(free_port)
     url=http://127.0.0.1:$port/webhooks
