@@ -13,7 +13,7 @@ die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$ROOT/benches/$BENCH_NAME" | sed '$d; s/^# \{0,1\}//'; }
 
 # Prints the path of executable $1 from PATH or the usual places outside it
-# (root's sbin for Debian's servers, cargo's bin for tansu).
+# (root's sbin for Debian's servers, cargo's bin).
 find_tool() {
     local name=$1 dir
     for dir in ${PATH//:/ } /usr/sbin /usr/local/bin "$HOME/.cargo/bin"; do
@@ -40,8 +40,27 @@ bench_cleanup() {
         kill -CONT "$pid" 2>/dev/null || true
         kill "$pid" 2>/dev/null || true
     done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do reap "$pid"; done
     [[ -n $TMP ]] && rm -rf "$TMP"
+}
+
+# Waits until child $1, already sent SIGTERM, has exited; SIGKILL after
+# STOP_SECONDS (20): a Kafka broker's shutdown hook can wait minutes for a
+# controller.
+STOP_SECONDS=20
+reap() {
+    local pid=$1 deadline=$((SECONDS + STOP_SECONDS)) state
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+        # An exited child stays a zombie (state Z) until waited for.
+        state=$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null) || break
+        [[ $state == Z ]] && break
+        sleep 0.1
+    done
+    if ((SECONDS >= deadline)); then
+        log "process $pid still running ${STOP_SECONDS}s after SIGTERM: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
 }
 
 # Starts "$@" in the background with its output in $TMP/$name.log; the pid
@@ -58,7 +77,7 @@ start() {
 stop() {
     local pid=$1 kept=() p
     kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    reap "$pid"
     for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
     PIDS=("${kept[@]}")
 }

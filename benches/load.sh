@@ -5,13 +5,14 @@
 #
 #   bash benches/load.sh [--rounds N] [--duration S] [--warmup S]
 #                        [--connections N] [--threads N] [--sinks "nats kafka"]
+#                        [--kafka-warmup S]
 #                        [--vector PATH] [--body-bytes N] [--no-half]
 #                        [--profile] [--no-build] [--out DIR]
 #
 # Every option also reads an environment variable: BENCH_ROUNDS,
 # BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_SINKS,
 # BENCH_VECTOR, BENCH_BODY_BYTES, BENCH_NO_HALF=1, BENCH_PROFILE=1,
-# BENCH_OUT. --body-bytes pads every webhook to about N bytes (a "padding"
+# BENCH_OUT, BENCH_KAFKA_WARMUP. --body-bytes pads every webhook to about N bytes (a "padding"
 # field); --no-half skips the half-load runs (for sweeps of full load). BENCH_BRIDGE_ARGS adds flags to
 # the bridge only, for tuning experiments (BENCH_BRIDGE_ARGS='--kafka-option
 # linger.ms=5'); the baselines keep the bridge's defaults, so say so next
@@ -26,6 +27,22 @@
 # bridge's default) sets the partitions of every Kafka topic, for every
 # target.
 #
+# Kafka is Apache Kafka: the newest release of .ci/tools/kafka/releases
+# (4.4.0), its jars installed without root by .ci/tools/kafka.sh
+# (KAFKA_RELEASE names another release; KAFKA_LIBS a folder of jars), one
+# KRaft node per target run by .ci/tools/kafka/node.sh (broker and
+# controller, Java 17). The JVM gets the flags of Kafka's own
+# kafka-server-start.sh (KAFKA_JVM_OPTS replaces them), and the node Kafka's
+# default thread counts (num.network.threads=3, num.io.threads=8,
+# background.threads=10) in place of node.sh's test sizing;
+# BENCH_KAFKA_SETTINGS adds KEY=VALUE broker settings. Topics are created
+# by the bridge (--kafka-create-topics, replication factor 1) and by the
+# pipelines; auto-creation is off. A fresh broker's JIT takes about 30 s of
+# load to warm up: its CPU per webhook falls from several hundred µs to
+# about 30 over that time, and a broker in production is warm. So each
+# target on Kafka is first driven at full load for --kafka-warmup seconds
+# (30) after it is ready, uncounted, on top of the usual warm-up.
+#
 # What it does:
 #  1. builds the bridge and the baselines in release mode
 #     (`cargo build --release --locked --bin apizee-bridge --examples`);
@@ -34,9 +51,10 @@
 #     `Content-Type: application/JSON`, keep-alive), one target at a time:
 #       - the HTTP ceiling (examples/baseline_http.rs: read, parse, 200);
 #       - per sink, side by side, each on its own fresh broker (nats-server
-#         -js with its store in a temporary directory; tansu on memory
-#         storage) that has its stream or topics before the target is
-#         probed ready, so no creation is measured:
+#         -js with its store in a temporary directory; a single-node Apache
+#         Kafka with its log in a temporary directory) that has its stream
+#         or topics before the target is probed ready, so no creation is
+#         measured:
 #           - the bridge;
 #           - the contract pipeline, the reference (examples/baseline_<sink>.rs
 #             --headers: the same server, plus the bridge's message headers
@@ -58,7 +76,8 @@
 #     favours the bridge in one round and the pipeline in the next;
 #  4. prints, and writes to $OUT/results.md: per target, the median over the
 #     rounds of requests/s, p50/p99/p99.9 latency, CPU seconds of the target
-#     and of the broker during the measured run, and CPU µs per request; the
+#     and of the broker during the measured run, and CPU µs per request of
+#     the target and of its broker; the
 #     errors of every round (non-2xx answers and socket errors); idle RSS
 #     (after start-up and one request) and the highest peak RSS (VmHWM);
 #     and the ratios (the median of each round's ratio, with every round's)
@@ -70,12 +89,19 @@
 #  5. without --vector (or BENCH_VECTOR), everything but Vector's rows;
 #  6. with --profile, builds with line tables (CARGO_PROFILE_RELEASE_DEBUG,
 #     in target/bench-profile so the normal release build is untouched) and
-#     adds, per sink, one more full-load run of the minimal pipeline and of
-#     the bridge under `perf record` with DWARF call graphs (change with
+#     adds, per sink in the last round, one more full-load run of the
+#     bridge, of the contract pipeline and (with --vector) of Vector under
+#     `perf record` with DWARF call graphs (change with
 #     BENCH_PERF_FREQUENCY=499, BENCH_PERF_CALL_GRAPH=dwarf,16384). Reports:
-#     $OUT/profile-{pipeline,bridge}-<sink>.txt; data for `perf report -i`:
-#     $OUT/perf-{pipeline,bridge}-<sink>.data. The table's figures come from
-#     the runs without perf.
+#     $OUT/profile-{bridge,contract,vector}-<sink>.txt, with the CPU µs per
+#     webhook of each thread of the target and of its broker (from /proc);
+#     data for `perf report -i`: $OUT/perf-{bridge,contract,vector}-<sink>.data.
+#     With BENCH_ASYNC_PROFILER=/path/to/libasyncProfiler.so (async-profiler,
+#     e.g. from Maven Central's tools.profiler:async-profiler jar), the Kafka
+#     broker's JVM is sampled during the same run (attached with jcmd
+#     JVMTI.agent_load): its hottest Java frames go in the report, its
+#     stacks in $OUT/broker-{bridge,contract,vector}-kafka.collapsed. The
+#     table's figures come from the runs without perf.
 #
 # Load generator settings, for a 2-core machine where wrk, the broker and
 # the target share the cores:
@@ -110,6 +136,7 @@ PROFILE=${BENCH_PROFILE:-0}
 VECTOR=${BENCH_VECTOR:-}
 BODY_BYTES=${BENCH_BODY_BYTES:-}
 NO_HALF=${BENCH_NO_HALF:-0}
+KAFKA_WARMUP=${BENCH_KAFKA_WARMUP:-30}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 BRIDGE_ARGS=${BENCH_BRIDGE_ARGS:-}
 CONTRACT_ARGS=${BENCH_CONTRACT_ARGS:---headers}
@@ -121,6 +148,7 @@ while (($#)); do
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
+        --kafka-warmup) KAFKA_WARMUP=$2; shift 2 ;;
         --connections) CONNECTIONS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --sinks) SINKS=${2//,/ }; shift 2 ;;
@@ -135,6 +163,7 @@ while (($#)); do
     esac
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: --rounds must be a positive integer" >&2; exit 2; }
+[[ $KAFKA_WARMUP =~ ^[0-9]+$ ]] || { echo "load.sh: --kafka-warmup must be a whole number of seconds" >&2; exit 2; }
 for sink in $SINKS; do
     case $sink in
         nats | kafka) ;;
@@ -148,9 +177,22 @@ WRK=$(find_tool wrk) || die "wrk not found: apt-get install wrk"
 NATS_SERVER=${NATS_SERVER:-$(bash "$ROOT/.ci/tools/nats-server.sh")} ||
     die "cannot install nats-server: bash .ci/tools/nats-server.sh (or set NATS_SERVER)"
 [[ -x $NATS_SERVER ]] || die "nats-server not found at $NATS_SERVER (bash .ci/tools/nats-server.sh installs it)"
-TANSU=${TANSU:-$(find_tool tansu || true)}
-[[ " $SINKS " != *" kafka "* || -n $TANSU ]] ||
-    die "tansu not found: cargo install tansu --locked --features dynostore,libsql"
+if [[ " $SINKS " == *" kafka "* ]]; then
+    # The jars of the pinned release, installed without root under
+    # target/tools/ by the same script the tests use.
+    KAFKA_LIBS=${KAFKA_LIBS:-$(bash "$ROOT/.ci/tools/kafka.sh" "${KAFKA_RELEASE:-newest}")} ||
+        die "cannot install Apache Kafka: bash .ci/tools/kafka.sh newest (or set KAFKA_LIBS)"
+    KAFKA_JAR=$(ls "$KAFKA_LIBS"/kafka_2.13-*.jar 2>/dev/null | head -n 1)
+    [[ -n $KAFKA_JAR ]] || die "no kafka_2.13 jar in $KAFKA_LIBS (bash .ci/tools/kafka.sh newest installs it)"
+    KAFKA_VERSION=${KAFKA_JAR##*/kafka_2.13-}
+    KAFKA_VERSION=${KAFKA_VERSION%.jar}
+    # As kafka-server-start.sh and kafka-run-class.sh run the broker.
+    export KAFKA_LIBS
+    export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--Xmx1G -Xms1G -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}
+    # Kafka's defaults, which node.sh lowers for tests; then the caller's.
+    # shellcheck disable=SC2206
+    KAFKA_SETTINGS=(num.network.threads=3 num.io.threads=8 background.threads=10 ${BENCH_KAFKA_SETTINGS:-})
+fi
 command -v curl >/dev/null || die "curl not found"
 if [[ -n $VECTOR ]]; then
     [[ -x $VECTOR ]] || die "--vector $VECTOR is not an executable (docs/performance.md, 'Building Vector')"
@@ -160,6 +202,11 @@ if ((PROFILE)); then
     PERF=$(find_tool perf) || die "perf not found: apt-get install linux-perf"
     PERF_FREQUENCY=${BENCH_PERF_FREQUENCY:-499}
     PERF_CALL_GRAPH=${BENCH_PERF_CALL_GRAPH:-dwarf,16384}
+    ASYNC_PROFILER=${BENCH_ASYNC_PROFILER:-}
+    if [[ -n $ASYNC_PROFILER ]]; then
+        [[ -f $ASYNC_PROFILER ]] || die "BENCH_ASYNC_PROFILER=$ASYNC_PROFILER is not a file (libasyncProfiler.so)"
+        JCMD=$(find_tool jcmd) || die "jcmd not found (a JDK: apt-get install openjdk-17-jdk-headless)"
+    fi
 fi
 
 # --- build -------------------------------------------------------------------
@@ -229,15 +276,19 @@ start_broker() {
                 http_ok "http://127.0.0.1:$monitor/healthz"
             ;;
         kafka)
-            (cd "$TMP" && exec "$TANSU" broker \
-                --storage-engine memory://tansu/ \
-                --listener-url "tcp://127.0.0.1:$port" \
-                --advertised-listener-url "tcp://127.0.0.1:$port" \
-                >"$TMP/$log.log" 2>&1) &
-            BROKER_PID=$!
-            PIDS+=("$BROKER_PID")
+            # One KRaft node, broker and controller; node.sh formats its
+            # storage, then execs the JVM, so the pid is the broker's. The
+            # broker port opens once the broker is ready to serve.
+            local controller node
+            controller=$(free_port)
+            node=$(mktemp -d "$TMP/kafka.XXXXXX")
+            start "$log" bash "$ROOT/.ci/tools/kafka/node.sh" "$node" 1 "$port" "$controller" \
+                "1@127.0.0.1:$controller" "${KAFKA_SETTINGS[@]}"
+            BROKER_PID=$STARTED
+            BROKER_STORE[$BROKER_PID]=$node
             BROKER_URL=127.0.0.1:$port
-            wait_until "tansu" "$BROKER_PID" "$TMP/$log.log" tcp_open "$port"
+            WAIT_SECONDS=120 wait_until "Apache Kafka (its log: $node/logs/server.log)" \
+                "$BROKER_PID" "$TMP/$log.log" tcp_open "$port"
             ;;
     esac
 }
@@ -261,7 +312,7 @@ drive() {
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $WRK_RESULT"; }
 
 RESULTS=$OUT/results.tsv
-printf 'round\ttarget\trps\tp50_ms\tp99_ms\tp999_ms\terrors\tcpu_s\tcpu_us_per_req\tbroker_cpu_s\tidle_rss_mib\tpeak_rss_mib\n' >"$RESULTS"
+printf 'round\ttarget\trps\tp50_ms\tp99_ms\tp999_ms\terrors\tcpu_s\tcpu_us_per_req\tbroker_cpu_s\tidle_rss_mib\tpeak_rss_mib\tbroker_cpu_us_per_req\tbroker_peak_rss_mib\n' >"$RESULTS"
 
 # Measures the target $2 (pid) at $3 (url), with broker pid $4 (or empty),
 # and appends a row named $1. Optional $5: pause per request, as for drive.
@@ -281,10 +332,12 @@ measure() {
         -v cpu="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
         -v bcpu="$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN { printf "%.2f", b - a }')" \
         -v requests="$requests" -v idle="${IDLE_RSS[$pid]}" -v peak="$(memory_mib "$pid" VmHWM)" \
-        -v has_broker="${broker:+1}" 'BEGIN {
+        -v bpeak="${broker:+$(memory_mib "$broker" VmHWM)}" -v has_broker="${broker:+1}" 'BEGIN {
             print round, name, rps, p50 / 1000, p99 / 1000, p999 / 1000, errors, cpu,
                 (requests > 0 ? sprintf("%.1f", cpu * 1e6 / requests) : "-"),
-                (has_broker ? bcpu : "-"), idle, peak
+                (has_broker ? bcpu : "-"), idle, peak,
+                (has_broker && requests > 0 ? sprintf("%.1f", bcpu * 1e6 / requests) : "-"),
+                (has_broker ? bpeak : "-")
         }' >>"$RESULTS"
     log "round $ROUND/$ROUNDS, $name: $(field rps) req/s, p99 $(($(field p99_us) / 1000)) ms, $errors errors"
 }
@@ -292,22 +345,54 @@ measure() {
 # Idle RSS (MiB) by pid.
 declare -A IDLE_RSS=()
 # Waits until the target answers a real webhook, notes its idle RSS, and
-# warms it up.
+# warms it up (for $4 seconds more first: a Kafka broker's JIT).
 ready_and_warm() {
-    local name=$1 pid=$2 url=$3
+    local name=$1 pid=$2 url=$3 more=${4:-0}
     wait_until "$name" "$pid" "$TMP/$name.log" post_ok "$url"
     IDLE_RSS[$pid]=$(memory_mib "$pid" VmRSS)
+    ((more > 0)) && drive "$url" "$more"
     drive "$url" "$WARMUP"
 }
 
 # Requests/s of target $1 in the current round.
 rps_of() { awk -F'\t' -v round="$ROUND" -v name="$1" '$1 == round && $2 == name { print $3 }' "$RESULTS"; }
 
-# Drives the target $2 (pid) at $3 (url) at full load for one more run,
-# under perf, and writes $OUT/profile-$1.txt.
+# CPU seconds of each thread of process $1 so far, summed by thread name
+# with its digits replaced by N (the request handlers of a broker, the
+# workers of a runtime): "name<TAB>seconds" lines.
+thread_cpu() {
+    awk -v tck="$CLK_TCK" '{
+        # "tid (comm) state ...": comm may hold spaces and parentheses.
+        line = $0
+        close_at = 0
+        for (i = length(line) - 1; i > 0; i--) if (substr(line, i, 2) == ") ") { close_at = i; break }
+        name = substr(line, index(line, "(") + 1, close_at - index(line, "(") - 1)
+        gsub(/[0-9]+/, "N", name)
+        split(substr(line, close_at + 2), f, " ")
+        cpu[name] += (f[12] + f[13]) / tck
+    }
+    END { for (n in cpu) printf "%s\t%.3f\n", n, cpu[n] }' /proc/"$1"/task/*/stat 2>/dev/null
+}
+
+# Prints, from thread_cpu snapshots $1 (before) and $2 (after) and $3
+# requests, each thread name's CPU µs per request, the highest first, and
+# the total.
+thread_cpu_report() {
+    awk -F'\t' -v requests="$3" '
+        FNR == NR { before[$1] = $2; next }
+        { d = $2 - before[$1]; if (d > 0) { used[$1] = d; total += d } }
+        END {
+            for (n in used) printf "%10.1f µs  %5.1f%%  %s\n", used[n] * 1e6 / requests, 100 * used[n] / total, n
+            printf "%10.1f µs  100.0%%  (all threads)\n", total * 1e6 / requests
+        }' "$1" "$2" | sort -rn
+}
+
+# Drives the target $2 (pid) at $3 (url), with broker pid $4, at full load
+# for one more run, under perf, and writes $OUT/profile-$1.txt.
 profile_run() {
-    local name=$1 pid=$2 url=$3
-    local data=$OUT/perf-$name.data
+    local name=$1 pid=$2 url=$3 broker=$4
+    local data=$OUT/perf-$name.data jvm=""
+    [[ -n $ASYNC_PROFILER && $name == *-kafka ]] && jvm=1
     # DWARF unwinding: Rust code has no frame pointers, so `-g` alone
     # would cut most stacks short and the callers of malloc would be lost.
     "$PERF" record -F "$PERF_FREQUENCY" --call-graph "$PERF_CALL_GRAPH" -o "$data" -p "$pid" \
@@ -316,10 +401,29 @@ profile_run() {
     PIDS+=("$perf_pid")
     # perf is attached once its output file exists.
     wait_until "perf record" "$perf_pid" "$TMP/perf-$name.log" test -s "$data"
+    # The agent's options are quoted for jcmd, whose parser would split
+    # them at '=' and ','; jcmd exits 0 even when the agent fails.
+    if [[ -n $jvm ]]; then
+        "$JCMD" "$broker" JVMTI.agent_load "$ASYNC_PROFILER" \
+            "\"start,event=cpu,interval=$((1000000000 / PERF_FREQUENCY)),threads\"" >"$TMP/ap-$name.log" 2>&1
+        grep -q 'return code: 0' "$TMP/ap-$name.log" ||
+            die "async-profiler did not start in the broker: $(cat "$TMP/ap-$name.log")"
+    fi
+    thread_cpu "$pid" >"$TMP/threads-$name.0"
+    thread_cpu "$broker" >"$TMP/broker-threads-$name.0"
     drive "$url" "$DURATION"
+    thread_cpu "$pid" >"$TMP/threads-$name.1"
+    thread_cpu "$broker" >"$TMP/broker-threads-$name.1"
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
     stop "$perf_pid"
+    if [[ -n $jvm ]]; then
+        "$JCMD" "$broker" JVMTI.agent_load "$ASYNC_PROFILER" \
+            "\"stop,collapsed,file=$OUT/broker-$name.collapsed\"" >>"$TMP/ap-$name.log" 2>&1
+        [[ -s $OUT/broker-$name.collapsed ]] || log "async-profiler wrote no stacks: $(cat "$TMP/ap-$name.log")"
+    fi
+    local requests
+    requests=$(field requests)
     # Reports are cut with sed, not head, which would kill perf with SIGPIPE.
     (
         set +e +o pipefail
@@ -337,12 +441,38 @@ profile_run() {
         echo "## Time including callees, by function (>= 1%; inlined frames left out)"
         "$PERF" report -i "$data" --children --sort symbol --percent-limit 1 --stdio -g none 2>/dev/null |
             grep -v -e '^#' -e '^$' -e '(inlined)' | cut -c1-180 | sed -e 's/ *$//' -e '120q'
+        echo
+        echo "## CPU per webhook by thread, from /proc ($requests requests)"
+        thread_cpu_report "$TMP/threads-$name.0" "$TMP/threads-$name.1" "$requests"
+        echo
+        echo "## The broker's CPU per webhook by thread, from /proc"
+        thread_cpu_report "$TMP/broker-threads-$name.0" "$TMP/broker-threads-$name.1" "$requests"
+        if [[ -s $OUT/broker-$name.collapsed ]]; then
+            echo
+            echo "## The broker's JVM, async-profiler: samples by thread (digits as N)"
+            awk '{ n = $NF; t = $0; sub(/;.*/, "", t); sub(/ tid=[0-9]+\]/, "]", t); gsub(/[0-9]+/, "N", t)
+                    by[t] += n; total += n }
+                END { for (t in by) if (by[t] >= total / 200) printf "%6.2f%%  %s\n", 100 * by[t] / total, t }' \
+                "$OUT/broker-$name.collapsed" | sort -rn | sed '30q'
+            echo
+            echo "## The broker's JVM, async-profiler: self time by frame (>= 0.5%)"
+            awk '{ n = $NF; $NF = ""; sub(/ $/, ""); k = split($0, f, ";"); self[f[k]] += n; total += n }
+                END { for (s in self) if (self[s] >= total / 200) printf "%6.2f%%  %s\n", 100 * self[s] / total, s }' \
+                "$OUT/broker-$name.collapsed" | sort -rn | sed -e 's/ *$//' -e '60q' | cut -c1-180
+            echo
+            echo "## The broker's JVM, async-profiler: time including callees, by frame (>= 2%)"
+            awk '{ n = $NF; $NF = ""; sub(/ $/, ""); k = split($0, f, ";"); delete seen
+                    for (i = 1; i <= k; i++) if (!(f[i] in seen)) { seen[f[i]] = 1; incl[f[i]] += n }
+                    total += n }
+                END { for (s in incl) if (incl[s] >= total / 50) printf "%6.2f%%  %s\n", 100 * incl[s] / total, s }' \
+                "$OUT/broker-$name.collapsed" | sort -rn | sed -e 's/ *$//' -e '80q' | cut -c1-180
+        fi
     ) >"$OUT/profile-$name.txt"
     log "profile of $name written to $OUT/profile-$name.txt"
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-log "load average before: $LOAD_BEFORE; wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up, ${DURATION}s measured"
+log "load average before: $LOAD_BEFORE; wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up (Kafka: ${KAFKA_WARMUP}s more at start), ${DURATION}s measured"
 
 # Measures "$1 @ half" at about $5 requests/s: C connections each pausing
 # C/rate between requests. The pause comes on top of each request's own
@@ -378,6 +508,10 @@ declare -A TARGET_PID=() TARGET_URL=() TARGET_BROKER=()
 start_target() {
     local name=$1 sink=$2 kind=$3 log=${1//[^a-z]/-} port metrics_port url
     shift 3
+    # A JVM broker still warming up, on 2 busy cores, can take more than a
+    # minute to create topics and acknowledge the first webhook.
+    local WAIT_SECONDS=$WAIT_SECONDS
+    [[ $sink == kafka ]] && WAIT_SECONDS=120
     start_broker "$sink" "$log"
     port=$(free_port)
     url=http://127.0.0.1:$port/webhooks
@@ -415,7 +549,9 @@ start_target() {
     TARGET_PID[$name]=$STARTED
     TARGET_URL[$name]=$url
     TARGET_BROKER[$name]=$BROKER_PID
-    ready_and_warm "$log" "$STARTED" "$url"
+    local more=0
+    [[ $sink == kafka ]] && more=$KAFKA_WARMUP
+    ready_and_warm "$log" "$STARTED" "$url" "$more"
 }
 
 # Has the bridge make the stream or the topics on the current broker, as
@@ -491,8 +627,10 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
             done < <(in_round_order "${halved[@]}")
         fi
         if ((PROFILE && ROUND == ROUNDS)); then
-            profile_run "bridge-$sink" "${TARGET_PID[$sink bridge]}" "${TARGET_URL[$sink bridge]}"
-            profile_run "contract-$sink" "${TARGET_PID[$sink contract pipeline]}" "${TARGET_URL[$sink contract pipeline]}"
+            for name in bridge "contract pipeline" ${VECTOR:+vector}; do
+                profile_run "${name%% *}-$sink" "${TARGET_PID[$sink $name]}" "${TARGET_URL[$sink $name]}" \
+                    "${TARGET_BROKER[$sink $name]}"
+            done
         fi
         for name in "${targets[@]}"; do stop_target "$name"; done
     done
@@ -509,28 +647,31 @@ if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" +
 {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($cpu_model), ${mem_gib} GiB;"
     echo "revision $revision; load average before $LOAD_BEFORE, after $LOAD_AFTER."
-    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run${BODY_BYTES:+, bodies padded to about $BODY_BYTES bytes}; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), $("${TANSU:-echo}" --version 2>/dev/null || echo "no tansu") (memory storage, topics of $KAFKA_PARTITIONS partitions)${VECTOR:+; ${VECTOR_VERSION}}; contract pipeline flags: $CONTRACT_ARGS${BRIDGE_ARGS:+; bridge flags added: $BRIDGE_ARGS}."
+    echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run${KAFKA_VERSION:+ (each Kafka target driven ${KAFKA_WARMUP}s more after it starts)}${BODY_BYTES:+, bodies padded to about $BODY_BYTES bytes}; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), ${KAFKA_VERSION:+Apache Kafka $KAFKA_VERSION (one KRaft node, JVM flags: $KAFKA_JVM_OPTS; settings: ${KAFKA_SETTINGS[*]}; topics of $KAFKA_PARTITIONS partitions, replication factor 1)}${VECTOR:+; ${VECTOR_VERSION}}; contract pipeline flags: $CONTRACT_ARGS${BRIDGE_ARGS:+; bridge flags added: $BRIDGE_ARGS}."
     echo
     echo "Medians over $ROUNDS round(s); errors are the sum over the rounds; peak RSS is the highest."
     echo
-    echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU s | CPU µs/req | broker CPU s | idle RSS MiB | peak RSS MiB |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU s | CPU µs/req | broker CPU s | broker µs/req | idle RSS MiB | peak RSS MiB | broker peak RSS MiB |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     awk -F'\t' "$MEDIAN_AWK"'
         NR > 1 {
             if (!($2 in rows)) { order[++targets] = $2 }
             n = ++rows[$2]
-            for (c = 3; c <= 12; c++) { value[$2, c, n] = $c }
+            for (c = 3; c <= 13; c++) { value[$2, c, n] = $c }
             errors[$2] += $7
             if ($12 > peak[$2]) { peak[$2] = $12 }
+            if ($14 != "-" && $14 > bpeak[$2]) { bpeak[$2] = $14 }
         }
         END {
             for (t = 1; t <= targets; t++) {
                 name = order[t]
-                printf "| %s | %.0f | %.2f | %.2f | %.2f | %d | %.2f | %.1f | %s | %.1f | %.1f |\n",
+                printf "| %s | %.0f | %.2f | %.2f | %.2f | %d | %.2f | %.1f | %s | %s | %.1f | %.1f | %s |\n",
                     name, column(name, 3), column(name, 4), column(name, 5), column(name, 6),
                     errors[name], column(name, 8), column(name, 9),
                     (value[name, 10, 1] == "-" ? "-" : sprintf("%.2f", column(name, 10))),
-                    column(name, 11), peak[name]
+                    (value[name, 13, 1] == "-" ? "-" : sprintf("%.1f", column(name, 13))),
+                    column(name, 11), peak[name],
+                    (name in bpeak ? sprintf("%.1f", bpeak[name]) : "-")
             }
         }
         function column(name, c,    i, list) {

@@ -29,7 +29,7 @@ DIMENSIONS = {
     "connections": ("connections (wrk -c)", 2),
     "body_bytes": ("body size (bytes)", 10),
 }
-SINKS = {"nats": "NATS JetStream (nats-server)", "kafka": "Kafka (tansu)"}
+SINKS = {"nats": "NATS JetStream (nats-server)", "kafka": "Kafka (Apache Kafka)"}
 
 
 def main() -> None:

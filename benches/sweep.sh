@@ -9,7 +9,7 @@
 #   bash benches/sweep.sh [--rounds N] [--duration S] [--warmup S] [--sinks ...]
 #                         [--vector PATH] [--out DIR] MODE
 #
-# linger: the bridge on Kafka (tansu) with --kafka-option linger.ms=N for
+# linger: the bridge on Kafka (Apache Kafka) with --kafka-option linger.ms=N for
 #   each N, at each number of connections; the pipelines keep the bridge's
 #   default (linger.ms=0), so "bridge / contract" is the gain or loss of N.
 #   Writes $OUT/linger.tsv: linger_ms, connections, bridge req/s, contract

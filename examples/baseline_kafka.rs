@@ -7,19 +7,21 @@
 //! Same topics and keys as the bridge (`apizee.<object>.<event>`, keyed by
 //! objectId, read from the parsed body), so records spread over the same
 //! partitions: at start-up it creates the 15 topics with `--partitions`
-//! (3, the bridge's `--kafka-partitions` default) and replication factor 1,
-//! then listens. Producer properties are the bridge's defaults, taken from
-//! `apizee_bridge::sink::kafka::default_properties` so they cannot drift
-//! apart, since each changes acked throughput (`acks=all`,
+//! (3, the bridge's `--kafka-partitions` default) and replication factor 1
+//! (the single Apache Kafka node of `benches/load.sh`, whose auto-creation
+//! is off), then listens. Producer properties are the bridge's defaults,
+//! taken from `apizee_bridge::sink::kafka::default_properties` so they
+//! cannot drift apart, since each changes acked throughput (`acks=all`,
 //! `enable.idempotence=true`, linger, compression), with the bridge's
 //! default `--publish-timeout` (5 s) as `message.timeout.ms`. Like the
 //! bridge, it uses `send_result`, which fails at once on a full local queue
 //! instead of waiting.
 //!
-//! `--producers N` (1 by default) is the experiment of issue 17 on tansu's
-//! window: N idempotent producers, each webhook sent through the one its
-//! objectId hashes to, so that each keeps the 5 requests in flight that
-//! idempotence allows, on a connection of its own.
+//! `--producers N` (1 by default) is the experiment of issue 17 on the
+//! idempotent producer's window (measured then on tansu, see
+//! docs/performance.md): N idempotent producers, each webhook sent through
+//! the one its objectId hashes to, so that each keeps the 5 requests in
+//! flight that idempotence allows, on a connection of its own.
 //!
 //! `cargo run --release --example baseline_kafka -- --listen 127.0.0.1:8083 \
 //!    --brokers 127.0.0.1:9092`
