@@ -27,7 +27,7 @@
 # bridge's default) sets the partitions of every Kafka topic, for every
 # target.
 #
-# Kafka is Apache Kafka: the newest release of .ci/tools/kafka/releases
+# Kafka is Apache Kafka: the current release of .ci/tools/kafka/releases
 # (4.4.0), its jars installed without root by .ci/tools/kafka.sh
 # (KAFKA_RELEASE names another release; KAFKA_LIBS a folder of jars), one
 # KRaft node per target run by .ci/tools/kafka/node.sh (broker and
@@ -180,10 +180,10 @@ NATS_SERVER=${NATS_SERVER:-$(bash "$ROOT/.ci/tools/nats-server.sh")} ||
 if [[ " $SINKS " == *" kafka "* ]]; then
     # The jars of the pinned release, installed without root under
     # target/tools/ by the same script the tests use.
-    KAFKA_LIBS=${KAFKA_LIBS:-$(bash "$ROOT/.ci/tools/kafka.sh" "${KAFKA_RELEASE:-newest}")} ||
-        die "cannot install Apache Kafka: bash .ci/tools/kafka.sh newest (or set KAFKA_LIBS)"
+    KAFKA_LIBS=${KAFKA_LIBS:-$(bash "$ROOT/.ci/tools/kafka.sh" "${KAFKA_RELEASE:-current}")} ||
+        die "cannot install Apache Kafka: bash .ci/tools/kafka.sh current (or set KAFKA_LIBS)"
     KAFKA_JAR=$(ls "$KAFKA_LIBS"/kafka_2.13-*.jar 2>/dev/null | head -n 1)
-    [[ -n $KAFKA_JAR ]] || die "no kafka_2.13 jar in $KAFKA_LIBS (bash .ci/tools/kafka.sh newest installs it)"
+    [[ -n $KAFKA_JAR ]] || die "no kafka_2.13 jar in $KAFKA_LIBS (bash .ci/tools/kafka.sh current installs it)"
     KAFKA_VERSION=${KAFKA_JAR##*/kafka_2.13-}
     KAFKA_VERSION=${KAFKA_VERSION%.jar}
     # As kafka-server-start.sh and kafka-run-class.sh run the broker.
