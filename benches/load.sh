@@ -67,7 +67,12 @@
 #         then each at full load, one run right after the other, and the
 #         bridge and the pipelines at half the bridge's measured rate for the
 #         latency target;
-#     every target after a warm-up run that is not counted;
+#     every run right after a warm-up run of the same target that is not
+#     counted, and after a sync: a target measured first in a round had
+#     otherwise sat idle for minutes while the others warmed their
+#     brokers, and ran while the kernel wrote their logs back (on Kafka it
+#     did 8,300 to 9,500 requests/s in rounds where it came first, 11,800
+#     to 12,300 where it came last, at 14caa87);
 #  3. does all of step 2 --rounds times (5 by default), one round after the
 #     other, with the sink's targets in the opposite order in even rounds:
 #     on a shared 2-core machine the speed of the same program drifts by
@@ -319,6 +324,8 @@ printf 'round\ttarget\trps\tp50_ms\tp99_ms\tp999_ms\terrors\tcpu_s\tcpu_us_per_r
 measure() {
     local name=$1 pid=$2 url=$3 broker=$4 pause=${5:-}
     local cpu0 cpu1 bcpu0=0 bcpu1=0
+    sync
+    drive "$url" "$WARMUP" "$pause"
     cpu0=$(cpu_seconds "$pid")
     [[ -n $broker ]] && bcpu0=$(cpu_seconds "$broker")
     drive "$url" "$DURATION" "$pause"
