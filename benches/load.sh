@@ -70,9 +70,9 @@
 #     every run right after a warm-up run of the same target that is not
 #     counted, and after a sync: a target measured first in a round had
 #     otherwise sat idle for minutes while the others warmed their
-#     brokers, and ran while the kernel wrote their logs back (on Kafka it
-#     did 8,300 to 9,500 requests/s in rounds where it came first, 11,800
-#     to 12,300 where it came last, at 14caa87);
+#     brokers, and ran while the kernel wrote their logs back (on Kafka the
+#     bridge did 8,262, 9,547 and 12,328 requests/s in the rounds where it
+#     came first, 11,774 and 11,932 where it came last, at 14caa87);
 #  3. does all of step 2 --rounds times (5 by default), one round after the
 #     other, with the sink's targets in the opposite order in even rounds:
 #     on a shared 2-core machine the speed of the same program drifts by

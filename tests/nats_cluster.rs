@@ -58,10 +58,10 @@ const RESUME_DEADLINE: Duration = Duration::from_secs(10);
 /// gives up on it (then the assertion on the figure says why).
 const GIVE_UP: Duration = Duration::from_secs(60);
 /// Between two webhooks of one sender, with a spool: 8 senders then post
-/// at most 80 a second. The replay publishes one event at a time and
-/// shares the spool's fsyncs with the webhooks being spooled, so it gains
-/// on arrivals only slowly (issue 25): at 200 a second (a 40 ms pause) the
-/// 200s came back 47 s after the fault here and not within 60 s on CI.
+/// at most 80 a second. The replay publishes one event at a time, waits
+/// for its ack and removes it with an fsync, so it gains on arrivals only
+/// slowly (issue 25): at 200 a second (a 40 ms pause) the 200s came back
+/// 47 s after the fault here and not within 60 s on CI.
 const SPOOL_PAUSE: Duration = Duration::from_millis(100);
 /// `/readyz` answers 200 again at most this long after 200s resume (it is
 /// sampled every [`READYZ_EVERY`]).
