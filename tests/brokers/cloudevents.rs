@@ -129,6 +129,7 @@ async fn post_all(bridge: &Bridge, prefix: &str, source: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_messages_are_binary_mode_cloudevents() {
     // The broker this binary shares, with topics of this test's own.
+    const PREFIX: &str = "cloudevents";
     let bootstrap = shared().await.bootstrap();
     let source = "urn:apizee:acme";
     let bridge = Bridge::start(&[
@@ -137,7 +138,7 @@ async fn kafka_messages_are_binary_mode_cloudevents() {
         "--kafka-brokers",
         &bootstrap,
         "--topic-prefix",
-        "cloudevents",
+        PREFIX,
         "--kafka-create-topics",
         "--kafka-replication-factor",
         "1",
@@ -148,11 +149,11 @@ async fn kafka_messages_are_binary_mode_cloudevents() {
     .await;
     bridge.wait_ready().await;
 
-    let expected = post_all(&bridge, "cloudevents", source).await;
+    let expected = post_all(&bridge, PREFIX, source).await;
     let cases: Vec<Value> = POSTED
         .iter()
         .zip(expected)
-        .map(|(posted, expect)| json!({"topic": format!("cloudevents.{}", posted.topic), "expect": expect}))
+        .map(|(posted, expect)| json!({"topic": format!("{PREFIX}.{}", posted.topic), "expect": expect}))
         .collect();
     let ok = read_back_with_the_sdk(vec!["kafka".into(), bootstrap], Value::from(cases)).await;
     assert_eq!(ok.len(), POSTED.len(), "{ok:?}");

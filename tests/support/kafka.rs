@@ -505,11 +505,11 @@ pub async fn shared() -> &'static KafkaCluster {
 /// The same for any release: one broker of each per test binary.
 pub async fn shared_release(release: KafkaRelease) -> &'static KafkaCluster {
     type Shared = tokio::sync::OnceCell<KafkaCluster>;
-    static NEWEST: Shared = Shared::const_new();
+    static CURRENT: Shared = Shared::const_new();
     static OLDEST: Shared = Shared::const_new();
     static CLEANUP: std::sync::Once = std::sync::Once::new();
     extern "C" fn remove_shared() {
-        for cluster in [NEWEST.get(), OLDEST.get()].into_iter().flatten() {
+        for cluster in [CURRENT.get(), OLDEST.get()].into_iter().flatten() {
             if let Some(pid) = cluster.pid() {
                 let _ = super::send_signal(pid, "KILL");
             }
@@ -517,7 +517,7 @@ pub async fn shared_release(release: KafkaRelease) -> &'static KafkaCluster {
         }
     }
     let cell = match release {
-        KafkaRelease::Current => &NEWEST,
+        KafkaRelease::Current => &CURRENT,
         KafkaRelease::Oldest => &OLDEST,
     };
     cell.get_or_init(async || {
