@@ -105,8 +105,15 @@ impl DeadLetters {
     }
 
     /// Queues a dead letter for `rejection`, if it is a kind that is
-    /// dead-lettered, and returns at once.
-    pub fn offer(&self, rejection: &Rejection, body: Bytes, received_at: SystemTime) {
+    /// dead-lettered, and returns at once. `log_span` makes the webhook's
+    /// span for the line logged when the queue is full.
+    pub fn offer(
+        &self,
+        rejection: &Rejection,
+        body: Bytes,
+        received_at: SystemTime,
+        log_span: impl FnOnce() -> tracing::Span,
+    ) {
         let wanted = match rejection {
             Rejection::InvalidEnvelope(_) => true,
             Rejection::MalformedJson(_) => self.settings.malformed,
@@ -133,11 +140,13 @@ impl DeadLetters {
             self.metrics.queue.inc();
         } else {
             self.metrics.shed.inc();
-            tracing::warn!(
-                topic = %self.settings.topic,
-                capacity = self.settings.queue,
-                "dead-letter queue full; dropped this dead letter (the sender still got its 4xx)"
-            );
+            log_span().in_scope(|| {
+                tracing::warn!(
+                    topic = %self.settings.topic,
+                    capacity = self.settings.queue,
+                    "dead-letter queue full; dropped this dead letter (the sender still got its 4xx)"
+                );
+            });
         }
     }
 

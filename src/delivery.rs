@@ -97,7 +97,14 @@ impl Delivery {
         ready
     }
 
-    pub async fn deliver(&self, message: &Message) -> Result<Delivered, PublishError> {
+    /// Publishes a webhook, or spools it when the broker fails and a spool
+    /// is set. `log_span` makes the webhook's span for a line logged about
+    /// it, so one that logs nothing costs no span.
+    pub async fn deliver(
+        &self,
+        message: &Message,
+        log_span: impl FnOnce() -> tracing::Span,
+    ) -> Result<Delivered, PublishError> {
         let Some(spool) = &self.spool else {
             self.wait_for_startup().await;
             return self
@@ -108,11 +115,13 @@ impl Delivery {
         // Older events still wait in the spool: this one queues behind them,
         // so events of one object reach the broker in order.
         if !spool.is_empty() {
-            return self.spool(spool, message, PublishError::NotConnected).await;
+            return self
+                .spool(spool, message, PublishError::NotConnected, log_span)
+                .await;
         }
         match self.publish(message).await {
             Ok(()) => Ok(Delivered::Acknowledged),
-            Err(error) if error.is_transient() => self.spool(spool, message, error).await,
+            Err(error) if error.is_transient() => self.spool(spool, message, error, log_span).await,
             Err(error) => Err(error),
         }
     }
@@ -169,6 +178,7 @@ impl Delivery {
         spool: &Arc<Spool>,
         message: &Message,
         broker_error: PublishError,
+        log_span: impl FnOnce() -> tracing::Span,
     ) -> Result<Delivered, PublishError> {
         let spool = spool.clone();
         let owned = message.clone();
@@ -185,7 +195,9 @@ impl Delivery {
                 Ok(Delivered::Spooled)
             }
             Err(e) => {
-                tracing::warn!(error = %e, broker = %broker_error, "cannot spool the webhook");
+                log_span().in_scope(|| {
+                    tracing::warn!(error = %e, broker = %broker_error, "cannot spool the webhook");
+                });
                 Err(broker_error)
             }
         }
@@ -457,7 +469,12 @@ mod tests {
         sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
         let delivery = delivery(&sink, Duration::from_secs(10));
         let started = tokio::time::Instant::now();
-        assert!(delivery.deliver(&message()).await.is_err());
+        assert!(
+            delivery
+                .deliver(&message(), tracing::Span::none)
+                .await
+                .is_err()
+        );
         assert!(started.elapsed() >= Duration::from_secs(10), "did not wait");
     }
 
@@ -471,7 +488,12 @@ mod tests {
         assert!(delivery.is_ready());
         sink.set_ready(false);
         let started = tokio::time::Instant::now();
-        assert!(delivery.deliver(&message()).await.is_err());
+        assert!(
+            delivery
+                .deliver(&message(), tracing::Span::none)
+                .await
+                .is_err()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "waited {:?} after /readyz had said ready",
@@ -513,9 +535,19 @@ mod tests {
         }
         assert!(before.contains(r#"apizee_bridge_broker_connected{sink="memory"} 0"#));
         assert!(!before.contains("apizee_bridge_spool"), "{before}");
-        assert!(delivery.deliver(&message()).await.is_ok());
+        assert!(
+            delivery
+                .deliver(&message(), tracing::Span::none)
+                .await
+                .is_ok()
+        );
         sink.set_behaviour(Behaviour::Fail(PublishError::Timeout(Duration::ZERO)));
-        assert!(delivery.deliver(&message()).await.is_err());
+        assert!(
+            delivery
+                .deliver(&message(), tracing::Span::none)
+                .await
+                .is_err()
+        );
         delivery.report();
         let after = exported(&registry);
         for line in [

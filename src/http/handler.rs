@@ -33,7 +33,6 @@ use crate::route;
 use crate::route::config::Routing;
 use crate::trace::TraceContext;
 use crate::trace::otlp::{RequestSpan, Spans};
-use tracing::Instrument;
 
 /// Shared state of the webhook listener: every part a request goes
 /// through, each built once by [`crate::Service::build`].
@@ -205,38 +204,32 @@ pub async fn handle(
         }
         _ => None,
     };
-    let span = match &trace {
-        Some(trace) => tracing::info_span!("webhook", trace_id = %trace.trace_id()),
-        None => tracing::Span::none(),
+    let result = match (check_host(&request), &mut trace) {
+        (Err(rejection), _) => Err(rejection),
+        (Ok(()), Some(trace)) => webhook(&app, peer, request, trace, request_span.as_ref()).await,
+        (Ok(()), None) if endpoint == Endpoint::Health => health(&app, &request),
+        (Ok(()), None) => Err(Rejection::NotFound),
     };
-    let response = async {
-        let result = match (check_host(&request), &mut trace) {
-            (Err(rejection), _) => Err(rejection),
-            (Ok(()), Some(trace)) => {
-                webhook(&app, peer, request, trace, request_span.as_ref()).await
-            }
-            (Ok(()), None) if endpoint == Endpoint::Health => health(&app, &request),
-            (Ok(()), None) => Err(Rejection::NotFound),
+    let outcome = match &result {
+        Ok(response) if response.status() == StatusCode::ACCEPTED => "spooled",
+        Ok(_) => "published",
+        Err(rejection) => rejection.code(),
+    };
+    let response = result.unwrap_or_else(|rejection| {
+        let answering = Answering {
+            retry_after_secs: app.http.retry_after_secs,
+            challenge: app.guard.challenge(),
         };
-        let outcome = match &result {
-            Ok(response) if response.status() == StatusCode::ACCEPTED => "spooled",
-            Ok(_) => "published",
-            Err(rejection) => rejection.code(),
+        let log_span = || {
+            trace
+                .as_ref()
+                .map_or_else(tracing::Span::none, TraceContext::log_span)
         };
-        let response = result.unwrap_or_else(|rejection| {
-            let answering = Answering {
-                retry_after_secs: app.http.retry_after_secs,
-                challenge: app.guard.challenge(),
-            };
-            rejection.answer(peer, &app.metrics, answering)
-        });
-        if let Some(span) = request_span {
-            span.end(response.status(), outcome);
-        }
-        response
+        rejection.answer(peer, &app.metrics, answering, log_span)
+    });
+    if let Some(span) = request_span {
+        span.end(response.status(), outcome);
     }
-    .instrument(span)
-    .await;
     app.metrics
         .http_request(endpoint, response.status(), started.elapsed());
     Ok(response)
@@ -298,7 +291,7 @@ async fn webhook(
                 EnvelopeError::Malformed(reason) => Rejection::MalformedJson(reason),
                 EnvelopeError::Invalid(problems) => Rejection::InvalidEnvelope(problems),
             };
-            return Err(dead_letter(app, rejection, body, received_at));
+            return Err(dead_letter(app, rejection, body, received_at, trace));
         }
     };
     let mut message = match route::build_message(
@@ -314,7 +307,7 @@ async fn webhook(
                 field: "objectId".into(),
                 problem: e.to_string(),
             }]);
-            return Err(dead_letter(app, rejection, body, received_at));
+            return Err(dead_letter(app, rejection, body, received_at, trace));
         }
     };
     // The publish span first: its id is the message's `traceparent`.
@@ -322,7 +315,7 @@ async fn webhook(
     message.headers.extend(trace.headers());
     app.metrics.webhook_received(&envelope);
 
-    let delivered = app.delivery.deliver(&message).await;
+    let delivered = app.delivery.deliver(&message, || trace.log_span()).await;
     if let Some(span) = publish_span {
         span.end(&delivered);
     }
@@ -331,7 +324,11 @@ async fn webhook(
         Delivered::Acknowledged => StatusCode::OK,
         Delivered::Spooled => StatusCode::ACCEPTED,
     };
-    tracing::debug!(topic = %message.topic, id = %message.event_id, ?delivered, "delivered");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        trace.log_span().in_scope(|| {
+            tracing::debug!(topic = %message.topic, id = %message.event_id, ?delivered, "delivered");
+        });
+    }
     Ok(json_response(
         status,
         serde_json::to_vec(&Accepted {
@@ -346,9 +343,15 @@ async fn webhook(
 /// Queues a refused-but-readable request for `--dead-letter-topic`, if
 /// configured, and hands the rejection back for the answer, which never
 /// waits for the dead letter's publish.
-fn dead_letter(app: &App, rejection: Rejection, body: Bytes, received_at: SystemTime) -> Rejection {
+fn dead_letter(
+    app: &App,
+    rejection: Rejection,
+    body: Bytes,
+    received_at: SystemTime,
+    trace: &TraceContext,
+) -> Rejection {
     if let Some(dead_letters) = &app.dead_letters {
-        dead_letters.offer(&rejection, body, received_at);
+        dead_letters.offer(&rejection, body, received_at, || trace.log_span());
     }
     rejection
 }

@@ -287,13 +287,15 @@ impl Rejection {
 
     /// The answer to a request on the webhook listener: logged, counted,
     /// and turned into the response.
+    /// `log_span` makes the span its line is logged in.
     pub fn answer(
         self,
         peer: SocketAddr,
         metrics: &Metrics,
         answering: Answering,
+        log_span: impl FnOnce() -> tracing::Span,
     ) -> Response<Full<Bytes>> {
-        self.log(peer);
+        log_span().in_scope(|| self.log(peer));
         let kind = self.kind();
         if kind.status().is_client_error() {
             metrics.rejected(kind);

@@ -159,13 +159,16 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
     let mut process = BridgeProcess::spawn(&[
         "--log-format",
         "json",
+        "--log-level",
+        "debug",
         "--auth-header",
         "X-Apizee-Secret",
         "--auth-token",
         "do-not-log-me",
     ]);
     process.wait_ready().await;
-    // The refused request's log line carries the trace it came with.
+    // Each request's log line, refused or delivered, carries the trace it
+    // came with.
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
     for (secret, body, status) in [
@@ -188,6 +191,7 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
     assert_eq!(process.wait_exit().await.code(), Some(0));
     let lines = process.stderr_lines();
     let mut reasons = Vec::new();
+    let mut delivered = 0;
     for line in &lines {
         let entry: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -197,8 +201,13 @@ async fn json_logs_one_line_per_rejection_and_no_secret() {
             reasons.push(reason.to_owned());
             assert_eq!(entry["span"]["trace_id"], TRACE, "{line}");
         }
+        if entry["message"] == "delivered" {
+            delivered += 1;
+            assert_eq!(entry["span"]["trace_id"], TRACE, "{line}");
+        }
     }
     assert_eq!(reasons, ["unauthorized", "malformed_json"], "{lines:#?}");
+    assert_eq!(delivered, 1, "{lines:#?}");
 }
 
 /// The bash completions load in a real bash and complete the subcommands
