@@ -29,7 +29,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redb::{
@@ -60,6 +60,9 @@ const GROUP_LIMITS: GroupLimits = GroupLimits {
     events: 1024,
     bytes: 4 * 1024 * 1024,
 };
+
+/// The longest the writer waits for a group to fill ([`write_groups`]).
+const GATHER_AT_MOST: Duration = Duration::from_millis(1);
 
 /// Slots in the table that counts, per objectId, the events waiting or
 /// being written ([`Spool::holds_key`]): 4 MiB, whatever the backlog (a
@@ -289,14 +292,31 @@ fn write_groups(shared: &Shared, queue: &mpsc::Receiver<Request>, limits: GroupL
     // A request that would have made the previous group too big starts the
     // next one.
     let mut held_over = None;
+    let mut last_group = 0;
+    let mut last_commit = Duration::ZERO;
     loop {
         let Some(first) = held_over.take().or_else(|| queue.recv().ok()) else {
             return;
         };
         let (mut events, mut bytes) = first.weight();
         let mut group = vec![first];
+        // The senders the last commit answered come back with their next
+        // webhooks one by one: a group taken as soon as the first is back
+        // holds only that one, and the others wait a whole commit more
+        // (measured: groups of 19 on average with 32 appenders). So the
+        // writer waits for as many as the last group held, for at most a
+        // quarter of what the last commit took (up to 1 ms): less latency
+        // than a commit it saves. A lone sender never waits.
+        let gather_until = Instant::now() + (last_commit / 4).min(GATHER_AT_MOST);
         while events < limits.events && bytes < limits.bytes {
-            let Ok(request) = queue.try_recv() else {
+            let next = if group.len() < last_group {
+                queue
+                    .recv_timeout(gather_until.saturating_duration_since(Instant::now()))
+                    .ok()
+            } else {
+                queue.try_recv().ok()
+            };
+            let Some(request) = next else {
                 break;
             };
             let (more_events, more_bytes) = request.weight();
@@ -308,7 +328,10 @@ fn write_groups(shared: &Shared, queue: &mpsc::Receiver<Request>, limits: GroupL
             bytes += more_bytes;
             group.push(request);
         }
+        last_group = group.len();
+        let started = Instant::now();
         let written = write_group(&shared.db, &group);
+        last_commit = started.elapsed();
         shared.settle(group, written);
     }
 }
@@ -618,7 +641,6 @@ impl SpoolArgs {
 #[cfg(test)]
 mod tests {
     use std::sync::Condvar;
-    use std::time::Instant;
 
     use redb::StorageBackend;
     use redb::backends::InMemoryBackend;
