@@ -180,13 +180,7 @@ impl Delivery {
         broker_error: PublishError,
         log_span: impl FnOnce() -> tracing::Span,
     ) -> Result<Delivered, PublishError> {
-        let spool = spool.clone();
-        let owned = message.clone();
-        let appended = tokio::task::spawn_blocking(move || spool.append(&owned))
-            .await
-            .map_err(|e| crate::spool::SpoolError::Storage(e.to_string()))
-            .and_then(|r| r);
-        match appended {
+        match spool.append(message).await {
             Ok(_) => {
                 if let Some(metrics) = &self.metrics.spool {
                     metrics.spooled.inc();
@@ -248,18 +242,15 @@ impl Delivery {
                     }
                     break;
                 }
-                let remover = spool.clone();
-                let sequence = spooled.sequence;
-                match tokio::task::spawn_blocking(move || remover.remove(sequence)).await {
-                    Ok(Ok(())) => {
+                match spool.remove(vec![spooled.sequence]).await {
+                    Ok(()) => {
                         if let Some(metrics) = &self.metrics.spool {
                             metrics.replayed.inc();
                         }
                     }
                     // Left in place, it is published again later: a
                     // duplicate with the same event id, never a loss.
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot remove a replayed webhook"),
-                    Err(e) => tracing::error!(error = %e, "spool remover failed"),
+                    Err(e) => tracing::error!(error = %e, "cannot remove a replayed webhook"),
                 }
             }
         }
@@ -569,7 +560,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let spool = Arc::new(Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}")));
         for _ in 0..3 {
-            spool.append(&message()).unwrap_or_else(|e| panic!("{e}"));
+            spool
+                .append(&message())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
         }
         let sink = Arc::new(MemorySink::new());
         sink.set_behaviour(Behaviour::Delay(Duration::from_millis(200)));
