@@ -1,10 +1,11 @@
 //! A sink that keeps messages in memory, for tests of everything above the
 //! broker. It can be told to fail or to hang, to exercise the 503 paths.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{BoxFuture, PublishError, Sink};
+use super::{Acknowledgement, BoxFuture, PublishError, Sink};
 use crate::route::Message;
 
 /// How the memory sink answers the next publishes.
@@ -22,6 +23,9 @@ pub enum Behaviour {
 pub struct MemorySink {
     messages: Mutex<Vec<Message>>,
     behaviour: Mutex<Behaviour>,
+    /// Event ids whose next send is lost: not stored, its acknowledgement
+    /// an error, while the messages around it go through.
+    losses: Mutex<HashMap<String, PublishError>>,
     ready: AtomicBool,
 }
 
@@ -30,6 +34,7 @@ impl Default for MemorySink {
         Self {
             messages: Mutex::new(Vec::new()),
             behaviour: Mutex::new(Behaviour::Accept),
+            losses: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(true),
         }
     }
@@ -49,6 +54,12 @@ impl MemorySink {
         *lock(&self.behaviour) = behaviour;
     }
 
+    /// The next send of the message with this event id is lost: not
+    /// stored, and its acknowledgement is `error`.
+    pub fn lose_once(&self, event_id: &str, error: PublishError) {
+        lock(&self.losses).insert(event_id.to_owned(), error);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
@@ -65,22 +76,35 @@ impl Sink for MemorySink {
         "memory"
     }
 
-    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn send<'a>(
+        &'a self,
+        message: &'a Message,
+    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
         let behaviour = lock(&self.behaviour).clone();
+        let lost = lock(&self.losses).remove(&message.event_id);
         Box::pin(async move {
-            match behaviour {
-                Behaviour::Accept => {
-                    lock(&self.messages).push(message.clone());
-                    Ok(())
-                }
-                Behaviour::Fail(error) => Err(error),
-                Behaviour::Hang => std::future::pending().await,
-                Behaviour::Delay(pause) => {
+            if let Behaviour::Fail(error) = behaviour {
+                return Err(error);
+            }
+            if let Some(error) = lost {
+                let failed: Acknowledgement<'a> = Box::pin(std::future::ready(Err(error)));
+                return Ok(failed);
+            }
+            // Kept once acknowledged, so a test sees what a sender was told
+            // is stored; a hung broker keeps nothing.
+            let acknowledged: Acknowledgement<'a> = match behaviour {
+                Behaviour::Hang => Box::pin(std::future::pending()),
+                Behaviour::Delay(pause) => Box::pin(async move {
                     tokio::time::sleep(pause).await;
                     lock(&self.messages).push(message.clone());
                     Ok(())
+                }),
+                Behaviour::Accept | Behaviour::Fail(_) => {
+                    lock(&self.messages).push(message.clone());
+                    Box::pin(std::future::ready(Ok(())))
                 }
-            }
+            };
+            Ok(acknowledged)
         })
     }
 

@@ -138,14 +138,31 @@ impl SinkSettings {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The wait for the broker's acknowledgement of one message already sent.
+pub type Acknowledgement<'a> = BoxFuture<'a, Result<(), PublishError>>;
+
 pub trait Sink: Send + Sync + 'static {
     /// Short, fixed name used in metrics and logs: `stdout`, `nats`, `kafka`.
     fn name(&self) -> &'static str;
 
+    /// Sends one message and returns the wait for the broker's
+    /// acknowledgement. Messages sent one after another (each send awaited
+    /// before the next begins) reach the broker in that order, however
+    /// their acknowledgements are awaited: that is what lets the spool's
+    /// replay keep many in flight and still keep each objectId's order
+    /// (JetStream stores one connection's publishes in order; librdkafka's
+    /// idempotent producer keeps each partition's). Callers bound both
+    /// waits with their own timeout; a sink must not send a message it
+    /// already reported as failed when it is not connected.
+    fn send<'a>(
+        &'a self,
+        message: &'a Message,
+    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>>;
+
     /// Publishes one message and resolves when the broker acknowledged it.
-    /// Callers bound the wait with their own timeout; a sink must not publish
-    /// a message it already reported as failed when it is not connected.
-    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>>;
+    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { self.send(message).await?.await })
+    }
 
     /// True while the sink can take messages; drives `/readyz`.
     fn is_ready(&self) -> bool;
@@ -191,6 +208,15 @@ named_enum! {
 }
 
 impl Outcome {
+    /// Whether a publish that ended so may succeed later: the broker was
+    /// away or busy, and said nothing about the message itself.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Outcome::NotConnected | Outcome::Timeout | Outcome::Unavailable
+        )
+    }
+
     pub fn of<T>(result: &Result<T, PublishError>) -> Self {
         match result {
             Ok(_) => Outcome::Ok,
@@ -214,9 +240,6 @@ impl PublishError {
     /// Whether the broker is expected back: the webhook may wait in the
     /// spool. A refusal would be refused again.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            PublishError::NotConnected | PublishError::Timeout(_) | PublishError::Unavailable(_)
-        )
+        self.outcome().is_transient()
     }
 }

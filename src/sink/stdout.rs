@@ -5,7 +5,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::{BoxFuture, PublishError, Sink};
+use super::{Acknowledgement, BoxFuture, PublishError, Sink};
 use crate::route::Message;
 
 pub struct StdoutSink {
@@ -63,7 +63,10 @@ impl Sink for StdoutSink {
         "stdout"
     }
 
-    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn send<'a>(
+        &'a self,
+        message: &'a Message,
+    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
         Box::pin(async move {
             let line = render_line(message)?;
             let mut out = self.out.lock().await;
@@ -72,7 +75,9 @@ impl Sink for StdoutSink {
                 .map_err(|e| PublishError::Failed(format!("writing to stdout: {e}")))?;
             out.flush()
                 .await
-                .map_err(|e| PublishError::Failed(format!("flushing stdout: {e}")))
+                .map_err(|e| PublishError::Failed(format!("flushing stdout: {e}")))?;
+            let written: Acknowledgement<'a> = Box::pin(std::future::ready(Ok(())));
+            Ok(written)
         })
     }
 

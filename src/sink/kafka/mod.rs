@@ -34,7 +34,7 @@ use rdkafka::producer::{
     BaseProducer, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
 };
 
-use super::{BoxFuture, PublishError, Sink};
+use super::{Acknowledgement, BoxFuture, PublishError, Sink};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::metrics::{Registered, opts};
@@ -480,6 +480,32 @@ fn kafka_headers(message: &Message) -> OwnedHeaders {
     )
 }
 
+impl KafkaSink {
+    /// Hands a message to librdkafka's queue, now: the order of calls is the
+    /// order of each partition's records.
+    fn enqueue(
+        &self,
+        message: &Message,
+    ) -> Result<(rdkafka::producer::DeliveryFuture, InFlight<'_>), PublishError> {
+        if !self.state.reachable.load(Ordering::SeqCst) {
+            return Err(PublishError::NotConnected);
+        }
+        let record = FutureRecord::to(&message.topic)
+            .key(message.key.as_bytes())
+            .payload(message.payload.as_ref())
+            .headers(kafka_headers(message));
+        self.state.in_flight.fetch_add(1, Ordering::SeqCst);
+        let in_flight = InFlight(&self.state.in_flight);
+        // send_result fails at once when the local queue is full, instead
+        // of blocking the request while it drains.
+        let delivery = self
+            .producer()
+            .send_result(record)
+            .map_err(|(e, _)| self.error(&e))?;
+        Ok((delivery, in_flight))
+    }
+}
+
 /// Decrements the in-flight count however the publish ends, including when
 /// the caller gives up on it.
 struct InFlight<'a>(&'a AtomicI64);
@@ -495,30 +521,25 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
-    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn send<'a>(
+        &'a self,
+        message: &'a Message,
+    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
+        // Enqueued before the first await: sends keep their order.
+        let sent = self.enqueue(message);
         Box::pin(async move {
-            if !self.state.reachable.load(Ordering::SeqCst) {
-                return Err(PublishError::NotConnected);
-            }
-            let record = FutureRecord::to(&message.topic)
-                .key(message.key.as_bytes())
-                .payload(message.payload.as_ref())
-                .headers(kafka_headers(message));
-            self.state.in_flight.fetch_add(1, Ordering::SeqCst);
-            let _in_flight = InFlight(&self.state.in_flight);
-            // send_result fails at once when the local queue is full,
-            // instead of blocking the request while it drains.
-            let producer = self.producer();
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(e, _)| self.error(&e))?;
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(self.error(&e)),
-                Err(_) => Err(PublishError::Failed(
-                    "the producer dropped the delivery report".into(),
-                )),
-            }
+            let (delivery, in_flight) = sent?;
+            let acknowledged: Acknowledgement<'a> = Box::pin(async move {
+                let _in_flight = in_flight;
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(self.error(&e)),
+                    Err(_) => Err(PublishError::Failed(
+                        "the producer dropped the delivery report".into(),
+                    )),
+                }
+            });
+            Ok(acknowledged)
         })
     }
 

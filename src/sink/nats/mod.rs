@@ -28,7 +28,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAddr};
 use tokio::sync::watch;
 
-use super::{BoxFuture, PublishError, Sink};
+use super::{Acknowledgement, BoxFuture, PublishError, Sink};
 use crate::route::Message;
 use crate::shutdown::Tasks;
 use config::{NatsAuth, NatsSettings};
@@ -253,12 +253,13 @@ impl NatsSink {
         }
     }
 
-    async fn publish_jetstream(
-        &self,
-        js: &jetstream::Context,
-        message: &Message,
-    ) -> Result<(), PublishError> {
-        // The caller's timeout may drop this future before the client's own
+    /// Sends to JetStream and returns the wait for its PubAck.
+    async fn send_jetstream<'a>(
+        &'a self,
+        js: &'a jetstream::Context,
+        message: &'a Message,
+    ) -> Result<Acknowledgement<'a>, PublishError> {
+        // The caller's timeout may drop either wait before the client's own
         // fires: that too is a publish nobody answered.
         let mut unanswered = Unanswered {
             sink: self,
@@ -270,35 +271,50 @@ impl NatsSink {
             .headers(nats_headers(message))
             .message_id(&message.event_id);
         let mut disconnects = self.disconnects.subscribe();
-        let acknowledged = async {
-            match js.send_publish(message.topic.clone(), publish).await {
-                Ok(ack) => ack.await.map(drop),
-                Err(e) => Err(e),
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = acknowledged => outcome,
-            // Lost with the connection; the sender retries, and Nats-Msg-Id
-            // keeps one copy should the server have stored it after all.
+        let sent = tokio::select! {
+            sent = js.send_publish(message.topic.clone(), publish) => sent,
             _ = disconnects.changed() => {
                 unanswered.armed = false;
                 return Err(PublishError::NotConnected);
             }
         };
-        unanswered.armed = false;
-        match outcome {
-            Ok(()) => {
-                // Only a subject the stream captures proves it has a leader;
-                // read only while not ready, so a healthy publish takes no lock.
-                if let Some(keeper) = self.stream.as_deref().filter(|k| !k.is_ready())
-                    && keeper.captures(&message.topic)
-                {
-                    keeper.acknowledged();
-                }
-                Ok(())
+        let ack = match sent {
+            Ok(ack) => ack,
+            Err(e) => {
+                unanswered.armed = false;
+                return Err(self.jetstream_error(&message.topic, e));
             }
-            Err(e) => Err(self.jetstream_error(&message.topic, e)),
-        }
+        };
+        Ok(Box::pin(async move {
+            // The guard itself moves in, not a copy of its flag: it must
+            // fire if this wait is dropped.
+            let mut unanswered = unanswered;
+            let outcome = tokio::select! {
+                outcome = ack => outcome,
+                // Lost with the connection; the sender retries, and
+                // Nats-Msg-Id keeps one copy should the server have stored
+                // it after all.
+                _ = disconnects.changed() => {
+                    unanswered.armed = false;
+                    return Err(PublishError::NotConnected);
+                }
+            };
+            unanswered.armed = false;
+            match outcome {
+                Ok(_) => {
+                    // Only a subject the stream captures proves it has a
+                    // leader; read only while not ready, so a healthy
+                    // publish takes no lock.
+                    if let Some(keeper) = self.stream.as_deref().filter(|k| !k.is_ready())
+                        && keeper.captures(&message.topic)
+                    {
+                        keeper.acknowledged();
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(self.jetstream_error(&message.topic, e)),
+            }
+        }))
     }
 }
 
@@ -325,13 +341,16 @@ impl Sink for NatsSink {
         "nats"
     }
 
-    fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn send<'a>(
+        &'a self,
+        message: &'a Message,
+    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
         Box::pin(async move {
             if !self.connected() {
                 return Err(PublishError::NotConnected);
             }
             match &self.jetstream {
-                Some(js) => self.publish_jetstream(js, message).await,
+                Some(js) => self.send_jetstream(js, message).await,
                 None => {
                     self.client
                         .publish_with_headers(
@@ -341,10 +360,15 @@ impl Sink for NatsSink {
                         )
                         .await
                         .map_err(|e| PublishError::Failed(e.to_string()))?;
-                    self.client
-                        .flush()
-                        .await
-                        .map_err(|e| PublishError::Failed(e.to_string()))
+                    // Core NATS has no acknowledgement: a flushed write is
+                    // the most it can say.
+                    let flushed: Acknowledgement<'a> = Box::pin(async move {
+                        self.client
+                            .flush()
+                            .await
+                            .map_err(|e| PublishError::Failed(e.to_string()))
+                    });
+                    Ok(flushed)
                 }
             }
         })
