@@ -129,6 +129,8 @@ pub mod route;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod trace;
 
