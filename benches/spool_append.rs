@@ -177,7 +177,7 @@ async fn fill(spool: &Arc<Spool>, count: u64) {
 /// other as the replayer does, for `case` or until the spool is empty.
 async fn remove_for(spool: &Arc<Spool>, batch: usize, case: Duration) -> (u64, Duration) {
     let mut sequences: Vec<u64> = spool
-        .oldest(usize::MAX)
+        .oldest(usize::MAX, u64::MAX)
         .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
         .map(|s| s.sequence)

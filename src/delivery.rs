@@ -7,10 +7,21 @@
 //! an error. Only failures that say nothing about the message itself (not
 //! connected, no ack in time) go to the spool: a message the broker refused
 //! would be refused again on replay and block everything behind it.
+//!
+//! Order per objectId holds through the spool: a webhook whose objectId
+//! still has events in the spool is spooled behind them (cause `queued`);
+//! every other webhook goes to the broker, spool or not. The replay keeps
+//! many publishes in flight, with at most one per objectId, so a failure
+//! can never let a later event of an objectId overtake an earlier one; a
+//! window that fails is retried from what the broker did not acknowledge
+//! (a duplicate with the same event id at worst, never a loss).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -23,10 +34,19 @@ use crate::metrics::{Registered, latency_opts, opts};
 use crate::route::Message;
 use crate::sink::SinkKind;
 use crate::sink::{Outcome, PublishError, Sink};
-use crate::spool::Spool;
+use crate::spool::{Spool, Spooled};
 
-/// How many spooled events a replay round reads at once.
-const REPLAY_BATCH: usize = 64;
+/// How many spooled events a replay round reads at once, and at most how
+/// many bytes of them: bodies of up to --max-body-bytes each must not add
+/// up to more memory than a container is given.
+const REPLAY_BATCH: usize = 1024;
+const REPLAY_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Replayed publishes in flight at once: enough to hide a round trip to the
+/// broker behind a few hundred others, a fraction of librdkafka's queue.
+const REPLAY_WINDOW: usize = 256;
+/// A cause of spooling that has not changed is logged again only this long
+/// after the last line: an outage is a few lines, not one per webhook.
+const EPISODE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause after a failed replay before trying the same event again.
 const REPLAY_BACKOFF: Duration = Duration::from_millis(500);
 /// How often an idle replayer looks at the sink and the spool even without
@@ -43,11 +63,59 @@ pub enum Delivered {
     Spooled,
 }
 
+/// Why a webhook went to the spool: the `cause` label of
+/// `apizee_bridge_spooled_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolCause {
+    /// The broker failed it with this transient outcome.
+    Broker(Outcome),
+    /// Older events of its objectId wait in the spool: it queues behind
+    /// them so they reach the broker first.
+    Queued,
+}
+
+impl SpoolCause {
+    /// Every cause, in the order their series are listed.
+    fn all() -> impl Iterator<Item = SpoolCause> {
+        Outcome::ALL
+            .into_iter()
+            .filter(|outcome| outcome.is_transient())
+            .map(SpoolCause::Broker)
+            .chain([SpoolCause::Queued])
+    }
+
+    /// Its place in [`SpoolCause::all`], where its counter is.
+    fn index(self) -> usize {
+        SpoolCause::all()
+            .position(|cause| cause == self)
+            .unwrap_or(0)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolCause::Broker(outcome) => outcome.as_str(),
+            SpoolCause::Queued => "queued",
+        }
+    }
+}
+
+/// Spooling seen from the log: one line when it begins, one when its cause
+/// changes (at most every [`EPISODE_LOG_INTERVAL`]), one when the spool is
+/// empty again.
+#[derive(Debug, Default)]
+struct Episode {
+    /// The cause last logged, while spooling goes on.
+    cause: Option<SpoolCause>,
+    logged_at: Option<Instant>,
+    spooled: u64,
+}
+
 pub struct Delivery {
     sink: Arc<dyn Sink>,
     spool: Option<Arc<Spool>>,
     publish_timeout: Duration,
     metrics: DeliveryMetrics,
+    episode: Mutex<Episode>,
     spooled: Notify,
     /// Until then, a webhook waits for a sink that has never been ready.
     startup_deadline: Instant,
@@ -69,6 +137,7 @@ impl Delivery {
             spool,
             publish_timeout: settings.publish_timeout,
             metrics,
+            episode: Mutex::new(Episode::default()),
             spooled: Notify::new(),
             startup_deadline: Instant::now() + settings.startup_timeout,
             started: watch::Sender::new(false),
@@ -79,10 +148,17 @@ impl Delivery {
         &self.sink
     }
 
-    /// Ready while the broker takes messages, or while the spool has room
-    /// to keep them.
+    /// Ready while the broker takes messages, or, once start-up is over,
+    /// while the spool has room to keep them: a replica that has just
+    /// started waits for its broker (up to --startup-timeout) before it
+    /// takes webhooks, rather than spool the first ones for nothing.
     pub fn is_ready(&self) -> bool {
-        self.sink_ready() || self.spool.as_ref().is_some_and(|s| s.has_room())
+        self.sink_ready()
+            || (self.startup_over() && self.spool.as_ref().is_some_and(|s| s.has_room()))
+    }
+
+    fn startup_over(&self) -> bool {
+        *self.started.borrow() || Instant::now() >= self.startup_deadline
     }
 
     /// Whether the sink is ready, ending start-up when it is. Whoever sees
@@ -105,23 +181,27 @@ impl Delivery {
         message: &Message,
         log_span: impl FnOnce() -> tracing::Span,
     ) -> Result<Delivered, PublishError> {
+        // With a spool too: a fresh replica's first webhooks would
+        // otherwise find the broker not yet connected and be spooled.
+        self.wait_for_startup().await;
         let Some(spool) = &self.spool else {
-            self.wait_for_startup().await;
             return self
                 .publish(message)
                 .await
                 .map(|()| Delivered::Acknowledged);
         };
-        // Older events still wait in the spool: this one queues behind them,
-        // so events of one object reach the broker in order.
-        if !spool.is_empty() {
+        if spool.holds_key(&message.key) {
             return self
-                .spool(spool, message, PublishError::NotConnected, log_span)
+                .spool(spool, message, SpoolCause::Queued, None, log_span)
                 .await;
         }
         match self.publish(message).await {
             Ok(()) => Ok(Delivered::Acknowledged),
-            Err(error) if error.is_transient() => self.spool(spool, message, error, log_span).await,
+            Err(error) if error.is_transient() => {
+                let cause = SpoolCause::Broker(error.outcome());
+                self.spool(spool, message, cause, Some(error), log_span)
+                    .await
+            }
             Err(error) => Err(error),
         }
     }
@@ -164,27 +244,34 @@ impl Delivery {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let started = Instant::now();
         let result = self.publish_within_timeout(message).await;
-        self.metrics.publishes[Outcome::of(&result) as usize].inc();
-        self.metrics
-            .publish_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.count_publish(&result, started);
         result
     }
 
+    fn count_publish(&self, result: &Result<(), PublishError>, started: Instant) {
+        self.metrics.publishes[Outcome::of(result) as usize].inc();
+        self.metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Appends to the spool; if that fails too, the sender gets the
-    /// original broker error.
+    /// broker's error (or, queued behind the spool, not connected).
     async fn spool(
         &self,
-        spool: &Arc<Spool>,
+        spool: &Spool,
         message: &Message,
-        broker_error: PublishError,
+        cause: SpoolCause,
+        broker_error: Option<PublishError>,
         log_span: impl FnOnce() -> tracing::Span,
     ) -> Result<Delivered, PublishError> {
+        let broker_error = broker_error.unwrap_or(PublishError::NotConnected);
         match spool.append(message).await {
             Ok(_) => {
                 if let Some(metrics) = &self.metrics.spool {
-                    metrics.spooled.inc();
+                    metrics.spooled[cause.index()].inc();
                 }
+                self.spooling(cause, &broker_error);
                 self.spooled.notify_one();
                 Ok(Delivered::Spooled)
             }
@@ -194,6 +281,53 @@ impl Delivery {
                 });
                 Err(broker_error)
             }
+        }
+    }
+
+    /// Logs that webhooks are being spooled, and why: once when it begins,
+    /// again when the cause changes, never a line per webhook.
+    fn spooling(&self, cause: SpoolCause, broker_error: &PublishError) {
+        let mut episode = self.episode.lock().unwrap_or_else(PoisonError::into_inner);
+        episode.spooled += 1;
+        let quiet = episode
+            .logged_at
+            .is_some_and(|at| at.elapsed() < EPISODE_LOG_INTERVAL);
+        let (first, changed) = (episode.cause.is_none(), episode.cause != Some(cause));
+        if !first && (!changed || quiet) {
+            return;
+        }
+        episode.cause = Some(cause);
+        episode.logged_at = Some(Instant::now());
+        let spooled = episode.spooled;
+        drop(episode);
+        match cause {
+            SpoolCause::Queued => tracing::warn!(
+                cause = cause.as_str(),
+                spooled,
+                "spooling webhooks behind older events of their objectId still in the spool; \
+                 they are answered 202 and replayed in order"
+            ),
+            SpoolCause::Broker(_) => tracing::warn!(
+                cause = cause.as_str(),
+                error = %broker_error,
+                spooled,
+                "spooling webhooks: the broker cannot take them now; they are answered 202 \
+                 and replayed when it can"
+            ),
+        }
+    }
+
+    /// Logs the end of an episode of spooling, once the spool is empty.
+    fn spool_emptied(&self) {
+        let mut episode = self.episode.lock().unwrap_or_else(PoisonError::into_inner);
+        if episode.cause.is_some() {
+            let spooled = episode.spooled;
+            *episode = Episode::default();
+            drop(episode);
+            tracing::info!(
+                spooled,
+                "spool empty: every spooled webhook reached the broker; webhooks go to it directly again"
+            );
         }
     }
 
@@ -207,6 +341,9 @@ impl Delivery {
         };
         while !stop.is_cancelled() {
             if spool.is_empty() || !self.sink.is_ready() {
+                if spool.is_empty() {
+                    self.spool_emptied();
+                }
                 tokio::select! {
                     () = stop.cancelled() => {}
                     _ = tokio::time::timeout(REPLAY_IDLE_CHECK, self.spooled.notified()) => {}
@@ -214,8 +351,10 @@ impl Delivery {
                 continue;
             }
             let reader = spool.clone();
-            let batch = match tokio::task::spawn_blocking(move || reader.oldest(REPLAY_BATCH)).await
-            {
+            let read = tokio::task::spawn_blocking(move || {
+                reader.oldest(REPLAY_BATCH, REPLAY_BATCH_BYTES)
+            });
+            let batch = match read.await {
                 Ok(Ok(batch)) => batch,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot read the spool");
@@ -227,33 +366,100 @@ impl Delivery {
                     continue;
                 }
             };
-            for spooled in batch {
-                if stop.is_cancelled() {
-                    break;
-                }
-                if let Err(e) = self.publish(&spooled.message).await {
-                    if let Some(metrics) = &self.metrics.spool {
-                        metrics.replay_failures.inc();
-                    }
-                    tracing::warn!(error = %e, topic = %spooled.message.topic, "replaying a spooled webhook failed; will retry");
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        () = tokio::time::sleep(REPLAY_BACKOFF) => {}
-                    }
-                    break;
-                }
-                match spool.remove(vec![spooled.sequence]).await {
+            let (delivered, failure) = self.replay_window(&batch, &stop).await;
+            if !delivered.is_empty() {
+                let count = delivered.len() as u64;
+                match spool.remove(delivered).await {
                     Ok(()) => {
                         if let Some(metrics) = &self.metrics.spool {
-                            metrics.replayed.inc();
+                            metrics.replayed.inc_by(count);
                         }
                     }
-                    // Left in place, it is published again later: a
-                    // duplicate with the same event id, never a loss.
-                    Err(e) => tracing::error!(error = %e, "cannot remove a replayed webhook"),
+                    // Left in place, they are published again later:
+                    // duplicates with the same event ids, never a loss.
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot remove replayed webhooks");
+                        tokio::time::sleep(REPLAY_BACKOFF).await;
+                    }
+                }
+            }
+            if let Some((error, topic)) = failure {
+                tracing::warn!(error = %error, topic = %topic, "replaying a spooled webhook failed; will retry");
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(REPLAY_BACKOFF) => {}
                 }
             }
         }
+    }
+
+    /// Publishes `batch` in order, up to [`REPLAY_WINDOW`] in flight and at
+    /// most one per objectId, so that when one fails no later event of its
+    /// objectId can have reached the broker. Stops sending at the first
+    /// failure or at `stop`, and waits for what is in flight. Returns the
+    /// sequences the broker acknowledged and the first failure.
+    async fn replay_window(
+        &self,
+        batch: &[Spooled],
+        stop: &CancellationToken,
+    ) -> (Vec<u64>, Option<(PublishError, String)>) {
+        let mut delivered = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        let mut in_flight = FuturesOrdered::new();
+        let mut keys: HashSet<&str> = HashSet::new();
+        let fail = |failure: &mut Option<(PublishError, String)>, error, spooled: &Spooled| {
+            if let Some(metrics) = &self.metrics.spool {
+                metrics.replay_failures.inc();
+            }
+            failure.get_or_insert((error, spooled.message.topic.clone()));
+        };
+        for spooled in batch {
+            // Room in the window, and no earlier event of its objectId in it.
+            while in_flight.len() >= REPLAY_WINDOW || keys.contains(spooled.message.key.as_str()) {
+                let Some((done, result)): Option<(&Spooled, _)> = in_flight.next().await else {
+                    break;
+                };
+                keys.remove(done.message.key.as_str());
+                match result {
+                    Ok(()) => delivered.push(done.sequence),
+                    Err(error) => fail(&mut failure, error, done),
+                }
+            }
+            if failure.is_some() || stop.is_cancelled() {
+                break;
+            }
+            let started = Instant::now();
+            let sent = tokio::time::timeout(self.publish_timeout, self.sink.send(&spooled.message))
+                .await
+                .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+            let acknowledgement = match sent {
+                Ok(acknowledgement) => acknowledgement,
+                Err(error) => {
+                    self.count_publish(&Err(error.clone()), started);
+                    fail(&mut failure, error, spooled);
+                    break;
+                }
+            };
+            keys.insert(spooled.message.key.as_str());
+            let timeout = self.publish_timeout.saturating_sub(started.elapsed());
+            in_flight.push_back(async move {
+                let result = tokio::time::timeout(timeout, acknowledgement)
+                    .await
+                    .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+                self.count_publish(&result, started);
+                (spooled, result)
+            });
+        }
+        // What was sent is waited for, whatever happened since: each
+        // acknowledged event leaves the spool, so a stop or a failure
+        // resends no more than it must.
+        while let Some((done, result)) = in_flight.next().await {
+            match result {
+                Ok(()) => delivered.push(done.sequence),
+                Err(error) => fail(&mut failure, error, done),
+            }
+        }
+        (delivered, failure)
     }
 
     /// Sets the gauges (the broker's connection, the sink's own, the
@@ -289,7 +495,8 @@ struct SpoolMetrics {
     bytes: IntGauge,
     max_bytes: IntGauge,
     oldest_age: Gauge,
-    spooled: IntCounter,
+    /// `spooled_total` by [`SpoolCause`], in the order of `SpoolCause::all`.
+    spooled: Vec<IntCounter>,
     replayed: IntCounter,
     replay_failures: IntCounter,
 }
@@ -360,10 +567,21 @@ impl SpoolMetrics {
                 "How long the oldest spooled webhook has waited; 0 when the spool is empty.",
             ))?
             .registered(registry)?,
-            spooled: counter(
-                "spooled_total",
-                "Webhooks answered 202 because they were written to the spool.",
-            )?,
+            spooled: {
+                let spooled = IntCounterVec::new(
+                    opts(
+                        "spooled_total",
+                        "Webhooks answered 202 because they were written to the spool, by cause: \
+                         the broker's outcome (not_connected, timeout, unavailable), or queued \
+                         behind older events of their objectId still in the spool.",
+                    ),
+                    &["cause"],
+                )?
+                .registered(registry)?;
+                SpoolCause::all()
+                    .map(|cause| spooled.with_label_values(&[cause.as_str()]))
+                    .collect()
+            },
             replayed: counter(
                 "spool_replayed_total",
                 "Spooled webhooks delivered to the broker and removed from the spool.",
@@ -388,11 +606,11 @@ pub struct DeliveryArgs {
     pub publish_timeout: Duration,
 
     /// At start-up, how long a webhook waits for the broker to be reachable
-    /// before it is published, instead of being answered 503 by a replica
-    /// that has just started (without --spool-dir; with it, it is spooled).
-    /// /readyz answers 503 until the broker is reachable. Once this has
-    /// passed, or the broker has been reachable once, a webhook that finds
-    /// it unreachable gets 503 at once.
+    /// before it is published, instead of being answered 503 (with
+    /// --spool-dir, spooled) by a replica that has just started. /readyz
+    /// answers 503 until the broker is reachable or this has passed. Once
+    /// this has passed, or the broker has been reachable once, a webhook
+    /// that finds it unreachable gets 503 (or is spooled) at once.
     #[arg(long, env = "APIZEE_BRIDGE_STARTUP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub startup_timeout: Duration,
 }
@@ -551,39 +769,237 @@ mod tests {
         }
     }
 
-    /// Cancelled while publishing, the replayer finishes that event (it
-    /// reaches the broker and leaves the spool) and stops before the next:
-    /// every event is either delivered or still on disk, none twice, none
-    /// lost.
+    fn event(key: &str, id: &str) -> Message {
+        Message {
+            key: key.into(),
+            event_id: id.into(),
+            ..message()
+        }
+    }
+
+    fn spooling_delivery(
+        sink: &Arc<MemorySink>,
+        spool: &Arc<Spool>,
+        startup_timeout: Duration,
+        registry: &Registry,
+    ) -> Arc<Delivery> {
+        let settings = DeliverySettings {
+            publish_timeout: Duration::from_secs(5),
+            startup_timeout,
+        };
+        Arc::new(
+            Delivery::new(sink.clone(), Some(spool.clone()), settings, registry)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    fn open_spool(dir: &tempfile::TempDir) -> Arc<Spool> {
+        Arc::new(Spool::open(dir.path(), 1 << 24).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Replays until the spool is empty, then stops the replayer.
+    async fn replay_all(delivery: &Arc<Delivery>, spool: &Spool) {
+        let stop = CancellationToken::new();
+        let replay = tokio::spawn(delivery.clone().replay(stop.clone()));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !spool.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the spool was not replayed: {} left", spool.len()));
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), replay)
+            .await
+            .unwrap_or_else(|_| panic!("the replayer did not stop"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn ids(sink: &MemorySink) -> Vec<String> {
+        sink.messages().into_iter().map(|m| m.event_id).collect()
+    }
+
+    /// A bridge with a spool that has just started waits for its broker
+    /// like one without, and is not ready meanwhile: its first webhooks
+    /// reach the broker (200), none is spooled for nothing (202).
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_spooling_bridge_waits_for_its_broker_instead_of_spooling() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        let sink = Arc::new(MemorySink::new());
+        sink.set_ready(false);
+        sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+        let delivery = spooling_delivery(&sink, &spool, Duration::from_secs(10), &Registry::new());
+        assert!(
+            !delivery.is_ready(),
+            "ready before its broker, during start-up"
+        );
+        let connects = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                sink.set_behaviour(Behaviour::Accept);
+                sink.set_ready(true);
+            })
+        };
+        let delivered = delivery
+            .deliver(&event("1", "first"), tracing::Span::none)
+            .await;
+        assert_eq!(delivered, Ok(Delivered::Acknowledged));
+        assert!(spool.is_empty());
+        assert!(delivery.is_ready());
+        connects.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Each webhook spooled is counted under its cause, and an episode of
+    /// spooling is one line in the log however many webhooks it takes, and
+    /// one more when the spool is empty again. Only the webhooks of an
+    /// objectId still in the spool queue behind it; others go straight to
+    /// the broker once it is back.
+    #[tokio::test]
+    async fn spooling_is_counted_by_cause_and_logged_once_per_episode() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        let sink = Arc::new(MemorySink::new());
+        let registry = Registry::new();
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &registry);
+        let logs = crate::testing::CapturedLogs::start();
+        sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+        for n in 0..5 {
+            let delivered = delivery
+                .deliver(
+                    &event(&n.to_string(), &format!("down-{n}")),
+                    tracing::Span::none,
+                )
+                .await;
+            assert_eq!(delivered, Ok(Delivered::Spooled));
+        }
+        // The broker is back, but objectId 0 still waits in the spool.
+        sink.set_behaviour(Behaviour::Accept);
+        let queued = delivery
+            .deliver(&event("0", "queued"), tracing::Span::none)
+            .await;
+        assert_eq!(queued, Ok(Delivered::Spooled));
+        let live = delivery
+            .deliver(&event("9", "live"), tracing::Span::none)
+            .await;
+        assert_eq!(
+            live,
+            Ok(Delivered::Acknowledged),
+            "objectId 9 has nothing to wait for"
+        );
+        let exported = exported(&registry);
+        for line in [
+            r#"apizee_bridge_spooled_total{cause="not_connected"} 5"#,
+            r#"apizee_bridge_spooled_total{cause="queued"} 1"#,
+            r#"apizee_bridge_spooled_total{cause="timeout"} 0"#,
+            r#"apizee_bridge_spooled_total{cause="unavailable"} 0"#,
+        ] {
+            assert!(exported.contains(line), "missing {line}\n{exported}");
+        }
+        assert_eq!(
+            logs.starting_with("spooling webhooks").len(),
+            1,
+            "{:#?}",
+            logs.lines()
+        );
+
+        replay_all(&delivery, &spool).await;
+        let delivered = ids(&sink);
+        assert_eq!(delivered.len(), 7, "{delivered:?}");
+        let position = |id: &str| delivered.iter().position(|d| d == id);
+        assert!(position("down-0") < position("queued"), "{delivered:?}");
+        // The replayer logs the end once it finds the spool empty.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let stop = CancellationToken::new();
+            let replay = tokio::spawn(delivery.clone().replay(stop.clone()));
+            while logs.starting_with("spool empty").is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stop.cancel();
+            replay.await.unwrap_or_else(|e| panic!("{e}"));
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no line at the end of the episode: {:#?}", logs.lines()));
+        assert_eq!(
+            logs.starting_with("spool empty").len(),
+            1,
+            "{:#?}",
+            logs.lines()
+        );
+    }
+
+    /// A replayed publish the broker loses keeps its event in the spool and
+    /// is counted; the replay goes on from it, and no later event of its
+    /// objectId reaches the broker before it, though many are in flight.
+    #[tokio::test]
+    async fn a_lost_replay_publish_is_retried_and_no_later_event_of_its_object_overtakes_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        let sink = Arc::new(MemorySink::new());
+        let registry = Registry::new();
+        // Three objects, interleaved, 20 events each.
+        let events: Vec<Message> = (0..60)
+            .map(|n| event(&(n % 3).to_string(), &format!("{}-{}", n % 3, n / 3)))
+            .collect();
+        for message in &events {
+            spool
+                .append(message)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        sink.lose_once("0-0", PublishError::Unavailable("no leader".into()));
+        sink.lose_once("1-7", PublishError::Timeout(Duration::ZERO));
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &registry);
+        replay_all(&delivery, &spool).await;
+
+        let delivered = ids(&sink);
+        for object in ["0", "1", "2"] {
+            let of_object: Vec<&String> = delivered
+                .iter()
+                .filter(|id| id.starts_with(&format!("{object}-")))
+                .collect();
+            let expected: Vec<String> = (0..20).map(|n| format!("{object}-{n}")).collect();
+            assert_eq!(
+                of_object,
+                expected.iter().collect::<Vec<_>>(),
+                "objectId {object}: each once, in order"
+            );
+        }
+        assert_eq!(delivered.len(), 60, "{delivered:?}");
+        let exported = exported(&registry);
+        assert!(
+            exported.contains("apizee_bridge_spool_replay_failures_total 2"),
+            "{exported}"
+        );
+        assert!(
+            exported.contains("apizee_bridge_spool_replayed_total 60"),
+            "{exported}"
+        );
+    }
+
+    /// Cancelled while publishing, the replayer sends nothing more, waits
+    /// for what it sent, and removes what the broker took: every event is
+    /// either delivered or still on disk, none twice, none lost.
     #[tokio::test]
     async fn the_replayer_stops_between_events() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let spool = Arc::new(Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}")));
-        for _ in 0..3 {
+        let spool = open_spool(&dir);
+        // More than a window, with one objectId each.
+        let total = REPLAY_WINDOW as u64 * 3;
+        for n in 0..total {
             spool
-                .append(&message())
+                .append(&event(&n.to_string(), &n.to_string()))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let sink = Arc::new(MemorySink::new());
         sink.set_behaviour(Behaviour::Delay(Duration::from_millis(200)));
-        let settings = DeliverySettings {
-            publish_timeout: Duration::from_secs(5),
-            startup_timeout: Duration::ZERO,
-        };
-        let delivery = Arc::new(
-            Delivery::new(
-                sink.clone(),
-                Some(spool.clone()),
-                settings,
-                &Registry::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
         let stop = CancellationToken::new();
         let replay = tokio::spawn(delivery.clone().replay(stop.clone()));
-        // Cancelled as soon as the first event has arrived: the second is
-        // then under way (each publish takes 200 ms), the third not begun.
+        // Cancelled as soon as the first event has arrived: a window is
+        // then under way, the rest not begun.
         tokio::time::timeout(Duration::from_secs(5), async {
             while sink.messages().is_empty() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -596,12 +1012,14 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("the replayer did not stop"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let delivered = sink.messages().len() as u64;
+        let delivered = ids(&sink);
+        let unique: HashSet<&String> = delivered.iter().collect();
+        assert_eq!(unique.len(), delivered.len(), "delivered twice");
         assert!(!spool.is_empty(), "it stopped before the spool was empty");
         assert_eq!(
-            delivered + spool.len(),
-            3,
-            "every event delivered or still on disk, none twice"
+            delivered.len() as u64 + spool.len(),
+            total,
+            "every event delivered or still on disk"
         );
     }
 }

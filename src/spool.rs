@@ -531,13 +531,20 @@ impl Spool {
         answer.await.unwrap_or_else(|_| Err(writer_stopped()))
     }
 
-    /// The oldest events, in order. Blocking.
-    pub fn oldest(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
+    /// The oldest events, in order: at most `limit`, and no more once they
+    /// add up to `max_bytes` as stored (always one at least), so that what
+    /// a reader holds stays bounded whatever the bodies' size. Blocking.
+    pub fn oldest(&self, limit: usize, max_bytes: u64) -> Result<Vec<Spooled>, SpoolError> {
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for entry in table.iter().map_err(storage)?.take(limit) {
+            if bytes >= max_bytes {
+                break;
+            }
             let (sequence, value) = entry.map_err(storage)?;
+            bytes += value.value().len() as u64;
             let record: Record = serde_json::from_slice(value.value()).map_err(storage)?;
             out.push(Spooled {
                 sequence: sequence.value(),
@@ -786,10 +793,16 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spool.len(), 5);
         assert!(spool.bytes() > 0);
-        let oldest = spool.oldest(3).unwrap_or_else(|e| panic!("{e}"));
+        let oldest = spool.oldest(3, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
         let keys: Vec<&str> = oldest.iter().map(|s| s.message.key.as_str()).collect();
         assert_eq!(keys, ["0", "1", "2"]);
         assert_eq!(oldest[1].message, message(1));
+        // A byte budget stops the read, and one event comes whatever it is.
+        let each = spool.bytes() / 5;
+        let read = |max_bytes| spool.oldest(5, max_bytes).map(|events| events.len()).ok();
+        assert_eq!(read(1), Some(1));
+        assert_eq!(read(each + 1), Some(2));
+        assert_eq!(read(u64::MAX), Some(5));
 
         spool
             .remove(vec![oldest[0].sequence])
@@ -803,7 +816,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let keys: Vec<String> = spool
-            .oldest(10)
+            .oldest(10, u64::MAX)
             .unwrap_or_else(|e| panic!("{e}"))
             .into_iter()
             .map(|s| s.message.key)
@@ -875,7 +888,9 @@ mod tests {
         let total = u64::from(appenders * each);
         assert_eq!(spool.len(), total);
         assert_eq!(spool.stored_entries().unwrap_or_default(), total);
-        let stored = spool.oldest(usize::MAX).unwrap_or_else(|e| panic!("{e}"));
+        let stored = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut sequences: Vec<u64> = answered.iter().map(|(sequence, _)| *sequence).collect();
         sequences.sort_unstable();
         sequences.dedup();
@@ -1129,7 +1144,7 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((spool.len(), spool.bytes()), (1, record.len() as u64));
         assert!(spool.holds_key("100"));
-        let oldest = spool.oldest(1).unwrap_or_else(|e| panic!("{e}"));
+        let oldest = spool.oldest(1, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(oldest[0].sequence, 41);
         assert_eq!(
             oldest[0].message,

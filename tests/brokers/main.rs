@@ -22,4 +22,5 @@ mod redrive;
 mod refusals;
 mod send;
 mod spool;
+mod spool_outage;
 mod tail;

@@ -487,8 +487,8 @@ impl NatsCluster {
     }
 }
 
-/// Every message of a stream, as (apizee-event-id, payload), by direct get
-/// of each sequence number; fails if one it counts cannot be read.
+/// Every message of a stream in its order, as (apizee-event-id, payload),
+/// by direct get of each sequence number; fails if one it counts cannot be read.
 pub async fn stream_contents(js: &jetstream::Context, name: &str) -> Vec<(String, Bytes)> {
     let mut stream = js
         .get_stream(name)
@@ -511,6 +511,8 @@ pub async fn stream_contents(js: &jetstream::Context, name: &str) -> Vec<(String
         .buffer_unordered(32)
         .collect()
         .await;
+    let mut results = results;
+    results.sort_by_key(|(sequence, _)| *sequence);
     let mut stored = Vec::with_capacity(results.len());
     let mut missing = Vec::new();
     for (sequence, result) in results {
