@@ -176,28 +176,7 @@ for sink in $SINKS; do
     esac
 done
 
-WRK=$(find_tool wrk) || die "wrk not found: apt-get install wrk"
-# The pinned nats-server the tests run (2.15), installed without root under
-# target/tools/ by the same script the tests name; NATS_SERVER overrides it.
-NATS_SERVER=${NATS_SERVER:-$(bash "$ROOT/.ci/tools/nats-server.sh")} ||
-    die "cannot install nats-server: bash .ci/tools/nats-server.sh (or set NATS_SERVER)"
-[[ -x $NATS_SERVER ]] || die "nats-server not found at $NATS_SERVER (bash .ci/tools/nats-server.sh installs it)"
-if [[ " $SINKS " == *" kafka "* ]]; then
-    # The jars of the pinned release, installed without root under
-    # target/tools/ by the same script the tests use.
-    KAFKA_LIBS=${KAFKA_LIBS:-$(bash "$ROOT/.ci/tools/kafka.sh" "${KAFKA_RELEASE:-current}")} ||
-        die "cannot install Apache Kafka: bash .ci/tools/kafka.sh current (or set KAFKA_LIBS)"
-    KAFKA_JAR=$(ls "$KAFKA_LIBS"/kafka_2.13-*.jar 2>/dev/null | head -n 1)
-    [[ -n $KAFKA_JAR ]] || die "no kafka_2.13 jar in $KAFKA_LIBS (bash .ci/tools/kafka.sh current installs it)"
-    KAFKA_VERSION=${KAFKA_JAR##*/kafka_2.13-}
-    KAFKA_VERSION=${KAFKA_VERSION%.jar}
-    # As kafka-server-start.sh and kafka-run-class.sh run the broker.
-    export KAFKA_LIBS
-    export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--Xmx1G -Xms1G -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}
-    # Kafka's defaults, which node.sh lowers for tests; then the caller's.
-    # shellcheck disable=SC2206
-    KAFKA_SETTINGS=(num.network.threads=3 num.io.threads=8 background.threads=10 ${BENCH_KAFKA_SETTINGS:-})
-fi
+bench_tools "$SINKS"
 command -v curl >/dev/null || die "curl not found"
 if [[ -n $VECTOR ]]; then
     [[ -x $VECTOR ]] || die "--vector $VECTOR is not an executable (docs/performance.md, 'Building Vector')"
@@ -235,135 +214,14 @@ for binary in "$BRIDGE" "$EXAMPLES"/baseline_{http,nats,kafka}; do
     [[ -x $binary ]] || die "$binary is missing (run without --no-build)"
 done
 
-# --- processes, ports, probes ------------------------------------------------
+# --- processes, brokers, measuring: benches/lib.sh ----------------------------
 
 mkdir -p "$OUT"
 bench_tmpdir apizee-bench
-
-# One real webhook, answered 200: the whole pipeline works.
-post_ok() {
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
-        -H 'Content-Type: application/JSON' \
-        --data-binary @"$ROOT/tests/samples/spec-ticket.json" "$1") == 200 ]]
-}
-
-CLK_TCK=$(getconf CLK_TCK)
-# CPU seconds (user + system, all threads) a process has used so far.
-cpu_seconds() {
-    # Fields after "pid (comm) ": state is 1, utime 12, stime 13.
-    local stat
-    stat=$(<"/proc/$1/stat")
-    awk -v tck="$CLK_TCK" '{ printf "%.3f", ($12 + $13) / tck }' <<<"${stat##*) }"
-}
-
-# --- brokers -----------------------------------------------------------------
-
-# Starts a fresh broker for sink $1, its log named after $2; leaves its pid
-# in $BROKER_PID and its address in $BROKER_URL.
-BROKER_PID=
-BROKER_URL=
-# A broker's files, by pid, removed when it stops: large bodies fill gigabytes.
-declare -A BROKER_STORE=()
-start_broker() {
-    local sink=$1 log=$2-broker port
-    port=$(free_port)
-    case $sink in
-        nats)
-            local monitor store
-            monitor=$(free_port)
-            store=$(mktemp -d "$TMP/jetstream.XXXXXX")
-            start "$log" "$NATS_SERVER" -a 127.0.0.1 -p "$port" -m "$monitor" \
-                -js -sd "$store"
-            BROKER_PID=$STARTED
-            BROKER_STORE[$BROKER_PID]=$store
-            BROKER_URL=nats://127.0.0.1:$port
-            wait_until "nats-server" "$BROKER_PID" "$TMP/$log.log" \
-                http_ok "http://127.0.0.1:$monitor/healthz"
-            ;;
-        kafka)
-            # One KRaft node, broker and controller; node.sh formats its
-            # storage, then execs the JVM, so the pid is the broker's. The
-            # broker port opens once the broker is ready to serve.
-            local controller node
-            controller=$(free_port)
-            node=$(mktemp -d "$TMP/kafka.XXXXXX")
-            start "$log" bash "$ROOT/.ci/tools/kafka/node.sh" "$node" 1 "$port" "$controller" \
-                "1@127.0.0.1:$controller" "${KAFKA_SETTINGS[@]}"
-            BROKER_PID=$STARTED
-            BROKER_STORE[$BROKER_PID]=$node
-            BROKER_URL=127.0.0.1:$port
-            WAIT_SECONDS=120 wait_until "Apache Kafka (its log: $node/logs/server.log)" \
-                "$BROKER_PID" "$TMP/$log.log" tcp_open "$port"
-            ;;
-    esac
-}
-
-# --- measuring ---------------------------------------------------------------
-
-ls "$ROOT"/tests/samples/valid/*.json "$ROOT"/tests/samples/spec-*.json >"$TMP/samples.list"
-RUN=0
-# Runs wrk against $1 for $2 seconds (optional $3: mean pause per request per
-# connection, in ms) and leaves its RESULT line in $WRK_RESULT.
-WRK_RESULT=
-drive() {
-    local url=$1 seconds=$2 pause=${3:-}
-    RUN=$((RUN + 1))
-    local args=("$TMP/samples.list" "$RUN" "${pause:--}")
-    [[ -n $BODY_BYTES ]] && args+=("$BODY_BYTES")
-    WRK_RESULT=$("$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
-        -s "$ROOT/benches/load.lua" "$url" -- "${args[@]}" | grep '^RESULT ') ||
-        die "wrk produced no result against $url"
-}
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $WRK_RESULT"; }
-
 RESULTS=$OUT/results.tsv
-printf 'round\ttarget\trps\tp50_ms\tp99_ms\tp999_ms\terrors\tcpu_s\tcpu_us_per_req\tbroker_cpu_s\tidle_rss_mib\tpeak_rss_mib\tbroker_cpu_us_per_req\tbroker_peak_rss_mib\n' >"$RESULTS"
+bench_measure_init "$RESULTS"
 
-# Measures the target $2 (pid) at $3 (url), with broker pid $4 (or empty),
-# and appends a row named $1. Optional $5: pause per request, as for drive.
-measure() {
-    local name=$1 pid=$2 url=$3 broker=$4 pause=${5:-}
-    local cpu0 cpu1 bcpu0=0 bcpu1=0
-    sync
-    drive "$url" "$WARMUP" "$pause"
-    cpu0=$(cpu_seconds "$pid")
-    [[ -n $broker ]] && bcpu0=$(cpu_seconds "$broker")
-    drive "$url" "$DURATION" "$pause"
-    cpu1=$(cpu_seconds "$pid")
-    [[ -n $broker ]] && bcpu1=$(cpu_seconds "$broker")
-    local requests errors
-    requests=$(field requests)
-    errors=$(($(field err_connect) + $(field err_read) + $(field err_write) + $(field err_status) + $(field err_timeout)))
-    awk -v OFS='\t' -v round="$ROUND" -v name="$name" -v rps="$(field rps)" -v p50="$(field p50_us)" \
-        -v p99="$(field p99_us)" -v p999="$(field p999_us)" -v errors="$errors" \
-        -v cpu="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
-        -v bcpu="$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN { printf "%.2f", b - a }')" \
-        -v requests="$requests" -v idle="${IDLE_RSS[$pid]}" -v peak="$(memory_mib "$pid" VmHWM)" \
-        -v bpeak="${broker:+$(memory_mib "$broker" VmHWM)}" -v has_broker="${broker:+1}" 'BEGIN {
-            print round, name, rps, p50 / 1000, p99 / 1000, p999 / 1000, errors, cpu,
-                (requests > 0 ? sprintf("%.1f", cpu * 1e6 / requests) : "-"),
-                (has_broker ? bcpu : "-"), idle, peak,
-                (has_broker && requests > 0 ? sprintf("%.1f", bcpu * 1e6 / requests) : "-"),
-                (has_broker ? bpeak : "-")
-        }' >>"$RESULTS"
-    log "round $ROUND/$ROUNDS, $name: $(field rps) req/s, p99 $(($(field p99_us) / 1000)) ms, $errors errors"
-}
-
-# Idle RSS (MiB) by pid.
-declare -A IDLE_RSS=()
-# Waits until the target answers a real webhook, notes its idle RSS, and
-# drives it for $4 seconds (a Kafka broker's JIT; measure warms up every
-# run itself).
-ready_and_warm() {
-    local name=$1 pid=$2 url=$3 more=${4:-0}
-    wait_until "$name" "$pid" "$TMP/$name.log" post_ok "$url"
-    IDLE_RSS[$pid]=$(memory_mib "$pid" VmRSS)
-    ((more > 0)) && drive "$url" "$more"
-    return 0
-}
-
-# Requests/s of target $1 in the current round.
-rps_of() { awk -F'\t' -v round="$ROUND" -v name="$1" '$1 == round && $2 == name { print $3 }' "$RESULTS"; }
+# --- profiling -----------------------------------------------------------------
 
 # CPU seconds of each thread of process $1 so far, summed by thread name
 # with its digits replaced by N (the request handlers of a broker, the
@@ -482,30 +340,6 @@ profile_run() {
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE; wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up (Kafka: ${KAFKA_WARMUP}s more at start), ${DURATION}s measured"
 
-# Measures "$1 @ half" at about $5 requests/s: C connections each pausing
-# C/rate between requests. The pause comes on top of each request's own
-# time, so a warm-up run at the nominal pause measures that overhead, and
-# the measured run subtracts it.
-measure_at_rate() {
-    local name=$1 pid=$2 url=$3 broker=$4 rate=$5 pause
-    pause=$(awk -v c="$CONNECTIONS" -v r="$rate" 'BEGIN { printf "%.3f", c / r * 1000 }')
-    drive "$url" "$WARMUP" "$pause"
-    pause=$(awk -v c="$CONNECTIONS" -v r="$rate" -v got="$(field rps)" -v p="$pause" \
-        'BEGIN { d = c / r * 1000 - (c / got * 1000 - p); printf "%.3f", (d > 0 ? d : 0) }')
-    measure "$name @ half" "$pid" "$url" "$broker" "$pause"
-}
-
-# Appends to the caller's args the bridge's flags for sink $1 on the
-# current broker: JetStream with the stream BENCH, or Kafka with its topics
-# made at start-up, as the pipelines have them.
-bridge_sink_args() {
-    case $1 in
-        nats) args+=(--sink nats --nats-url "$BROKER_URL" --nats-jetstream --nats-stream BENCH) ;;
-        kafka) args+=(--sink kafka --kafka-brokers "$BROKER_URL" --kafka-create-topics
-            --kafka-partitions "$KAFKA_PARTITIONS" --kafka-replication-factor 1) ;;
-    esac
-}
-
 # The targets of a sink, each on its own fresh broker, by name ("nats
 # bridge"): pid, URL, and broker pid.
 declare -A TARGET_PID=() TARGET_URL=() TARGET_BROKER=()
@@ -595,11 +429,6 @@ measure_target() {
     fi
 }
 
-# Prints its arguments one per line, reversed in even rounds.
-in_round_order() {
-    if ((ROUND % 2)); then printf '%s\n' "$@"; else printf '%s\n' "$@" | tac; fi
-}
-
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     # HTTP ceiling: no broker, shared by both sinks.
     port=$(free_port)
@@ -648,12 +477,10 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- report --------------------------------------------------------------------
 
 
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-mem_gib=$(awk '$1 == "MemTotal:" { printf "%.1f", $2 / 1048576 }' /proc/meminfo)
 revision=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then revision+=" + uncommitted changes"; fi
 {
-    echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($cpu_model), ${mem_gib} GiB;"
+    echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(machine_description);"
     echo "revision $revision; load average before $LOAD_BEFORE, after $LOAD_AFTER."
     echo "wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s per run${KAFKA_VERSION:+ (each Kafka target driven ${KAFKA_WARMUP}s more after it starts)}${BODY_BYTES:+, bodies padded to about $BODY_BYTES bytes}; brokers: nats-server $("$NATS_SERVER" --version | sed 's/.*v//') -js (file store), ${KAFKA_VERSION:+Apache Kafka $KAFKA_VERSION (one KRaft node, JVM flags: $KAFKA_JVM_OPTS; settings: ${KAFKA_SETTINGS[*]}; topics of $KAFKA_PARTITIONS partitions, replication factor 1)}${VECTOR:+; ${VECTOR_VERSION}}; contract pipeline flags: $CONTRACT_ARGS${BRIDGE_ARGS:+; bridge flags added: $BRIDGE_ARGS}."
     echo
