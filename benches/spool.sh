@@ -599,8 +599,11 @@ phase_replay() {
     if [[ $left == 0 ]]; then
         rate=$(awk -v n="$at_ready" -v s="$took" 'BEGIN { printf "%.0f", (s > 0 ? n / s : n) }')
         after=$(broker_messages "$SPOOL_BROKER")
+        # The spool can gain a few events after the last answer: webhooks
+        # whose sender wrk had hung up on are still spooled.
+        local expected=$((at_ready > backlog ? at_ready : backlog))
         figure "$sink" $p "replay of a backlog" "$rate" "events/s" ">= 20000" \
-            "$at_ready events, empty ${took} s after the broker was ready; $(delivered "$before" "$after" "$backlog")"
+            "$at_ready events, empty ${took} s after the broker was ready; $(delivered "$before" "$after" "$expected")"
     else
         rate=$(awk -v n="$((at_ready - left))" -v s="$took" 'BEGIN { printf "%.0f", n / s }')
         figure "$sink" $p "replay of a backlog" "$rate" "events/s" ">= 20000" \
