@@ -851,15 +851,16 @@ mod tests {
     }
 
     /// 32 appenders, each appending its own object's events one after the
-    /// other (as a sender waits for its 202), through groups of at most 5
-    /// so that many requests are held over to the next group: every event
-    /// stored once, under the sequence it was answered with, and each
-    /// object's events in the order they were answered.
+    /// other (as a sender waits for its 202), through groups of at most
+    /// 1000 bytes (about 4 records), so that many requests are held over to
+    /// the next group: every event stored once, under the sequence it was
+    /// answered with, and each object's events in the order they were
+    /// answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_are_all_stored_once_in_the_order_answered() {
         let limits = GroupLimits {
-            events: 5,
-            bytes: 1 << 20,
+            events: 1024,
+            bytes: 1000,
         };
         let spool = Arc::new(Disk::default().spool(1 << 30, limits));
         let (appenders, each) = (32_u32, 20_u32);
@@ -1110,18 +1111,23 @@ mod tests {
         assert!(next > last);
     }
 
-    /// A caller that goes away once its append is queued (its connection
-    /// closed) leaves a consistent spool: the event is written and counted.
+    /// A caller that goes away once its append is queued, before the
+    /// writer took it (its connection closed), leaves a consistent spool:
+    /// the event is written and counted all the same.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_whose_caller_went_away_is_still_written_and_counted() {
         let disk = Disk::default();
         let spool = Arc::new(disk.spool(1 << 20, LIMITS));
         disk.hold();
-        let append = queued_append(&spool, 3).await;
-        append.abort();
+        let first = queued_append(&spool, 2).await;
+        wait_for("the first commit's fsync", || disk.waiting()).await;
+        let abandoned = queued_append(&spool, 3).await;
+        abandoned.abort();
+        wait_for("the caller to go away", || abandoned.is_finished()).await;
         disk.release();
-        wait_for("the abandoned append to be written", || spool.len() == 1).await;
-        assert_eq!(spool.stored_entries().unwrap_or_default(), 1);
+        assert!(first.await.is_ok_and(|appended| appended.is_ok()));
+        wait_for("the abandoned append to be written", || spool.len() == 2).await;
+        assert_eq!(spool.stored_entries().unwrap_or_default(), 2);
         assert!(spool.holds_key("3"));
     }
 

@@ -1,6 +1,8 @@
 //! The durable spool: 202 when the broker cannot take a webhook, delivery in
 //! order once it is back, a bounded size, and survival of `kill -9`.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::support::answers::bridge_with;
@@ -294,5 +296,169 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
         .filter_map(|m| header(m, "apizee-event-id").map(str::to_owned))
         .collect();
     assert_none_lost("kafka", &ids, &found);
+    drop(bridge);
+}
+
+/// A ticket update of 32 KiB: a group of them takes long enough to write
+/// and sync that a kill often lands in a commit (with 200-byte bodies, a
+/// commit is over before its first answer has crossed the socket).
+fn padded_ticket(id: u32, time: u32) -> String {
+    let pad = "x".repeat(32 * 1024);
+    format!(
+        r#"{{"event":"update","time":{time},"object":"ticket","objectId":{id},"props":{{"pad":"{pad}"}}}}"#
+    )
+}
+
+/// (object, event id) of a webhook answered 202.
+type Answered = Vec<(u32, String)>;
+
+/// 32 senders, sender n posting object n's webhooks one after the other
+/// (times from `first_time` on), until `bridge` has answered `count` of
+/// them 202; then `kill -9` while they still post. Returns what was
+/// answered 202, in answer order.
+async fn post_until_killed(bridge: &mut BridgeProcess, first_time: u32, count: usize) -> Answered {
+    let answered = Arc::new(std::sync::Mutex::new(Answered::new()));
+    let lock = |answered: &std::sync::Mutex<Answered>| {
+        answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    };
+    let addr = bridge.addr;
+    let senders: Vec<_> = (0..32)
+        .map(|object| {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                for time in first_time.. {
+                    let body = Bytes::from(padded_ticket(object, time));
+                    let headers = [("content-type", "application/json")];
+                    let Ok(reply) = request(addr, "POST", "/webhooks", &headers, body).await else {
+                        // The bridge is gone.
+                        return;
+                    };
+                    assert_eq!(reply.status, 202, "{}", reply.text());
+                    let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
+                    answered
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((object, id));
+                }
+            })
+        })
+        .collect();
+    wait_until("webhooks answered 202", async || {
+        lock(&answered).len() >= count
+    })
+    .await;
+    bridge.kill_9();
+    for sender in senders {
+        tokio::time::timeout(READY_DEADLINE, sender)
+            .await
+            .unwrap_or_else(|_| panic!("a sender still posts to a killed bridge"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    lock(&answered)
+}
+
+/// A bridge spooling in `spool`, publishing to the JetStream stream
+/// WEBHOOKS at `nats`, configured by its environment alone so that the
+/// test knows its metrics address (returned); its log goes to `log`.
+fn spooling_nats_bridge(nats: &str, spool: &str, log: &Path) -> (BridgeProcess, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (listen, metrics_listen) = (addr.to_string(), metrics.to_string());
+    let env = [
+        ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
+        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics_listen.as_str()),
+        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
+        ("APIZEE_BRIDGE_SINK", "nats"),
+        ("APIZEE_BRIDGE_NATS_URL", nats),
+        ("APIZEE_BRIDGE_NATS_JETSTREAM", "true"),
+        ("APIZEE_BRIDGE_NATS_STREAM", "WEBHOOKS"),
+        ("APIZEE_BRIDGE_PUBLISH_TIMEOUT", "500ms"),
+        ("APIZEE_BRIDGE_SPOOL_DIR", spool),
+    ];
+    (BridgeProcess::spawn_with_env(env, addr, log), metrics)
+}
+
+/// 32 senders post while the broker is down, so that their appends share
+/// group commits, and the bridge is killed -9 while they still post; three
+/// times, each time on the spool the last one left. Once a bridge is back
+/// with the broker and its spool is empty, every webhook answered 202 is in
+/// the stream, once, and each object's in the order they were answered; a
+/// webhook without an answer may or may not be there. A kill lands between
+/// an answer and its fsync only by chance, hence three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_group_commits() {
+    let mut nats = NatsServer::start(true).await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().join("spool").to_string_lossy().into_owned();
+    let log = dir.path().join("bridge.log");
+    let (mut bridge, _) = spooling_nats_bridge(&url, &spool, &log);
+    bridge.wait_ready().await;
+    // The stream exists now; stop the broker.
+    nats.kill();
+    let mut answered = Answered::new();
+    for round in 0..3 {
+        if round > 0 {
+            bridge = spooling_nats_bridge(&url, &spool, &log).0;
+            // Ready on the spool's room alone: the broker is still down.
+            bridge.wait_ready().await;
+        }
+        answered.extend(post_until_killed(&mut bridge, round * 1_000_000, 200).await);
+    }
+
+    nats.restart().await;
+    let (bridge, metrics) = spooling_nats_bridge(&url, &spool, &log);
+    bridge.wait_ready().await;
+    wait_until("the spool to drain into the stream", async || {
+        matches!(get(metrics, "/metrics").await,
+            Ok(r) if metric_value(&r.text(), "apizee_bridge_spool_events") == 0.0)
+    })
+    .await;
+    let js = jetstream::new(nats.client().await);
+    let mut stream = js
+        .get_stream("WEBHOOKS")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stored = stream
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .state
+        .messages;
+    let mut found = Vec::new();
+    for sequence in 1..=stored {
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = message
+            .headers
+            .get("apizee-event-id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        found.push(id);
+    }
+    let ids: Vec<String> = answered.iter().map(|(_, id)| id.clone()).collect();
+    assert_none_lost("nats, 32 senders, 3 kills", &ids, &found);
+    for id in &ids {
+        let copies = found.iter().filter(|f| *f == id).count();
+        assert_eq!(copies, 1, "{id} delivered {copies} times");
+    }
+    for object in 0..32 {
+        let sent: Vec<&String> = answered
+            .iter()
+            .filter(|(o, _)| *o == object)
+            .map(|(_, id)| id)
+            .collect();
+        let delivered: Vec<&String> = found.iter().filter(|id| sent.contains(id)).collect();
+        assert_eq!(delivered, sent, "object {object} out of order");
+    }
     drop(bridge);
 }
