@@ -2,11 +2,11 @@
 //! is down or slow.
 //!
 //! A webhook the broker could not take in time is appended here and synced
-//! before the sender gets `202`; a background task replays the spool, oldest
-//! first, once the broker is back, and removes each event only after the
-//! broker acknowledged it. Replay is strictly in arrival order, one at a
-//! time, which keeps per-objectId order; while the spool holds anything, new
-//! webhooks queue behind it for the same reason.
+//! before the sender gets `202`; a background task (`delivery`) replays the
+//! spool, oldest first, once the broker is back, and removes events only
+//! after the broker acknowledged them. [`Spool::holds_key`] tells whether an
+//! objectId still has events here: its new webhooks queue behind them, so
+//! per-objectId order holds, while other webhooks need not.
 //!
 //! Storage is redb: an embedded, crash-safe B-tree whose commits are fsynced
 //! (`Durability::Immediate`), so a `202` survives `kill -9` and a power cut.
