@@ -70,11 +70,12 @@ fn main() {
         let (latencies, elapsed) = runtime.block_on(append_for(&spool, appenders, case));
         assert_eq!(spool.len(), latencies.len() as u64, "every append stored");
         println!(
-            "append: {appenders:>3} appenders: {:>6.0} appends/s, p50 {:.2} ms, p99 {:.2} ms ({} appends)",
+            "append: {appenders:>3} appenders: {:>6.0} appends/s, p50 {:.2} ms, p99 {:.2} ms ({} appends); {}",
             latencies.len() as f64 / elapsed.as_secs_f64(),
             millis(percentile(&latencies, 50)),
             millis(percentile(&latencies, 99)),
             latencies.len(),
+            disk_now(&parent),
         );
     }
 
@@ -225,6 +226,17 @@ fn fsync_latencies(parent: &Path, grow: bool, case: Duration) -> Vec<Duration> {
         latencies.push(began.elapsed());
     }
     latencies
+}
+
+/// The disk's fsync (in place) right after a case: a shared disk's
+/// latency swings from 0.05 to 4 ms within a minute, and a figure means
+/// little without the one it was measured on.
+fn disk_now(parent: &Path) -> String {
+    let fsync = fsync_latencies(parent, false, Duration::from_millis(500));
+    format!(
+        "disk fsync just after: mean {:.2} ms",
+        millis(fsync.iter().sum::<Duration>() / fsync.len().max(1) as u32)
+    )
 }
 
 /// The type of the file system `path` is on, from the longest mount point
