@@ -54,13 +54,15 @@ fn main() {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
 
-    let fsync = fsync_latencies(&parent, case.min(Duration::from_secs(3)));
-    println!(
-        "fsync: 4 KiB write + fdatasync: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-        fsync.len() as f64 / fsync.iter().sum::<Duration>().as_secs_f64(),
-        millis(percentile(&fsync, 50)),
-        millis(percentile(&fsync, 99)),
-    );
+    for (what, grow) in [("in place", false), ("growing the file", true)] {
+        let fsync = fsync_latencies(&parent, grow, case.min(Duration::from_secs(3)));
+        println!(
+            "fsync: 4 KiB write + fdatasync, {what}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            fsync.len() as f64 / fsync.iter().sum::<Duration>().as_secs_f64(),
+            millis(percentile(&fsync, 50)),
+            millis(percentile(&fsync, 99)),
+        );
+    }
 
     for appenders in APPENDERS {
         let dir = tempfile::tempdir_in(&parent).unwrap_or_else(|e| panic!("{e}"));
@@ -68,11 +70,12 @@ fn main() {
         let (latencies, elapsed) = runtime.block_on(append_for(&spool, appenders, case));
         assert_eq!(spool.len(), latencies.len() as u64, "every append stored");
         println!(
-            "append: {appenders:>3} appenders: {:>6.0} appends/s, p50 {:.2} ms, p99 {:.2} ms ({} appends)",
+            "append: {appenders:>3} appenders: {:>6.0} appends/s, p50 {:.2} ms, p99 {:.2} ms ({} appends); {}",
             latencies.len() as f64 / elapsed.as_secs_f64(),
             millis(percentile(&latencies, 50)),
             millis(percentile(&latencies, 99)),
             latencies.len(),
+            disk_now(&parent),
         );
     }
 
@@ -195,9 +198,13 @@ async fn remove_for(spool: &Arc<Spool>, batch: usize, case: Duration) -> (u64, D
     (removed, started.elapsed())
 }
 
-/// Write 4 KiB at the start of a file and `fdatasync` it, again and again
-/// for `case`: what one commit costs at least on this disk.
-fn fsync_latencies(parent: &Path, case: Duration) -> Vec<Duration> {
+/// Write 4 KiB and `fdatasync` it, again and again for `case`: what one
+/// commit costs at least on this disk. In place, the same 4 KiB each time,
+/// as redb mostly writes pages of a file it has already grown; growing the
+/// file, each 4 KiB after the last, as a log that does not preallocate
+/// (`dd oflag=dsync`): every fdatasync then also commits the new size to
+/// the file system's journal.
+fn fsync_latencies(parent: &Path, grow: bool, case: Duration) -> Vec<Duration> {
     use std::io::{Seek, SeekFrom, Write};
     let dir = tempfile::tempdir_in(parent).unwrap_or_else(|e| panic!("{e}"));
     let mut file =
@@ -207,13 +214,29 @@ fn fsync_latencies(parent: &Path, case: Duration) -> Vec<Duration> {
     let mut latencies = Vec::new();
     while started.elapsed() < case {
         let began = Instant::now();
-        file.seek(SeekFrom::Start(0))
+        let at = if grow {
+            SeekFrom::End(0)
+        } else {
+            SeekFrom::Start(0)
+        };
+        file.seek(at)
             .and_then(|_| file.write_all(&page))
             .and_then(|()| file.sync_data())
             .unwrap_or_else(|e| panic!("{e}"));
         latencies.push(began.elapsed());
     }
     latencies
+}
+
+/// The disk's fsync (in place) right after a case: a shared disk's
+/// latency swings from 0.05 to 4 ms within a minute, and a figure means
+/// little without the one it was measured on.
+fn disk_now(parent: &Path) -> String {
+    let fsync = fsync_latencies(parent, false, Duration::from_millis(500));
+    format!(
+        "disk fsync just after: mean {:.2} ms",
+        millis(fsync.iter().sum::<Duration>() / fsync.len().max(1) as u32)
+    )
 }
 
 /// The type of the file system `path` is on, from the longest mount point
