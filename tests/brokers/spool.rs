@@ -223,29 +223,11 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
         },
     )
     .await;
-    let mut stream = js
-        .get_stream("WEBHOOKS")
+    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stored = stream
-        .info()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .state
-        .messages;
-    let mut found = Vec::new();
-    for sequence in 1..=stored {
-        let message = stream
-            .get_raw_message(sequence)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let id = message
-            .headers
-            .get("apizee-event-id")
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        found.push(id);
-    }
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_none_lost("nats", &ids, &found);
     assert_eq!(found, ids, "delivered once each, in arrival order");
     drop(bridge);
@@ -422,29 +404,11 @@ async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_group_commits() {
     })
     .await;
     let js = jetstream::new(nats.client().await);
-    let mut stream = js
-        .get_stream("WEBHOOKS")
+    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stored = stream
-        .info()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .state
-        .messages;
-    let mut found = Vec::new();
-    for sequence in 1..=stored {
-        let message = stream
-            .get_raw_message(sequence)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let id = message
-            .headers
-            .get("apizee-event-id")
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        found.push(id);
-    }
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let ids: Vec<String> = answered.iter().map(|(_, id)| id.clone()).collect();
     assert_none_lost("nats, 32 senders, 3 kills", &ids, &found);
     for id in &ids {
