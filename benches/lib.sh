@@ -4,7 +4,8 @@
 # A script sets BENCH_NAME (its name, for log lines) before sourcing it,
 # and calls bench_tmpdir once before starting processes. Everything started
 # with `start` is killed by its pid when the script exits, and the temporary
-# directory is removed.
+# directory is removed (kept, with every process's log, when BENCH_KEEP is
+# set: its path is logged).
 #
 # The brokers and the load (load.sh, spool.sh) read the script's settings
 # from these variables: ROOT (the repository), SINKS (bench_tools), TMP
@@ -47,7 +48,12 @@ bench_cleanup() {
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do reap "$pid"; done
-    [[ -n $TMP ]] && rm -rf "$TMP"
+    [[ -n $TMP ]] || return 0
+    if [[ -n ${BENCH_KEEP:-} ]]; then
+        log "kept $TMP (BENCH_KEEP): the logs of every process"
+    else
+        rm -rf "$TMP"
+    fi
 }
 
 # Waits until child $1, already sent SIGTERM, has exited; SIGKILL after

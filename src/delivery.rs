@@ -34,16 +34,22 @@ use crate::metrics::{Registered, latency_opts, opts};
 use crate::route::Message;
 use crate::sink::SinkKind;
 use crate::sink::{Outcome, PublishError, Sink};
-use crate::spool::{Spool, Spooled};
+use crate::spool::{Spool, SpoolError, Spooled};
 
 /// How many spooled events a replay round reads at once, and at most how
 /// many bytes of them: bodies of up to --max-body-bytes each must not add
 /// up to more memory than a container is given.
 const REPLAY_BATCH: usize = 1024;
 const REPLAY_BATCH_BYTES: u64 = 8 * 1024 * 1024;
-/// Replayed publishes in flight at once: enough to hide a round trip to the
-/// broker behind a few hundred others, a fraction of librdkafka's queue.
-const REPLAY_WINDOW: usize = 256;
+/// Replayed publishes in flight at once, and at most how many bytes of
+/// bodies: a broker client holds a copy of each until it is acknowledged.
+/// A 50,000-event backlog on a single-node Kafka (benches/spool.sh replay)
+/// replayed at about 11,000 events/s with 256, 1,024 per batch with
+/// 17,000 to 21,000, 8,192 with 34,000; nats-server 2.15 stopped
+/// answering some publishes with 8,192 in flight (the replay then crawled
+/// at 1,000/s through timeouts) and took 4,096 at 40,000/s.
+const REPLAY_WINDOW: usize = 4096;
+const REPLAY_WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// A cause of spooling that has not changed is logged again only this long
 /// after the last line: an outage is a few lines, not one per webhook.
 const EPISODE_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -54,6 +60,13 @@ const REPLAY_BACKOFF: Duration = Duration::from_millis(500);
 const REPLAY_IDLE_CHECK: Duration = Duration::from_millis(250);
 /// How often, during start-up, the sink is looked at.
 const STARTUP_POLL: Duration = Duration::from_millis(20);
+/// A drain stops publishing this long before its deadline (or at half the
+/// time it has, if less), for what is in flight to be acknowledged and
+/// removed rather than sent again at the next start.
+const DRAIN_SETTLE: Duration = Duration::from_millis(500);
+/// A replay failure (a publish, a read, a removal) is logged at most this
+/// often; the lines in between are counted in the next one.
+const REPLAY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -110,6 +123,124 @@ struct Episode {
     spooled: u64,
 }
 
+/// What [`Delivery::drain_spool`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Events delivered and removed from the spool.
+    pub delivered: u64,
+    /// Events still in the spool.
+    pub left: u64,
+}
+
+/// How a round of replay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Nothing more to read.
+    Empty,
+    /// The sink is not ready; nothing more was sent.
+    NotReady,
+    /// The caller's token, between two events.
+    Stopped,
+    /// A publish, a read or a removal failed: retried after a pause.
+    Failed,
+}
+
+/// What the replayer keeps between rounds.
+#[derive(Debug, Default)]
+struct ReplayState {
+    /// Events the broker acknowledged whose removal failed (a disk fault):
+    /// removed before anything else is read, never published again.
+    unremoved: Vec<u64>,
+}
+
+/// The removal of a batch of replayed events, running on the spool's
+/// writer while the next batch is published.
+struct Removal {
+    task: tokio::task::JoinHandle<Result<(), SpoolError>>,
+    sequences: Vec<u64>,
+}
+
+impl Removal {
+    fn start(spool: &Arc<Spool>, sequences: Vec<u64>) -> Self {
+        let (spool, removed) = (spool.clone(), sequences.clone());
+        Self {
+            task: tokio::spawn(async move { spool.remove(removed).await }),
+            sequences,
+        }
+    }
+
+    async fn finish(self) -> (Vec<u64>, Result<(), SpoolError>) {
+        let result = match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(SpoolError::Storage(format!("the removal task failed: {e}"))),
+        };
+        (self.sequences, result)
+    }
+}
+
+/// One replayed publish, once its acknowledgement came (or did not).
+struct Replayed {
+    sequence: u64,
+    key: u64,
+    /// The body's, counted against [`REPLAY_WINDOW_BYTES`].
+    bytes: usize,
+    topic: String,
+    result: Result<(), PublishError>,
+}
+
+fn key_hash(key: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(key, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// Reads the batch of spooled events after `after` on a blocking thread.
+fn read_after(
+    spool: &Arc<Spool>,
+    after: Option<u64>,
+) -> impl Future<Output = Result<Vec<Spooled>, SpoolError>> + use<> {
+    let spool = spool.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        spool.oldest_after(after, REPLAY_BATCH, REPLAY_BATCH_BYTES)
+    });
+    async move {
+        read.await.unwrap_or_else(|e| {
+            Err(SpoolError::Storage(format!(
+                "the spool's reader failed: {e}"
+            )))
+        })
+    }
+}
+
+/// Lets a line through at most once per interval, counting those held back.
+#[derive(Debug)]
+struct LogLimiter {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this one may be
+    /// logged.
+    fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (logged_at, held) = &mut *state;
+        if logged_at.is_some_and(|at| at.elapsed() < self.interval) {
+            *held += 1;
+            return None;
+        }
+        *logged_at = Some(Instant::now());
+        Some(std::mem::take(held))
+    }
+}
+
 pub struct Delivery {
     sink: Arc<dyn Sink>,
     spool: Option<Arc<Spool>>,
@@ -122,6 +253,10 @@ pub struct Delivery {
     /// True once start-up is over: the sink was seen ready once, or the
     /// deadline passed.
     started: watch::Sender<bool>,
+    /// Held by a round of replay: the replayer's and a drain's never
+    /// overlap, which would break per-objectId order.
+    replaying: tokio::sync::Mutex<ReplayState>,
+    replay_log: LogLimiter,
 }
 
 impl Delivery {
@@ -141,11 +276,18 @@ impl Delivery {
             spooled: Notify::new(),
             startup_deadline: Instant::now() + settings.startup_timeout,
             started: watch::Sender::new(false),
+            replaying: tokio::sync::Mutex::new(ReplayState::default()),
+            replay_log: LogLimiter::new(REPLAY_LOG_INTERVAL),
         })
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {
         &self.sink
+    }
+
+    /// Events waiting in the spool; 0 without one.
+    pub fn spooled_events(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |spool| spool.len())
     }
 
     /// Ready while the broker takes messages, or, once start-up is over,
@@ -333,133 +475,283 @@ impl Delivery {
 
     /// Replays the spool into the sink, oldest first, until `stop` is
     /// cancelled. It stops between two events, never between a publish and
-    /// the removal of what it published; what is left stays on disk for the
-    /// next start. Returns at once without a spool.
+    /// the removal of what it published; what is left stays on disk for
+    /// the next start, or for [`Delivery::drain_spool`] at shutdown.
+    /// Returns at once without a spool.
     pub async fn replay(self: Arc<Self>, stop: CancellationToken) {
         let Some(spool) = self.spool.clone() else {
             return;
         };
         while !stop.is_cancelled() {
-            if spool.is_empty() || !self.sink.is_ready() {
-                if spool.is_empty() {
-                    self.spool_emptied();
-                }
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    _ = tokio::time::timeout(REPLAY_IDLE_CHECK, self.spooled.notified()) => {}
-                }
-                continue;
-            }
-            let reader = spool.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                reader.oldest(REPLAY_BATCH, REPLAY_BATCH_BYTES)
-            });
-            let batch = match read.await {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read the spool");
-                    tokio::time::sleep(REPLAY_BACKOFF).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "spool reader failed");
-                    continue;
-                }
-            };
-            let (delivered, failure) = self.replay_window(&batch, &stop).await;
-            if !delivered.is_empty() {
-                let count = delivered.len() as u64;
-                match spool.remove(delivered).await {
-                    Ok(()) => {
-                        if let Some(metrics) = &self.metrics.spool {
-                            metrics.replayed.inc_by(count);
-                        }
+            match self.replay_round(&spool, &stop).await {
+                Round::Empty | Round::NotReady => {
+                    if spool.is_empty() {
+                        self.spool_emptied();
                     }
-                    // Left in place, they are published again later:
-                    // duplicates with the same event ids, never a loss.
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot remove replayed webhooks");
-                        tokio::time::sleep(REPLAY_BACKOFF).await;
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = tokio::time::timeout(REPLAY_IDLE_CHECK, self.spooled.notified()) => {}
                     }
                 }
-            }
-            if let Some((error, topic)) = failure {
-                tracing::warn!(error = %error, topic = %topic, "replaying a spooled webhook failed; will retry");
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(REPLAY_BACKOFF) => {}
+                Round::Stopped => {}
+                Round::Failed => {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(REPLAY_BACKOFF) => {}
+                    }
                 }
             }
         }
     }
 
-    /// Publishes `batch` in order, up to [`REPLAY_WINDOW`] in flight and at
-    /// most one per objectId, so that when one fails no later event of its
-    /// objectId can have reached the broker. Stops sending at the first
-    /// failure or at `stop`, and waits for what is in flight. Returns the
-    /// sequences the broker acknowledged and the first failure.
-    async fn replay_window(
-        &self,
-        batch: &[Spooled],
-        stop: &CancellationToken,
-    ) -> (Vec<u64>, Option<(PublishError, String)>) {
-        let mut delivered = Vec::with_capacity(batch.len());
-        let mut failure = None;
-        let mut in_flight = FuturesOrdered::new();
-        let mut keys: HashSet<&str> = HashSet::new();
-        let fail = |failure: &mut Option<(PublishError, String)>, error, spooled: &Spooled| {
-            if let Some(metrics) = &self.metrics.spool {
-                metrics.replay_failures.inc();
-            }
-            failure.get_or_insert((error, spooled.message.topic.clone()));
+    /// Delivers what the spool holds until it is empty, the broker is not
+    /// ready, or `deadline`: at shutdown, once no webhook comes in any
+    /// more, and by `apizee-bridge spool drain`. New publishes stop
+    /// [`DRAIN_SETTLE`] before the deadline so that what is in flight can
+    /// still be acknowledged and removed; what is left stays on disk.
+    pub async fn drain_spool(&self, deadline: tokio::time::Instant) -> Drained {
+        let Some(spool) = self.spool.clone() else {
+            return Drained::default();
         };
-        for spooled in batch {
-            // Room in the window, and no earlier event of its objectId in it.
-            while in_flight.len() >= REPLAY_WINDOW || keys.contains(spooled.message.key.as_str()) {
-                let Some((done, result)): Option<(&Spooled, _)> = in_flight.next().await else {
-                    break;
-                };
-                keys.remove(done.message.key.as_str());
-                match result {
-                    Ok(()) => delivered.push(done.sequence),
-                    Err(error) => fail(&mut failure, error, done),
+        let before = spool.len();
+        let stop = CancellationToken::new();
+        let draining = async {
+            loop {
+                match self.replay_round(&spool, &stop).await {
+                    Round::Empty | Round::NotReady | Round::Stopped => break,
+                    Round::Failed => {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(REPLAY_BACKOFF) => {}
+                        }
+                    }
                 }
             }
-            if failure.is_some() || stop.is_cancelled() {
-                break;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let settle = deadline - DRAIN_SETTLE.min(left / 2);
+        let stopping = async {
+            tokio::time::sleep_until(settle).await;
+            stop.cancel();
+            std::future::pending::<()>().await;
+        };
+        // Past the deadline, whatever is still in flight is dropped: its
+        // events stay on disk (sent again later, with the same event ids).
+        let _ = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                () = draining => {}
+                () = stopping => {}
             }
-            let started = Instant::now();
-            let sent = tokio::time::timeout(self.publish_timeout, self.sink.send(&spooled.message))
-                .await
-                .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
-            let acknowledgement = match sent {
-                Ok(acknowledgement) => acknowledgement,
-                Err(error) => {
-                    self.count_publish(&Err(error.clone()), started);
-                    fail(&mut failure, error, spooled);
-                    break;
+        })
+        .await;
+        let left = spool.len();
+        Drained {
+            delivered: before.saturating_sub(left),
+            left,
+        }
+    }
+
+    /// One round of replay, until the spool has no more, the sink is not
+    /// ready, `stop`, or a failure. Events are read in batches (the next
+    /// one while the current one is sent) and published in order, up to
+    /// [`REPLAY_WINDOW`] in flight across batches and at most one per
+    /// objectId, so that when one fails no later event of its objectId can
+    /// have reached the broker. Acknowledged events are removed in batches
+    /// while the next ones are sent, one removal at a time. At a failure
+    /// or at `stop`, sending stops and what is in flight is waited for:
+    /// each acknowledged event leaves the spool, the others are sent again
+    /// by the next round (a duplicate with the same event id at worst).
+    /// Rounds never overlap.
+    async fn replay_round(&self, spool: &Arc<Spool>, stop: &CancellationToken) -> Round {
+        let mut state = self.replaying.lock().await;
+        // Acknowledged by the broker, not yet removed: removed first, and
+        // never published again.
+        if !state.unremoved.is_empty() {
+            let unremoved = std::mem::take(&mut state.unremoved);
+            let count = unremoved.len();
+            if let Err(e) = spool.remove(unremoved.clone()).await {
+                state.unremoved = unremoved;
+                self.replay_problem(&format!("cannot remove replayed webhooks: {e}"));
+                return Round::Failed;
+            }
+            self.count_replayed(count);
+        }
+        if spool.is_empty() {
+            return Round::Empty;
+        }
+        if !self.sink.is_ready() {
+            return Round::NotReady;
+        }
+        let mut in_flight = FuturesOrdered::new();
+        // Objects with an event in flight, by a hash of the key: two keys
+        // sharing one can only wait for each other.
+        let mut keys: HashSet<u64> = HashSet::new();
+        let mut in_flight_bytes = 0;
+        let mut acknowledged = Vec::new();
+        let mut removing: Option<Removal> = None;
+        let mut failure: Option<String> = None;
+        let mut next = Some(read_after(spool, None));
+        let mut round = 'round: loop {
+            let Some(read) = next.take() else {
+                break Round::Empty;
+            };
+            let batch = match read.await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failure = Some(format!("cannot read the spool: {e}"));
+                    break Round::Failed;
                 }
             };
-            keys.insert(spooled.message.key.as_str());
-            let timeout = self.publish_timeout.saturating_sub(started.elapsed());
-            in_flight.push_back(async move {
-                let result = tokio::time::timeout(timeout, acknowledgement)
-                    .await
-                    .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
-                self.count_publish(&result, started);
-                (spooled, result)
-            });
-        }
+            let Some(last) = batch.last() else {
+                break Round::Empty;
+            };
+            next = Some(read_after(spool, Some(last.sequence)));
+            for spooled in &batch {
+                let key = key_hash(&spooled.message.key);
+                // Room in the window, and no earlier event of its objectId
+                // in it.
+                let size = spooled.message.payload.len();
+                while in_flight.len() >= REPLAY_WINDOW
+                    || (in_flight_bytes + size > REPLAY_WINDOW_BYTES && !in_flight.is_empty())
+                    || keys.contains(&key)
+                {
+                    let Some(done): Option<Replayed> = in_flight.next().await else {
+                        break;
+                    };
+                    in_flight_bytes -= done.bytes;
+                    self.acknowledged(done, &mut keys, &mut acknowledged, &mut failure);
+                }
+                if failure.is_some() {
+                    break 'round Round::Failed;
+                }
+                if stop.is_cancelled() {
+                    break 'round Round::Stopped;
+                }
+                if !self.sink.is_ready() {
+                    break 'round Round::NotReady;
+                }
+                let started = Instant::now();
+                let sent =
+                    tokio::time::timeout(self.publish_timeout, self.sink.send(&spooled.message))
+                        .await
+                        .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+                let acknowledgement = match sent {
+                    Ok(acknowledgement) => acknowledgement,
+                    Err(error) => {
+                        self.count_publish(&Err(error.clone()), started);
+                        self.replay_failed(&mut failure, &error, &spooled.message.topic);
+                        break 'round Round::Failed;
+                    }
+                };
+                keys.insert(key);
+                in_flight_bytes += size;
+                let (sequence, topic) = (spooled.sequence, spooled.message.topic.clone());
+                let timeout = self.publish_timeout.saturating_sub(started.elapsed());
+                in_flight.push_back(async move {
+                    let result = tokio::time::timeout(timeout, acknowledgement)
+                        .await
+                        .unwrap_or(Err(PublishError::Timeout(self.publish_timeout)));
+                    self.count_publish(&result, started);
+                    Replayed {
+                        sequence,
+                        key,
+                        bytes: size,
+                        topic,
+                        result,
+                    }
+                });
+            }
+            // Between two batches: what was acknowledged meanwhile is
+            // removed while the next batch is sent.
+            if !self.removal_done(removing.take(), &mut state).await {
+                break Round::Failed;
+            }
+            removing = Some(Removal::start(spool, std::mem::take(&mut acknowledged)));
+        };
         // What was sent is waited for, whatever happened since: each
         // acknowledged event leaves the spool, so a stop or a failure
         // resends no more than it must.
-        while let Some((done, result)) = in_flight.next().await {
-            match result {
-                Ok(()) => delivered.push(done.sequence),
-                Err(error) => fail(&mut failure, error, done),
+        while let Some(done) = in_flight.next().await {
+            self.acknowledged(done, &mut keys, &mut acknowledged, &mut failure);
+        }
+        if failure.is_some() {
+            round = Round::Failed;
+        }
+        if !self.removal_done(removing.take(), &mut state).await {
+            round = Round::Failed;
+            state.unremoved.append(&mut acknowledged);
+        }
+        if !acknowledged.is_empty()
+            && !self
+                .removal_done(Some(Removal::start(spool, acknowledged)), &mut state)
+                .await
+        {
+            round = Round::Failed;
+        }
+        if let Some(problem) = failure {
+            self.replay_problem(&problem);
+        }
+        round
+    }
+
+    /// Takes the outcome of one replayed publish off the window.
+    fn acknowledged(
+        &self,
+        done: Replayed,
+        keys: &mut HashSet<u64>,
+        acknowledged: &mut Vec<u64>,
+        failure: &mut Option<String>,
+    ) {
+        keys.remove(&done.key);
+        match done.result {
+            Ok(()) => acknowledged.push(done.sequence),
+            Err(error) => self.replay_failed(failure, &error, &done.topic),
+        }
+    }
+
+    /// Counts a failed replay publish; the round's first is logged.
+    fn replay_failed(&self, failure: &mut Option<String>, error: &PublishError, topic: &str) {
+        if let Some(metrics) = &self.metrics.spool {
+            metrics.replay_failures.inc();
+        }
+        failure.get_or_insert_with(|| {
+            format!("replaying a spooled webhook to {topic} failed; will retry: {error}")
+        });
+    }
+
+    /// Waits for a removal, if any; false if it failed, its events then
+    /// kept in `state` to be removed before anything else.
+    async fn removal_done(&self, removal: Option<Removal>, state: &mut ReplayState) -> bool {
+        let Some(removal) = removal else {
+            return true;
+        };
+        let (sequences, result) = removal.finish().await;
+        match result {
+            Ok(()) => {
+                self.count_replayed(sequences.len());
+                true
+            }
+            Err(e) => {
+                state.unremoved.extend(sequences);
+                self.replay_problem(&format!("cannot remove replayed webhooks: {e}"));
+                false
             }
         }
-        (delivered, failure)
+    }
+
+    fn count_replayed(&self, count: usize) {
+        if let Some(metrics) = &self.metrics.spool {
+            metrics.replayed.inc_by(count as u64);
+        }
+    }
+
+    /// Logs a replay that failed, at most once every [`REPLAY_LOG_INTERVAL`]
+    /// with how many more failed meanwhile: a broker or a disk that fails
+    /// for an hour is a few dozen lines, not one per retry.
+    fn replay_problem(&self, problem: &str) {
+        if let Some(unlogged) = self.replay_log.allow() {
+            tracing::warn!(unlogged, "{problem}");
+        }
     }
 
     /// Sets the gauges (the broker's connection, the sink's own, the
@@ -987,11 +1279,14 @@ mod tests {
         let spool = open_spool(&dir);
         // More than a window, with one objectId each.
         let total = REPLAY_WINDOW as u64 * 3;
-        for n in 0..total {
-            spool
-                .append(&event(&n.to_string(), &n.to_string()))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+        // Appended together: one group commit, not thousands of fsyncs.
+        let events: Vec<Message> = (0..total)
+            .map(|n| event(&n.to_string(), &n.to_string()))
+            .collect();
+        for appended in
+            futures_util::future::join_all(events.iter().map(|event| spool.append(event))).await
+        {
+            appended.unwrap_or_else(|e| panic!("{e}"));
         }
         let sink = Arc::new(MemorySink::new());
         sink.set_behaviour(Behaviour::Delay(Duration::from_millis(200)));

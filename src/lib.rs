@@ -178,6 +178,10 @@ pub enum RunError {
 /// their tests check it).
 pub const SHUTDOWN_AFTER_DRAIN: Duration = Duration::from_secs(5);
 
+/// Of [`SHUTDOWN_AFTER_DRAIN`], what the delivery of the spool's events at
+/// shutdown leaves to the dead letters and the sink's flush.
+const SHUTDOWN_RESERVE: Duration = Duration::from_secs(1);
+
 /// The two listeners, bound by the caller (`main`, or a test on port 0).
 pub struct Listeners {
     /// Webhooks, `/healthz` and `/readyz` (`--listen`).
@@ -324,9 +328,12 @@ impl Service {
     /// 1. the webhook listener drains ([`Drain`]): `/readyz` answers 503
     ///    for `--drain-delay`, the listener closes, requests in flight get
     ///    up to `--shutdown-timeout` to be answered;
-    /// 2. the background tasks: the spool's replayer (between two events;
-    ///    what is left stays on disk for the next start), the start-up
-    ///    watcher, and the TLS watcher with the SIGHUP handler;
+    /// 2. the background tasks: the spool's replayer (between two events),
+    ///    the start-up watcher, and the TLS watcher with the SIGHUP
+    ///    handler; then, with the broker reachable, what the spool still
+    ///    holds is delivered ([`Delivery::drain_spool`]) until
+    ///    [`SHUTDOWN_RESERVE`] before the deadline; what is left stays on
+    ///    disk for the next start or `apizee-bridge spool drain`;
     /// 3. the dead letters still queued are published: no request is left
     ///    to refuse;
     /// 4. the sink is flushed, then its own background tasks stop;
@@ -398,6 +405,25 @@ impl Service {
             .map(|spans| tokio::spawn(spans.clone().shutdown(deadline)));
         if !background.stop(deadline).await {
             tracing::warn!("background tasks did not stop in time");
+        }
+        if delivery.spooled_events() > 0 {
+            // No webhook comes in any more: what the spool holds goes to the
+            // broker now, rather than wait on disk for a next start that may
+            // never come (a replica scaled away).
+            let drained = delivery.drain_spool(deadline - SHUTDOWN_RESERVE).await;
+            if drained.left == 0 {
+                tracing::info!(
+                    delivered = drained.delivered,
+                    "delivered every spooled webhook before stopping"
+                );
+            } else {
+                tracing::warn!(
+                    delivered = drained.delivered,
+                    left = drained.left,
+                    "spooled webhooks stay on disk: the next start delivers them, or \
+                     `apizee-bridge spool drain` if this replica does not come back"
+                );
+            }
         }
         if let Some(queue) = app.dead_letters() {
             queue.close();

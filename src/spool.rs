@@ -535,11 +535,26 @@ impl Spool {
     /// add up to `max_bytes` as stored (always one at least), so that what
     /// a reader holds stays bounded whatever the bodies' size. Blocking.
     pub fn oldest(&self, limit: usize, max_bytes: u64) -> Result<Vec<Spooled>, SpoolError> {
+        self.oldest_after(None, limit, max_bytes)
+    }
+
+    /// As [`Spool::oldest`], only events after sequence `after`: the next
+    /// batch of a reader whose previous ones are not yet removed.
+    pub fn oldest_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Spooled>, SpoolError> {
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for entry in table.iter().map_err(storage)?.take(limit) {
+        let entries = match after {
+            Some(after) => table.range(after.saturating_add(1)..),
+            None => table.iter(),
+        };
+        for entry in entries.map_err(storage)?.take(limit) {
             if bytes >= max_bytes {
                 break;
             }

@@ -76,10 +76,13 @@ impl Sink for MemorySink {
         "memory"
     }
 
-    fn send<'a>(
+    fn send<'a, 'm>(
         &'a self,
-        message: &'a Message,
-    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
+        message: &'m Message,
+    ) -> BoxFuture<'m, Result<Acknowledgement<'a>, PublishError>>
+    where
+        'a: 'm,
+    {
         let behaviour = lock(&self.behaviour).clone();
         let lost = lock(&self.losses).remove(&message.event_id);
         Box::pin(async move {
@@ -94,11 +97,14 @@ impl Sink for MemorySink {
             // is stored; a hung broker keeps nothing.
             let acknowledged: Acknowledgement<'a> = match behaviour {
                 Behaviour::Hang => Box::pin(std::future::pending()),
-                Behaviour::Delay(pause) => Box::pin(async move {
-                    tokio::time::sleep(pause).await;
-                    lock(&self.messages).push(message.clone());
-                    Ok(())
-                }),
+                Behaviour::Delay(pause) => {
+                    let message = message.clone();
+                    Box::pin(async move {
+                        tokio::time::sleep(pause).await;
+                        lock(&self.messages).push(message);
+                        Ok(())
+                    })
+                }
                 Behaviour::Accept | Behaviour::Fail(_) => {
                     lock(&self.messages).push(message.clone());
                     Box::pin(std::future::ready(Ok(())))

@@ -153,11 +153,16 @@ pub trait Sink: Send + Sync + 'static {
     /// (JetStream stores one connection's publishes in order; librdkafka's
     /// idempotent producer keeps each partition's). Callers bound both
     /// waits with their own timeout; a sink must not send a message it
-    /// already reported as failed when it is not connected.
-    fn send<'a>(
+    /// already reported as failed when it is not connected. The
+    /// acknowledgement borrows the sink, never the message: a caller can
+    /// let go of a message once it is sent (the replay reads on while
+    /// thousands wait for their acknowledgement).
+    fn send<'a, 'm>(
         &'a self,
-        message: &'a Message,
-    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>>;
+        message: &'m Message,
+    ) -> BoxFuture<'m, Result<Acknowledgement<'a>, PublishError>>
+    where
+        'a: 'm;
 
     /// Publishes one message and resolves when the broker acknowledged it.
     fn publish<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), PublishError>> {

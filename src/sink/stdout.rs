@@ -63,10 +63,13 @@ impl Sink for StdoutSink {
         "stdout"
     }
 
-    fn send<'a>(
+    fn send<'a, 'm>(
         &'a self,
-        message: &'a Message,
-    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
+        message: &'m Message,
+    ) -> BoxFuture<'m, Result<Acknowledgement<'a>, PublishError>>
+    where
+        'a: 'm,
+    {
         Box::pin(async move {
             let line = render_line(message)?;
             let mut out = self.out.lock().await;

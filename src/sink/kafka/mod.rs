@@ -521,10 +521,13 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
-    fn send<'a>(
+    fn send<'a, 'm>(
         &'a self,
-        message: &'a Message,
-    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
+        message: &'m Message,
+    ) -> BoxFuture<'m, Result<Acknowledgement<'a>, PublishError>>
+    where
+        'a: 'm,
+    {
         // Enqueued before the first await: sends keep their order.
         let sent = self.enqueue(message);
         Box::pin(async move {

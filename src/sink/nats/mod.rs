@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAddr};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, ServerAddr, Subject};
 use tokio::sync::watch;
 
 use super::{Acknowledgement, BoxFuture, PublishError, Sink};
@@ -257,13 +257,16 @@ impl NatsSink {
     async fn send_jetstream<'a>(
         &'a self,
         js: &'a jetstream::Context,
-        message: &'a Message,
+        message: &Message,
     ) -> Result<Acknowledgement<'a>, PublishError> {
+        // Shared, not copied, by the publish and the wait (which outlives
+        // the message).
+        let subject = Subject::from(message.topic.as_str());
         // The caller's timeout may drop either wait before the client's own
         // fires: that too is a publish nobody answered.
         let mut unanswered = Unanswered {
             sink: self,
-            subject: &message.topic,
+            subject: subject.clone(),
             armed: true,
         };
         let publish = PublishMessage::build()
@@ -272,7 +275,7 @@ impl NatsSink {
             .message_id(&message.event_id);
         let mut disconnects = self.disconnects.subscribe();
         let sent = tokio::select! {
-            sent = js.send_publish(message.topic.clone(), publish) => sent,
+            sent = js.send_publish(subject.clone(), publish) => sent,
             _ = disconnects.changed() => {
                 unanswered.armed = false;
                 return Err(PublishError::NotConnected);
@@ -282,7 +285,7 @@ impl NatsSink {
             Ok(ack) => ack,
             Err(e) => {
                 unanswered.armed = false;
-                return Err(self.jetstream_error(&message.topic, e));
+                return Err(self.jetstream_error(&subject, e));
             }
         };
         Ok(Box::pin(async move {
@@ -306,13 +309,13 @@ impl NatsSink {
                     // leader; read only while not ready, so a healthy
                     // publish takes no lock.
                     if let Some(keeper) = self.stream.as_deref().filter(|k| !k.is_ready())
-                        && keeper.captures(&message.topic)
+                        && keeper.captures(&subject)
                     {
                         keeper.acknowledged();
                     }
                     Ok(())
                 }
-                Err(e) => Err(self.jetstream_error(&message.topic, e)),
+                Err(e) => Err(self.jetstream_error(&subject, e)),
             }
         }))
     }
@@ -322,14 +325,14 @@ impl NatsSink {
 /// an answer.
 struct Unanswered<'a> {
     sink: &'a NatsSink,
-    subject: &'a str,
+    subject: Subject,
     armed: bool,
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if self.armed
-            && let Some(keeper) = self.sink.keeper_of(self.subject)
+            && let Some(keeper) = self.sink.keeper_of(&self.subject)
         {
             keeper.unanswered();
         }
@@ -341,10 +344,13 @@ impl Sink for NatsSink {
         "nats"
     }
 
-    fn send<'a>(
+    fn send<'a, 'm>(
         &'a self,
-        message: &'a Message,
-    ) -> BoxFuture<'a, Result<Acknowledgement<'a>, PublishError>> {
+        message: &'m Message,
+    ) -> BoxFuture<'m, Result<Acknowledgement<'a>, PublishError>>
+    where
+        'a: 'm,
+    {
         Box::pin(async move {
             if !self.connected() {
                 return Err(PublishError::NotConnected);
