@@ -791,11 +791,12 @@ impl<'a> Writer<'a> {
             Ok(Err(e)) => (e.to_string(), DiskFault::of(&e)),
             Err(panic) => (panic_text(&*panic), Some(DiskFault::Failed)),
         };
-        self.shared
-            .settle(group, Err(SpoolError::Storage(error.clone())));
+        // Marked unwritable before the senders hear of it: one told of a
+        // failure finds /readyz saying so already.
         if let Some(fault) = fault {
-            self.fail(error, fault);
+            self.fail(error.clone(), fault);
         }
+        self.shared.settle(group, Err(SpoolError::Storage(error)));
     }
 
     /// After a write that failed for the disk: appends are refused, and the
@@ -1355,6 +1356,10 @@ mod tests {
         held: bool,
         waiting: bool,
         fail_from: Option<u64>,
+        /// Only this fsync fails.
+        fail_only: Option<u64>,
+        /// Every write and fsync fails with this, until healed.
+        broken: Option<std::io::ErrorKind>,
     }
 
     impl Disk {
@@ -1363,9 +1368,19 @@ mod tests {
         }
 
         fn spool(&self, max_bytes: u64, limits: GroupLimits) -> Spool {
+            self.spool_with_reserve(None, max_bytes, limits)
+        }
+
+        /// A spool on this disk, opened again on it after a fault.
+        fn spool_with_reserve(
+            &self,
+            reserve: Option<PathBuf>,
+            max_bytes: u64,
+            limits: GroupLimits,
+        ) -> Spool {
             let disk = self.clone();
             let open = move || Database::builder().create_with_backend(disk.clone());
-            Spool::open_on(open, None, max_bytes, limits).unwrap_or_else(|e| panic!("{e}"))
+            Spool::open_on(open, reserve, max_bytes, limits).unwrap_or_else(|e| panic!("{e}"))
         }
 
         /// Fsyncs from now on wait for [`Self::release`].
@@ -1392,6 +1407,28 @@ mod tests {
             let mut syncs = self.syncs();
             syncs.fail_from = Some(syncs.done + 1);
         }
+
+        /// The fsync under way fails, and no other.
+        fn fail_this_one(&self) {
+            let mut syncs = self.syncs();
+            syncs.fail_only = Some(syncs.done);
+        }
+
+        /// Every write and fsync fails with `kind` until [`Self::heal`].
+        fn break_with(&self, kind: std::io::ErrorKind) {
+            self.syncs().broken = Some(kind);
+        }
+
+        fn heal(&self) {
+            self.syncs().broken = None;
+        }
+
+        fn broken(&self) -> Result<(), std::io::Error> {
+            match self.syncs().broken {
+                Some(kind) => Err(std::io::Error::new(kind, "injected disk fault")),
+                None => Ok(()),
+            }
+        }
     }
 
     impl StorageBackend for Disk {
@@ -1408,6 +1445,7 @@ mod tests {
         }
 
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.broken()?;
             self.0.memory.write(offset, data)
         }
 
@@ -1426,8 +1464,12 @@ mod tests {
                     .0;
             }
             syncs.waiting = false;
-            if syncs.fail_from.is_some_and(|from| number >= from) {
+            if syncs.fail_from.is_some_and(|from| number >= from) || syncs.fail_only == Some(number)
+            {
                 return Err(std::io::Error::other("injected fsync failure"));
+            }
+            if let Some(kind) = syncs.broken {
+                return Err(std::io::Error::new(kind, "injected disk fault"));
             }
             self.0.memory.sync_data()
         }
@@ -1826,6 +1868,284 @@ mod tests {
                 ],
                 payload: Bytes::from_static(br#"{"objectId":100}"#),
             }
+        );
+    }
+
+    /// Whatever the counters say agrees with what the table holds: the
+    /// events, their bytes, and each key held exactly when one of its
+    /// events is stored (`keys` are the keys that may be asked about).
+    fn assert_counts_match_the_table(spool: &Spool, keys: std::ops::Range<u32>) {
+        let stored = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.len(), stored.len() as u64, "entries");
+        assert_eq!(
+            spool.stored_entries().unwrap_or_default(),
+            stored.len() as u64
+        );
+        let bytes: u64 = stored
+            .iter()
+            .map(|s| {
+                let record = Record::from_message(&s.message, SystemTime::now())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                // The stored time may have another width than now's.
+                serde_json::to_vec(&record).map_or(0, |r| r.len() as u64)
+            })
+            .sum();
+        assert!(
+            spool.bytes().abs_diff(bytes) <= 2 * stored.len() as u64,
+            "bytes {} against {bytes} stored",
+            spool.bytes()
+        );
+        for n in keys {
+            let key = n.to_string();
+            let held = stored.iter().any(|s| s.message.key == key);
+            assert_eq!(spool.holds_key(&key), held, "key {key}");
+        }
+    }
+
+    /// A commit whose fsync fails leaves redb refusing every write: the
+    /// writer reopens the database and counts it anew. The appends queued
+    /// behind the failed group are kept through the reopen (their
+    /// reservations counted once), written and answered; the spool writes
+    /// again, and its counters agree with the table, whether or not the
+    /// failed commit reached the disk (then its event is replayed: a
+    /// duplicate at worst, never a loss).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_is_followed_by_a_reopen_and_the_queued_appends_are_written() {
+        let disk = Disk::default();
+        let spool = Arc::new(disk.spool(1 << 20, LIMITS));
+        for n in 0..3 {
+            spool
+                .append(&message(n))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        disk.hold();
+        let failing = queued_append(&spool, 3).await;
+        wait_for("the commit's fsync", || disk.waiting()).await;
+        let mut queued = Vec::new();
+        for n in 4..8 {
+            queued.push(queued_append(&spool, n).await);
+        }
+        disk.fail_this_one();
+        disk.release();
+        let failed = failing.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(failed, Err(SpoolError::Storage(_))), "{failed:?}");
+        for task in queued {
+            let appended = task.await.unwrap_or_else(|e| panic!("{e}"));
+            appended.unwrap_or_else(|e| panic!("queued behind the failure: {e}"));
+        }
+        assert_eq!(spool.reopens(), 1);
+        assert!(spool.is_writable());
+        assert_counts_match_the_table(&spool, 0..9);
+        spool
+            .append(&message(8))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sequences: Vec<u64> = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|s| s.sequence)
+            .collect();
+        let mut unique = sequences.clone();
+        unique.dedup();
+        assert_eq!(unique, sequences, "a sequence stored twice");
+        spool
+            .remove(sequences)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((spool.len(), spool.bytes()), (0, 0));
+        assert!((0..9).all(|n| !spool.holds_key(&n.to_string())));
+    }
+
+    /// A disk that keeps failing: the spool says it cannot write and
+    /// refuses appends at once (no write tried), the writer keeps trying to
+    /// reopen with a pause that grows, and once the disk is back the spool
+    /// writes again by itself, with what it held before intact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_that_keeps_failing_makes_the_spool_unwritable_until_it_heals() {
+        let disk = Disk::default();
+        let spool = disk.spool(1 << 20, LIMITS);
+        for n in 0..3 {
+            spool
+                .append(&message(n))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        disk.break_with(std::io::ErrorKind::Other);
+        let failed = spool.append(&message(3)).await;
+        assert!(matches!(failed, Err(SpoolError::Storage(_))), "{failed:?}");
+        assert!(!spool.is_writable());
+        let syncs = disk.count();
+        for n in 4..20 {
+            let refused = spool.append(&message(n)).await;
+            assert!(
+                matches!(refused, Err(SpoolError::Unwritable(_))),
+                "{refused:?}"
+            );
+        }
+        assert!(
+            disk.count() <= syncs + 2,
+            "appends were tried on a failing disk"
+        );
+        // Tries at 50, 100, 200, 400 ms...: a few in a second, not hundreds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!spool.is_writable());
+        assert!(disk.count() < syncs + 20, "{} fsyncs", disk.count() - syncs);
+        disk.heal();
+        wait_for("the spool to write again", || spool.is_writable()).await;
+        assert!(spool.reopens() >= 1);
+        spool
+            .append(&message(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_counts_match_the_table(&spool, 0..21);
+        let keys: Vec<String> = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|s| s.message.key)
+            .collect();
+        assert_eq!(keys[..3], ["0", "1", "2"]);
+        assert_eq!(keys.last().map(String::as_str), Some("20"));
+    }
+
+    /// A full disk (ENOSPC) gives its reserve up, so that the reopen and
+    /// the removals have room: removals go on while appends are refused,
+    /// and the spool takes appends again only once the reserve is back.
+    /// Here the reserve cannot be made while its directory is missing,
+    /// which stands for a filesystem without room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_gives_up_the_reserve_and_takes_appends_again_once_it_is_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let room = dir.path().join("room");
+        std::fs::create_dir(&room).unwrap_or_else(|e| panic!("{e}"));
+        let reserve = room.join(RESERVE_FILE);
+        let disk = Disk::default();
+        let spool = disk.spool_with_reserve(Some(reserve.clone()), 1 << 20, LIMITS);
+        assert!(reserve_held(&reserve), "no reserve made at open");
+        let mut sequences = Vec::new();
+        for n in 0..3 {
+            sequences.push(
+                spool
+                    .append(&message(n))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        disk.break_with(std::io::ErrorKind::StorageFull);
+        let failed = spool.append(&message(3)).await;
+        assert!(matches!(failed, Err(SpoolError::Storage(_))), "{failed:?}");
+        assert!(!reserve.exists(), "the reserve was kept on a full disk");
+        std::fs::remove_dir(&room).unwrap_or_else(|e| panic!("{e}"));
+        disk.heal();
+        wait_for("the reopen", || spool.reopens() >= 1).await;
+        assert!(!spool.is_writable(), "writable without its reserve");
+        let refused = spool.append(&message(4)).await;
+        assert!(
+            matches!(&refused, Err(SpoolError::Unwritable(reason)) if reason.contains("reserve")),
+            "{refused:?}"
+        );
+        spool
+            .remove(vec![sequences[0]])
+            .await
+            .unwrap_or_else(|e| panic!("a removal during the fault: {e}"));
+        assert_counts_match_the_table(&spool, 0..5);
+        std::fs::create_dir(&room).unwrap_or_else(|e| panic!("{e}"));
+        wait_for("the spool to write again", || spool.is_writable()).await;
+        assert!(reserve_held(&reserve));
+        spool
+            .append(&message(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_counts_match_the_table(&spool, 0..6);
+    }
+
+    /// Writes a spool of 200 events in `dir` and closes it; returns the
+    /// spool file.
+    async fn written_spool(dir: &Path) -> PathBuf {
+        let spool = Spool::open(dir, 1 << 24).unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..200 {
+            spool
+                .append(&message(n))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        drop(spool);
+        dir.join(FILE_NAME)
+    }
+
+    /// A spool file truncated (to nothing, to a few bytes, to half) or
+    /// overwritten in its middle or header is never opened as a spool with
+    /// fewer events: the open fails with an error that names the file and
+    /// says what to do. (redb repairs a file whose last commit was cut
+    /// short, but not one that lost committed pages: it says it is
+    /// truncated below its layout, or panics on a damaged page, which the
+    /// spool catches.) An intact copy of the same file opens with all 200.
+    #[tokio::test]
+    async fn a_truncated_or_corrupted_spool_file_stops_the_open_with_a_clear_error() {
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(&str, Damage); 6] = [
+            ("truncated to nothing", |bytes| bytes.clear()),
+            ("truncated to 100 bytes", |bytes| bytes.truncate(100)),
+            ("truncated to half", |bytes| bytes.truncate(bytes.len() / 2)),
+            ("overwritten in the middle", |bytes| {
+                let middle = bytes.len() / 2;
+                bytes[middle..middle + 64]
+                    .iter_mut()
+                    .for_each(|b| *b ^= 0xff);
+            }),
+            ("overwritten in its header", |bytes| {
+                bytes[..64].iter_mut().for_each(|b| *b ^= 0xff);
+            }),
+            ("zeroed at its end", |bytes| {
+                let end = bytes.len();
+                bytes[end - 20_000..].iter_mut().for_each(|b| *b = 0);
+            }),
+        ];
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = written_spool(dir.path()).await;
+        let intact = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        for (case, damage) in cases {
+            let mut bytes = intact.clone();
+            damage(&mut bytes);
+            std::fs::write(&file, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            match Spool::open(dir.path(), 1 << 24) {
+                Err(e @ SpoolError::Damaged { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(&file.display().to_string()), "{case}: {text}");
+                    assert!(text.contains("Move it aside"), "{case}: {text}");
+                }
+                Err(e) => panic!("{case}: not told damaged: {e}"),
+                Ok(spool) => panic!("{case}: opened with {} events", spool.len()),
+            }
+        }
+        std::fs::write(&file, &intact).unwrap_or_else(|e| panic!("{e}"));
+        let spool = Spool::open(dir.path(), 1 << 24).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.len(), 200);
+    }
+
+    /// A record that is not the spool's JSON stops the open too.
+    #[test]
+    fn an_unreadable_record_stops_the_open() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap_or_else(|e| panic!("{e}"));
+            let write = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+            write
+                .open_table(EVENTS)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .insert(7, b"not json".as_slice())
+                .unwrap_or_else(|e| panic!("{e}"));
+            write.commit().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let opened = Spool::open(dir.path(), 1 << 20);
+        assert!(
+            matches!(&opened, Err(SpoolError::Damaged { reason, .. }) if reason.contains("event 7")),
+            "{:?}",
+            opened.as_ref().err()
         );
     }
 }
