@@ -110,12 +110,38 @@ struct Episode {
     spooled: u64,
 }
 
+/// Refusals counted between two log lines about them.
+#[derive(Debug, Default)]
+struct Refusals {
+    logged_at: Option<Instant>,
+    /// Since the last line, this one included.
+    count: u64,
+}
+
+impl Refusals {
+    /// Counts one; returns how many to log, if a line is due: the first,
+    /// then at most one every [`EPISODE_LOG_INTERVAL`].
+    fn count(&mut self) -> Option<u64> {
+        self.count += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| at.elapsed() < EPISODE_LOG_INTERVAL)
+        {
+            return None;
+        }
+        self.logged_at = Some(Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 pub struct Delivery {
     sink: Arc<dyn Sink>,
     spool: Option<Arc<Spool>>,
     publish_timeout: Duration,
     metrics: DeliveryMetrics,
     episode: Mutex<Episode>,
+    /// Webhooks the spool could not take, for the log.
+    spool_refusals: Mutex<Refusals>,
     spooled: Notify,
     /// Until then, a webhook waits for a sink that has never been ready.
     startup_deadline: Instant,
@@ -138,6 +164,7 @@ impl Delivery {
             publish_timeout: settings.publish_timeout,
             metrics,
             episode: Mutex::new(Episode::default()),
+            spool_refusals: Mutex::new(Refusals::default()),
             spooled: Notify::new(),
             startup_deadline: Instant::now() + settings.startup_timeout,
             started: watch::Sender::new(false),
@@ -149,12 +176,17 @@ impl Delivery {
     }
 
     /// Ready while the broker takes messages, or, once start-up is over,
-    /// while the spool has room to keep them: a replica that has just
-    /// started waits for its broker (up to --startup-timeout) before it
-    /// takes webhooks, rather than spool the first ones for nothing.
+    /// while the spool has room to keep them and can write: a replica that
+    /// has just started waits for its broker (up to --startup-timeout)
+    /// before it takes webhooks, rather than spool the first ones for
+    /// nothing, and one whose disk is full or failing tells its balancer.
     pub fn is_ready(&self) -> bool {
         self.sink_ready()
-            || (self.startup_over() && self.spool.as_ref().is_some_and(|s| s.has_room()))
+            || (self.startup_over()
+                && self
+                    .spool
+                    .as_ref()
+                    .is_some_and(|s| s.has_room() && s.is_writable()))
     }
 
     fn startup_over(&self) -> bool {
@@ -276,9 +308,25 @@ impl Delivery {
                 Ok(Delivered::Spooled)
             }
             Err(e) => {
-                log_span().in_scope(|| {
-                    tracing::warn!(error = %e, broker = %broker_error, "cannot spool the webhook");
-                });
+                // A full or failing spool refuses every webhook the broker
+                // cannot take: one line, then one every interval with how
+                // many were refused meanwhile, never a line per webhook.
+                let refused = self
+                    .spool_refusals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .count();
+                if let Some(refused) = refused {
+                    log_span().in_scope(|| {
+                        tracing::warn!(
+                            error = %e,
+                            broker = %broker_error,
+                            refused,
+                            "cannot spool the webhook; webhooks the broker cannot take get 503 \
+                             until the spool can take them"
+                        );
+                    });
+                }
                 Err(broker_error)
             }
         }
@@ -474,6 +522,12 @@ impl Delivery {
             metrics.events.set(gauge(spool.len()));
             metrics.bytes.set(gauge(spool.bytes()));
             metrics.max_bytes.set(gauge(spool.max_bytes()));
+            metrics.writable.set(i64::from(spool.is_writable()));
+            // A counter follows the spool's own count of reopens.
+            let reopens = spool.reopens();
+            metrics
+                .reopens
+                .inc_by(reopens.saturating_sub(metrics.reopens.get()));
             let age = spool.oldest_age().ok().flatten().unwrap_or_default();
             metrics.oldest_age.set(age.as_secs_f64());
         }
@@ -495,6 +549,8 @@ struct SpoolMetrics {
     bytes: IntGauge,
     max_bytes: IntGauge,
     oldest_age: Gauge,
+    writable: IntGauge,
+    reopens: IntCounter,
     /// `spooled_total` by [`SpoolCause`], in the order of `SpoolCause::all`.
     spooled: Vec<IntCounter>,
     replayed: IntCounter,
@@ -567,6 +623,15 @@ impl SpoolMetrics {
                 "How long the oldest spooled webhook has waited; 0 when the spool is empty.",
             ))?
             .registered(registry)?,
+            writable: gauge(
+                "spool_writable",
+                "1 while the spool takes webhooks; 0 from a write that failed for the disk \
+                 (full or failing) until the spool recovers by itself.",
+            )?,
+            reopens: counter(
+                "spool_reopens_total",
+                "Times the spool's database was opened again after a disk fault.",
+            )?,
             spooled: {
                 let spooled = IntCounterVec::new(
                     opts(
@@ -1021,5 +1086,52 @@ mod tests {
             total,
             "every event delivered or still on disk"
         );
+    }
+
+    /// A spool that cannot write (here its reserve cannot be made: a
+    /// directory has its name) makes a bridge whose broker is down not
+    /// ready, and every webhook it cannot take a 503, logged once however
+    /// many; once the spool can write again, the bridge is ready again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_cannot_write_is_not_ready_and_logs_its_refusals_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let in_the_way = dir.path().join("spool.reserve");
+        std::fs::create_dir(&in_the_way).unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        let sink = Arc::new(MemorySink::new());
+        sink.set_ready(false);
+        sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+        let registry = Registry::new();
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &registry);
+        let logs = crate::testing::CapturedLogs::start();
+        assert!(!delivery.is_ready(), "ready with a spool that cannot write");
+        for n in 0..20 {
+            let delivered = delivery
+                .deliver(&event(&n.to_string(), "refused"), tracing::Span::none)
+                .await;
+            assert_eq!(delivered, Err(PublishError::NotConnected));
+        }
+        let lines = logs.starting_with("cannot spool the webhook");
+        assert_eq!(lines.len(), 1, "{:#?}", logs.lines());
+        delivery.report();
+        assert!(exported(&registry).contains("apizee_bridge_spool_writable 0"));
+        // The broker being back is enough for a bridge to be ready.
+        sink.set_ready(true);
+        assert!(delivery.is_ready());
+        sink.set_ready(false);
+        std::fs::remove_dir(&in_the_way).unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !delivery.is_ready() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not ready once the spool could write"));
+        let delivered = delivery
+            .deliver(&event("1", "spooled"), tracing::Span::none)
+            .await;
+        assert_eq!(delivered, Ok(Delivered::Spooled));
+        delivery.report();
+        assert!(exported(&registry).contains("apizee_bridge_spool_writable 1"));
     }
 }
