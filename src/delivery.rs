@@ -216,6 +216,7 @@ fn read_after(
 #[derive(Debug)]
 struct LogLimiter {
     interval: Duration,
+    /// When the last line was let through, and how many occurrences since.
     state: Mutex<(Option<Instant>, u64)>,
 }
 
@@ -227,17 +228,18 @@ impl LogLimiter {
         }
     }
 
-    /// `Some(lines held back since the last one)` when this one may be
-    /// logged.
+    /// Counts one occurrence; when a line is due (the first, then at most
+    /// one per interval), how many occurrences it stands for: itself and
+    /// those held back since the last line.
     fn allow(&self) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (logged_at, held) = &mut *state;
+        let (logged_at, count) = &mut *state;
+        *count += 1;
         if logged_at.is_some_and(|at| at.elapsed() < self.interval) {
-            *held += 1;
             return None;
         }
         *logged_at = Some(Instant::now());
-        Some(std::mem::take(held))
+        Some(std::mem::take(count))
     }
 }
 
@@ -247,6 +249,8 @@ pub struct Delivery {
     publish_timeout: Duration,
     metrics: DeliveryMetrics,
     episode: Mutex<Episode>,
+    /// Webhooks the spool could not take, for the log.
+    spool_refusals: LogLimiter,
     spooled: Notify,
     /// Until then, a webhook waits for a sink that has never been ready.
     startup_deadline: Instant,
@@ -273,6 +277,7 @@ impl Delivery {
             publish_timeout: settings.publish_timeout,
             metrics,
             episode: Mutex::new(Episode::default()),
+            spool_refusals: LogLimiter::new(EPISODE_LOG_INTERVAL),
             spooled: Notify::new(),
             startup_deadline: Instant::now() + settings.startup_timeout,
             started: watch::Sender::new(false),
@@ -291,12 +296,17 @@ impl Delivery {
     }
 
     /// Ready while the broker takes messages, or, once start-up is over,
-    /// while the spool has room to keep them: a replica that has just
-    /// started waits for its broker (up to --startup-timeout) before it
-    /// takes webhooks, rather than spool the first ones for nothing.
+    /// while the spool has room to keep them and can write: a replica that
+    /// has just started waits for its broker (up to --startup-timeout)
+    /// before it takes webhooks, rather than spool the first ones for
+    /// nothing, and one whose disk is full or failing tells its balancer.
     pub fn is_ready(&self) -> bool {
         self.sink_ready()
-            || (self.startup_over() && self.spool.as_ref().is_some_and(|s| s.has_room()))
+            || (self.startup_over()
+                && self
+                    .spool
+                    .as_ref()
+                    .is_some_and(|s| s.has_room() && s.is_writable()))
     }
 
     fn startup_over(&self) -> bool {
@@ -418,9 +428,20 @@ impl Delivery {
                 Ok(Delivered::Spooled)
             }
             Err(e) => {
-                log_span().in_scope(|| {
-                    tracing::warn!(error = %e, broker = %broker_error, "cannot spool the webhook");
-                });
+                // A full or failing spool refuses every webhook the broker
+                // cannot take: one line, then one every interval with how
+                // many were refused meanwhile, never a line per webhook.
+                if let Some(refused) = self.spool_refusals.allow() {
+                    log_span().in_scope(|| {
+                        tracing::warn!(
+                            error = %e,
+                            broker = %broker_error,
+                            refused,
+                            "cannot spool the webhook; webhooks the broker cannot take get 503 \
+                             until the spool can take them"
+                        );
+                    });
+                }
                 Err(broker_error)
             }
         }
@@ -749,8 +770,8 @@ impl Delivery {
     /// with how many more failed meanwhile: a broker or a disk that fails
     /// for an hour is a few dozen lines, not one per retry.
     fn replay_problem(&self, problem: &str) {
-        if let Some(unlogged) = self.replay_log.allow() {
-            tracing::warn!(unlogged, "{problem}");
+        if let Some(failures) = self.replay_log.allow() {
+            tracing::warn!(failures, "{problem}");
         }
     }
 
@@ -766,6 +787,12 @@ impl Delivery {
             metrics.events.set(gauge(spool.len()));
             metrics.bytes.set(gauge(spool.bytes()));
             metrics.max_bytes.set(gauge(spool.max_bytes()));
+            metrics.writable.set(i64::from(spool.is_writable()));
+            // A counter follows the spool's own count of reopens.
+            let reopens = spool.reopens();
+            metrics
+                .reopens
+                .inc_by(reopens.saturating_sub(metrics.reopens.get()));
             let age = spool.oldest_age().ok().flatten().unwrap_or_default();
             metrics.oldest_age.set(age.as_secs_f64());
         }
@@ -787,6 +814,8 @@ struct SpoolMetrics {
     bytes: IntGauge,
     max_bytes: IntGauge,
     oldest_age: Gauge,
+    writable: IntGauge,
+    reopens: IntCounter,
     /// `spooled_total` by [`SpoolCause`], in the order of `SpoolCause::all`.
     spooled: Vec<IntCounter>,
     replayed: IntCounter,
@@ -859,6 +888,15 @@ impl SpoolMetrics {
                 "How long the oldest spooled webhook has waited; 0 when the spool is empty.",
             ))?
             .registered(registry)?,
+            writable: gauge(
+                "spool_writable",
+                "1 while the spool takes webhooks; 0 from a write that failed for the disk \
+                 (full or failing) until the spool recovers by itself.",
+            )?,
+            reopens: counter(
+                "spool_reopens_total",
+                "Times the spool's database was opened again after a disk fault.",
+            )?,
             spooled: {
                 let spooled = IntCounterVec::new(
                     opts(
@@ -1316,5 +1354,52 @@ mod tests {
             total,
             "every event delivered or still on disk"
         );
+    }
+
+    /// A spool that cannot write (here its reserve cannot be made: a
+    /// directory has its name) makes a bridge whose broker is down not
+    /// ready, and every webhook it cannot take a 503, logged once however
+    /// many; once the spool can write again, the bridge is ready again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_cannot_write_is_not_ready_and_logs_its_refusals_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let in_the_way = dir.path().join("spool.reserve");
+        std::fs::create_dir(&in_the_way).unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        let sink = Arc::new(MemorySink::new());
+        sink.set_ready(false);
+        sink.set_behaviour(Behaviour::Fail(PublishError::NotConnected));
+        let registry = Registry::new();
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &registry);
+        let logs = crate::testing::CapturedLogs::start();
+        assert!(!delivery.is_ready(), "ready with a spool that cannot write");
+        for n in 0..20 {
+            let delivered = delivery
+                .deliver(&event(&n.to_string(), "refused"), tracing::Span::none)
+                .await;
+            assert_eq!(delivered, Err(PublishError::NotConnected));
+        }
+        let lines = logs.starting_with("cannot spool the webhook");
+        assert_eq!(lines.len(), 1, "{:#?}", logs.lines());
+        delivery.report();
+        assert!(exported(&registry).contains("apizee_bridge_spool_writable 0"));
+        // The broker being back is enough for a bridge to be ready.
+        sink.set_ready(true);
+        assert!(delivery.is_ready());
+        sink.set_ready(false);
+        std::fs::remove_dir(&in_the_way).unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !delivery.is_ready() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not ready once the spool could write"));
+        let delivered = delivery
+            .deliver(&event("1", "spooled"), tracing::Span::none)
+            .await;
+        assert_eq!(delivered, Ok(Delivered::Spooled));
+        delivery.report();
+        assert!(exported(&registry).contains("apizee_bridge_spool_writable 1"));
     }
 }

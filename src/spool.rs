@@ -24,10 +24,32 @@
 //! queued under one lock, and the writer takes them in that order, so
 //! commits land in sequence order: a reader never sees an event while an
 //! older one is still being written.
+//!
+//! Disk faults. redb refuses every write after one I/O error ("Previous I/O
+//! error occurred"), so the writer closes the database after a write that
+//! failed for the disk and opens it again (redb repairs it), with a growing
+//! pause between tries, and counts what the file holds anew: that count is
+//! the truth, since a commit that failed may still have reached the disk
+//! (its events are then replayed, duplicates with their event ids at worst,
+//! never lost). A full filesystem is met with a reserve: a file of
+//! [`RESERVE_BYTES`] beside the spool, deleted when a write finds the disk
+//! full, so that the repair and the removals of replayed events (which,
+//! copy-on-write, write before they free) still have room. Until the reserve
+//! is back, appends are refused at once ([`SpoolError::Unwritable`], a 503
+//! for the sender) and [`Spool::is_writable`] says no; the writer takes it
+//! back as soon as the filesystem has room for twice its size, or once the
+//! replay has emptied the spool and compacting the file has given its space
+//! back.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::io::{self, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +65,28 @@ use crate::route::{Message, header};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const FILE_NAME: &str = "spool.redb";
+const RESERVE_FILE: &str = "spool.reserve";
+
+/// Room kept on the spool's filesystem for what must still be written once
+/// it is full: redb's repair when the database is opened again, and the
+/// removals of replayed events, which write new pages before they free the
+/// old ones. Measured on a full 3 MiB tmpfs: without it every removal fails
+/// with ENOSPC; with 64 KiB, removals of 600 events commit. 1 MiB leaves a
+/// margin for a deep tree and is nothing on a real disk.
+pub const RESERVE_BYTES: u64 = 1024 * 1024;
+
+/// The first pause before the writer tries again to reopen the database or
+/// take its reserve back; it doubles up to [`RECOVERY_AT_MOST`].
+const RECOVERY_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between two tries: a spool is back this long at most
+/// after the room is, and a try (2 MiB written for the reserve) costs
+/// little at that pace.
+const RECOVERY_AT_MOST: Duration = Duration::from_secs(2);
+/// A fault that lasts is logged again this often, not at every try.
+const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a reopen or a compaction waits for the readers of the
+/// database (a replay's read takes milliseconds) to let go of it.
+const READERS_AT_MOST: Duration = Duration::from_secs(5);
 
 /// redb's page cache. Its default, 1 GiB, fills with every event written
 /// until the process holds the spool twice, on disk and in memory (measured:
@@ -61,7 +105,7 @@ const GROUP_LIMITS: GroupLimits = GroupLimits {
     bytes: 4 * 1024 * 1024,
 };
 
-/// The longest the writer waits for a group to fill ([`write_groups`]).
+/// The longest the writer waits for a group to fill ([`Writer::gather`]).
 const GATHER_AT_MOST: Duration = Duration::from_millis(1);
 
 /// Slots in the table that counts, per objectId, the events waiting or
@@ -71,26 +115,84 @@ const GATHER_AT_MOST: Duration = Duration::from_millis(1);
 /// a webhook queue behind the spool when it need not.
 const KEY_SLOTS: usize = 1 << 20;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     #[error("the spool is full ({limit} bytes); raise --spool-max-bytes or restore the broker")]
     Full { limit: u64 },
     #[error("spool storage failed: {0}")]
     Storage(String),
+    /// A write failed for the disk (full, or failing) and the spool has not
+    /// recovered yet; it does by itself, and meanwhile refuses appends.
+    #[error(
+        "the spool cannot write since a disk fault ({0}); it retries by itself: \
+         if its filesystem is full, free space on it"
+    )]
+    Unwritable(String),
     #[error("cannot open the spool in {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// The spool file cannot be read: the bridge does not start on it
+    /// rather than lose its events without a word.
+    #[error(
+        "the spool file {shown} is damaged ({reason}); the bridge does not start on it, so \
+         that the webhooks it holds are not dropped without a word. Move it aside \
+         (mv {shown} {shown}.damaged) and start again: the bridge makes a new, empty spool. \
+         The webhooks in the damaged file were answered 202 and the bridge cannot replay \
+         them: keep the file to find out which",
+        shown = file.display()
+    )]
+    Damaged { file: PathBuf, reason: String },
 }
 
 fn storage(e: impl std::fmt::Display) -> SpoolError {
     SpoolError::Storage(e.to_string())
 }
 
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 fn writer_stopped() -> SpoolError {
     SpoolError::Storage("the spool's writer has stopped".into())
+}
+
+/// What a failed write says of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskFault {
+    /// ENOSPC or a quota: room may come back.
+    Full,
+    /// Any other I/O error, or a database redb no longer writes to (after
+    /// an I/O error, or found damaged): reopening it is the way out.
+    Failed,
+}
+
+impl DiskFault {
+    /// `None` for an error that says nothing of the disk (a value too
+    /// large, a transaction misused): the database still writes.
+    fn of(error: &redb::Error) -> Option<Self> {
+        match error {
+            redb::Error::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                Some(Self::Full)
+            }
+            redb::Error::Io(_)
+            | redb::Error::PreviousIo
+            | redb::Error::Corrupted(_)
+            | redb::Error::DatabaseClosed
+            | redb::Error::Backend(_) => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The text of a panic caught in redb, which is how it meets some damaged
+/// pages.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("redb stopped on it: {text}")
 }
 
 /// One spooled event, as stored.
@@ -183,7 +285,8 @@ impl KeyCounts {
     }
 }
 
-/// Counters kept in memory, rebuilt from disk at start-up.
+/// Counters kept in memory, rebuilt from disk at start-up and at every
+/// reopen.
 struct State {
     next_sequence: u64,
     /// Events on disk.
@@ -192,6 +295,22 @@ struct State {
     bytes: u64,
     /// Keys of the events on disk and of appends under way.
     keys: KeyCounts,
+    /// Why appends are refused, while the writer recovers from a disk
+    /// fault; kept here so that an append reads it under the lock it takes
+    /// anyway.
+    unwritable: Option<String>,
+}
+
+impl State {
+    fn empty() -> Self {
+        Self {
+            next_sequence: 0,
+            entries: 0,
+            bytes: 0,
+            keys: KeyCounts::new(),
+            unwritable: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -232,21 +351,226 @@ struct Removed {
     key: Option<String>,
 }
 
+/// Why opening the database failed: a file that cannot be read, or
+/// anything else (rights, a lock, a missing directory).
+enum OpenFailure {
+    Damaged(String),
+    Other(String),
+}
+
+impl OpenFailure {
+    fn redb(error: impl Into<redb::Error>) -> Self {
+        let error = error.into();
+        let damaged = match &error {
+            redb::Error::Corrupted(_) => true,
+            redb::Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+            ),
+            _ => false,
+        };
+        if damaged {
+            Self::Damaged(error.to_string())
+        } else {
+            Self::Other(error.to_string())
+        }
+    }
+}
+
+/// Where the database is, so that the writer can open it again.
+enum Store {
+    /// `spool.redb` in this directory, its reserve beside it.
+    Dir(PathBuf),
+    /// Any redb backend, opened (again) by `open`: for tests that inject
+    /// disk faults.
+    #[cfg(test)]
+    Backend {
+        open: Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>,
+        reserve: Option<PathBuf>,
+    },
+}
+
+impl Store {
+    fn reserve(&self) -> Option<PathBuf> {
+        match self {
+            Self::Dir(dir) => Some(dir.join(RESERVE_FILE)),
+            #[cfg(test)]
+            Self::Backend { reserve, .. } => reserve.clone(),
+        }
+    }
+
+    /// Opens the database and counts what it holds. A file that cannot be
+    /// read, whether redb says so or panics on it, is
+    /// [`SpoolError::Damaged`].
+    fn open(&self) -> Result<(Database, State), SpoolError> {
+        let (file, opened) = match self {
+            Self::Dir(dir) => {
+                let file = dir.join(FILE_NAME);
+                // redb makes a new database of an empty file: a spool
+                // truncated to nothing would come back empty, its events
+                // gone without a word.
+                if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
+                    return Err(SpoolError::Damaged {
+                        file,
+                        reason: "it is empty (0 bytes), though even an empty spool has a header"
+                            .into(),
+                    });
+                }
+                let opened = open_and_count(|| {
+                    Database::builder()
+                        .set_cache_size(CACHE_BYTES)
+                        .create(&file)
+                });
+                (file, opened)
+            }
+            #[cfg(test)]
+            Self::Backend { open, .. } => (PathBuf::from("(test backend)"), open_and_count(open)),
+        };
+        opened.map_err(|failure| match failure {
+            OpenFailure::Damaged(reason) => SpoolError::Damaged { file, reason },
+            OpenFailure::Other(reason) => SpoolError::Open {
+                path: file.parent().map(Path::to_owned).unwrap_or_default(),
+                reason,
+            },
+        })
+    }
+}
+
+fn open_and_count(
+    open: impl Fn() -> Result<Database, redb::DatabaseError>,
+) -> Result<(Database, State), OpenFailure> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let db = open().map_err(OpenFailure::redb)?;
+        let state = count(&db)?;
+        Ok((db, state))
+    }))
+    .unwrap_or_else(|panic| Err(OpenFailure::Damaged(panic_text(&*panic))))
+}
+
+/// Counts what a previous run (or the database before a reopen) left,
+/// keys included. Reads only: a full disk does not stop it.
+fn count(db: &Database) -> Result<State, OpenFailure> {
+    let mut state = State::empty();
+    let read = db.begin_read().map_err(OpenFailure::redb)?;
+    let table = match read.open_table(EVENTS) {
+        Ok(table) => table,
+        // A new spool: the table is made now, so that readers find it.
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            let write = db.begin_write().map_err(OpenFailure::redb)?;
+            write.open_table(EVENTS).map_err(OpenFailure::redb)?;
+            write.commit().map_err(OpenFailure::redb)?;
+            return Ok(state);
+        }
+        Err(e) => return Err(OpenFailure::redb(e)),
+    };
+    for entry in table.iter().map_err(OpenFailure::redb)? {
+        let (sequence, value) = entry.map_err(OpenFailure::redb)?;
+        let sequence = sequence.value();
+        let key = key_of(value.value()).map_err(|e| {
+            OpenFailure::Damaged(format!("spooled event {sequence} cannot be read: {e}"))
+        })?;
+        state.keys.add(&key);
+        state.entries += 1;
+        state.bytes += value.value().len() as u64;
+        state.next_sequence = state.next_sequence.max(sequence + 1);
+    }
+    Ok(state)
+}
+
+/// Whether the reserve is in place.
+fn reserve_held(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == RESERVE_BYTES)
+}
+
+/// Makes the reserve, once twice its size could be written and synced:
+/// taken back as soon as it just fits, it would leave the spool no room
+/// for anything else, and the next append would find the disk full again.
+/// The bytes are not all alike, so that a compressing filesystem stores
+/// them all. A reserve not made is removed whole.
+fn make_reserve(path: &Path) -> io::Result<()> {
+    let made = (|| {
+        let mut file = File::create(path)?;
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut chunk = vec![0_u8; 64 * 1024];
+        for _ in 0..(2 * RESERVE_BYTES) / chunk.len() as u64 {
+            for word in chunk.chunks_exact_mut(8) {
+                // xorshift64
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+            file.write_all(&chunk)?;
+        }
+        // A filesystem that allocates late reports ENOSPC here.
+        file.sync_all()?;
+        file.set_len(RESERVE_BYTES)?;
+        file.sync_all()
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Takes `db` once no reader holds it any more, waiting `at_most`.
+fn wait_unique(mut db: Arc<Database>, at_most: Duration) -> Result<Database, Arc<Database>> {
+    let deadline = Instant::now() + at_most;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Ok(db),
+            Err(shared) if Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(shared) => return Err(shared),
+        }
+    }
+}
+
 /// What the callers and the writer share.
 struct Shared {
-    db: Database,
+    /// `None` while the writer reopens or compacts it; readers then get an
+    /// error and try again later.
+    db: RwLock<Option<Arc<Database>>>,
+    store: Store,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Databases opened again after a fault.
+    reopens: AtomicU64,
 }
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn database(&self) -> Result<Arc<Database>, SpoolError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                SpoolError::Storage(
+                    "the spool is being reopened after a disk fault; try again shortly".into(),
+                )
+            })
+    }
+
+    fn set_database(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        std::mem::replace(
+            &mut *self.db.write().unwrap_or_else(PoisonError::into_inner),
+            db,
+        )
+    }
+
+    fn unwritable(&self) -> Option<String> {
+        self.state().unwritable.clone()
     }
 
     /// Books a group's outcome in the counters, then answers each request:
     /// only now, after its fsync, may a sender be told its event is safe.
-    fn settle(&self, group: Vec<Request>, written: Result<Vec<Removed>, String>) {
+    fn settle(&self, group: Vec<Request>, written: Result<Vec<Removed>, SpoolError>) {
         {
             let mut state = self.state();
             for request in &group {
@@ -268,7 +592,6 @@ impl Shared {
                 }
             }
         }
-        let failed = |e: &String| SpoolError::Storage(e.clone());
         for request in group {
             // A caller that went away (its connection closed) no longer
             // listens; its event is written all the same.
@@ -276,28 +599,127 @@ impl Shared {
                 Request::Append {
                     sequence, reply, ..
                 } => {
-                    let _ = reply.send(written.as_ref().map(|_| sequence).map_err(failed));
+                    let _ = reply.send(written.as_ref().map(|_| sequence).map_err(Clone::clone));
                 }
                 Request::Remove { reply, .. } => {
-                    let _ = reply.send(written.as_ref().map(|_| ()).map_err(failed));
+                    let _ = reply.send(written.as_ref().map(|_| ()).map_err(Clone::clone));
                 }
             }
         }
     }
 }
 
+/// An episode of disk fault, from the write that failed to the recovery.
+struct Fault {
+    since: Instant,
+    /// The latest reason: the failed write, then what stops the recovery.
+    reason: String,
+    /// When the writer tries to recover next, and the pause after that.
+    retry_at: Instant,
+    backoff: Duration,
+    tries: u64,
+    logged_at: Instant,
+}
+
+impl Fault {
+    fn new(reason: String) -> Self {
+        let now = Instant::now();
+        Self {
+            since: now,
+            reason,
+            retry_at: now,
+            backoff: RECOVERY_FIRST,
+            tries: 0,
+            logged_at: now,
+        }
+    }
+}
+
+enum Next {
+    Request(Request),
+    /// Time to try to recover.
+    Retry,
+    /// The spool is dropped and nothing is left to write.
+    Closed,
+}
+
 /// The writer thread: one group, one transaction, one fsync, until the
-/// spool is dropped and the queue is empty.
-fn write_groups(shared: &Shared, queue: &mpsc::Receiver<Request>, limits: GroupLimits) {
-    // A request that would have made the previous group too big starts the
-    // next one.
-    let mut held_over = None;
-    let mut last_group = 0;
-    let mut last_commit = Duration::ZERO;
-    loop {
-        let Some(first) = held_over.take().or_else(|| queue.recv().ok()) else {
-            return;
+/// spool is dropped and the queue is empty; and the recovery from disk
+/// faults.
+struct Writer<'a> {
+    shared: &'a Shared,
+    queue: &'a mpsc::Receiver<Request>,
+    limits: GroupLimits,
+    /// Requests taken from the queue and not yet written: one that would
+    /// have made the previous group too big, or those queued when the
+    /// database was reopened. They go before the queue.
+    backlog: VecDeque<Request>,
+    /// A database given up after a fault, closed once no reader holds it
+    /// (redb locks its file: it cannot be opened again before).
+    retired: Option<Arc<Database>>,
+    fault: Option<Fault>,
+    last_group: usize,
+    last_commit: Duration,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        shared: &'a Shared,
+        queue: &'a mpsc::Receiver<Request>,
+        limits: GroupLimits,
+        fault: Option<Fault>,
+    ) -> Self {
+        Self {
+            shared,
+            queue,
+            limits,
+            backlog: VecDeque::new(),
+            retired: None,
+            fault,
+            last_group: 0,
+            last_commit: Duration::ZERO,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if self
+                .fault
+                .as_ref()
+                .is_some_and(|fault| Instant::now() >= fault.retry_at)
+            {
+                self.recover();
+            }
+            let first = match self.next() {
+                Next::Request(request) => request,
+                Next::Retry => continue,
+                Next::Closed => return,
+            };
+            let group = self.gather(first);
+            self.write(group);
+        }
+    }
+
+    /// The next request; during a fault, waits no longer than the next try.
+    fn next(&mut self) -> Next {
+        if let Some(request) = self.backlog.pop_front() {
+            return Next::Request(request);
+        }
+        let Some(fault) = &self.fault else {
+            return self.queue.recv().map_or(Next::Closed, Next::Request);
         };
+        match self
+            .queue
+            .recv_timeout(fault.retry_at.saturating_duration_since(Instant::now()))
+        {
+            Ok(request) => Next::Request(request),
+            Err(RecvTimeoutError::Timeout) => Next::Retry,
+            Err(RecvTimeoutError::Disconnected) => Next::Closed,
+        }
+    }
+
+    /// A group that starts with `first`, within the limits.
+    fn gather(&mut self, first: Request) -> Vec<Request> {
         let (mut events, mut bytes) = first.weight();
         let mut group = vec![first];
         // The senders the last commit answered come back with their next
@@ -307,54 +729,283 @@ fn write_groups(shared: &Shared, queue: &mpsc::Receiver<Request>, limits: GroupL
         // writer waits for as many as the last group held, for at most a
         // quarter of what the last commit took (up to 1 ms): less latency
         // than a commit it saves. A lone sender never waits.
-        let gather_until = Instant::now() + (last_commit / 4).min(GATHER_AT_MOST);
-        while events < limits.events && bytes < limits.bytes {
-            let next = if group.len() < last_group {
-                queue
+        let gather_until = Instant::now() + (self.last_commit / 4).min(GATHER_AT_MOST);
+        while events < self.limits.events && bytes < self.limits.bytes {
+            let next = if let Some(request) = self.backlog.pop_front() {
+                Some(request)
+            } else if group.len() < self.last_group {
+                self.queue
                     .recv_timeout(gather_until.saturating_duration_since(Instant::now()))
                     .ok()
             } else {
-                queue.try_recv().ok()
+                self.queue.try_recv().ok()
             };
             let Some(request) = next else {
                 break;
             };
             let (more_events, more_bytes) = request.weight();
-            if events + more_events > limits.events || bytes + more_bytes > limits.bytes {
-                held_over = Some(request);
+            if events + more_events > self.limits.events || bytes + more_bytes > self.limits.bytes {
+                // It starts the next group.
+                self.backlog.push_front(request);
                 break;
             }
             events += more_events;
             bytes += more_bytes;
             group.push(request);
         }
-        last_group = group.len();
+        self.last_group = group.len();
+        group
+    }
+
+    fn write(&mut self, mut group: Vec<Request>) {
+        if let Some(reason) = self.shared.unwritable() {
+            // Appends queued before the fault are refused without a try:
+            // each would fail again, or eat the room kept for removals.
+            // Removals go on: they are how a full spool empties.
+            let (appends, removals) = group
+                .into_iter()
+                .partition(|request| matches!(request, Request::Append { .. }));
+            self.shared
+                .settle(appends, Err(SpoolError::Unwritable(reason.clone())));
+            group = removals;
+            if group.is_empty() {
+                return;
+            }
+        }
+        let db = match self.shared.database() {
+            Ok(db) => db,
+            Err(e) => {
+                self.shared.settle(group, Err(e));
+                return;
+            }
+        };
         let started = Instant::now();
-        let written = write_group(&shared.db, &group);
-        last_commit = started.elapsed();
-        shared.settle(group, written);
+        let written = catch_unwind(AssertUnwindSafe(|| write_group(&db, &group)));
+        self.last_commit = started.elapsed();
+        drop(db);
+        let (error, fault) = match written {
+            Ok(Ok(removed)) => {
+                self.shared.settle(group, Ok(removed));
+                return;
+            }
+            Ok(Err(e)) => (e.to_string(), DiskFault::of(&e)),
+            Err(panic) => (panic_text(&*panic), Some(DiskFault::Failed)),
+        };
+        // Marked unwritable before the senders hear of it: one told of a
+        // failure finds /readyz saying so already.
+        if let Some(fault) = fault {
+            self.fail(error.clone(), fault);
+        }
+        self.shared.settle(group, Err(SpoolError::Storage(error)));
+    }
+
+    /// After a write that failed for the disk: appends are refused, and the
+    /// database is given up, to be opened again at once.
+    fn fail(&mut self, reason: String, fault: DiskFault) {
+        self.shared.state().unwritable = Some(reason.clone());
+        if fault == DiskFault::Full
+            && let Some(reserve) = self.shared.store.reserve()
+        {
+            // Its room is for the reopen and the removals.
+            let _ = std::fs::remove_file(reserve);
+        }
+        if let Some(db) = self.shared.set_database(None) {
+            self.retired = Some(db);
+        }
+        match &mut self.fault {
+            Some(episode) => {
+                episode.retry_at = Instant::now();
+                episode.reason = reason;
+            }
+            None => {
+                let advice = match fault {
+                    DiskFault::Full => {
+                        "free space on its filesystem; the replay frees some too once the \
+                         broker is back"
+                    }
+                    DiskFault::Failed => "the spool file is opened again",
+                };
+                tracing::warn!(
+                    error = %reason,
+                    "the spool cannot write: webhooks the broker cannot take get 503 until \
+                     it can; it recovers by itself once {advice}"
+                );
+                self.fault = Some(Fault::new(reason));
+            }
+        }
+    }
+
+    /// Tries to end a fault: reopens the database if it was given up, then
+    /// takes the reserve back; or tries again later.
+    fn recover(&mut self) {
+        if let Err(reason) = self
+            .reopen_if_closed()
+            .and_then(|()| self.take_reserve_back())
+        {
+            self.retry_later(reason);
+            return;
+        }
+        self.shared.state().unwritable = None;
+        if let Some(fault) = self.fault.take() {
+            tracing::info!(
+                after = ?fault.since.elapsed(),
+                tries = fault.tries + 1,
+                reopens = self.shared.reopens.load(Ordering::Relaxed),
+                "the spool can write again"
+            );
+        }
+    }
+
+    fn retry_later(&mut self, reason: String) {
+        let Some(fault) = &mut self.fault else {
+            return;
+        };
+        let now = Instant::now();
+        fault.tries += 1;
+        fault.retry_at = now + fault.backoff;
+        fault.backoff = (fault.backoff * 2).min(RECOVERY_AT_MOST);
+        fault.reason.clone_from(&reason);
+        self.shared.state().unwritable = Some(reason.clone());
+        if now.duration_since(fault.logged_at) >= FAULT_LOG_INTERVAL {
+            fault.logged_at = now;
+            tracing::warn!(
+                error = %reason,
+                since = ?fault.since.elapsed(),
+                tries = fault.tries,
+                "the spool still cannot write; webhooks the broker cannot take get 503"
+            );
+        }
+    }
+
+    fn reopen_if_closed(&mut self) -> Result<(), String> {
+        if self
+            .shared
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
+        if let Some(old) = self.retired.take() {
+            match wait_unique(old, READERS_AT_MOST) {
+                Ok(old) => drop(old),
+                Err(old) => {
+                    self.retired = Some(old);
+                    return Err("a reader still holds the spool's database".into());
+                }
+            }
+        }
+        let (db, counted) = self.shared.store.open().map_err(|e| e.to_string())?;
+        self.install(db, counted);
+        self.shared.reopens.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts a reopened database in place, with what it holds counted anew:
+    /// a commit that failed may have reached the disk or not, and only the
+    /// file knows. Appends queued meanwhile hold reservations (bytes, keys,
+    /// sequences) in the old counts: they are taken out of the queue now,
+    /// while the lock keeps new ones out, and counted again on top.
+    fn install(&mut self, db: Database, mut counted: State) {
+        let mut state = self.shared.state();
+        while let Ok(request) = self.queue.try_recv() {
+            self.backlog.push_back(request);
+        }
+        for request in &self.backlog {
+            if let Request::Append { key, record, .. } = request {
+                counted.bytes += record.len() as u64;
+                counted.keys.add(key);
+            }
+        }
+        // Sequences already handed out are never handed out again.
+        counted.next_sequence = counted.next_sequence.max(state.next_sequence);
+        counted.unwritable = state.unwritable.take();
+        *state = counted;
+        self.shared.set_database(Some(Arc::new(db)));
+    }
+
+    /// Makes the reserve again if it is gone; an empty spool is compacted
+    /// first when there is no room for it.
+    fn take_reserve_back(&mut self) -> Result<(), String> {
+        let Some(reserve) = self.shared.store.reserve() else {
+            return Ok(());
+        };
+        if reserve_held(&reserve) {
+            return Ok(());
+        }
+        let no_room = |e: io::Error| {
+            format!(
+                "no room for the reserve of {RESERVE_BYTES} bytes twice over at {}: {e}",
+                reserve.display()
+            )
+        };
+        let Err(e) = make_reserve(&reserve) else {
+            return Ok(());
+        };
+        if self.shared.state().entries > 0 {
+            return Err(no_room(e));
+        }
+        // Emptied by the replay, the spool file keeps the size it grew to:
+        // redb reuses its free pages but gives them back to the filesystem
+        // only when compacted. Measured on a full 3 MiB tmpfs: an empty
+        // spool of 2 MiB compacts to 12 KiB.
+        self.compact()?;
+        make_reserve(&reserve).map_err(no_room)
+    }
+
+    fn compact(&mut self) -> Result<(), String> {
+        let Some(db) = self.shared.set_database(None) else {
+            return Err("the spool's database is closed".into());
+        };
+        let mut db = match wait_unique(db, READERS_AT_MOST) {
+            Ok(db) => db,
+            Err(db) => {
+                self.shared.set_database(Some(db));
+                return Err("a reader still holds the spool's database".into());
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(|| db.compact())) {
+            Ok(Ok(_)) => {
+                self.shared.set_database(Some(Arc::new(db)));
+                Ok(())
+            }
+            // It may no longer write (redb latches I/O errors): opened again
+            // at the next try.
+            Ok(Err(e)) => {
+                self.retired = Some(Arc::new(db));
+                Err(format!("cannot compact the spool file: {e}"))
+            }
+            Err(panic) => {
+                self.retired = Some(Arc::new(db));
+                Err(format!(
+                    "cannot compact the spool file: {}",
+                    panic_text(&*panic)
+                ))
+            }
+        }
     }
 }
 
 /// Writes a group in one transaction and commits it, fsync included.
 /// Returns what the removals took out.
-fn write_group(db: &Database, group: &[Request]) -> Result<Vec<Removed>, String> {
-    let mut write = db.begin_write().map_err(text)?;
+fn write_group(db: &Database, group: &[Request]) -> Result<Vec<Removed>, redb::Error> {
+    let mut write = db.begin_write()?;
     // redb's default, stated: commit() returns once the group is on disk.
-    write.set_durability(Durability::Immediate).map_err(text)?;
+    write.set_durability(Durability::Immediate)?;
     let mut removed = Vec::new();
     {
-        let mut table = write.open_table(EVENTS).map_err(text)?;
+        let mut table = write.open_table(EVENTS)?;
         for request in group {
             match request {
                 Request::Append {
                     sequence, record, ..
                 } => {
-                    table.insert(*sequence, record.as_slice()).map_err(text)?;
+                    table.insert(*sequence, record.as_slice())?;
                 }
                 Request::Remove { sequences, .. } => {
                     for &sequence in sequences {
-                        if let Some(value) = table.remove(sequence).map_err(text)? {
+                        if let Some(value) = table.remove(sequence)? {
                             let value = value.value();
                             removed.push(Removed {
                                 bytes: value.len() as u64,
@@ -366,35 +1017,8 @@ fn write_group(db: &Database, group: &[Request]) -> Result<Vec<Removed>, String>
             }
         }
     }
-    write.commit().map_err(text)?;
+    write.commit()?;
     Ok(removed)
-}
-
-/// Counts what a previous run left, keys included.
-fn count(db: &Database) -> Result<State, String> {
-    let mut state = State {
-        next_sequence: 0,
-        entries: 0,
-        bytes: 0,
-        keys: KeyCounts::new(),
-    };
-    // A write transaction: on a first start it creates the table.
-    let write = db.begin_write().map_err(text)?;
-    {
-        let table = write.open_table(EVENTS).map_err(text)?;
-        for entry in table.iter().map_err(text)? {
-            let (sequence, value) = entry.map_err(text)?;
-            let sequence = sequence.value();
-            let key = key_of(value.value())
-                .map_err(|e| format!("spooled event {sequence} cannot be read: {e}"))?;
-            state.keys.add(&key);
-            state.entries += 1;
-            state.bytes += value.value().len() as u64;
-            state.next_sequence = state.next_sequence.max(sequence + 1);
-        }
-    }
-    write.commit().map_err(text)?;
-    Ok(state)
 }
 
 pub struct Spool {
@@ -414,46 +1038,65 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, counting what a previous run
     /// left there, and starts its writer thread.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
-        let open_error = |reason: String| SpoolError::Open {
+        std::fs::create_dir_all(dir).map_err(|e| SpoolError::Open {
             path: dir.to_owned(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(dir.join(FILE_NAME))
-            .map_err(|e| open_error(e.to_string()))?;
-        Self::start(db, max_bytes, GROUP_LIMITS).map_err(open_error)
+            reason: e.to_string(),
+        })?;
+        Self::start(Store::Dir(dir.to_owned()), max_bytes, GROUP_LIMITS)
     }
 
-    /// A spool on any redb backend, with its own group limits: for tests
+    /// A spool on any redb backend, opened again by `open` after a fault,
+    /// with its own group limits and, if given, a reserve file: for tests
     /// that inject disk faults or make groups small.
     #[cfg(test)]
     fn open_on(
-        backend: impl redb::StorageBackend,
+        open: impl Fn() -> Result<Database, redb::DatabaseError> + Send + Sync + 'static,
+        reserve: Option<PathBuf>,
         max_bytes: u64,
         limits: GroupLimits,
-    ) -> Result<Self, String> {
-        let db = Database::builder()
-            .create_with_backend(backend)
-            .map_err(text)?;
-        Self::start(db, max_bytes, limits)
+    ) -> Result<Self, SpoolError> {
+        let store = Store::Backend {
+            open: Box::new(open),
+            reserve,
+        };
+        Self::start(store, max_bytes, limits)
     }
 
-    fn start(db: Database, max_bytes: u64, limits: GroupLimits) -> Result<Self, String> {
-        let state = count(&db)?;
+    fn start(store: Store, max_bytes: u64, limits: GroupLimits) -> Result<Self, SpoolError> {
+        let (db, mut state) = store.open()?;
+        // A spool that starts on a full disk still replays what it holds;
+        // it takes appends once the writer has the reserve back.
+        let fault = store
+            .reserve()
+            .filter(|reserve| !reserve_held(reserve))
+            .and_then(|reserve| make_reserve(&reserve).err().map(|e| (reserve, e)))
+            .map(|(reserve, e)| {
+                let reason = format!(
+                    "no room for the reserve of {RESERVE_BYTES} bytes twice over at {}: {e}",
+                    reserve.display()
+                );
+                tracing::warn!(
+                    error = %reason,
+                    "the spool cannot write: webhooks the broker cannot take get 503 until it \
+                     can; it recovers by itself once there is room on its filesystem"
+                );
+                state.unwritable = Some(reason.clone());
+                Fault::new(reason)
+            });
         let (queue, requests) = mpsc::channel();
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            store,
             max_bytes,
             state: Mutex::new(state),
+            reopens: AtomicU64::new(0),
         });
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("spool-writer".into())
-                .spawn(move || write_groups(&shared, &requests, limits))
-                .map_err(|e| format!("cannot start the spool's writer: {e}"))?
+                .spawn(move || Writer::new(&shared, &requests, limits, fault).run())
+                .map_err(|e| SpoolError::Storage(format!("cannot start the spool's writer: {e}")))?
         };
         Ok(Self {
             shared,
@@ -491,6 +1134,18 @@ impl Spool {
         self.bytes() < self.shared.max_bytes
     }
 
+    /// Whether the spool takes appends: false from a write that failed for
+    /// the disk until the writer has recovered (reopened the database if it
+    /// had to, and has its reserve back).
+    pub fn is_writable(&self) -> bool {
+        self.shared.state().unwritable.is_none()
+    }
+
+    /// How many times the database was opened again after a disk fault.
+    pub fn reopens(&self) -> u64 {
+        self.shared.reopens.load(Ordering::Relaxed)
+    }
+
     /// Whether an event with this message key (the objectId) waits in the
     /// spool or is being appended to it, so that a webhook of that object
     /// queues behind it. It may say yes for a key with none (keys share a
@@ -508,6 +1163,9 @@ impl Spool {
         let (reply, answer) = oneshot::channel();
         {
             let mut state = self.shared.state();
+            if let Some(reason) = &state.unwritable {
+                return Err(SpoolError::Unwritable(reason.clone()));
+            }
             // Reserved before the write, so that concurrent appends never
             // overshoot the limit; the writer gives it back if the write
             // fails.
@@ -546,7 +1204,8 @@ impl Spool {
         limit: usize,
         max_bytes: u64,
     ) -> Result<Vec<Spooled>, SpoolError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let db = self.shared.database()?;
+        let read = db.begin_read().map_err(storage)?;
         let table = read.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -571,7 +1230,8 @@ impl Spool {
 
     /// How long the oldest event has waited. Blocking.
     pub fn oldest_age(&self) -> Result<Option<Duration>, SpoolError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let db = self.shared.database()?;
+        let read = db.begin_read().map_err(storage)?;
         let table = read.open_table(EVENTS).map_err(storage)?;
         let Some(entry) = table.first().map_err(storage)? else {
             return Ok(None);
@@ -597,7 +1257,8 @@ impl Spool {
     /// Entries on disk, counted from the table itself (for tests and
     /// start-up checks). Blocking.
     pub fn stored_entries(&self) -> Result<u64, SpoolError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let db = self.shared.database()?;
+        let read = db.begin_read().map_err(storage)?;
         read.open_table(EVENTS)
             .map_err(storage)?
             .len()
@@ -710,6 +1371,10 @@ mod tests {
         held: bool,
         waiting: bool,
         fail_from: Option<u64>,
+        /// Only this fsync fails.
+        fail_only: Option<u64>,
+        /// Every write and fsync fails with this, until healed.
+        broken: Option<std::io::ErrorKind>,
     }
 
     impl Disk {
@@ -718,7 +1383,19 @@ mod tests {
         }
 
         fn spool(&self, max_bytes: u64, limits: GroupLimits) -> Spool {
-            Spool::open_on(self.clone(), max_bytes, limits).unwrap_or_else(|e| panic!("{e}"))
+            self.spool_with_reserve(None, max_bytes, limits)
+        }
+
+        /// A spool on this disk, opened again on it after a fault.
+        fn spool_with_reserve(
+            &self,
+            reserve: Option<PathBuf>,
+            max_bytes: u64,
+            limits: GroupLimits,
+        ) -> Spool {
+            let disk = self.clone();
+            let open = move || Database::builder().create_with_backend(disk.clone());
+            Spool::open_on(open, reserve, max_bytes, limits).unwrap_or_else(|e| panic!("{e}"))
         }
 
         /// Fsyncs from now on wait for [`Self::release`].
@@ -745,6 +1422,28 @@ mod tests {
             let mut syncs = self.syncs();
             syncs.fail_from = Some(syncs.done + 1);
         }
+
+        /// The fsync under way fails, and no other.
+        fn fail_this_one(&self) {
+            let mut syncs = self.syncs();
+            syncs.fail_only = Some(syncs.done);
+        }
+
+        /// Every write and fsync fails with `kind` until [`Self::heal`].
+        fn break_with(&self, kind: std::io::ErrorKind) {
+            self.syncs().broken = Some(kind);
+        }
+
+        fn heal(&self) {
+            self.syncs().broken = None;
+        }
+
+        fn broken(&self) -> Result<(), std::io::Error> {
+            match self.syncs().broken {
+                Some(kind) => Err(std::io::Error::new(kind, "injected disk fault")),
+                None => Ok(()),
+            }
+        }
     }
 
     impl StorageBackend for Disk {
@@ -761,6 +1460,7 @@ mod tests {
         }
 
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.broken()?;
             self.0.memory.write(offset, data)
         }
 
@@ -779,8 +1479,12 @@ mod tests {
                     .0;
             }
             syncs.waiting = false;
-            if syncs.fail_from.is_some_and(|from| number >= from) {
+            if syncs.fail_from.is_some_and(|from| number >= from) || syncs.fail_only == Some(number)
+            {
                 return Err(std::io::Error::other("injected fsync failure"));
+            }
+            if let Some(kind) = syncs.broken {
+                return Err(std::io::Error::new(kind, "injected disk fault"));
             }
             self.0.memory.sync_data()
         }
@@ -1179,6 +1883,284 @@ mod tests {
                 ],
                 payload: Bytes::from_static(br#"{"objectId":100}"#),
             }
+        );
+    }
+
+    /// Whatever the counters say agrees with what the table holds: the
+    /// events, their bytes, and each key held exactly when one of its
+    /// events is stored (`keys` are the keys that may be asked about).
+    fn assert_counts_match_the_table(spool: &Spool, keys: std::ops::Range<u32>) {
+        let stored = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.len(), stored.len() as u64, "entries");
+        assert_eq!(
+            spool.stored_entries().unwrap_or_default(),
+            stored.len() as u64
+        );
+        let bytes: u64 = stored
+            .iter()
+            .map(|s| {
+                let record = Record::from_message(&s.message, SystemTime::now())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                // The stored time may have another width than now's.
+                serde_json::to_vec(&record).map_or(0, |r| r.len() as u64)
+            })
+            .sum();
+        assert!(
+            spool.bytes().abs_diff(bytes) <= 2 * stored.len() as u64,
+            "bytes {} against {bytes} stored",
+            spool.bytes()
+        );
+        for n in keys {
+            let key = n.to_string();
+            let held = stored.iter().any(|s| s.message.key == key);
+            assert_eq!(spool.holds_key(&key), held, "key {key}");
+        }
+    }
+
+    /// A commit whose fsync fails leaves redb refusing every write: the
+    /// writer reopens the database and counts it anew. The appends queued
+    /// behind the failed group are kept through the reopen (their
+    /// reservations counted once), written and answered; the spool writes
+    /// again, and its counters agree with the table, whether or not the
+    /// failed commit reached the disk (then its event is replayed: a
+    /// duplicate at worst, never a loss).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_is_followed_by_a_reopen_and_the_queued_appends_are_written() {
+        let disk = Disk::default();
+        let spool = Arc::new(disk.spool(1 << 20, LIMITS));
+        for n in 0..3 {
+            spool
+                .append(&message(n))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        disk.hold();
+        let failing = queued_append(&spool, 3).await;
+        wait_for("the commit's fsync", || disk.waiting()).await;
+        let mut queued = Vec::new();
+        for n in 4..8 {
+            queued.push(queued_append(&spool, n).await);
+        }
+        disk.fail_this_one();
+        disk.release();
+        let failed = failing.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(failed, Err(SpoolError::Storage(_))), "{failed:?}");
+        for task in queued {
+            let appended = task.await.unwrap_or_else(|e| panic!("{e}"));
+            appended.unwrap_or_else(|e| panic!("queued behind the failure: {e}"));
+        }
+        assert_eq!(spool.reopens(), 1);
+        assert!(spool.is_writable());
+        assert_counts_match_the_table(&spool, 0..9);
+        spool
+            .append(&message(8))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sequences: Vec<u64> = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|s| s.sequence)
+            .collect();
+        let mut unique = sequences.clone();
+        unique.dedup();
+        assert_eq!(unique, sequences, "a sequence stored twice");
+        spool
+            .remove(sequences)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((spool.len(), spool.bytes()), (0, 0));
+        assert!((0..9).all(|n| !spool.holds_key(&n.to_string())));
+    }
+
+    /// A disk that keeps failing: the spool says it cannot write and
+    /// refuses appends at once (no write tried), the writer keeps trying to
+    /// reopen with a pause that grows, and once the disk is back the spool
+    /// writes again by itself, with what it held before intact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_that_keeps_failing_makes_the_spool_unwritable_until_it_heals() {
+        let disk = Disk::default();
+        let spool = disk.spool(1 << 20, LIMITS);
+        for n in 0..3 {
+            spool
+                .append(&message(n))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        disk.break_with(std::io::ErrorKind::Other);
+        let failed = spool.append(&message(3)).await;
+        assert!(matches!(failed, Err(SpoolError::Storage(_))), "{failed:?}");
+        assert!(!spool.is_writable());
+        let syncs = disk.count();
+        for n in 4..20 {
+            let refused = spool.append(&message(n)).await;
+            assert!(
+                matches!(refused, Err(SpoolError::Unwritable(_))),
+                "{refused:?}"
+            );
+        }
+        assert!(
+            disk.count() <= syncs + 2,
+            "appends were tried on a failing disk"
+        );
+        // Tries at 50, 100, 200, 400 ms...: a few in a second, not hundreds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!spool.is_writable());
+        assert!(disk.count() < syncs + 20, "{} fsyncs", disk.count() - syncs);
+        disk.heal();
+        wait_for("the spool to write again", || spool.is_writable()).await;
+        assert!(spool.reopens() >= 1);
+        spool
+            .append(&message(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_counts_match_the_table(&spool, 0..21);
+        let keys: Vec<String> = spool
+            .oldest(usize::MAX, u64::MAX)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|s| s.message.key)
+            .collect();
+        assert_eq!(keys[..3], ["0", "1", "2"]);
+        assert_eq!(keys.last().map(String::as_str), Some("20"));
+    }
+
+    /// A full disk (ENOSPC) gives its reserve up, so that the reopen and
+    /// the removals have room: removals go on while appends are refused,
+    /// and the spool takes appends again only once the reserve is back.
+    /// Here the reserve cannot be made while its directory is missing,
+    /// which stands for a filesystem without room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_gives_up_the_reserve_and_takes_appends_again_once_it_is_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let room = dir.path().join("room");
+        std::fs::create_dir(&room).unwrap_or_else(|e| panic!("{e}"));
+        let reserve = room.join(RESERVE_FILE);
+        let disk = Disk::default();
+        let spool = disk.spool_with_reserve(Some(reserve.clone()), 1 << 20, LIMITS);
+        assert!(reserve_held(&reserve), "no reserve made at open");
+        let mut sequences = Vec::new();
+        for n in 0..3 {
+            sequences.push(
+                spool
+                    .append(&message(n))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        disk.break_with(std::io::ErrorKind::StorageFull);
+        let failed = spool.append(&message(3)).await;
+        assert!(matches!(failed, Err(SpoolError::Storage(_))), "{failed:?}");
+        assert!(!reserve.exists(), "the reserve was kept on a full disk");
+        std::fs::remove_dir(&room).unwrap_or_else(|e| panic!("{e}"));
+        disk.heal();
+        wait_for("the reopen", || spool.reopens() >= 1).await;
+        assert!(!spool.is_writable(), "writable without its reserve");
+        let refused = spool.append(&message(4)).await;
+        assert!(
+            matches!(&refused, Err(SpoolError::Unwritable(reason)) if reason.contains("reserve")),
+            "{refused:?}"
+        );
+        spool
+            .remove(vec![sequences[0]])
+            .await
+            .unwrap_or_else(|e| panic!("a removal during the fault: {e}"));
+        assert_counts_match_the_table(&spool, 0..5);
+        std::fs::create_dir(&room).unwrap_or_else(|e| panic!("{e}"));
+        wait_for("the spool to write again", || spool.is_writable()).await;
+        assert!(reserve_held(&reserve));
+        spool
+            .append(&message(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_counts_match_the_table(&spool, 0..6);
+    }
+
+    /// Writes a spool of 200 events in `dir` and closes it; returns the
+    /// spool file.
+    async fn written_spool(dir: &Path) -> PathBuf {
+        let spool = Spool::open(dir, 1 << 24).unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..200 {
+            spool
+                .append(&message(n))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        drop(spool);
+        dir.join(FILE_NAME)
+    }
+
+    /// A spool file truncated (to nothing, to a few bytes, to half) or
+    /// overwritten in its middle or header is never opened as a spool with
+    /// fewer events: the open fails with an error that names the file and
+    /// says what to do. (redb repairs a file whose last commit was cut
+    /// short, but not one that lost committed pages: it says it is
+    /// truncated below its layout, or panics on a damaged page, which the
+    /// spool catches.) An intact copy of the same file opens with all 200.
+    #[tokio::test]
+    async fn a_truncated_or_corrupted_spool_file_stops_the_open_with_a_clear_error() {
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(&str, Damage); 6] = [
+            ("truncated to nothing", |bytes| bytes.clear()),
+            ("truncated to 100 bytes", |bytes| bytes.truncate(100)),
+            ("truncated to half", |bytes| bytes.truncate(bytes.len() / 2)),
+            ("overwritten in the middle", |bytes| {
+                let middle = bytes.len() / 2;
+                bytes[middle..middle + 64]
+                    .iter_mut()
+                    .for_each(|b| *b ^= 0xff);
+            }),
+            ("overwritten in its header", |bytes| {
+                bytes[..64].iter_mut().for_each(|b| *b ^= 0xff);
+            }),
+            ("zeroed at its end", |bytes| {
+                let end = bytes.len();
+                bytes[end - 20_000..].iter_mut().for_each(|b| *b = 0);
+            }),
+        ];
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = written_spool(dir.path()).await;
+        let intact = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        for (case, damage) in cases {
+            let mut bytes = intact.clone();
+            damage(&mut bytes);
+            std::fs::write(&file, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            match Spool::open(dir.path(), 1 << 24) {
+                Err(e @ SpoolError::Damaged { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(&file.display().to_string()), "{case}: {text}");
+                    assert!(text.contains("Move it aside"), "{case}: {text}");
+                }
+                Err(e) => panic!("{case}: not told damaged: {e}"),
+                Ok(spool) => panic!("{case}: opened with {} events", spool.len()),
+            }
+        }
+        std::fs::write(&file, &intact).unwrap_or_else(|e| panic!("{e}"));
+        let spool = Spool::open(dir.path(), 1 << 24).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.len(), 200);
+    }
+
+    /// A record that is not the spool's JSON stops the open too.
+    #[test]
+    fn an_unreadable_record_stops_the_open() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap_or_else(|e| panic!("{e}"));
+            let write = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+            write
+                .open_table(EVENTS)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .insert(7, b"not json".as_slice())
+                .unwrap_or_else(|e| panic!("{e}"));
+            write.commit().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let opened = Spool::open(dir.path(), 1 << 20);
+        assert!(
+            matches!(&opened, Err(SpoolError::Damaged { reason, .. }) if reason.contains("event 7")),
+            "{:?}",
+            opened.as_ref().err()
         );
     }
 }

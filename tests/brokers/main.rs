@@ -22,5 +22,6 @@ mod redrive;
 mod refusals;
 mod send;
 mod spool;
+mod spool_disk;
 mod spool_outage;
 mod tail;
