@@ -1308,6 +1308,80 @@ mod tests {
         );
     }
 
+    /// At shutdown (no replayer running), a drain delivers every spooled
+    /// event, each objectId's in order, and leaves the spool empty.
+    #[tokio::test]
+    async fn a_drain_delivers_the_whole_spool_in_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        let events: Vec<Message> = (0..300)
+            .map(|n| event(&(n % 3).to_string(), &format!("{}-{}", n % 3, n / 3)))
+            .collect();
+        for appended in
+            futures_util::future::join_all(events.iter().map(|event| spool.append(event))).await
+        {
+            appended.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let sink = Arc::new(MemorySink::new());
+        sink.lose_once("1-50", PublishError::Timeout(Duration::ZERO));
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let drained = delivery.drain_spool(deadline).await;
+        assert_eq!(
+            drained,
+            Drained {
+                delivered: 300,
+                left: 0
+            }
+        );
+        assert!(spool.is_empty());
+        let delivered = ids(&sink);
+        for object in ["0", "1", "2"] {
+            let of_object: Vec<String> = delivered
+                .iter()
+                .filter(|id| id.starts_with(&format!("{object}-")))
+                .cloned()
+                .collect();
+            let expected: Vec<String> = (0..100).map(|n| format!("{object}-{n}")).collect();
+            assert_eq!(of_object, expected, "objectId {object}: each once, in order");
+        }
+    }
+
+    /// A broker that takes nothing: the drain gives up at its deadline and
+    /// every event stays on disk for the next start.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_stops_at_its_deadline_and_leaves_what_it_could_not_deliver() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        for n in 0..10 {
+            spool
+                .append(&event(&n.to_string(), &n.to_string()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let sink = Arc::new(MemorySink::new());
+        sink.set_behaviour(Behaviour::Hang);
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(2);
+        let drained = tokio::time::timeout(Duration::from_secs(60), delivery.drain_spool(deadline))
+            .await
+            .unwrap_or_else(|_| panic!("the drain ignored its deadline"));
+        assert!(
+            tokio::time::Instant::now() <= deadline + Duration::from_millis(10),
+            "the drain overran its deadline by {:?}",
+            tokio::time::Instant::now() - deadline
+        );
+        assert_eq!(
+            drained,
+            Drained {
+                delivered: 0,
+                left: 10
+            }
+        );
+        assert_eq!(spool.stored_entries().unwrap_or_else(|e| panic!("{e}")), 10);
+    }
+
     /// Cancelled while publishing, the replayer sends nothing more, waits
     /// for what it sent, and removes what the broker took: every event is
     /// either delivered or still on disk, none twice, none lost.
