@@ -1343,7 +1343,10 @@ mod tests {
                 .cloned()
                 .collect();
             let expected: Vec<String> = (0..100).map(|n| format!("{object}-{n}")).collect();
-            assert_eq!(of_object, expected, "objectId {object}: each once, in order");
+            assert_eq!(
+                of_object, expected,
+                "objectId {object}: each once, in order"
+            );
         }
     }
 

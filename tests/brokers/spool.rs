@@ -426,3 +426,91 @@ async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_group_commits() {
     }
     drop(bridge);
 }
+
+/// A series of the bridge's /metrics at `metrics`.
+async fn bridge_metric(metrics: SocketAddr, series: &str) -> Option<f64> {
+    let reply = get(metrics, "/metrics").await.ok()?;
+    Some(metric_value(&reply.text(), series))
+}
+
+/// `kill -9` in the middle of a replay window: the broker is frozen
+/// (SIGSTOP) as soon as the bridge has reached it, so that the replay's
+/// first window (one 32 KiB webhook of each of the 32 objects) goes
+/// unanswered; once a publish has timed out the bridge is killed and the
+/// broker resumed. An event leaves the spool only once the broker
+/// acknowledged it, so the next bridge replays every one the broker did
+/// not store: each webhook answered 202 is in the stream, once, in its
+/// object's order. A replayer that removed events when it sent them lost
+/// 10 of the 32 (what the bridge's buffers still held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_a_replay_window() {
+    let mut nats = NatsServer::start(true).await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().join("spool").to_string_lossy().into_owned();
+    let log = dir.path().join("bridge.log");
+    let (mut bridge, _) = spooling_nats_bridge(&url, &spool, &log);
+    bridge.wait_ready().await;
+    // The stream exists now; stop the broker and fill the spool.
+    nats.kill();
+    let answered = post_until_killed(&mut bridge, 0, 600).await;
+
+    nats.restart().await;
+    let (mut bridge, metrics) = spooling_nats_bridge(&url, &spool, &log);
+    wait_until("the bridge to reach the broker", async || {
+        bridge_metric(metrics, r#"apizee_bridge_broker_connected{sink="nats"}"#).await == Some(1.0)
+    })
+    .await;
+    let broker = nats
+        .pid()
+        .unwrap_or_else(|| panic!("nats-server is not running"));
+    let frozen = Frozen::freeze(broker);
+    wait_until(
+        "a replayed publish to time out on the frozen broker",
+        async || {
+            bridge_metric(metrics, "apizee_bridge_spool_replay_failures_total")
+                .await
+                .is_some_and(|failures| failures > 0.0)
+        },
+    )
+    .await;
+    let left = bridge_metric(metrics, "apizee_bridge_spool_events")
+        .await
+        .unwrap_or_default();
+    bridge.kill_9();
+    frozen.thaw();
+
+    let (bridge, metrics) = spooling_nats_bridge(&url, &spool, &log);
+    wait_until("the rest of the spool to reach the stream", async || {
+        bridge_metric(metrics, "apizee_bridge_spool_events").await == Some(0.0)
+    })
+    .await;
+    let js = jetstream::new(nats.client().await);
+    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    eprintln!(
+        "{} webhooks answered 202; {left} still spooled when the bridge was killed mid-replay; \
+         {} in the stream",
+        answered.len(),
+        found.len()
+    );
+    let ids: Vec<String> = answered.iter().map(|(_, id)| id.clone()).collect();
+    assert_none_lost("nats, kill -9 mid-replay", &ids, &found);
+    for id in &ids {
+        let copies = found.iter().filter(|f| *f == id).count();
+        assert_eq!(copies, 1, "{id} delivered {copies} times");
+    }
+    for object in 0..32 {
+        let sent: Vec<&String> = answered
+            .iter()
+            .filter(|(o, _)| *o == object)
+            .map(|(_, id)| id)
+            .collect();
+        let delivered: Vec<&String> = found.iter().filter(|id| sent.contains(id)).collect();
+        assert_eq!(delivered, sent, "object {object} out of order");
+    }
+    drop(bridge);
+}
