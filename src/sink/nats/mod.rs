@@ -174,6 +174,24 @@ async fn auth_options(settings: &NatsSettings) -> Result<ConnectOptions, NatsSet
     Ok(options.name("apizee-bridge"))
 }
 
+/// The longest wait between two attempts to reach a NATS server that is
+/// down. async-nats's own backoff doubles up to 4 s, so a server back after
+/// an outage of more than a few seconds waited up to 4 s more for the
+/// bridge: 200s, and the spool's replay, that much later. A refused
+/// connection a second is nothing to a server (the Kafka sink's
+/// `reconnect.backoff.max.ms` is 1 s for the same reason).
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// 0 for the first attempt, then 2, 4, 8 ms... up to
+/// [`RECONNECT_DELAY_MAX`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        _ => Duration::from_millis(2_u64.saturating_pow(doublings)).min(RECONNECT_DELAY_MAX),
+    }
+}
+
 /// Serving's connection: retried from the start and forever, its drops
 /// counted so a waiting publish learns its own connection went.
 async fn connect_options(
@@ -184,6 +202,7 @@ async fn connect_options(
         .await?
         .retry_on_initial_connect()
         .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
         .connection_timeout(Duration::from_secs(5))
         // Publishes are refused while disconnected, so nothing needs to wait
         // in the client's buffer beyond what is in flight.
@@ -401,6 +420,14 @@ impl Sink for NatsSink {
 mod tests {
     use super::*;
     use crate::route::header;
+
+    #[test]
+    fn reconnection_backs_off_to_a_second_at_most() {
+        let delays: Vec<u128> = [1, 2, 3, 10, 11, 64, usize::MAX]
+            .map(|attempts| reconnect_delay(attempts).as_millis())
+            .to_vec();
+        assert_eq!(delays, [0, 2, 4, 512, 1000, 1000, 1000]);
+    }
 
     /// `nats_headers` skips the client's name check, so the names must pass it here.
     #[test]
