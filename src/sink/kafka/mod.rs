@@ -532,7 +532,18 @@ impl Sink for KafkaSink {
             let acknowledged: Acknowledgement<'a> = Box::pin(async move {
                 let _in_flight = in_flight;
                 match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(delivery)) => {
+                        // Where the broker put it: at debug only, a line per
+                        // webhook, for finding one in the topic.
+                        tracing::debug!(
+                            id = %message.event_id,
+                            topic = %message.topic,
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            "Kafka acknowledged"
+                        );
+                        Ok(())
+                    }
                     Ok(Err((e, _))) => Err(self.error(&e)),
                     Err(_) => Err(PublishError::Failed(
                         "the producer dropped the delivery report".into(),
