@@ -61,6 +61,26 @@ const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest time between two replacements of a broken producer.
 const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Why a delivery report without an offset is answered 503, not 200.
+///
+/// librdkafka's idempotent producer reports the messages of a produce
+/// request that failed with a retriable error as delivered, without an
+/// offset, when a later request on the same partition, already in flight,
+/// succeeds: it takes the later success as proof that the broker wrote the
+/// earlier request (`rd_kafka_dr_implicit_ack`). The proof holds only while
+/// the broker has state for the producer on that partition, whose sequence
+/// numbers it checks; a broker with none (the producer's first writes
+/// there: a bridge just started, a topic just created, a producer id it
+/// expired) accepts the later request whatever its sequence, and the
+/// earlier messages were never written. Seen in tests/deploy/topology.rs,
+/// under load: the first webhooks after start-up answered 200, at offset
+/// -1001, and missing from the topic. Such a webhook may or may not be
+/// written, as after a timeout: the sender gets 503 and retries (at worst a
+/// duplicate, with the same event id).
+const UNCONFIRMED_DELIVERY: &str = "librdkafka reported the webhook delivered without an offset from \
+     the broker (an implicit acknowledgement, which the broker may not have written): not \
+     confirmed, answered 503";
+
 /// The properties the bridge sets before applying `--kafka-option`.
 pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
     let delivery_timeout_ms = settings.publish_timeout.as_millis().max(1).to_string();
@@ -532,6 +552,20 @@ impl Sink for KafkaSink {
             let acknowledged: Acknowledgement<'a> = Box::pin(async move {
                 let _in_flight = in_flight;
                 match delivery.await {
+                    // Delivered, says librdkafka, but the broker gave no
+                    // offset: an implicit acknowledgement, which a sender
+                    // must not take for the broker's (see
+                    // [`UNCONFIRMED_DELIVERY`]).
+                    Ok(Ok(delivery)) if delivery.offset < 0 => {
+                        tracing::warn!(
+                            id = %message.event_id,
+                            topic = %message.topic,
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            "{UNCONFIRMED_DELIVERY}"
+                        );
+                        Err(PublishError::Timeout(self.publish_timeout))
+                    }
                     Ok(Ok(delivery)) => {
                         // Where the broker put it: at debug only, a line per
                         // webhook, for finding one in the topic.
