@@ -304,6 +304,9 @@ pub struct KafkaSink {
     state: Arc<State>,
     metrics: KafkaMetrics,
     publish_timeout: Duration,
+    /// Whether the broker answers each produce request with an offset:
+    /// unless `--kafka-option acks=0`, which confirms nothing.
+    expects_offsets: bool,
 }
 
 #[derive(Default)]
@@ -345,6 +348,7 @@ impl KafkaSink {
         }
         Ok(Self {
             producer: RwLock::new(producer),
+            expects_offsets: expects_offsets(&config),
             config,
             last_renewal: Mutex::new(None),
             state,
@@ -396,6 +400,12 @@ impl KafkaSink {
         self.metrics.delivery_error(code, known.map(|(i, _)| i));
         errors::publish_error(meaning, error, self.publish_timeout)
     }
+}
+
+/// Whether the broker gives each record it acknowledges an offset: with
+/// any `acks` but 0.
+fn expects_offsets(config: &ClientConfig) -> bool {
+    config.get("acks").is_none_or(|acks| acks.trim() != "0")
 }
 
 /// librdkafka's message names the property; the value is left out because
@@ -556,7 +566,7 @@ impl Sink for KafkaSink {
                     // offset: an implicit acknowledgement, which a sender
                     // must not take for the broker's (see
                     // [`UNCONFIRMED_DELIVERY`]).
-                    Ok(Ok(delivery)) if delivery.offset < 0 => {
+                    Ok(Ok(delivery)) if delivery.offset < 0 && self.expects_offsets => {
                         tracing::warn!(
                             id = %message.event_id,
                             topic = %message.topic,
@@ -684,6 +694,16 @@ mod tests {
         assert_eq!(config.get("acks"), Some("1"));
         assert_eq!(config.get("message.timeout.ms"), Some("30000"));
         assert_eq!(config.get("reconnect.backoff.max.ms"), Some("10000"));
+    }
+
+    #[test]
+    fn offsets_are_expected_unless_acks_is_0() {
+        let with = |options: &[(&str, &str)]| expects_offsets(&client_config(&settings(options)));
+        assert!(with(&[]));
+        for acks in ["all", "-1", "1"] {
+            assert!(with(&[("acks", acks)]), "acks={acks}");
+        }
+        assert!(!with(&[("acks", "0")]));
     }
 
     #[test]
