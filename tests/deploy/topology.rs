@@ -57,12 +57,16 @@ const LOG_LEVEL: &str = "APIZEE_BRIDGE_LOG_LEVEL";
 const BRIDGE_LOG_FILTER: &str =
     "info,apizee_bridge::http::handler=debug,apizee_bridge::sink::kafka=debug";
 
+/// One thing that happened: when (from the start of the run), to whom
+/// (a replica, or the test), what.
+type Event = (Duration, &'static str, String);
+
 /// What happened to each replica, and when, from the start of the run: to
 /// place an answer in the rolling restart.
 #[derive(Clone)]
 struct Timeline {
     start: Instant,
-    events: Arc<Mutex<Vec<(Duration, &'static str, String)>>>,
+    events: Arc<Mutex<Vec<Event>>>,
 }
 
 impl Timeline {
@@ -85,7 +89,7 @@ impl Timeline {
             .push((at, who, what.into()));
     }
 
-    fn events(&self) -> Vec<(Duration, &'static str, String)> {
+    fn events(&self) -> Vec<Event> {
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -720,6 +724,10 @@ impl LogLine {
         json["message"].as_str().map(str::to_owned)
     }
 
+    fn is_warning(&self) -> bool {
+        self.text.contains("\"level\":\"WARN") || self.text.contains("\"level\":\"ERROR")
+    }
+
     fn shown(&self) -> String {
         let text: String = self.text.chars().take(600).collect();
         format!(
@@ -727,6 +735,19 @@ impl LogLine {
             self.replica, self.run, self.number
         )
     }
+}
+
+/// The replicas' warnings and errors, counted by message (the first 80
+/// characters): what a run that passed still went through.
+fn warnings_by_message(logs: &[LogLine]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in logs.iter().filter(|l| l.is_warning()) {
+        let message = line.message().unwrap_or_default();
+        *counts
+            .entry(message.chars().take(80).collect())
+            .or_default() += 1;
+    }
+    format!("{counts:?}")
 }
 
 /// HAProxy's log line for a request (`option httplog`), split in fields:
@@ -833,10 +854,7 @@ fn missing_report(
         by_run.values().map(|c| c.0).sum::<usize>()
     );
     let _ = writeln!(report, "HAProxy's count: {}", haproxy.answers());
-    let warnings: Vec<&LogLine> = logs
-        .iter()
-        .filter(|l| l.text.contains("\"level\":\"WARN") || l.text.contains("\"level\":\"ERROR"))
-        .collect();
+    let warnings: Vec<&LogLine> = logs.iter().filter(|l| l.is_warning()).collect();
     let _ = writeln!(
         report,
         "replicas' warnings and errors ({}):",
@@ -921,7 +939,8 @@ async fn rolling_restart(broker: Broker) {
     println!(
         "{}: rolling restart through HAProxy, {SENDERS} keep-alive senders: sent {}, answered 200 {}, \
          other answers {:?}, connection errors {}, stored {}, missing {}, \
-         stored twice {twice}; drain and exit took {drains:?}; HAProxy: {}",
+         stored twice {twice}; drain and exit took {drains:?}; HAProxy: {}; the replicas' \
+         warnings and errors: {}",
         broker.sink(),
         sent.get(),
         tally.acknowledged.len(),
@@ -934,6 +953,7 @@ async fn rolling_restart(broker: Broker) {
         stored.ids.len(),
         missing.len(),
         haproxy.answers(),
+        warnings_by_message(&replica_logs(&[&first, &second])),
     );
     if !missing.is_empty() {
         let report = missing_report(&missing, &stored, &timeline, &[&first, &second], &haproxy);
