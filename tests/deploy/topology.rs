@@ -1,15 +1,19 @@
 //! The compose topology, run for real on loopback: HAProxy with the repo's
 //! `deploy/compose/haproxy.cfg` (addresses substituted, nothing else), two
 //! bridge replicas configured from `compose.yaml`'s own environment (with
-//! `BRIDGE_SINK=nats`, then `kafka`), nats-server with JetStream or Apache Kafka,
-//! and Prometheus with the
+//! `BRIDGE_SINK=nats`, then `kafka`; plus a log filter that adds a debug
+//! line per webhook acknowledged), nats-server with JetStream or Apache
+//! Kafka, and Prometheus with the
 //! compose scrape config and the repo's alert rules (scraping every second).
 //!
 //! Under load from 16 keep-alive senders through HAProxy, a rolling restart
 //! as Kubernetes does it (SIGTERM one replica, let it drain and exit, start
 //! it again, wait until HAProxy has it back, then the other) must give the
 //! senders no answer but 200 and no connection error, and leave every
-//! acknowledged webhook in the stream exactly once.
+//! acknowledged webhook in the stream exactly once (on Kafka, at least
+//! once). A webhook answered 200 that the broker lacks is named, with who
+//! answered it when, HAProxy's log line for it and what the replicas logged
+//! about it; the logs are kept.
 //!
 //! Needs `haproxy` and `prometheus` (Debian's packages; `bash .ci/test`
 //! installs them).
