@@ -609,19 +609,30 @@ pub fn high_watermarks(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
 /// published in the background (dead letters), whose arrival the caller
 /// cannot see. Fails once [`READY_DEADLINE`] passes with fewer. Blocking.
 pub fn read_topic(bootstrap: &str, topic: &str, count: usize) -> Vec<OwnedMessage> {
+    let marks = wait_for_messages(bootstrap, topic, count);
+    let held: i64 = marks.values().sum();
+    assert!(
+        held >= count as i64,
+        "{topic} holds {held} messages after {READY_DEADLINE:?}, expected at least {count}"
+    );
+    read_all(bootstrap, topic)
+}
+
+/// Waits until `topic` holds at least `count` messages (the sum of its
+/// high watermarks), or [`READY_DEADLINE`] passes, and returns the high
+/// watermarks last seen, whether or not they reached `count`: for a caller
+/// that then reads the topic ([`read_all`]) to name the messages missing
+/// rather than count them. Blocking.
+pub fn wait_for_messages(bootstrap: &str, topic: &str, count: usize) -> BTreeMap<i32, i64> {
     let deadline = Instant::now() + READY_DEADLINE;
     loop {
-        let held: i64 = high_watermarks(bootstrap, topic).values().sum();
-        if held >= count as i64 {
-            break;
+        let marks = high_watermarks(bootstrap, topic);
+        let held: i64 = marks.values().sum();
+        if held >= count as i64 || Instant::now() >= deadline {
+            return marks;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} holds {held} messages after {READY_DEADLINE:?}, expected at least {count}"
-        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    read_all(bootstrap, topic)
 }
 
 pub fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a str> {

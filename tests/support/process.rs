@@ -93,6 +93,11 @@ impl BridgeProcess {
         .await;
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (`TERM`, `HUP`, ...) with kill(1).
     pub fn signal(&self, signal: &str) {
         send_signal(self.child.id(), signal).unwrap_or_else(|e| panic!("{e}"));

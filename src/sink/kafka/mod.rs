@@ -61,6 +61,26 @@ const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest time between two replacements of a broken producer.
 const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Why a delivery report without an offset is answered 503, not 200.
+///
+/// librdkafka's idempotent producer reports the messages of a produce
+/// request that failed with a retriable error as delivered, without an
+/// offset, when a later request on the same partition, already in flight,
+/// succeeds: it takes the later success as proof that the broker wrote the
+/// earlier request (`rd_kafka_dr_implicit_ack`). The proof holds only while
+/// the broker has state for the producer on that partition, whose sequence
+/// numbers it checks; a broker with none (the producer's first writes
+/// there: a bridge just started, a topic just created, a producer id it
+/// expired) accepts the later request whatever its sequence, and the
+/// earlier messages were never written. Seen in tests/deploy/topology.rs,
+/// under load: the first webhooks after start-up answered 200, at offset
+/// -1001, and missing from the topic. Such a webhook may or may not be
+/// written, as after a timeout: the sender gets 503 and retries (at worst a
+/// duplicate, with the same event id).
+const UNCONFIRMED_DELIVERY: &str = "librdkafka reported the webhook delivered without an offset from \
+     the broker (an implicit acknowledgement, which the broker may not have written): not \
+     confirmed, answered 503";
+
 /// The properties the bridge sets before applying `--kafka-option`.
 pub fn default_properties(settings: &KafkaSettings) -> Vec<(String, String)> {
     let delivery_timeout_ms = settings.publish_timeout.as_millis().max(1).to_string();
@@ -284,6 +304,9 @@ pub struct KafkaSink {
     state: Arc<State>,
     metrics: KafkaMetrics,
     publish_timeout: Duration,
+    /// Whether the broker answers each produce request with an offset:
+    /// unless `--kafka-option acks=0`, which confirms nothing.
+    expects_offsets: bool,
 }
 
 #[derive(Default)]
@@ -325,6 +348,7 @@ impl KafkaSink {
         }
         Ok(Self {
             producer: RwLock::new(producer),
+            expects_offsets: expects_offsets(&config),
             config,
             last_renewal: Mutex::new(None),
             state,
@@ -376,6 +400,12 @@ impl KafkaSink {
         self.metrics.delivery_error(code, known.map(|(i, _)| i));
         errors::publish_error(meaning, error, self.publish_timeout)
     }
+}
+
+/// Whether the broker gives each record it acknowledges an offset: with
+/// any `acks` but 0.
+fn expects_offsets(config: &ClientConfig) -> bool {
+    config.get("acks").is_none_or(|acks| acks.trim() != "0")
 }
 
 /// librdkafka's message names the property; the value is left out because
@@ -530,12 +560,40 @@ impl Sink for KafkaSink {
     {
         // Enqueued before the first await: sends keep their order.
         let sent = self.enqueue(message);
+        // For the lines about its delivery report: the wait outlives the
+        // message.
+        let (id, topic) = (message.event_id.clone(), message.topic.clone());
         Box::pin(async move {
             let (delivery, in_flight) = sent?;
             let acknowledged: Acknowledgement<'a> = Box::pin(async move {
                 let _in_flight = in_flight;
                 match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
+                    // Delivered, says librdkafka, but the broker gave no
+                    // offset: an implicit acknowledgement, which a sender
+                    // must not take for the broker's (see
+                    // [`UNCONFIRMED_DELIVERY`]).
+                    Ok(Ok(delivery)) if delivery.offset < 0 && self.expects_offsets => {
+                        tracing::warn!(
+                            %id,
+                            %topic,
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            "{UNCONFIRMED_DELIVERY}"
+                        );
+                        Err(PublishError::Timeout(self.publish_timeout))
+                    }
+                    Ok(Ok(delivery)) => {
+                        // Where the broker put it: at debug only, a line per
+                        // webhook, for finding one in the topic.
+                        tracing::debug!(
+                            %id,
+                            %topic,
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            "Kafka acknowledged"
+                        );
+                        Ok(())
+                    }
                     Ok(Err((e, _))) => Err(self.error(&e)),
                     Err(_) => Err(PublishError::Failed(
                         "the producer dropped the delivery report".into(),
@@ -642,6 +700,16 @@ mod tests {
         assert_eq!(config.get("acks"), Some("1"));
         assert_eq!(config.get("message.timeout.ms"), Some("30000"));
         assert_eq!(config.get("reconnect.backoff.max.ms"), Some("10000"));
+    }
+
+    #[test]
+    fn offsets_are_expected_unless_acks_is_0() {
+        let with = |options: &[(&str, &str)]| expects_offsets(&client_config(&settings(options)));
+        assert!(with(&[]));
+        for acks in ["all", "-1", "1"] {
+            assert!(with(&[("acks", acks)]), "acks={acks}");
+        }
+        assert!(!with(&[("acks", "0")]));
     }
 
     #[test]
