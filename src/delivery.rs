@@ -41,14 +41,9 @@ use crate::spool::{Spool, SpoolError, Spooled};
 /// up to more memory than a container is given.
 const REPLAY_BATCH: usize = 1024;
 const REPLAY_BATCH_BYTES: u64 = 8 * 1024 * 1024;
-/// Replayed publishes in flight at once, and at most how many bytes of
-/// bodies: a broker client holds a copy of each until it is acknowledged.
-/// A 50,000-event backlog on a single-node Kafka (benches/spool.sh replay)
-/// replayed at about 11,000 events/s with 256, 1,024 per batch with
-/// 17,000 to 21,000, 8,192 with 34,000; nats-server 2.15 stopped
-/// answering some publishes with 8,192 in flight (the replay then crawled
-/// at 1,000/s through timeouts) and took 4,096 at 40,000/s.
-const REPLAY_WINDOW: usize = 4096;
+/// At most how many bytes of bodies the replay has in flight (as many
+/// events as the sink's [`Sink::pipeline_depth`] otherwise): a broker
+/// client holds a copy of each until it is acknowledged.
 const REPLAY_WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// A cause of spooling that has not changed is logged again only this long
 /// after the last line: an outage is a few lines, not one per webhook.
@@ -575,7 +570,7 @@ impl Delivery {
     /// One round of replay, until the spool has no more, the sink is not
     /// ready, `stop`, or a failure. Events are read in batches (the next
     /// one while the current one is sent) and published in order, up to
-    /// [`REPLAY_WINDOW`] in flight across batches and at most one per
+    /// [`Sink::pipeline_depth`] in flight across batches and at most one per
     /// objectId, so that when one fails no later event of its objectId can
     /// have reached the broker. Acknowledged events are removed in batches
     /// while the next ones are sent, one removal at a time. At a failure
@@ -608,6 +603,7 @@ impl Delivery {
         // sharing one can only wait for each other.
         let mut keys: HashSet<u64> = HashSet::new();
         let mut in_flight_bytes = 0;
+        let depth = self.sink.pipeline_depth();
         let mut acknowledged = Vec::new();
         let mut removing: Option<Removal> = None;
         let mut failure: Option<String> = None;
@@ -632,7 +628,7 @@ impl Delivery {
                 // Room in the window, and no earlier event of its objectId
                 // in it.
                 let size = spooled.message.payload.len();
-                while in_flight.len() >= REPLAY_WINDOW
+                while in_flight.len() >= depth
                     || (in_flight_bytes + size > REPLAY_WINDOW_BYTES && !in_flight.is_empty())
                     || keys.contains(&key)
                 {
@@ -1393,7 +1389,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let spool = open_spool(&dir);
         // More than a window, with one objectId each.
-        let total = REPLAY_WINDOW as u64 * 3;
+        let total = MemorySink::new().pipeline_depth() as u64 * 3;
         // Appended together: one group commit, not thousands of fsyncs.
         let events: Vec<Message> = (0..total)
             .map(|n| event(&n.to_string(), &n.to_string()))

@@ -178,6 +178,13 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Sends whatever is buffered, at shutdown.
     fn flush(&self) -> BoxFuture<'_, Result<(), PublishError>>;
+
+    /// How many sends may wait for their acknowledgement at once in a
+    /// pipeline (the spool's replay): as many as hide the broker's round
+    /// trips, no more than it takes without dropping any.
+    fn pipeline_depth(&self) -> usize {
+        256
+    }
 }
 
 /// Why a publish did not succeed. Every kind means the sender should retry,

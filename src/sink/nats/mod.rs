@@ -399,6 +399,14 @@ impl Sink for NatsSink {
         })
     }
 
+    /// With 8,192 JetStream publishes in flight, nats-server 2.15 left some
+    /// unanswered (the spool's replay then crawled at 1,000 events/s through
+    /// timeouts); with 4,096 it replayed a 50,000-event backlog at about
+    /// 40,000/s (`benches/spool.sh --phases replay`).
+    fn pipeline_depth(&self) -> usize {
+        4096
+    }
+
     fn is_ready(&self) -> bool {
         self.connected() && self.stream.as_ref().is_none_or(|keeper| keeper.is_ready())
     }
