@@ -45,6 +45,10 @@ const REPLAY_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// events as the sink's [`Sink::pipeline_depth`] otherwise): a broker
 /// client holds a copy of each until it is acknowledged.
 const REPLAY_WINDOW_BYTES: usize = 8 * 1024 * 1024;
+/// The most the replay holds in bodies: the batch being sent, the next one
+/// being read, and the copies the broker client keeps of what is in flight.
+/// For the deploy files' memory limits (tests/deploy/kubernetes.rs).
+pub const REPLAY_MEMORY_BYTES: u64 = 2 * REPLAY_BATCH_BYTES + REPLAY_WINDOW_BYTES as u64;
 /// A cause of spooling that has not changed is logged again only this long
 /// after the last line: an outage is a few lines, not one per webhook.
 const EPISODE_LOG_INTERVAL: Duration = Duration::from_secs(30);

@@ -114,6 +114,9 @@ const GATHER_AT_MOST: Duration = Duration::from_millis(1);
 /// spool of small webhooks). Two keys may share a slot; that can only make
 /// a webhook queue behind the spool when it need not.
 const KEY_SLOTS: usize = 1 << 20;
+/// The memory of that table (a `u32` count per slot), for the deploy
+/// files' memory limits.
+pub const KEY_TABLE_BYTES: usize = KEY_SLOTS * std::mem::size_of::<u32>();
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {

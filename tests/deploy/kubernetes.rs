@@ -1326,10 +1326,12 @@ fn the_memory_limit_covers_every_body_the_settings_let_in() {
                 .as_ref()
                 .map_or(128, |d| d.queue as u64)
                 * body
-            + settings
-                .spool
-                .as_ref()
-                .map_or(0, |_| apizee_bridge::spool::CACHE_BYTES as u64)
+            // With a spool: redb's page cache, the table of objectIds still
+            // spooled, and the replay's batches and window.
+            + settings.spool.as_ref().map_or(0, |_| {
+                (apizee_bridge::spool::CACHE_BYTES + apizee_bridge::spool::KEY_TABLE_BYTES) as u64
+                    + apizee_bridge::delivery::REPLAY_MEMORY_BYTES
+            })
             + BASE;
         let limit = b.container()["resources"]["limits"]["memory"]
             .as_str()
