@@ -106,6 +106,10 @@ pub enum Command {
     /// with their original event id; the others stay. A dry run unless
     /// --apply. Takes every flag the bridge serves with.
     Redrive(Box<crate::commands::redrive::RedriveArgs>),
+    /// Works on the spool of --spool-dir without serving: `spool drain`
+    /// delivers what a bridge left there (a replica scaled away) and exits.
+    #[command(subcommand)]
+    Spool(crate::commands::spool::SpoolCommand),
     /// Prints shell completions for SHELL on standard output.
     Completions {
         #[arg(value_enum)]

@@ -133,6 +133,14 @@ pub enum SpoolError {
     Unwritable(String),
     #[error("cannot open the spool in {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// Another process has the spool open: redb locks its file, so that
+    /// two writers never share it.
+    #[error(
+        "the spool in {} is locked: another process has it open, most likely a bridge \
+         running on this directory",
+        path.display()
+    )]
+    Locked { path: PathBuf },
     /// The spool file cannot be read: the bridge does not start on it
     /// rather than lose its events without a word.
     #[error(
@@ -358,12 +366,16 @@ struct Removed {
 /// anything else (rights, a lock, a missing directory).
 enum OpenFailure {
     Damaged(String),
+    Locked,
     Other(String),
 }
 
 impl OpenFailure {
     fn redb(error: impl Into<redb::Error>) -> Self {
         let error = error.into();
+        if matches!(error, redb::Error::DatabaseAlreadyOpen) {
+            return Self::Locked;
+        }
         let damaged = match &error {
             redb::Error::Corrupted(_) => true,
             redb::Error::Io(e) => matches!(
@@ -429,12 +441,11 @@ impl Store {
             #[cfg(test)]
             Self::Backend { open, .. } => (PathBuf::from("(test backend)"), open_and_count(open)),
         };
+        let dir = file.parent().map(Path::to_owned).unwrap_or_default();
         opened.map_err(|failure| match failure {
+            OpenFailure::Locked => SpoolError::Locked { path: dir },
+            OpenFailure::Other(reason) => SpoolError::Open { path: dir, reason },
             OpenFailure::Damaged(reason) => SpoolError::Damaged { file, reason },
-            OpenFailure::Other(reason) => SpoolError::Open {
-                path: file.parent().map(Path::to_owned).unwrap_or_default(),
-                reason,
-            },
         })
     }
 }
@@ -1046,6 +1057,12 @@ impl Spool {
             reason: e.to_string(),
         })?;
         Self::start(Store::Dir(dir.to_owned()), max_bytes, GROUP_LIMITS)
+    }
+
+    /// Whether `dir` holds a spool, without making one: for a tool that
+    /// must not leave a new, empty spool where there was none.
+    pub fn exists_in(dir: &Path) -> bool {
+        dir.join(FILE_NAME).is_file()
     }
 
     /// A spool on any redb backend, opened again by `open` after a fault,
@@ -2165,5 +2182,22 @@ mod tests {
             "{:?}",
             opened.as_ref().err()
         );
+    }
+
+    /// redb locks the file: a second opener (a tool on a running bridge's
+    /// directory) is told so, naming the directory, and changes nothing.
+    #[test]
+    fn a_second_opener_finds_the_spool_locked() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!Spool::exists_in(dir.path()));
+        let first = Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        assert!(Spool::exists_in(dir.path()));
+        match Spool::open(dir.path(), 1 << 20) {
+            Err(SpoolError::Locked { path }) => assert_eq!(path, dir.path()),
+            Err(e) => panic!("not Locked: {e:?}"),
+            Ok(_) => panic!("opened twice"),
+        }
+        drop(first);
+        Spool::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
     }
 }

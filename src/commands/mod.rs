@@ -1,10 +1,12 @@
-//! The operator's tools, one module each: `check`, `send`, `tail`, `redrive`, plus `completions` and
-//! `man`, which only print what clap knows of the CLI. Plain
+//! The operator's tools, one module each: `check`, `send`, `tail`, `redrive`,
+//! `spool drain`, plus `completions` and `man`, which only print what clap
+//! knows of the CLI. Plain
 //! `apizee-bridge`, without a subcommand, serves (see `main.rs`).
 
 pub mod check;
 pub mod redrive;
 pub mod send;
+pub mod spool;
 pub mod tail;
 
 use std::io::Write;
@@ -21,6 +23,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::main(*args),
         Command::Tail(args) => tail::main(*args),
         Command::Redrive(args) => redrive::main(*args),
+        Command::Spool(command) => spool::main(command),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);

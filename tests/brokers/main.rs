@@ -23,5 +23,6 @@ mod refusals;
 mod send;
 mod spool;
 mod spool_disk;
+mod spool_drain;
 mod spool_outage;
 mod tail;

@@ -345,7 +345,11 @@ async fn post_until_killed(bridge: &mut BridgeProcess, first_time: u32, count: u
 /// A bridge spooling in `spool`, publishing to the JetStream stream
 /// WEBHOOKS at `nats`, configured by its environment alone so that the
 /// test knows its metrics address (returned); its log goes to `log`.
-fn spooling_nats_bridge(nats: &str, spool: &str, log: &Path) -> (BridgeProcess, SocketAddr) {
+pub(crate) fn spooling_nats_bridge(
+    nats: &str,
+    spool: &str,
+    log: &Path,
+) -> (BridgeProcess, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -461,8 +461,10 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         (reply, body)
     };
     let metrics_addr = metrics.parse().unwrap_or_else(|e| panic!("{e}"));
-    // With a spool /readyz says 200 at once (webhooks can wait on disk);
-    // that the broker is there, and its stream, only the metrics say.
+    // A spooling bridge says ready once it has reached its broker, but also
+    // --startup-timeout after starting without one (webhooks can then wait
+    // on disk), and stays ready through an outage: that the broker is
+    // there, and its stream, only the metrics say.
     let ready = async || {
         wait_until("the spool pod to reach its broker", async || {
             matches!(get(metrics_addr, "/metrics").await,
@@ -553,5 +555,147 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
          delivered by the next pod from the same volume",
         spooled.len()
     );
+
+    // The broker goes away again, and so does the pod, for good this time
+    // (a StatefulSet scaled below it): its webhooks stay on its claim.
+    nats.kill();
+    let mut stranded = Vec::new();
+    for object_id in 5..=7 {
+        let (reply, body) = post(object_id).await;
+        assert_eq!(reply.status, 202, "broker down: {}", reply.text());
+        let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
+        stranded.push((id, body));
+    }
     podman_ok(&["stop", "--time", "30", &second.name]);
+    nats.restart().await;
+    let report = drain_job_on(volume.path(), &nats.url(), TOKEN);
+    assert!(
+        report.contains(&format!("delivered {}, left 0", stranded.len())),
+        "the drain Job's report: {report}"
+    );
+    for (sequence, (id, body)) in (5..).zip(&stranded) {
+        let stored = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("message {sequence}: {e}"));
+        assert_eq!(stored.payload, body.as_bytes(), "message {sequence}");
+        assert_eq!(
+            stored
+                .headers
+                .get("apizee-event-id")
+                .map(|v| v.as_str().to_owned())
+                .as_ref(),
+            Some(id),
+            "message {sequence}"
+        );
+    }
+    let info = stream
+        .get_info()
+        .await
+        .unwrap_or_else(|e| panic!("stream info: {e}"));
+    assert_eq!(info.state.messages, 7, "each webhook once");
+    println!(
+        "spool drain Job: {} webhooks the pod scaled away left on its claim delivered",
+        stranded.len()
+    );
+}
+
+/// The Job of deploy/kubernetes/overlays/nats-spool-drain, run with the
+/// image as the kubelet would run it on the claim held at `volume`: its
+/// args, its environment (the rendered ConfigMap and its own variables,
+/// the broker's address and a shorter drain timeout substituted, `token`
+/// for the Secret), its user, group and fsGroup, a read-only root, the
+/// claim where it mounts it. It must exit 0; returns what it printed.
+fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
+    let objects = crate::support::kubernetes::build("overlays/nats-spool-drain");
+    let object = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("overlays/nats-spool-drain renders no {kind}"))
+    };
+    let pod = &object("Job")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let number = |field: &str| {
+        pod["securityContext"][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("the Job's securityContext.{field}"))
+            .to_string()
+    };
+    let user = format!("{}:{}", number("runAsUser"), number("runAsGroup"));
+    let fs_group = number("fsGroup");
+    let mount = container["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the Job mounts no volume"));
+    let volume_arg = format!("{}:{mount}", volume.display());
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    let args = strings(&container["args"]);
+    let mut env: Vec<String> = object("ConfigMap")["data"]
+        .as_mapping()
+        .unwrap_or_else(|| panic!("ConfigMap data"))
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap_or_default(),
+                v.as_str().unwrap_or_default(),
+            )
+        })
+        .chain(
+            container["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|var| {
+                    let name = var["name"].as_str().unwrap_or_default();
+                    let value = match var["value"].as_str() {
+                        Some(value) => value,
+                        None if var["valueFrom"]["secretKeyRef"]["key"].as_str()
+                            == Some("auth-token") =>
+                        {
+                            token
+                        }
+                        None => panic!("the Job's env {name}: source not handled: {var:?}"),
+                    };
+                    (name, value)
+                }),
+        )
+        .map(|(k, v)| match k {
+            "APIZEE_BRIDGE_NATS_URL" => format!("{k}={nats_url}"),
+            // A failing drain says so within the test's patience.
+            "APIZEE_BRIDGE_SPOOL_DRAIN_TIMEOUT" => format!("{k}=60s"),
+            _ => format!("{k}={v}"),
+        })
+        .collect();
+    env.sort();
+    let mut run = vec![
+        "run",
+        "--rm",
+        // The drain's own timeout is 60 s; this is the test's deadline.
+        "--timeout",
+        "120",
+        "--network",
+        "host",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--user",
+        &user,
+        "--group-add",
+        &fs_group,
+        "--volume",
+        &volume_arg,
+    ];
+    run.extend(LIMITS);
+    for variable in &env {
+        run.extend(["--env", variable.as_str()]);
+    }
+    run.push(IMAGE);
+    run.extend(args.iter().map(String::as_str));
+    podman_ok(&run)
 }

@@ -36,6 +36,14 @@ const TARGETS: [(&str, &str); 5] = [
     ("overlays/nats-spool", "nats"),
 ];
 
+/// The kustomizations that render the Job draining a spool left on a claim
+/// (components/spool-drain), each with the spool overlay whose claims it
+/// drains. Not among [`TARGETS`]: they render no workload.
+const DRAIN_TARGETS: [(&str, &str); 2] = [
+    ("overlays/kafka-spool-drain", "overlays/kafka-spool"),
+    ("overlays/nats-spool-drain", "overlays/nats-spool"),
+];
+
 /// The kinds kubernetes-validate has no schema for (the Prometheus
 /// Operator's CRDs), each checked here against a schema of its own instead.
 const CUSTOM_KINDS: [(&str, &str, &str); 2] = [
@@ -191,7 +199,11 @@ impl Built {
     /// The container's environment as the kubelet would build it: envFrom
     /// in order, then env, which wins.
     fn env(&self) -> BTreeMap<String, String> {
-        let c = self.container();
+        self.env_of(self.container())
+    }
+
+    /// The environment of container `c` of one of these objects.
+    fn env_of(&self, c: &Value) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         for from in c["envFrom"].as_sequence().into_iter().flatten() {
             let prefix = from["prefix"].as_str().unwrap_or("");
@@ -333,6 +345,13 @@ fn manifests_and_kustomize_output_pass_the_kubernetes_schemas() {
             .path()
             .join(format!("built-{}.yaml", b.target.replace('/', "-")));
         std::fs::write(&path, &b.yaml).unwrap();
+        files.push(path);
+    }
+    for (target, _) in DRAIN_TARGETS {
+        let path = dir
+            .path()
+            .join(format!("built-{}.yaml", target.replace('/', "-")));
+        std::fs::write(&path, kustomize_build(&root().join(target))).unwrap();
         files.push(path);
     }
     let documents: usize = files
@@ -1084,6 +1103,187 @@ fn pods_run_hardened() {
             assert!(mounts.is_empty(), "{t}: the bridge writes nothing");
         }
     }
+}
+
+/// The drain Job (components/spool-drain) is the StatefulSet's pod running
+/// `spool drain` on one claim: the same image, settings (the overlay's own
+/// ConfigMap, so applying it changes nothing, and its Secret), user, fsGroup,
+/// hardening and mount; the claim the StatefulSet gives its pod 1, or the
+/// one the Job's comment's `sed` names; none of the labels the Service, the
+/// PodDisruptionBudget and the NetworkPolicy select replicas by; nothing
+/// else rendered (applying it must not touch the StatefulSet). The binary,
+/// given the Job's environment, runs: on a directory without a spool it
+/// finds nothing to deliver and exits 0.
+#[test]
+fn the_drain_job_runs_spool_drain_in_the_statefulsets_pod_on_a_claim() {
+    for (target, spool_target) in DRAIN_TARGETS {
+        let yaml = kustomize_build(&root().join(target));
+        let drain = Built {
+            target,
+            sink: "",
+            objects: parse_docs(&yaml, &format!("kustomize build {target}")),
+            yaml: yaml.clone(),
+        };
+        let spool = built()
+            .iter()
+            .find(|b| b.target == spool_target)
+            .unwrap_or_else(|| panic!("{spool_target} is not built"));
+        let mut kinds: Vec<&str> = drain
+            .objects
+            .iter()
+            .filter_map(|o| o["kind"].as_str())
+            .collect();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            ["ConfigMap", "Job"],
+            "{target}: the Job and its settings only"
+        );
+        assert_eq!(
+            drain.one("ConfigMap"),
+            spool.one("ConfigMap"),
+            "{target}: the ConfigMap {spool_target} applies, name and all"
+        );
+
+        let job = drain.one("Job");
+        let pod = &job["spec"]["template"]["spec"];
+        let bridge_pod = spool.pod();
+        for field in [
+            "securityContext",
+            "automountServiceAccountToken",
+            "enableServiceLinks",
+        ] {
+            assert_eq!(pod[field], bridge_pod[field], "{target}: the pod's {field}");
+        }
+        assert_eq!(pod["restartPolicy"].as_str(), Some("Never"), "{target}");
+        let containers = pod["containers"].as_sequence().expect("containers");
+        assert_eq!(containers.len(), 1, "{target}: one container");
+        let (c, bridge) = (&containers[0], spool.container());
+        for field in [
+            "image",
+            "imagePullPolicy",
+            "envFrom",
+            "volumeMounts",
+            "securityContext",
+            "resources",
+        ] {
+            assert_eq!(c[field], bridge[field], "{target}: the container's {field}");
+        }
+        for var in bridge["env"].as_sequence().into_iter().flatten() {
+            let same = c["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|v| v == var);
+            assert!(same, "{target}: the Job lacks the bridge's env {var:?}");
+        }
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args, ["spool", "drain"], "{target}");
+
+        // The claim the StatefulSet made for its pod 1: <template>-<set>-1.
+        let set = spool.workload();
+        let set_name = set["metadata"]["name"].as_str().expect("name");
+        let template = set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+            .as_str()
+            .expect("volumeClaimTemplates");
+        let claim_of = |job: &Value| {
+            let pod = &job["spec"]["template"]["spec"];
+            let mounted = pod["containers"][0]["volumeMounts"][0]["name"].clone();
+            pod["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == mounted)
+                .and_then(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+                .unwrap_or_else(|| panic!("{target}: no claim mounted"))
+                .to_owned()
+        };
+        assert_eq!(
+            claim_of(job),
+            format!("{template}-{set_name}-1"),
+            "{target}"
+        );
+        // Another ordinal, as the comment at the top of drain-job.yaml says.
+        let sed = std::process::Command::new("sh")
+            .args(["-c", "sed 's/-apizee-bridge-1$/-apizee-bridge-3/'"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(yaml.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap_or_else(|e| panic!("sed: {e}"));
+        let third = parse_docs(&String::from_utf8_lossy(&sed.stdout), "sed");
+        let third_job = third
+            .iter()
+            .find(|o| o["kind"].as_str() == Some("Job"))
+            .expect("Job");
+        assert_eq!(
+            claim_of(third_job),
+            format!("{template}-{set_name}-3"),
+            "{target}"
+        );
+        assert_eq!(
+            third_job["metadata"]["name"].as_str(),
+            Some(format!("drain-{set_name}-3").as_str()),
+            "{target}"
+        );
+
+        let labels = string_map(&pod_labels(job));
+        for (kind, selector) in [
+            ("Service", &spool.service()["spec"]["selector"]),
+            (
+                "PodDisruptionBudget",
+                &spool.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+            ),
+            (
+                "NetworkPolicy",
+                &spool.one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+            ),
+        ] {
+            let selector = string_map(selector);
+            assert!(!selector.is_empty(), "{target}: {kind} selects nothing");
+            assert!(
+                !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                "{target}: the {kind} takes the drain's pod for a replica"
+            );
+        }
+
+        let mut env = drain.env_of(c);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let absent = dir.path().join("spool");
+        env.insert(
+            "APIZEE_BRIDGE_SPOOL_DIR".into(),
+            absent.to_string_lossy().into_owned(),
+        );
+        let output = std::process::Command::new(crate::support::process::BINARY)
+            .args(&args)
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && report.contains("there is no spool here"),
+            "{target}: {args:?}: {output:?}"
+        );
+        assert!(!absent.exists(), "{target}: the drain made a spool");
+    }
+}
+
+fn pod_labels(workload: &Value) -> Value {
+    workload["spec"]["template"]["metadata"]["labels"].clone()
 }
 
 #[test]

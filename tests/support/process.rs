@@ -22,6 +22,36 @@ pub fn run(args: &[impl AsRef<OsStr>]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {BINARY}: {e}"))
 }
 
+/// Runs the binary with `args` in `env` alone (nothing else from the
+/// test's environment) to completion, killing it if it has not exited
+/// `within`: for a tool that talks to a broker (`spool drain`).
+pub fn run_within<'a>(
+    args: &[&str],
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    within: Duration,
+) -> Output {
+    let child = Command::new(BINARY)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BINARY}: {e}"));
+    let pid = child.id();
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(within) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("{BINARY} {args:?}: {e}")),
+        Err(_) => {
+            let _ = super::send_signal(pid, "KILL");
+            panic!("{BINARY} {args:?} did not exit within {within:?}")
+        }
+    }
+}
+
 pub struct BridgeProcess {
     child: Child,
     /// The webhook listener.
