@@ -524,8 +524,8 @@ impl Delivery {
         }
     }
 
-    /// Delivers what the spool holds until it is empty, the broker is not
-    /// ready, or `deadline`: at shutdown, once no webhook comes in any
+    /// Delivers what the spool holds until it is empty or `deadline` (a
+    /// broker not ready is waited for meanwhile): at shutdown, once no webhook comes in any
     /// more, and by `apizee-bridge spool drain`. New publishes stop
     /// [`DRAIN_SETTLE`] before the deadline so that what is in flight can
     /// still be acknowledged and removed; what is left stays on disk.
@@ -538,7 +538,19 @@ impl Delivery {
         let draining = async {
             loop {
                 match self.replay_round(&spool, &stop).await {
-                    Round::Empty | Round::NotReady | Round::Stopped => break,
+                    Round::Empty | Round::Stopped => break,
+                    // Stopped while its client reconnects (a broker back a
+                    // moment ago): waited for, within the deadline.
+                    Round::NotReady => {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = async {
+                                while !self.sink.is_ready() {
+                                    tokio::time::sleep(STARTUP_POLL).await;
+                                }
+                            } => {}
+                        }
+                    }
                     Round::Failed => {
                         tokio::select! {
                             () = stop.cancelled() => break,
@@ -1348,6 +1360,39 @@ mod tests {
                 "objectId {object}: each once, in order"
             );
         }
+    }
+
+    /// A broker whose client is still reconnecting when the drain begins
+    /// (a SIGTERM right after an outage) is waited for, within the deadline.
+    /// In real time: with time paused, the spool's reads on a blocking
+    /// thread would let the clock jump to the deadline.
+    #[tokio::test]
+    async fn a_drain_waits_for_a_broker_that_is_not_ready_yet() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = open_spool(&dir);
+        for n in 0..10 {
+            spool
+                .append(&event(&n.to_string(), &n.to_string()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let sink = Arc::new(MemorySink::new());
+        sink.set_ready(false);
+        let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
+        let reconnecting = sink.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reconnecting.set_ready(true);
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let drained = delivery.drain_spool(deadline).await;
+        assert_eq!(
+            drained,
+            Drained {
+                delivered: 10,
+                left: 0
+            }
+        );
     }
 
     /// A broker that takes nothing: the drain gives up at its deadline and

@@ -266,12 +266,18 @@ fn millis(time: SystemTime) -> u64 {
 }
 
 /// How many events, per slot of a key's hash, wait in the spool or are
-/// being appended.
-struct KeyCounts(Vec<u32>);
+/// being appended, and how many in all.
+struct KeyCounts {
+    slots: Vec<u32>,
+    total: u64,
+}
 
 impl KeyCounts {
     fn new() -> Self {
-        Self(vec![0; KEY_SLOTS])
+        Self {
+            slots: vec![0; KEY_SLOTS],
+            total: 0,
+        }
     }
 
     fn slot(key: &str) -> usize {
@@ -282,17 +288,23 @@ impl KeyCounts {
     }
 
     fn add(&mut self, key: &str) {
-        let count = &mut self.0[Self::slot(key)];
-        *count = count.saturating_add(1);
+        let count = &mut self.slots[Self::slot(key)];
+        if let Some(more) = count.checked_add(1) {
+            *count = more;
+            self.total += 1;
+        }
     }
 
     fn release(&mut self, key: &str) {
-        let count = &mut self.0[Self::slot(key)];
-        *count = count.saturating_sub(1);
+        let count = &mut self.slots[Self::slot(key)];
+        if let Some(fewer) = count.checked_sub(1) {
+            *count = fewer;
+            self.total -= 1;
+        }
     }
 
     fn holds(&self, key: &str) -> bool {
-        self.0[Self::slot(key)] > 0
+        self.slots[Self::slot(key)] > 0
     }
 }
 
@@ -550,6 +562,10 @@ struct Shared {
     store: Store,
     max_bytes: u64,
     state: Mutex<State>,
+    /// `state.keys.total`, stored after every change under the lock: a
+    /// webhook's check against an empty spool (every webhook's, while the
+    /// broker is healthy) takes no lock.
+    keys_held: AtomicU64,
     /// Databases opened again after a fault.
     reopens: AtomicU64,
 }
@@ -557,6 +573,12 @@ struct Shared {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the count of held keys; called with `state` locked, after
+    /// changing it.
+    fn keys_changed(&self, state: &State) {
+        self.keys_held.store(state.keys.total, Ordering::Release);
     }
 
     fn database(&self) -> Result<Arc<Database>, SpoolError> {
@@ -605,6 +627,7 @@ impl Shared {
                     state.keys.release(key);
                 }
             }
+            self.keys_changed(&state);
         }
         for request in group {
             // A caller that went away (its connection closed) no longer
@@ -936,6 +959,7 @@ impl<'a> Writer<'a> {
         counted.next_sequence = counted.next_sequence.max(state.next_sequence);
         counted.unwritable = state.unwritable.take();
         *state = counted;
+        self.shared.keys_changed(&state);
         self.shared.set_database(Some(Arc::new(db)));
     }
 
@@ -1108,6 +1132,7 @@ impl Spool {
             db: RwLock::new(Some(Arc::new(db))),
             store,
             max_bytes,
+            keys_held: AtomicU64::new(state.keys.total),
             state: Mutex::new(state),
             reopens: AtomicU64::new(0),
         });
@@ -1171,6 +1196,9 @@ impl Spool {
     /// queues behind it. It may say yes for a key with none (keys share a
     /// fixed table of counts), never no for a key with one.
     pub fn holds_key(&self, key: &str) -> bool {
+        if self.shared.keys_held.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         self.shared.state().keys.holds(key)
     }
 
@@ -1205,6 +1233,7 @@ impl Spool {
             // Counted from now, not from the commit: a webhook of the same
             // object arriving meanwhile must queue behind this one.
             state.keys.add(&message.key);
+            self.shared.keys_changed(&state);
         }
         answer.await.unwrap_or_else(|_| Err(writer_stopped()))
     }

@@ -184,11 +184,9 @@ pub fn local(settings: &Settings) -> Vec<Finding> {
                     spool.max_bytes.saturating_sub(opened.bytes())
                 ),
             ),
-            // redb locks the file: a bridge already running on it holds it.
-            Err(e) => Finding::fail(
-                "spool",
-                format!("{dir}: {e} (a bridge running on this directory keeps it locked)"),
-            ),
+            // The error says what is wrong (locked by a running bridge,
+            // damaged, unreadable) and what to do.
+            Err(e) => Finding::fail("spool", format!("{dir}: {e}")),
         });
     }
     findings
