@@ -407,28 +407,40 @@ async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_group_commits() {
             Ok(r) if metric_value(&r.text(), "apizee_bridge_spool_events") == 0.0)
     })
     .await;
+    let found = stream_ids(&nats).await;
+    assert_each_once_in_order("nats, 32 senders, 3 kills", &answered, &found);
+    drop(bridge);
+}
+
+/// The event ids in the stream WEBHOOKS, in stream order.
+pub(crate) async fn stream_ids(nats: &NatsServer) -> Vec<String> {
     let js = jetstream::new(nats.client().await);
-    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
+    crate::support::nats::stream_contents(&js, "WEBHOOKS")
         .await
         .into_iter()
         .map(|(id, _)| id)
-        .collect();
+        .collect()
+}
+
+/// Every webhook answered 202 is in `found` once, and each object's in the
+/// order they were answered.
+fn assert_each_once_in_order(what: &str, answered: &Answered, found: &[String]) {
     let ids: Vec<String> = answered.iter().map(|(_, id)| id.clone()).collect();
-    assert_none_lost("nats, 32 senders, 3 kills", &ids, &found);
+    assert_none_lost(what, &ids, found);
     for id in &ids {
         let copies = found.iter().filter(|f| *f == id).count();
-        assert_eq!(copies, 1, "{id} delivered {copies} times");
+        assert_eq!(copies, 1, "{what}: {id} delivered {copies} times");
     }
-    for object in 0..32 {
+    let objects: std::collections::BTreeSet<u32> = answered.iter().map(|(o, _)| *o).collect();
+    for object in objects {
         let sent: Vec<&String> = answered
             .iter()
             .filter(|(o, _)| *o == object)
             .map(|(_, id)| id)
             .collect();
         let delivered: Vec<&String> = found.iter().filter(|id| sent.contains(id)).collect();
-        assert_eq!(delivered, sent, "object {object} out of order");
+        assert_eq!(delivered, sent, "{what}: object {object} out of order");
     }
-    drop(bridge);
 }
 
 /// A series of the bridge's /metrics at `metrics`.
@@ -489,32 +501,13 @@ async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_a_replay_window()
         bridge_metric(metrics, "apizee_bridge_spool_events").await == Some(0.0)
     })
     .await;
-    let js = jetstream::new(nats.client().await);
-    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let found = stream_ids(&nats).await;
     eprintln!(
         "{} webhooks answered 202; {left} still spooled when the bridge was killed mid-replay; \
          {} in the stream",
         answered.len(),
         found.len()
     );
-    let ids: Vec<String> = answered.iter().map(|(_, id)| id.clone()).collect();
-    assert_none_lost("nats, kill -9 mid-replay", &ids, &found);
-    for id in &ids {
-        let copies = found.iter().filter(|f| *f == id).count();
-        assert_eq!(copies, 1, "{id} delivered {copies} times");
-    }
-    for object in 0..32 {
-        let sent: Vec<&String> = answered
-            .iter()
-            .filter(|(o, _)| *o == object)
-            .map(|(_, id)| id)
-            .collect();
-        let delivered: Vec<&String> = found.iter().filter(|id| sent.contains(id)).collect();
-        assert_eq!(delivered, sent, "object {object} out of order");
-    }
+    assert_each_once_in_order("nats, kill -9 mid-replay", &answered, &found);
     drop(bridge);
 }

@@ -14,7 +14,6 @@ use std::process::Command;
 use crate::support::answers::assert_error;
 use crate::support::process::BridgeProcess;
 use crate::support::*;
-use async_nats::jetstream;
 use bytes::Bytes;
 
 /// A tmpfs mounted on a directory of its own, unmounted when dropped, the
@@ -186,12 +185,7 @@ async fn assert_each_once(
     accepted: &[String],
     answered_200: usize,
 ) {
-    let js = jetstream::new(nats.client().await);
-    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let found = crate::spool::stream_ids(nats).await;
     for id in accepted {
         let copies = found.iter().filter(|f| *f == id).count();
         assert_eq!(

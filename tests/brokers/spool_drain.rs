@@ -10,7 +10,6 @@ use crate::spool::spooling_nats_bridge;
 use crate::support::process::run_within;
 use crate::support::*;
 use apizee_bridge::spool::Spool;
-use async_nats::jetstream;
 use bytes::Bytes;
 
 fn ticket(object: u32, time: u32) -> String {
@@ -103,12 +102,7 @@ fn text(output: &Output) -> String {
 
 /// Every event id of `sent` in the stream once, each object's in order.
 async fn assert_delivered_once_in_order(nats: &NatsServer, sent: &[Vec<String>]) {
-    let js = jetstream::new(nats.client().await);
-    let found: Vec<String> = crate::support::nats::stream_contents(&js, "WEBHOOKS")
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let found = crate::spool::stream_ids(nats).await;
     let total: usize = sent.iter().map(Vec::len).sum();
     assert_eq!(
         found.len(),
