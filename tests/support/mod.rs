@@ -79,6 +79,11 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// Longest a stopping in-process bridge may take: `--drain-delay` plus
+/// `--shutdown-timeout` (20 s by default) plus the 5 s after them, with
+/// room for a slow machine. A hang guard.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Polls `check` until it returns true or the deadline passes.
 pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + READY_DEADLINE;
@@ -335,13 +340,21 @@ impl Bridge {
         }
     }
 
-    /// Stops the bridge as SIGTERM would, and waits for it to finish.
+    /// Stops the bridge as SIGTERM would, and waits for it to finish: a
+    /// panic in `Service::serve` during the shutdown fails the test with
+    /// that panic, and a shutdown that hangs fails it after
+    /// [`STOP_DEADLINE`].
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            match tokio::time::timeout(STOP_DEADLINE, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Ok(Err(e)) => panic!("the bridge's task ended abnormally: {e}"),
+                Err(_) => panic!("the bridge did not stop within {STOP_DEADLINE:?}"),
+            }
         }
     }
 }
