@@ -599,14 +599,10 @@ impl Delivery {
         // Acknowledged by the broker, not yet removed: removed first, and
         // never published again.
         if !state.unremoved.is_empty() {
-            let unremoved = std::mem::take(&mut state.unremoved);
-            let count = unremoved.len();
-            if let Err(e) = spool.remove(unremoved.clone()).await {
-                state.unremoved = unremoved;
-                self.replay_problem(&format!("cannot remove replayed webhooks: {e}"));
+            let unremoved = Removal::start(spool, std::mem::take(&mut state.unremoved));
+            if !self.removal_done(Some(unremoved), &mut state).await {
                 return Round::Failed;
             }
-            self.count_replayed(count);
         }
         if spool.is_empty() {
             return Round::Empty;
