@@ -1131,6 +1131,22 @@ mod tests {
         )
     }
 
+    /// `count` events, each of its own objectId.
+    fn one_per_object(count: u64) -> Vec<Message> {
+        (0..count)
+            .map(|n| event(&n.to_string(), &n.to_string()))
+            .collect()
+    }
+
+    /// Appends `events` together: group commits, not one fsync each.
+    async fn append_all(spool: &Spool, events: &[Message]) {
+        for appended in
+            futures_util::future::join_all(events.iter().map(|event| spool.append(event))).await
+        {
+            appended.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
     fn open_spool(dir: &tempfile::TempDir) -> Arc<Spool> {
         Arc::new(Spool::open(dir.path(), 1 << 24).unwrap_or_else(|e| panic!("{e}")))
     }
@@ -1325,11 +1341,7 @@ mod tests {
         let events: Vec<Message> = (0..300)
             .map(|n| event(&(n % 3).to_string(), &format!("{}-{}", n % 3, n / 3)))
             .collect();
-        for appended in
-            futures_util::future::join_all(events.iter().map(|event| spool.append(event))).await
-        {
-            appended.unwrap_or_else(|e| panic!("{e}"));
-        }
+        append_all(&spool, &events).await;
         let sink = Arc::new(MemorySink::new());
         sink.lose_once("1-50", PublishError::Timeout(Duration::ZERO));
         let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
@@ -1366,12 +1378,7 @@ mod tests {
     async fn a_drain_waits_for_a_broker_that_is_not_ready_yet() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let spool = open_spool(&dir);
-        for n in 0..10 {
-            spool
-                .append(&event(&n.to_string(), &n.to_string()))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+        append_all(&spool, &one_per_object(10)).await;
         let sink = Arc::new(MemorySink::new());
         sink.set_ready(false);
         let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
@@ -1397,12 +1404,7 @@ mod tests {
     async fn a_drain_stops_at_its_deadline_and_leaves_what_it_could_not_deliver() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let spool = open_spool(&dir);
-        for n in 0..10 {
-            spool
-                .append(&event(&n.to_string(), &n.to_string()))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+        append_all(&spool, &one_per_object(10)).await;
         let sink = Arc::new(MemorySink::new());
         sink.set_behaviour(Behaviour::Hang);
         let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
@@ -1435,15 +1437,7 @@ mod tests {
         let spool = open_spool(&dir);
         // More than a window, with one objectId each.
         let total = MemorySink::new().pipeline_depth() as u64 * 3;
-        // Appended together: one group commit, not thousands of fsyncs.
-        let events: Vec<Message> = (0..total)
-            .map(|n| event(&n.to_string(), &n.to_string()))
-            .collect();
-        for appended in
-            futures_util::future::join_all(events.iter().map(|event| spool.append(event))).await
-        {
-            appended.unwrap_or_else(|e| panic!("{e}"));
-        }
+        append_all(&spool, &one_per_object(total)).await;
         let sink = Arc::new(MemorySink::new());
         sink.set_behaviour(Behaviour::Delay(Duration::from_millis(200)));
         let delivery = spooling_delivery(&sink, &spool, Duration::ZERO, &Registry::new());
