@@ -13,11 +13,11 @@
 
 use std::time::Duration;
 
+use crate::support::nats::{next_message, subscribe};
 use crate::support::*;
+use async_nats::Message;
 use async_nats::jetstream::{self, message::StreamMessage, stream};
-use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::json;
 
 on_both_releases!(
@@ -34,9 +34,6 @@ on_both_releases!(
     jetstream_stream_deleted_under_the_bridge_is_created_again,
     jetstream_unanswered_publishes_leave_the_stream_alone,
 );
-
-/// How long a subscriber waits for a message that should come.
-const RECEIVE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An event that none of the other bodies in a test equals, posted to prove
 /// that nothing was published before it.
@@ -57,42 +54,6 @@ async fn start_bridge(nats: &NatsServer, extra: &[&str]) -> Bridge {
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Bridge::start(&args).await
-}
-
-/// Subscribes to `filter` (ending in `>`) and waits until the server routes
-/// to the subscription. `Client::flush` only writes the SUB to the socket, so
-/// a message the bridge publishes right after could reach the server first
-/// and be dropped; a probe published on this connection and received back
-/// proves the server processed the SUB before anything the test posts.
-async fn subscribe(client: &Client, filter: &str) -> Subscriber {
-    let probe = format!("{}sync", filter.trim_end_matches('>'));
-    let mut subscriber = client
-        .subscribe(filter.to_owned())
-        .await
-        .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
-    client
-        .publish(probe.clone(), Bytes::from_static(b"probe"))
-        .await
-        .unwrap_or_else(|e| panic!("publish the probe {probe}: {e}"));
-    client
-        .flush()
-        .await
-        .unwrap_or_else(|e| panic!("flush after subscribe: {e}"));
-    let first = next_message(&mut subscriber).await;
-    assert_eq!(
-        first.subject.as_str(),
-        probe,
-        "something was published before the probe: {:?}",
-        first.payload
-    );
-    subscriber
-}
-
-async fn next_message(subscriber: &mut Subscriber) -> Message {
-    tokio::time::timeout(RECEIVE_DEADLINE, subscriber.next())
-        .await
-        .unwrap_or_else(|_| panic!("no message within {RECEIVE_DEADLINE:?}"))
-        .unwrap_or_else(|| panic!("the subscription ended"))
 }
 
 fn accepted_id(reply: &Reply, topic: &str) -> String {

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 
 use crate::support::otlp::{OtlpReceiver, Received};
 use crate::support::process::BridgeProcess;
@@ -103,11 +102,7 @@ async fn spans_of_requests_and_publishes_reach_an_otlp_receiver_at_shutdown() {
     bridge.wait_ready().await;
     let addr = bridge.addr;
     let client = nats.client().await;
-    let mut messages = client
-        .subscribe("apizee.>")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut messages = crate::support::nats::subscribe(&client, "apizee.>").await;
 
     // 1. A sender's trace, continued; 2. none, so the bridge starts one;
     // 3. refused before any publish; 4. the broker gone: a 503.
@@ -127,10 +122,7 @@ async fn spans_of_requests_and_publishes_reach_an_otlp_receiver_at_shutdown() {
     assert_eq!(refused.status, 422, "{}", refused.text());
     let mut published = Vec::new();
     for _ in 0..2 {
-        let message = tokio::time::timeout(READY_DEADLINE, messages.next())
-            .await
-            .unwrap_or_else(|_| panic!("no message"))
-            .unwrap_or_else(|| panic!("subscription ended"));
+        let message = crate::support::nats::next_message(&mut messages).await;
         let header = |name: &str| {
             message
                 .headers

@@ -158,6 +158,24 @@ async fn a_pattern_prints_only_what_it_selects_as_text() {
     assert!(!text.contains("ticket"), "{text}");
 }
 
+/// `>` also matches the probe tail publishes to know its subscriptions are
+/// in place: what it prints first is still the bridge's message.
+#[tokio::test]
+async fn every_subject_prints_the_webhook_not_the_probe() {
+    let nats = NatsServer::start(false).await;
+    let url = nats.url();
+    let bridge = Bridge::start(&["--sink", "nats", "--nats-url", &url]).await;
+    bridge.wait_ready().await;
+    let reader = tail(&[">", "--sink", "nats", "--nats-url", &url, "--count", "1"]).await;
+    assert_eq!(bridge.post(MEDIA).await.status, 200);
+    let output = tokio::time::timeout(READY_DEADLINE, reader.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("tail did not exit"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.lines().next(), Some("apizee.media.update"), "{text}");
+}
+
 #[tokio::test]
 async fn kafka_keys_headers_and_bodies() {
     // The broker this binary shares, with topics of this test's own.

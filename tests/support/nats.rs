@@ -538,3 +538,43 @@ pub async fn stream_contents(js: &jetstream::Context, name: &str) -> Vec<(String
     );
     stored
 }
+
+/// How long a subscriber waits for a message that should come.
+pub const RECEIVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Subscribes to `filter` (ending in `>`) and waits until the server routes
+/// to the subscription. `Client::flush` only writes the SUB to the socket, so
+/// a message the bridge publishes right after could reach the server first
+/// and be dropped; a probe published on this connection and received back
+/// proves the server processed the SUB before anything the test posts.
+pub async fn subscribe(client: &async_nats::Client, filter: &str) -> async_nats::Subscriber {
+    let probe = format!("{}sync", filter.trim_end_matches('>'));
+    let mut subscriber = client
+        .subscribe(filter.to_owned())
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
+    client
+        .publish(probe.clone(), Bytes::from_static(b"probe"))
+        .await
+        .unwrap_or_else(|e| panic!("publish the probe {probe}: {e}"));
+    client
+        .flush()
+        .await
+        .unwrap_or_else(|e| panic!("flush after subscribe: {e}"));
+    let first = next_message(&mut subscriber).await;
+    assert_eq!(
+        first.subject.as_str(),
+        probe,
+        "something was published before the probe: {:?}",
+        first.payload
+    );
+    subscriber
+}
+
+/// The subscription's next message, within [`RECEIVE_DEADLINE`].
+pub async fn next_message(subscriber: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(RECEIVE_DEADLINE, subscriber.next())
+        .await
+        .unwrap_or_else(|_| panic!("no message within {RECEIVE_DEADLINE:?}"))
+        .unwrap_or_else(|| panic!("the subscription ended"))
+}

@@ -22,9 +22,27 @@ pub async fn run(
                 .map_err(|e| format!("cannot subscribe to {pattern}: {e}"))?,
         );
     }
-    // The server has the subscriptions once a round trip is done: from
-    // here on, nothing published is missed.
+    // `flush` only writes the SUBs to the socket. The server handles a
+    // connection's operations in order, so once a probe published after them
+    // comes back, it routes to every pattern: from here on, nothing
+    // published is missed (saying "reading" earlier lost a test's message).
+    let probe = client.new_inbox();
+    let mut echo = client
+        .subscribe(probe.clone())
+        .await
+        .map_err(|e| format!("cannot subscribe to {probe}: {e}"))?;
+    client
+        .publish(probe.clone(), bytes::Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
     client.flush().await.map_err(|e| e.to_string())?;
+    tokio::time::timeout(CONNECT_TIMEOUT, echo.next())
+        .await
+        .map_err(|_| {
+            format!("nats-server did not confirm the subscriptions within {CONNECT_TIMEOUT:?}")
+        })?
+        .ok_or("the NATS connection closed")?;
+    drop(echo);
     eprintln!(
         "apizee-bridge tail: reading {} from {}",
         patterns.join(", "),
@@ -36,6 +54,10 @@ pub async fn run(
         let Some(message) = messages.next().await else {
             return Err("the NATS connection closed".into());
         };
+        // A pattern such as `>` also matched the probe.
+        if message.subject.as_str() == probe {
+            continue;
+        }
         let mut headers: Vec<(String, String)> = message
             .headers
             .iter()
