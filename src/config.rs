@@ -7,7 +7,7 @@
 //! [`crate::auth::config`], [`crate::tls::config`], [`crate::route::config`],
 //! [`crate::dead_letter`], [`crate::delivery`], [`crate::spool`],
 //! [`crate::sink::nats::config`], [`crate::sink::kafka::config`],
-//! [`crate::trace::otlp`], [`crate::logging`]); this module only puts them together, under one
+//! [`crate::otlp`], [`crate::logging`]); this module only puts them together, under one
 //! heading each in `--help`.
 
 use std::fmt;
@@ -21,6 +21,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterArgs};
 use crate::delivery::{DeliveryArgs, DeliverySettings};
 use crate::http::config::{HttpArgs, HttpSettings};
 use crate::logging::{LogArgs, LogFormat};
+use crate::otlp::{OtlpArgs, OtlpSettings};
 use crate::route::cloudevents::CloudEventsArgs;
 use crate::route::config::{RouteArgs, Routing};
 use crate::sink::kafka::config::KafkaArgs;
@@ -29,7 +30,6 @@ use crate::sink::{SinkContext, SinkSettings};
 use crate::spool::{SpoolArgs, SpoolSettings};
 use crate::tls::TlsSettings;
 use crate::tls::config::TlsArgs;
-use crate::trace::otlp::{OtlpArgs, OtlpSettings};
 
 /// Receives Apizee (ApiRTC) webhooks and publishes each one to Kafka or NATS
 /// (or to standard output, for development) on a topic named by object and event
@@ -193,9 +193,10 @@ impl Settings {
     pub fn from_args(cli: ServiceArgs) -> Result<Self, ConfigError> {
         let http = cli.http.settings()?;
         let delivery = cli.delivery.settings()?;
-        let routing = cli
-            .route
-            .settings(cli.cloudevents.settings(cli.delivery.sink)?)?;
+        let routing = cli.route.settings(
+            cli.cloudevents
+                .settings(cli.delivery.sink.cloudevents_binding())?,
+        )?;
         let guard = cli.auth.settings()?;
         let dead_letter = cli.dead_letter.settings()?;
         let context = SinkContext {

@@ -51,7 +51,7 @@
 //!   flags beside them; stdout for development, memory for tests.
 //! - [`tls`]: the listener's optional TLS, its reloading and its metrics.
 //! - [`trace`]: W3C trace context, from the request into its message;
-//!   the bridge's own spans over OTLP in [`trace::otlp`], with its flags.
+//!   the bridge's own spans over OTLP in [`otlp`], with its flags.
 //! - [`metrics`]: the registry, and the HTTP edge's metrics.
 //! - [`logging`]: text or JSON logs on stderr.
 //! - [`commands`]: the operator's tools (`check`, `send`, `tail`,
@@ -122,9 +122,11 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod envelope;
+pub mod hex;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod route;
 pub mod shutdown;
 pub mod sink;
@@ -168,7 +170,7 @@ pub enum RunError {
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
-    Otlp(#[from] trace::otlp::OtlpError),
+    Otlp(#[from] otlp::OtlpError),
 }
 
 /// How long the shutdown may take once the webhook listener has drained:
@@ -284,7 +286,7 @@ impl Service {
             None => None,
         };
         let spans = match &settings.otlp {
-            Some(otlp) => Some(Arc::new(trace::otlp::Spans::start(
+            Some(otlp) => Some(Arc::new(otlp::Spans::start(
                 otlp,
                 sink.name(),
                 &settings.http.path,

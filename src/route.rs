@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{Envelope, Event, ObjectKind};
+use crate::hex::push_hex;
 use cloudevents::CloudEvents;
 
 /// Kafka's limit on topic name length; NATS has none worth worrying about.
@@ -242,16 +243,6 @@ pub fn event_id(body: &[u8]) -> String {
     let mut id = String::with_capacity(32);
     push_hex(&mut id, &digest[..16]);
     id
-}
-
-/// Appends `bytes` as lowercase hex: the one encoder of event ids and
-/// trace ids, on every request's path, so a table instead of `format!`.
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -29,10 +29,10 @@ use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
 use crate::metrics::{Metrics, Registered, opts};
+use crate::otlp::{RequestSpan, Spans};
 use crate::route;
 use crate::route::config::Routing;
 use crate::trace::TraceContext;
-use crate::trace::otlp::{RequestSpan, Spans};
 
 /// Shared state of the webhook listener: every part a request goes
 /// through, each built once by [`crate::Service::build`].

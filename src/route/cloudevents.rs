@@ -23,7 +23,6 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::ConfigError;
 use crate::envelope::Envelope;
-use crate::sink::SinkKind;
 
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -62,15 +61,6 @@ pub enum Binding {
 }
 
 impl Binding {
-    /// Standard output gets the NATS (and HTTP) names: `ce-` for every
-    /// attribute, which is what a reader of the JSON lines would expect.
-    pub fn for_sink(sink: SinkKind) -> Self {
-        match sink {
-            SinkKind::Kafka => Self::Kafka,
-            SinkKind::Nats | SinkKind::Stdout => Self::Nats,
-        }
-    }
-
     fn names(self) -> &'static Names {
         match self {
             Self::Kafka => &header::KAFKA,
@@ -142,7 +132,7 @@ pub struct CloudEvents {
 
 impl CloudEventsArgs {
     /// `None` without `--cloudevents`: messages stay exactly as they were.
-    pub fn settings(self, sink: SinkKind) -> Result<Option<CloudEvents>, ConfigError> {
+    pub fn settings(self, binding: Binding) -> Result<Option<CloudEvents>, ConfigError> {
         if !self.cloudevents {
             return Ok(None);
         }
@@ -150,7 +140,7 @@ impl CloudEventsArgs {
             .map_err(|reason| ConfigError::new("--cloudevents-source", reason))?;
         Ok(Some(CloudEvents {
             source: self.cloudevents_source,
-            binding: Binding::for_sink(sink),
+            binding,
         }))
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use prometheus::Registry;
 
 use crate::config::ConfigError;
+use crate::route::cloudevents::Binding;
 use crate::route::{Message, TopicTemplate};
 use crate::shutdown::Tasks;
 
@@ -33,6 +34,18 @@ pub enum SinkKind {
     Stdout,
     Nats,
     Kafka,
+}
+
+impl SinkKind {
+    /// Which CloudEvents binding names the headers of this sink's messages.
+    /// Standard output gets the NATS (and HTTP) names: `ce-` for every
+    /// attribute, which is what a reader of the JSON lines would expect.
+    pub fn cloudevents_binding(self) -> Binding {
+        match self {
+            Self::Kafka => Binding::Kafka,
+            Self::Nats | Self::Stdout => Binding::Nats,
+        }
+    }
 }
 
 /// The chosen sink's checked settings.
@@ -253,5 +266,17 @@ impl PublishError {
     /// spool. A refusal would be refused again.
     pub fn is_transient(&self) -> bool {
         self.outcome().is_transient()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_gets_the_kafka_binding_and_the_others_the_nats_one() {
+        assert_eq!(SinkKind::Kafka.cloudevents_binding(), Binding::Kafka);
+        assert_eq!(SinkKind::Nats.cloudevents_binding(), Binding::Nats);
+        assert_eq!(SinkKind::Stdout.cloudevents_binding(), Binding::Nats);
     }
 }

@@ -10,17 +10,15 @@
 //! trace starts, and `tracestate` is dropped with it.
 //!
 //! With `--otlp-endpoint` the bridge's spans are also exported
-//! ([`otlp`]): then the ids come from those spans, so the message's
+//! ([`crate::otlp`]): then the ids come from those spans, so the message's
 //! `traceparent` names the exported publish span.
-
-pub mod otlp;
 
 use std::fmt;
 
 use http::HeaderMap;
 use rand::RngCore;
 
-use crate::route::push_hex;
+use crate::hex::push_hex;
 
 /// The header names, on the request and on the message.
 pub const TRACEPARENT: &str = "traceparent";

@@ -239,26 +239,22 @@ struct Cli {
     cloudevents: CloudEventsArgs,
 }
 
-fn parse(args: &[&str], sink: SinkKind) -> Result<Option<CloudEvents>, String> {
+fn parse(args: &[&str], binding: Binding) -> Result<Option<CloudEvents>, String> {
     let cli = Cli::try_parse_from(std::iter::once("apizee-bridge").chain(args.iter().copied()))
         .map_err(|e| e.kind().to_string())?;
-    cli.cloudevents.settings(sink).map_err(|e| e.to_string())
+    cli.cloudevents.settings(binding).map_err(|e| e.to_string())
 }
 
 #[test]
 fn off_by_default() {
-    assert_eq!(parse(&[], SinkKind::Kafka), Ok(None));
+    assert_eq!(parse(&[], Binding::Kafka), Ok(None));
 }
 
 #[test]
-fn on_with_the_default_source_and_the_sinks_binding() {
-    for (sink, binding) in [
-        (SinkKind::Kafka, Binding::Kafka),
-        (SinkKind::Nats, Binding::Nats),
-        (SinkKind::Stdout, Binding::Nats),
-    ] {
+fn on_with_the_default_source_and_the_binding() {
+    for binding in [Binding::Kafka, Binding::Nats] {
         assert_eq!(
-            parse(&["--cloudevents"], sink),
+            parse(&["--cloudevents"], binding),
             Ok(Some(CloudEvents {
                 source: "/apizee-bridge".to_owned(),
                 binding,
@@ -279,7 +275,7 @@ fn source_accepts_uri_references() {
     ] {
         let parsed = parse(
             &["--cloudevents", "--cloudevents-source", source],
-            SinkKind::Nats,
+            Binding::Nats,
         );
         assert_eq!(
             parsed.map(|s| s.map(|s| s.source)),
@@ -294,7 +290,7 @@ fn source_refuses_what_is_not_a_uri_reference_in_one_line_naming_the_flag() {
     for source in ["", "a b", "50%", "%zz", "é", "1x:y", "a\"b", "<x>"] {
         let error = parse(
             &["--cloudevents", "--cloudevents-source", source],
-            SinkKind::Nats,
+            Binding::Nats,
         )
         .expect_err(source);
         assert!(
@@ -307,5 +303,5 @@ fn source_refuses_what_is_not_a_uri_reference_in_one_line_naming_the_flag() {
 
 #[test]
 fn source_without_cloudevents_is_refused() {
-    assert!(parse(&["--cloudevents-source", "/x"], SinkKind::Kafka).is_err());
+    assert!(parse(&["--cloudevents-source", "/x"], Binding::Kafka).is_err());
 }

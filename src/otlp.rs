@@ -31,11 +31,11 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use rustls::RootCertStore;
 
-use super::TraceContext;
 use crate::config::ConfigError;
 use crate::delivery::Delivered;
 use crate::route::Message;
 use crate::sink::PublishError;
+use crate::trace::TraceContext;
 
 /// The `service.name` spans carry unless `--otlp-service-name` says
 /// otherwise.
