@@ -16,13 +16,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-
 use crate::config::ServiceArgs;
 use crate::config::Settings;
 use crate::envelope::{self, EnvelopeError};
 use crate::route::{self, Message};
 use crate::shutdown::Tasks;
+use crate::sink::redrive::{Position, Stored};
 use crate::sink::{Sink, SinkSettings};
 
 /// `apizee-bridge redrive`.
@@ -44,30 +43,6 @@ pub struct RedriveArgs {
 
     #[command(flatten)]
     pub service: ServiceArgs,
-}
-
-/// A dead letter as the broker keeps it.
-pub struct Stored {
-    /// Where it is: a stream sequence, or `partition:offset`.
-    pub position: Position,
-    pub payload: Bytes,
-    /// Its `apizee-rejection-reason` header, when it has one.
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Position {
-    Sequence(u64),
-    Offset { partition: i32, offset: i64 },
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Position::Sequence(n) => write!(f, "seq {n}"),
-            Position::Offset { partition, offset } => write!(f, "{partition}:{offset}"),
-        }
-    }
 }
 
 pub fn main(args: RedriveArgs) -> ExitCode {

@@ -8,10 +8,6 @@
 //! starts. By default: the template's subjects and the dead-letter topic.
 
 use std::process::ExitCode;
-use std::time::Duration;
-
-use bytes::Bytes;
-use serde::Serialize;
 
 use crate::config::ConfigError;
 use crate::dead_letter::DeadLetterArgs;
@@ -19,6 +15,7 @@ use crate::delivery::DeliveryArgs;
 use crate::route::config::RouteArgs;
 use crate::sink::kafka::config::KafkaArgs;
 use crate::sink::nats::config::NatsArgs;
+use crate::sink::tap::Tapped;
 use crate::sink::{SinkContext, SinkKind, SinkSettings};
 
 /// `apizee-bridge tail`.
@@ -62,37 +59,22 @@ pub enum Format {
     Json,
 }
 
-/// One message as a broker delivered it.
-#[derive(Debug, Serialize)]
-pub struct Tapped {
-    pub topic: String,
-    pub key: Option<String>,
-    pub headers: Vec<(String, String)>,
-    #[serde(serialize_with = "as_text")]
-    pub payload: Bytes,
-}
-
-fn as_text<S: serde::Serializer>(payload: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&String::from_utf8_lossy(payload))
-}
-
-impl Tapped {
-    fn print(&self, format: Format) {
-        match format {
-            Format::Json => match serde_json::to_string(self) {
-                Ok(line) => println!("{line}"),
-                Err(e) => eprintln!("apizee-bridge tail: cannot print a message: {e}"),
-            },
-            Format::Text => {
-                match &self.key {
-                    Some(key) => println!("{} key={key}", self.topic),
-                    None => println!("{}", self.topic),
-                }
-                for (name, value) in &self.headers {
-                    println!("  {name}: {value}");
-                }
-                println!("{}\n", String::from_utf8_lossy(&self.payload).trim_end());
+/// Prints `message` as `format` says.
+fn print(message: &Tapped, format: Format) {
+    match format {
+        Format::Json => match serde_json::to_string(message) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("apizee-bridge tail: cannot print a message: {e}"),
+        },
+        Format::Text => {
+            match &message.key {
+                Some(key) => println!("{} key={key}", message.topic),
+                None => println!("{}", message.topic),
             }
+            for (name, value) in &message.headers {
+                println!("  {name}: {value}");
+            }
+            println!("{}\n", String::from_utf8_lossy(&message.payload).trim_end());
         }
     }
 }
@@ -117,7 +99,7 @@ pub fn main(args: TailArgs) -> ExitCode {
         Err(code) => return code,
     };
     let (format, count, from_beginning) = (args.format, args.count, args.from_beginning);
-    let print = move |message: Tapped| message.print(format);
+    let print = move |message: Tapped| print(&message, format);
     let tapped = runtime.block_on(async {
         let tap = async {
             match &sink {
@@ -187,13 +169,3 @@ fn settings(
     };
     Ok((sink, patterns))
 }
-
-/// Whether `topic` is selected by any of `patterns` (NATS subject syntax).
-pub fn selected(patterns: &[String], topic: &str) -> bool {
-    patterns
-        .iter()
-        .any(|p| crate::route::subject_matches(p, topic))
-}
-
-/// How long a broker may take to answer tail's first request.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,10 +21,13 @@ use crate::route::cloudevents::Binding;
 use crate::route::{Message, TopicTemplate};
 use crate::shutdown::Tasks;
 
+pub mod check;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+pub mod redrive;
 pub mod stdout;
+pub mod tap;
 
 /// `--sink`: where messages go. A new broker is a variant here, its folder
 /// beside this file (its flags in `config.rs`), and a line in each match

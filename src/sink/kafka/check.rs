@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use super::config::KafkaSettings;
 use super::{client_config, describe_config_error};
-use crate::commands::check::{Finding, Topics};
+use crate::sink::check::{Finding, Topics};
 
 pub async fn run(settings: &KafkaSettings, topics: &Topics<'_>, within: Duration) -> Vec<Finding> {
     let producer: BaseProducer = match client_config(settings).create() {

@@ -11,8 +11,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::KafkaSettings;
-use crate::commands::redrive::{Position, Stored};
 use crate::route::header;
+use crate::sink::redrive::{Position, Stored};
 
 /// How long to keep reading once every partition's watermark is reached.
 const AFTER_WATERMARK: Duration = Duration::from_millis(500);

@@ -10,7 +10,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::KafkaSettings;
-use crate::commands::tail::{CONNECT_TIMEOUT, Tapped, selected};
+use crate::sink::tap::{CONNECT_TIMEOUT, Tapped, selected};
 
 pub async fn run(
     settings: &KafkaSettings,

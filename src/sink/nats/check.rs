@@ -8,8 +8,8 @@ use async_nats::jetstream;
 
 use super::config::NatsSettings;
 use super::stream::{self, Finding as Stream};
-use crate::commands::check::{Finding, Topics};
 use crate::route::subject_matches;
+use crate::sink::check::{Finding, Topics};
 
 pub async fn run(settings: &NatsSettings, topics: &Topics<'_>, within: Duration) -> Vec<Finding> {
     let client = match super::connect_once(settings, within).await {

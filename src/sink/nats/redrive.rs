@@ -9,8 +9,8 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 
 use super::config::NatsSettings;
-use crate::commands::redrive::{Position, Stored};
 use crate::route::header;
+use crate::sink::redrive::{Position, Stored};
 
 async fn stream(
     settings: &NatsSettings,

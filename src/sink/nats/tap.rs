@@ -4,7 +4,7 @@
 use futures_util::StreamExt;
 
 use super::config::NatsSettings;
-use crate::commands::tail::{CONNECT_TIMEOUT, Tapped};
+use crate::sink::tap::{CONNECT_TIMEOUT, Tapped};
 
 pub async fn run(
     settings: &NatsSettings,
