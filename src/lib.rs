@@ -149,7 +149,7 @@ use crate::dead_letter::DeadLetters;
 use crate::delivery::Delivery;
 use crate::http::App;
 use crate::http::config::{Drain, HttpSettings};
-use crate::metrics::Metrics;
+use crate::http::metrics::Metrics;
 use crate::shutdown::Tasks;
 use crate::sink::Sink;
 use crate::tls::ServerTls;
@@ -248,7 +248,7 @@ impl Service {
         let root = CancellationToken::new();
         let sink_tasks = Tasks::new(&root);
         // Each part registers its own metrics here as it is built.
-        let metrics = Arc::new(Metrics::new()?);
+        let metrics = Arc::new(Metrics::new(metrics::registry()?)?);
         let registry = metrics.registry();
         let sink = match overrides.sink {
             Some(sink) => sink,

@@ -23,12 +23,13 @@ use serde::Serialize;
 
 use super::budget::Budgets;
 use super::config::{HttpSettings, Limits};
+use super::metrics::Metrics;
 use super::rejection::{Answering, Rejection, json_response};
 use crate::auth::Guard;
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
-use crate::metrics::{Metrics, Registered, opts};
+use crate::metrics::{Registered, opts};
 use crate::otlp::{RequestSpan, Spans};
 use crate::route;
 use crate::route::config::Routing;

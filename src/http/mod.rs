@@ -6,6 +6,7 @@ pub mod config;
 
 pub mod budget;
 pub mod handler;
+pub mod metrics;
 pub mod rejection;
 pub mod server;
 

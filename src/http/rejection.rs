@@ -14,9 +14,9 @@ use serde::Serialize;
 use tracing::Level;
 
 use super::budget::Budget;
+use super::metrics::Metrics;
 use crate::auth::Denial;
 use crate::envelope::Problem;
-use crate::metrics::Metrics;
 use crate::sink::PublishError;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -32,9 +32,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::config::{Drain, Limits};
 use super::handler::{self, App};
+use super::metrics::Metrics;
 use super::rejection::{Answering, Rejection};
 use crate::delivery::Delivery;
-use crate::metrics::Metrics;
 use crate::tls::ServerTls;
 
 /// On the metrics listener: a scraper that has not sent its headers by then
