@@ -23,13 +23,23 @@ use tokio::sync::mpsc;
 
 use crate::config::ConfigError;
 use crate::delivery::Delivery;
-use crate::http::rejection::Rejection;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::metrics::{Registered, opts};
 use crate::route::is_valid_topic;
 use crate::route::{self, Message};
 use crate::sink::Outcome;
+
+/// The refusals a dead letter is kept for, as the rejection table
+/// (`http/rejection.rs`) names them; every other refusal (401, 413, ...)
+/// is never dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Letter {
+    /// Valid JSON whose envelope breaks the spec: always kept.
+    InvalidEnvelope,
+    /// Not JSON at all: kept with `--dead-letter-malformed`.
+    MalformedJson,
+}
 
 /// Dead letters published at once: enough to keep up with a broker that
 /// answers in milliseconds, few enough that a frozen one (every publish
@@ -104,32 +114,27 @@ impl DeadLetters {
         })
     }
 
-    /// Queues a dead letter for `rejection`, if it is a kind that is
-    /// dead-lettered, and returns at once. `log_span` makes the webhook's
-    /// span for the line logged when the queue is full.
+    /// Whether a refusal of this kind is kept as configured.
+    pub fn wants(&self, letter: Letter) -> bool {
+        match letter {
+            Letter::InvalidEnvelope => true,
+            Letter::MalformedJson => self.settings.malformed,
+        }
+    }
+
+    /// Queues a dead letter of `body`, refused for `reason` (the rejection's
+    /// code) with `details` (its JSON), and returns at once. `log_span`
+    /// makes the webhook's span for the line logged when the queue is full.
     pub fn offer(
         &self,
-        rejection: &Rejection,
+        reason: &str,
+        details: &str,
         body: Bytes,
         received_at: SystemTime,
         log_span: impl FnOnce() -> tracing::Span,
     ) {
-        let wanted = match rejection {
-            Rejection::InvalidEnvelope(_) => true,
-            Rejection::MalformedJson(_) => self.settings.malformed,
-            _ => false,
-        };
-        if !wanted {
-            return;
-        }
-        let details = serde_json::to_string(&rejection.details()).unwrap_or_default();
-        let message = route::dead_letter_message(
-            &self.settings.topic,
-            body,
-            rejection.code(),
-            &details,
-            received_at,
-        );
+        let message =
+            route::dead_letter_message(&self.settings.topic, body, reason, details, received_at);
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let queued = match queue.as_ref() {
             Some(queue) => queue.try_send(message).is_ok(),
@@ -270,9 +275,9 @@ mod tests {
         let logs = CapturedLogs::start();
         let span = || tracing::info_span!("webhook", trace_id = "4bf92f35");
         for _ in 0..2 {
-            let rejection = Rejection::InvalidEnvelope(Vec::new());
             dead_letters.offer(
-                &rejection,
+                "invalid_envelope",
+                "[]",
                 Bytes::from_static(b"{}"),
                 SystemTime::now(),
                 span,

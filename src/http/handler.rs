@@ -351,8 +351,14 @@ fn dead_letter(
     received_at: SystemTime,
     trace: &TraceContext,
 ) -> Rejection {
-    if let Some(dead_letters) = &app.dead_letters {
-        dead_letters.offer(&rejection, body, received_at, || trace.log_span());
+    if let Some(dead_letters) = &app.dead_letters
+        && let Some(letter) = rejection.dead_letter()
+        && dead_letters.wants(letter)
+    {
+        let details = serde_json::to_string(&rejection.details()).unwrap_or_default();
+        dead_letters.offer(rejection.code(), &details, body, received_at, || {
+            trace.log_span()
+        });
     }
     rejection
 }

@@ -16,6 +16,7 @@ use tracing::Level;
 use super::budget::Budget;
 use super::metrics::Metrics;
 use crate::auth::Denial;
+use crate::dead_letter::Letter;
 use crate::envelope::Problem;
 use crate::sink::PublishError;
 
@@ -265,6 +266,17 @@ impl Rejection {
     }
 
     /// What the `details` array of the answer holds.
+    /// Which dead letter this refusal makes, if any: only a body that was
+    /// read and is worth a look; never a refusal before the body (401, 413,
+    /// 415, ...) nor a broker's 503, whose sender retries.
+    pub fn dead_letter(&self) -> Option<Letter> {
+        match self {
+            Rejection::InvalidEnvelope(_) => Some(Letter::InvalidEnvelope),
+            Rejection::MalformedJson(_) => Some(Letter::MalformedJson),
+            _ => None,
+        }
+    }
+
     pub fn details(&self) -> Vec<serde_json::Value> {
         match self {
             Rejection::InvalidEnvelope(problems) => problems
@@ -418,6 +430,21 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), Kind::ALL.len(), "two kinds share a code");
         assert_eq!(Kind::client_errors().count(), Kind::ALL.len() - 1);
+    }
+
+    #[test]
+    fn only_a_body_read_and_refused_for_its_content_is_dead_lettered() {
+        let lettered: Vec<(&str, Letter)> = all()
+            .iter()
+            .filter_map(|r| Some((r.code(), r.dead_letter()?)))
+            .collect();
+        assert_eq!(
+            lettered,
+            [
+                ("malformed_json", Letter::MalformedJson),
+                ("invalid_envelope", Letter::InvalidEnvelope),
+            ]
+        );
     }
 
     #[test]
