@@ -18,7 +18,7 @@
 //! its answer.
 //!
 //! [`run`] puts it together: `main` parses the flags into
-//! [`config::Settings`], sets up logging, binds the [`Listeners`], and calls
+//! [`settings::Settings`], sets up logging, binds the [`Listeners`], and calls
 //! `run`, which is [`Service::build`] (every part built once, each
 //! registering its own metrics) then [`Service::serve`] (serve until the
 //! shutdown signal, then stop the parts in a documented order, through
@@ -28,37 +28,52 @@
 //! `main` runs a subcommand instead when one is given ([`commands::run`]).
 //!
 //! Each part owns its flags (a clap group under its own heading in
-//! `--help`), its settings, its metrics and its tests:
+//! `--help`), its settings, its metrics and its tests. The parts are
+//! layered: each imports only parts of the layers below it, never one
+//! beside or above (`.ci/run` fails on an import cycle between them, with
+//! `cargo modules dependencies --acyclic`). From the top:
 //!
-//! - [`config`]: puts the parts' flag groups together into one CLI and
-//!   their settings into [`config::Settings`]; [`config::Secret`].
-//! - [`http`]: the listeners ([`http::server`]: accept loop, TLS handshakes,
-//!   the drain), the request handler, the in-flight budgets, rejections; its
-//!   flags in [`http::config`].
-//! - [`auth`]: who may send: checks on the headers, then the body's
-//!   signature; flags in [`auth::config`].
-//! - [`envelope`]: body bytes to a validated envelope, or every problem
-//!   found; the object types, events and enum fields, each declared once.
-//! - [`route`]: envelope to topic, key, headers and the untouched payload;
-//!   the template and strictness flags in [`route::config`].
-//! - [`delivery`]: the bounded publish, the start-up wait, the spool and its
-//!   replay; publish and spool metrics.
-//! - [`spool`]: the durable, fsynced queue on local disk (redb).
-//! - [`dead_letter`]: refused requests, queued and published in the
-//!   background.
-//! - [`sink`]: the one trait every broker implements and the choice of one
-//!   (`--sink`); [`sink::nats`] and [`sink::kafka`] are folders with their
-//!   flags beside them; stdout for development, memory for tests.
-//! - [`tls`]: the listener's optional TLS, its reloading and its metrics.
-//! - [`trace`]: W3C trace context, from the request into its message;
-//!   the bridge's own spans over OTLP in [`otlp`], with its flags.
-//! - [`metrics`]: the registry, and the HTTP edge's metrics.
-//! - [`logging`]: text or JSON logs on stderr.
-//! - [`commands`]: the operator's tools (`check`, `send`, `tail`,
-//!   `redrive`, `completions`, `man`); what each asks of a broker is in that
-//!   sink's folder (`check.rs`, `tap.rs`, `redrive.rs`).
-//! - [`shutdown`]: the SIGTERM / SIGINT signal, and the task groups that stop
-//!   in turn.
+//! 1. The composition, imported by nothing in the crate:
+//!    - this file: [`Service`], built from [`settings::Settings`];
+//!    - [`commands`]: the command line ([`commands::Cli`]) and the
+//!      operator's tools (`check`, `send`, `tail`, `redrive`, `spool drain`,
+//!      `completions`, `man`);
+//!    - [`settings`]: every part's flag group put together into one
+//!      [`settings::ServiceArgs`], checked into [`settings::Settings`].
+//! 2. The edge: [`http`]: the listeners ([`http::server`]: accept loop, TLS
+//!    handshakes, the drain), the request handler that reads the data path
+//!    top to bottom, the in-flight budgets, the rejection table, the edge's
+//!    metrics ([`http::metrics`]); its flags in [`http::config`].
+//! 3. What the edge hands webhooks and refusals to:
+//!    - [`dead_letter`]: refused requests, queued and published in the
+//!      background through delivery;
+//!    - [`otlp`]: the bridge's own spans, exported over OTLP, with its flags.
+//! 4. [`delivery`]: the bounded publish, the start-up wait, the spool and its
+//!    replay; publish and spool metrics.
+//! 5. Where messages go:
+//!    - [`sink`]: the one trait every broker implements and the choice of
+//!      one (`--sink`); [`sink::nats`] and [`sink::kafka`] are folders with
+//!      their flags and their tools (`check.rs`, `tap.rs`, `redrive.rs`)
+//!      beside them, speaking [`sink::check`], [`sink::tap`] and
+//!      [`sink::redrive`]; stdout for development, memory for tests;
+//!    - [`spool`]: the durable, fsynced queue on local disk (redb).
+//! 6. [`route`]: envelope to topic, key, headers and the untouched payload;
+//!    the template and strictness flags in [`route::config`], CloudEvents in
+//!    [`route::cloudevents`].
+//! 7. Values and checks that need only the leaves:
+//!    - [`auth`]: who may send: checks on the headers, then the body's
+//!      signature; flags in [`auth::config`];
+//!    - [`tls`]: the listener's optional TLS, its reloading and its metrics;
+//!    - [`trace`]: W3C trace context, from the request into its message.
+//! 8. The leaves, which import nothing of the crate:
+//!    - [`envelope`]: body bytes to a validated envelope, or every problem
+//!      found; the object types, events and enum fields, each declared once;
+//!    - [`config`]: what every part's settings share ([`config::Secret`],
+//!      [`config::ConfigError`], durations);
+//!    - [`metrics`]: the registry every part registers its metrics in;
+//!    - [`hex`], [`logging`] (text or JSON logs on stderr), [`shutdown`]
+//!      (the SIGTERM / SIGINT signal, and the task groups that stop in
+//!      turn).
 //!
 //! The pure middle (`envelope`, `route`) has no I/O and is unit-tested; the
 //! edges take their listeners and shutdown signal as values, so tests run
@@ -128,6 +143,7 @@ pub mod logging;
 pub mod metrics;
 pub mod otlp;
 pub mod route;
+pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
@@ -144,12 +160,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
 use crate::dead_letter::DeadLetters;
 use crate::delivery::Delivery;
 use crate::http::App;
 use crate::http::config::{Drain, HttpSettings};
 use crate::http::metrics::Metrics;
+use crate::settings::Settings;
 use crate::shutdown::Tasks;
 use crate::sink::Sink;
 use crate::tls::ServerTls;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
-use apizee_bridge::config::{Cli, ServiceArgs, Settings};
+use apizee_bridge::commands::Cli;
+use apizee_bridge::settings::{ServiceArgs, Settings};
 use clap::Parser;
 
 // Every webhook allocates its body, its headers and its answer, freed a few

@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::{ServiceArgs, Settings};
+use crate::settings::{ServiceArgs, Settings};
 use crate::sink::SinkSettings;
 use crate::sink::check::{Finding, Status, Topics};
 use crate::spool::Spool;

@@ -1,6 +1,6 @@
 //! The operator's tools, one module each: `check`, `send`, `tail`, `redrive`,
 //! `spool drain`, plus `completions` and `man`, which only print what clap
-//! knows of the CLI. Plain
+//! knows of the CLI; and the command line itself ([`Cli`]): plain
 //! `apizee-bridge`, without a subcommand, serves (see `main.rs`).
 
 pub mod check;
@@ -12,9 +12,67 @@ pub mod tail;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 
-use crate::config::{Cli, Command};
+use crate::settings::ServiceArgs;
+
+/// Receives Apizee (ApiRTC) webhooks and publishes each one to Kafka or NATS
+/// (or to standard output, for development) on a topic named by object and event
+/// (`apizee.ticket.update`), keyed by objectId. The sender gets a 2xx only
+/// once the broker has the message.
+///
+/// Every flag can also be set with the environment variable shown beside it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "apizee-bridge",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Without one, the bridge serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// The operator's tools; each is its own module here.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Checks the configuration and reaches the broker as serving would
+    /// (connects, authenticates, finds the stream or topics, or whether they
+    /// would be created), prints one line per check, and exits 1 naming what
+    /// failed. For ExecStartPre= and init containers. Takes every flag the
+    /// bridge serves with.
+    Check(Box<check::CheckArgs>),
+    /// Posts webhooks to a running bridge (--url), authenticated as the
+    /// bridge's flags say it checks (shared secret, Basic, HMAC with or
+    /// without a timestamp), and prints each answer. Without a FILE, one
+    /// built-in sample of each object type.
+    Send(Box<send::SendArgs>),
+    /// Prints the messages the bridge publishes as they arrive, with their
+    /// headers, from the configured broker: every subject the template
+    /// produces and the dead-letter topic, or the PATTERNs given
+    /// (`apizee.ticket.*`). Reads with the bridge's own broker flags.
+    Tail(Box<tail::TailArgs>),
+    /// Reads the dead-letter topic, checks each dead letter again with the
+    /// current rules, and republishes the ones that now pass to their topic
+    /// with their original event id; the others stay. A dry run unless
+    /// --apply. Takes every flag the bridge serves with.
+    Redrive(Box<redrive::RedriveArgs>),
+    /// Works on the spool of --spool-dir without serving: `spool drain`
+    /// delivers what a bridge left there (a replica scaled away) and exits.
+    #[command(subcommand)]
+    Spool(spool::SpoolCommand),
+    /// Prints shell completions for SHELL on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff) on standard output.
+    Man,
+}
 
 /// Runs one subcommand to completion.
 pub fn run(command: Command) -> ExitCode {
@@ -81,5 +139,15 @@ fn flushed(result: std::io::Result<()>) -> ExitCode {
             eprintln!("apizee-bridge: error: cannot write to standard output: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_command_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

@@ -16,10 +16,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::ServiceArgs;
-use crate::config::Settings;
 use crate::envelope::{self, EnvelopeError};
 use crate::route::{self, Message};
+use crate::settings::{ServiceArgs, Settings};
 use crate::shutdown::Tasks;
 use crate::sink::redrive::{Position, Stored};
 use crate::sink::{Sink, SinkSettings};

@@ -26,8 +26,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ServiceArgs, Settings, parse_duration};
+use crate::config::parse_duration;
 use crate::delivery::Delivery;
+use crate::settings::{ServiceArgs, Settings};
 use crate::shutdown::Tasks;
 use crate::sink::{Sink, SinkSettings};
 use crate::spool::{Spool, SpoolError};

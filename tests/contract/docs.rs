@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::support::*;
-use apizee_bridge::config::Cli;
+use apizee_bridge::commands::Cli;
 use apizee_bridge::sink::memory::MemorySink;
 use clap::CommandFactory;
 

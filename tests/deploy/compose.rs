@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use crate::support::compose::interpolate;
 use crate::support::tool;
-use apizee_bridge::config::{Cli, Settings};
+use apizee_bridge::commands::Cli;
+use apizee_bridge::settings::Settings;
 use apizee_bridge::sink::SinkSettings;
 use clap::builder::{BoolValueParser, TypedValueParser};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
@@ -119,7 +120,7 @@ fn run_tool(program: &Path, args: &[&OsStr]) -> (bool, String) {
 /// the flags they stand for (the same value parsers apply), parsed by the
 /// binary's own `Cli` with env lookup switched off (so that APIZEE_BRIDGE_*
 /// variables of the process running the test play no part), then validated
-/// by `Settings::from_cli`, exactly as at start-up. Panics with the message
+/// by `Settings::from_args`, exactly as at start-up. Panics with the message
 /// the bridge would exit 2 with.
 fn settings_from_env(what: &str, env: &BTreeMap<String, String>) -> Settings {
     let mut reference = Cli::command();
@@ -155,7 +156,7 @@ fn settings_from_env(what: &str, env: &BTreeMap<String, String>) -> Settings {
         .try_get_matches_from(&args)
         .unwrap_or_else(|e| panic!("{what}: apizee-bridge would refuse {args:?}:\n{e}"));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{what}: {e}"));
-    Settings::from_cli(cli)
+    Settings::from_args(cli.service)
         .unwrap_or_else(|e| panic!("{what}: apizee-bridge would exit 2 with: {e}"))
 }
 

@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
-use apizee_bridge::config::{Cli, Settings};
+use apizee_bridge::commands::Cli;
 use apizee_bridge::logging::LogFormat;
+use apizee_bridge::settings::Settings;
 use apizee_bridge::sink::SinkSettings;
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
@@ -322,8 +323,12 @@ fn try_parse_settings(env: &BTreeMap<String, String>) -> Result<(Cli, Settings),
     });
     let matches = cmd.try_get_matches_from(&args).map_err(|e| e.to_string())?;
     let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
-    let settings = Settings::from_cli(Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let settings = Settings::from_args(
+        Cli::from_arg_matches(&matches)
+            .map_err(|e| e.to_string())?
+            .service,
+    )
+    .map_err(|e| e.to_string())?;
     Ok((cli, settings))
 }
 

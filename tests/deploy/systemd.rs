@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use apizee_bridge::config::Cli;
+use apizee_bridge::commands::Cli;
 use clap::CommandFactory;
 
 const UNIT: &str = include_str!("../../deploy/systemd/apizee-bridge.service");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::support::process::{BINARY, BridgeProcess, run};
 use crate::support::*;
-use apizee_bridge::config::Cli;
+use apizee_bridge::commands::Cli;
 use clap::CommandFactory;
 
 #[test]

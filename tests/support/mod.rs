@@ -26,8 +26,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apizee_bridge::config::{Cli, Settings};
+use apizee_bridge::commands::Cli;
 use apizee_bridge::http::App;
+use apizee_bridge::settings::Settings;
 use apizee_bridge::sink::Sink;
 use apizee_bridge::{Listeners, Overrides, Service};
 use bytes::Bytes;
@@ -227,7 +228,7 @@ pub fn settings(args: &[&str]) -> Settings {
         .chain(defaults.iter().copied())
         .chain(args.iter().copied());
     let cli = Cli::try_parse_from(all).unwrap_or_else(|e| panic!("bad test flags {args:?}: {e}"));
-    Settings::from_cli(cli).unwrap_or_else(|e| panic!("bad test settings {args:?}: {e}"))
+    Settings::from_args(cli.service).unwrap_or_else(|e| panic!("bad test settings {args:?}: {e}"))
 }
 
 impl Bridge {

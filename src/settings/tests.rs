@@ -5,6 +5,9 @@ use clap::error::ErrorKind;
 use http::{HeaderMap, HeaderValue};
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
 
 use crate::route::TemplateError;
 use crate::sink::kafka::config::KafkaSettings;
@@ -14,17 +17,26 @@ use crate::sink::nats::config::{NatsAuth, NatsSettings, StreamSettings};
 // every test thread, so clap's env support is checked through the command's
 // metadata instead (see `every_flag_has_its_env_var`).
 
+/// The service's flags as `apizee-bridge` parses them without a subcommand
+/// (the binary's whole command line is `commands::Cli`, above this part).
+#[derive(Debug, Parser)]
+#[command(name = "apizee-bridge", max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
 fn cli(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("apizee-bridge").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("clap refused {args:?}: {e}"))
 }
 
 fn settings(args: &[&str]) -> Settings {
-    Settings::from_cli(cli(args)).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    Settings::from_args(cli(args).service).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 fn error(args: &[&str]) -> ConfigError {
-    match Settings::from_cli(cli(args)) {
+    match Settings::from_args(cli(args).service) {
         Err(e) => e,
         Ok(settings) => panic!("{args:?} should be refused, got {settings:?}"),
     }
@@ -837,14 +849,6 @@ fn nats_client_cert_and_key_go_together() {
 // Secrets
 
 #[test]
-fn secret_debug_hides_the_value() {
-    let secret = Secret::new("hunter2".to_owned());
-    assert_eq!(format!("{secret:?}"), "Secret(..)");
-    assert_eq!(format!("{secret:#?}"), "Secret(..)");
-    assert_eq!(secret.expose(), "hunter2");
-}
-
-#[test]
 fn settings_debug_never_shows_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
@@ -891,11 +895,6 @@ fn settings_debug_never_shows_a_secret() {
 
 // ---------------------------------------------------------------------------
 // clap metadata: env vars for every flag
-
-#[test]
-fn clap_command_is_well_formed() {
-    Cli::command().debug_assert();
-}
 
 #[test]
 fn every_flag_has_its_env_var() {
