@@ -37,6 +37,19 @@ fn text(output: &Output) -> String {
 
 /// Posts the two bodies to a bridge started with --strict and the
 /// dead-letter topic: both are refused, and dead-lettered.
+/// A bridge with `common` and `--strict`, ready: the rules the dead letters
+/// are refused by, before redrive runs without them.
+async fn strict_bridge(common: &[String]) -> Bridge {
+    let strict: Vec<&str> = common
+        .iter()
+        .map(String::as_str)
+        .chain(["--strict"])
+        .collect();
+    let bridge = Bridge::start(&strict).await;
+    bridge.wait_ready().await;
+    bridge
+}
+
 async fn refuse_both(bridge: &Bridge) -> String {
     let refused = bridge.post(NEW_STATE).await;
     assert_eq!(refused.status, 422, "{}", refused.text());
@@ -59,13 +72,7 @@ async fn nats_dead_letters_that_pass_now_are_republished_once_and_removed() {
         "--dead-letter-topic",
         "redrive.dead-letter",
     ]);
-    let strict: Vec<&str> = common
-        .iter()
-        .map(String::as_str)
-        .chain(["--strict"])
-        .collect();
-    let bridge = Bridge::start(&strict).await;
-    bridge.wait_ready().await;
+    let bridge = strict_bridge(&common).await;
     let id = refuse_both(&bridge).await;
     let js = jetstream::new(nats.client().await);
     wait_until("both dead letters to be stored", async || {
@@ -162,13 +169,7 @@ async fn kafka_dead_letters_are_republished_and_after_skips_them_next_time() {
         "--dead-letter-topic",
         "redrive.dead-letter",
     ]);
-    let strict: Vec<&str> = common
-        .iter()
-        .map(String::as_str)
-        .chain(["--strict"])
-        .collect();
-    let bridge = Bridge::start(&strict).await;
-    bridge.wait_ready().await;
+    let bridge = strict_bridge(&common).await;
     let id = refuse_both(&bridge).await;
     let dead = brokers.clone();
     let letters = tokio::task::spawn_blocking(move || read_topic(&dead, "redrive.dead-letter", 2))

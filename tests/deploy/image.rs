@@ -529,27 +529,7 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         stream.get_raw_message(4).await.is_ok()
     })
     .await;
-    for (sequence, (id, body)) in (2..).zip(&spooled) {
-        let stored = stream
-            .get_raw_message(sequence)
-            .await
-            .unwrap_or_else(|e| panic!("message {sequence}: {e}"));
-        assert_eq!(stored.payload, body.as_bytes(), "message {sequence}");
-        assert_eq!(
-            stored
-                .headers
-                .get("apizee-event-id")
-                .map(|v| v.as_str().to_owned())
-                .as_ref(),
-            Some(id),
-            "message {sequence}"
-        );
-    }
-    let info = stream
-        .get_info()
-        .await
-        .unwrap_or_else(|e| panic!("stream info: {e}"));
-    assert_eq!(info.state.messages, 4, "each webhook once");
+    assert_stream_ends_with(&stream, &spooled, 4).await;
     println!(
         "spool pod: 1 webhook answered 200, {} answered 202 with the broker down, \
          delivered by the next pod from the same volume",
@@ -573,27 +553,7 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         report.contains(&format!("delivered {}, left 0", stranded.len())),
         "the drain Job's report: {report}"
     );
-    for (sequence, (id, body)) in (5..).zip(&stranded) {
-        let stored = stream
-            .get_raw_message(sequence)
-            .await
-            .unwrap_or_else(|e| panic!("message {sequence}: {e}"));
-        assert_eq!(stored.payload, body.as_bytes(), "message {sequence}");
-        assert_eq!(
-            stored
-                .headers
-                .get("apizee-event-id")
-                .map(|v| v.as_str().to_owned())
-                .as_ref(),
-            Some(id),
-            "message {sequence}"
-        );
-    }
-    let info = stream
-        .get_info()
-        .await
-        .unwrap_or_else(|e| panic!("stream info: {e}"));
-    assert_eq!(info.state.messages, 7, "each webhook once");
+    assert_stream_ends_with(&stream, &stranded, 7).await;
     println!(
         "spool drain Job: {} webhooks the pod scaled away left on its claim delivered",
         stranded.len()
@@ -698,4 +658,35 @@ fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
     run.push(IMAGE);
     run.extend(args.iter().map(String::as_str));
     podman_ok(&run)
+}
+
+/// `stream` holds `total` messages, the last of them `webhooks` (event id
+/// and body), in order: each delivered once.
+async fn assert_stream_ends_with(
+    stream: &async_nats::jetstream::stream::Stream,
+    webhooks: &[(String, String)],
+    total: u64,
+) {
+    let first = total + 1 - webhooks.len() as u64;
+    for (sequence, (id, body)) in (first..).zip(webhooks) {
+        let stored = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("message {sequence}: {e}"));
+        assert_eq!(stored.payload, body.as_bytes(), "message {sequence}");
+        assert_eq!(
+            stored
+                .headers
+                .get("apizee-event-id")
+                .map(|v| v.as_str().to_owned())
+                .as_ref(),
+            Some(id),
+            "message {sequence}"
+        );
+    }
+    let info = stream
+        .get_info()
+        .await
+        .unwrap_or_else(|e| panic!("stream info: {e}"));
+    assert_eq!(info.state.messages, total, "each webhook once");
 }
