@@ -424,10 +424,11 @@ async fn unsigned_slow_bodies_cannot_take_the_slots_of_signed_webhooks() {
     wait_for_metric(&bridge, "apizee_bridge_requests_in_flight", 8.0).await;
     let mut refused = trickle(bridge.addr).await;
     let mut answer = String::new();
-    refused
-        .read_to_string(&mut answer)
+    tokio::time::timeout(READY_DEADLINE, refused.read_to_string(&mut answer))
         .await
+        .unwrap_or_else(|_| panic!("no answer within {READY_DEADLINE:?}; read so far: {answer}"))
         .unwrap_or_else(|e| panic!("read: {e}"));
+
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(
         answer.contains(r#""error":"too_many_requests""#),

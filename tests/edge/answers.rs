@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::support::answers::{assert_error, bridge_with};
+use crate::support::process::{RUN_DEADLINE, Watched};
 use crate::support::*;
 use apizee_bridge::sink::PublishError;
 use apizee_bridge::sink::memory::Behaviour;
@@ -446,24 +447,13 @@ async fn metrics_pass_promtool_check() {
     assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
     assert_eq!(bridge.post("[]").await.status, 422);
     let exposition = bridge.metrics().await;
-    let mut promtool = tokio::process::Command::new(tool("promtool", "PROMTOOL", "prometheus"))
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
-    if let Some(mut stdin) = promtool.stdin.take() {
-        stdin
-            .write_all(exposition.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let output = promtool
-        .wait_with_output()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = Watched::spawn_with_input(
+        std::process::Command::new(tool("promtool", "PROMTOOL", "prometheus"))
+            .args(["check", "metrics"]),
+        exposition,
+    )
+    .finish(RUN_DEADLINE)
+    .await;
     assert!(
         output.status.success(),
         "promtool check metrics failed:\n{}{}",
