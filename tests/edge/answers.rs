@@ -462,6 +462,12 @@ async fn metrics_pass_promtool_check() {
     );
 }
 
+/// How long the memory sink takes to acknowledge where a test needs a
+/// publish still going on while it does something else: far longer than a
+/// busy machine can stall between two steps of a test (0.3 s was not), and
+/// well within the 5 s the shutdown gives the sink.
+const SLOW_ACK: Duration = Duration::from_secs(2);
+
 /// Starts a POST of the ticket sample in the background and returns once
 /// the bridge counts it in flight (the sink should be slow for that).
 async fn post_and_wait_in_flight(
@@ -511,7 +517,7 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
 #[tokio::test]
 async fn past_max_in_flight_the_answer_is_429_at_once() {
     let (bridge, sink) = bridge_with(&["--max-in-flight", "1", "--retry-after", "3s"]).await;
-    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
+    sink.set_behaviour(Behaviour::Delay(SLOW_ACK));
     let first = post_and_wait_in_flight(&bridge).await;
     let second = bridge.post(SPEC_CONVERSATION).await;
     assert_error(
@@ -646,7 +652,7 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
 #[tokio::test]
 async fn dead_letters_still_queued_at_shutdown_are_published_before_it_ends() {
     let (bridge, sink) = bridge_with(&["--dead-letter-topic", "dlq"]).await;
-    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(300)));
+    sink.set_behaviour(Behaviour::Delay(SLOW_ACK));
     let invalid = r#"{"event":"upsert","time":1,"object":"ticket","objectId":5,"props":{}}"#;
     assert_error(
         &bridge.post(invalid).await,
