@@ -378,6 +378,46 @@ async fn health_and_readiness() {
     assert_eq!(healthz.status, 200);
 }
 
+/// Sends `request` on a fresh connection and reads the answer until the
+/// bridge closes it (the request says `connection: close`).
+async fn raw_answer(bridge: &Bridge, request: &str) -> String {
+    let mut stream = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer to {request:?} within 10 s"))
+}
+
+/// `HEAD` is what `GET` is on the health endpoints, without the body: the
+/// same status, ready or not, and nothing after the head on the wire.
+#[tokio::test]
+async fn head_on_health_endpoints_is_the_status_without_a_body() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let head = |path: &str| format!("HEAD {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    for (path, ready, status) in [
+        ("/healthz", true, "200"),
+        ("/readyz", true, "200"),
+        ("/readyz", false, "503"),
+        ("/healthz", false, "200"),
+    ] {
+        sink.set_ready(ready);
+        let answer = raw_answer(&bridge, &head(path)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "HEAD {path}, ready {ready}: {answer}"
+        );
+        let (_, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("HEAD {path}: no end of the head in {answer:?}"));
+        assert_eq!(body, "", "HEAD {path}, ready {ready}: a body came");
+    }
+}
+
 #[tokio::test]
 async fn keep_alive_serves_many_requests_on_one_connection() {
     let (bridge, sink) = bridge_with(&[]).await;
