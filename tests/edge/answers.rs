@@ -418,6 +418,47 @@ async fn head_on_health_endpoints_is_the_status_without_a_body() {
     }
 }
 
+/// An HTTP/1.1 request without exactly one Host header is refused before
+/// anything else on every path of the webhook listener: the health
+/// endpoints, a path that would be 404, and methods that would be 405.
+#[tokio::test]
+async fn invalid_host_is_checked_first_on_every_path() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let cases = [
+        ("GET", "/healthz"),
+        ("HEAD", "/readyz"),
+        ("GET", "/readyz"),
+        ("POST", "/readyz"),
+        ("GET", "/webhooks"),
+        ("GET", "/nowhere"),
+        ("POST", "/webhooks"),
+    ];
+    for (method, path) in cases {
+        for hosts in ["", "host: a\r\nhost: b\r\n"] {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\n{hosts}content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let answer = raw_answer(&bridge, &request).await;
+            let case = format!("{method} {path} with {hosts:?}");
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{case}: {answer}");
+            if method != "HEAD" {
+                assert!(
+                    answer.contains(r#""error":"invalid_host""#),
+                    "{case}: {answer}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        metric_value(
+            &bridge.metrics().await,
+            r#"apizee_bridge_rejections_total{reason="invalid_host"}"#
+        ),
+        (2 * cases.len()) as f64
+    );
+    assert!(sink.messages().is_empty());
+}
+
 #[tokio::test]
 async fn keep_alive_serves_many_requests_on_one_connection() {
     let (bridge, sink) = bridge_with(&[]).await;
