@@ -434,6 +434,17 @@ async fn unsigned_slow_bodies_cannot_take_the_slots_of_signed_webhooks() {
         answer.contains(r#""error":"too_many_requests""#),
         "{answer}"
     );
+    // The message names the budget that was spent (tests/edge/answers.rs:
+    // the other one).
+    let body: serde_json::Value = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or_else(|| panic!("no JSON body: {answer}"));
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bodies are already being read before authentication"),
+        "{message}"
+    );
     assert_eq!(
         metric(
             &bridge,

@@ -601,13 +601,20 @@ async fn past_max_in_flight_the_answer_is_429_at_once() {
     sink.set_behaviour(Behaviour::Delay(SLOW_ACK));
     let first = post_and_wait_in_flight(&bridge).await;
     let second = bridge.post(SPEC_CONVERSATION).await;
-    assert_error(
+    let body = assert_error(
         &second,
         429,
         "too_many_requests",
         "second while the first is in flight",
     );
     assert_eq!(second.header("retry-after"), Some("3"));
+    // The message names the budget that was spent (tests/brokers/refusals.rs:
+    // the other one).
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("webhooks are already being handled") && !message.contains("authentic"),
+        "{message}"
+    );
 
     let first = first
         .await
