@@ -4,11 +4,11 @@
 //! file says how, per binding) and checks every attribute and that the data
 //! is the body posted, byte for byte.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support::kafka::shared;
+use crate::support::process::{RUN_DEADLINE, Watched};
 use crate::support::*;
 use async_nats::jetstream;
 use base64::Engine as _;
@@ -76,26 +76,11 @@ fn python() -> PathBuf {
 async fn read_back_with_the_sdk(args: Vec<String>, cases: Value) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/brokers/read_cloudevents.py");
     let python = python();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(&python)
-            .arg(&script)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(cases.to_string().as_bytes())
-                .unwrap_or_else(|e| panic!("cases to read_cloudevents.py: {e}"));
-        }
-        child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("read_cloudevents.py: {e}"))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut command = Command::new(&python);
+    command.arg(&script).args(&args);
+    let output = Watched::spawn_with_input(&mut command, cases.to_string())
+        .finish(RUN_DEADLINE)
+        .await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use crate::support::kafka::shared;
-use crate::support::process::BINARY;
+use crate::support::process::{BINARY, Watched};
 use crate::support::*;
 use async_nats::jetstream;
 
@@ -27,15 +27,9 @@ fn example(name: &str) -> PathBuf {
 
 async fn run_example(name: &str, args: Vec<String>) -> Output {
     let path = example(name);
-    let child = tokio::process::Command::new(&path)
-        .args(&args)
-        .env_clear()
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(READY_DEADLINE, child)
-        .await
-        .unwrap_or_else(|_| panic!("{name} did not read its --count in time"))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let output = Watched::spawn(std::process::Command::new(&path).args(&args).env_clear())
+        .finish(READY_DEADLINE)
+        .await;
     assert!(output.status.success(), "{name}: {output:?}");
     output
 }

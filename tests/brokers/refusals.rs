@@ -1,9 +1,9 @@
 //! Refused traffic costs nothing, against real brokers: dead letters reach
-//! a topic the bridge created, a 4xx never waits for its dead letter (even
-//! with the broker frozen or the topic missing), refused requests give their
-//! in-flight slot back at once, unsigned slow bodies cannot take the slots
-//! signed webhooks need, and HTTP/1.1 requests without exactly one Host
-//! header are refused.
+//! a topic the bridge created (and a 401 or 413 never becomes one), a 4xx
+//! never waits for its dead letter (even with the broker frozen or the
+//! topic missing), refused requests give their in-flight slot back at once,
+//! unsigned slow bodies cannot take the slots signed webhooks need, and
+//! HTTP/1.1 requests without exactly one Host header are refused.
 
 use std::net::SocketAddr;
 
@@ -344,6 +344,118 @@ async fn a_stream_without_the_dead_letter_subject_loses_only_dead_letters() {
     assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
 }
 
+/// Refusals that come before the envelope is read are never dead letters,
+/// even with `--dead-letter-malformed`: a 401 (a missing token, checked
+/// before the body; a wrong signature, checked once it is in) and a 413 (a
+/// declared length over the limit; a chunked body past it), each with a body
+/// that would be a dead letter if it were read as an envelope. Absence is
+/// shown by what comes after them: the 422 sent last is the one dead letter
+/// published, and once it is in the stream nothing else is queued or being
+/// published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_and_oversized_requests_are_never_dead_lettered() {
+    const TOKEN: &str = "the-token";
+    const KEY: &str = "the-key";
+    const DEAD_LETTERS: &str = "apizee.dead-letter";
+    let nats = NatsServer::start(true).await;
+    let bridge = start_nats_bridge(
+        &nats,
+        &[
+            "--nats-stream",
+            "APIZEE",
+            "--dead-letter-topic",
+            DEAD_LETTERS,
+            "--dead-letter-malformed",
+            "--auth-header",
+            "X-Apizee-Secret",
+            "--auth-token",
+            TOKEN,
+            "--hmac-secret",
+            KEY,
+            "--max-body-bytes",
+            "1024",
+        ],
+    )
+    .await;
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let addr = bridge.addr;
+        async move {
+            let mut all = vec![("content-type", "application/json".to_owned())];
+            all.extend(headers);
+            let all: Vec<(&str, &str)> = all.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            request(addr, "POST", "/webhooks", &all, bytes::Bytes::from(body))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    let token = || ("x-apizee-secret", TOKEN.to_owned());
+
+    let unsigned = invalid(1);
+    let reply = post(vec![("x-signature", signature(KEY, &unsigned))], unsigned).await;
+    assert_refused(&reply, 401, "unauthorized");
+    let wrongly_signed = invalid(2);
+    let reply = post(
+        vec![
+            token(),
+            ("x-signature", signature("not-the-key", &wrongly_signed)),
+        ],
+        wrongly_signed,
+    )
+    .await;
+    assert_refused(&reply, 401, "unauthorized");
+    let oversized = INVALID.replace("{}", &format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000)));
+    let reply = post(
+        vec![token(), ("x-signature", signature(KEY, &oversized))],
+        oversized.clone(),
+    )
+    .await;
+    assert_refused(&reply, 413, "payload_too_large");
+    let chunks: String = oversized
+        .as_bytes()
+        .chunks(256)
+        .map(|chunk| {
+            format!(
+                "{:x}\r\n{}\r\n",
+                chunk.len(),
+                String::from_utf8_lossy(chunk)
+            )
+        })
+        .collect();
+    let chunked = format!(
+        "POST /webhooks HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/json\r\n\
+         x-apizee-secret: {TOKEN}\r\nx-signature: {}\r\ntransfer-encoding: chunked\r\n\
+         connection: close\r\n\r\n{chunks}0\r\n\r\n",
+        signature(KEY, &oversized)
+    );
+    let answer = raw_exchange(bridge.addr, chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "chunked: {answer}");
+
+    // The marker: read, authenticated, refused as an envelope.
+    let marker = invalid(3);
+    let reply = post(
+        vec![token(), ("x-signature", signature(KEY, &marker))],
+        marker.clone(),
+    )
+    .await;
+    assert_refused(&reply, 422, "invalid_envelope");
+    wait_until("the 422's dead letter to be published", async || {
+        metric(&bridge, DEAD_LETTERS_OK).await >= 1.0
+            && metric(&bridge, DEAD_LETTERS_WAITING).await == 0.0
+    })
+    .await;
+    let js = jetstream::new(nats.client().await);
+    let stored: Vec<bytes::Bytes> = stream_contents(&js, "APIZEE")
+        .await
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
+    assert_eq!(
+        stored,
+        [bytes::Bytes::from(marker)],
+        "only the 422's dead letter is in the stream"
+    );
+}
+
 fn signature(key: &str, body: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes());
     let mac: String = hmac::sign(&key, body.as_bytes())
@@ -424,14 +536,25 @@ async fn unsigned_slow_bodies_cannot_take_the_slots_of_signed_webhooks() {
     wait_for_metric(&bridge, "apizee_bridge_requests_in_flight", 8.0).await;
     let mut refused = trickle(bridge.addr).await;
     let mut answer = String::new();
-    refused
-        .read_to_string(&mut answer)
+    tokio::time::timeout(READY_DEADLINE, refused.read_to_string(&mut answer))
         .await
+        .unwrap_or_else(|_| panic!("no answer within {READY_DEADLINE:?}; read so far: {answer}"))
         .unwrap_or_else(|e| panic!("read: {e}"));
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(
         answer.contains(r#""error":"too_many_requests""#),
         "{answer}"
+    );
+    // The message names the budget that was spent (tests/edge/answers.rs:
+    // the other one).
+    let body: serde_json::Value = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or_else(|| panic!("no JSON body: {answer}"));
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bodies are already being read before authentication"),
+        "{message}"
     );
     assert_eq!(
         metric(

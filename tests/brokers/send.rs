@@ -2,35 +2,24 @@
 //! the bridge's flags say it checks, each answer printed, and what was
 //! accepted read back from JetStream byte for byte.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 
 use crate::support::answers::bridge_with;
-use crate::support::process::BINARY;
+use crate::support::process::{BINARY, Watched};
 use crate::support::tls::Pki;
 use crate::support::*;
 use apizee_bridge::commands::send::SAMPLES;
 use async_nats::jetstream;
 
-/// Runs `apizee-bridge send ARGS` to completion, `stdin` on its input.
+/// Runs `apizee-bridge send ARGS` to completion, `stdin` on its input;
+/// a hang fails the test with what it printed.
 async fn send(args: Vec<String>, stdin: &'static [u8]) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(BINARY)
-            .arg("send")
-            .args(&args)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        if let Some(mut input) = child.stdin.take() {
-            std::io::Write::write_all(&mut input, stdin).unwrap_or_else(|e| panic!("{e}"));
-        }
-        child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    let mut command = std::process::Command::new(BINARY);
+    command.arg("send").args(&args).env_clear();
+    Watched::spawn_with_input(&mut command, stdin)
+        .finish(READY_DEADLINE)
+        .await
 }
 
 fn args(list: &[&str]) -> Vec<String> {

@@ -233,54 +233,6 @@ async fn spooled_webhooks_survive_kill_9_of_the_bridge() {
     drop(bridge);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spooled_webhooks_survive_kill_9_of_the_bridge_with_kafka() {
-    use crate::support::kafka::{KafkaCluster, header, read_topic};
-
-    let mut broker = KafkaCluster::single().await;
-    let bootstrap = broker.bootstrap();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let spool = dir.path().to_string_lossy().into_owned();
-    let args = [
-        "--sink",
-        "kafka",
-        "--kafka-brokers",
-        bootstrap.as_str(),
-        "--kafka-create-topics",
-        "--kafka-partitions",
-        "3",
-        "--kafka-replication-factor",
-        "1",
-        "--publish-timeout",
-        "500ms",
-        "--spool-dir",
-        spool.as_str(),
-    ];
-    let mut bridge = BridgeProcess::spawn_quiet(&args);
-    // Ready means the topics exist, stored by the broker: they outlive it.
-    bridge.wait_ready().await;
-    broker.nodes[0].kill();
-
-    let count = 30;
-    let ids = post_all_spooled(&bridge, count).await;
-    bridge.kill_9();
-
-    broker.nodes[0].restart().await;
-    let bridge = BridgeProcess::spawn_quiet(&args);
-    bridge.wait_ready().await;
-    let messages = tokio::task::spawn_blocking(move || {
-        read_topic(&bootstrap, "apizee.ticket.update", count as usize)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let found: Vec<String> = messages
-        .iter()
-        .filter_map(|m| header(m, "apizee-event-id").map(str::to_owned))
-        .collect();
-    assert_none_lost("kafka", &ids, &found);
-    drop(bridge);
-}
-
 /// A ticket update of 32 KiB: a group of them takes long enough to write
 /// and sync that a kill often lands in a commit (with 200-byte bodies, a
 /// commit is over before its first answer has crossed the socket).
@@ -350,6 +302,35 @@ pub(crate) fn spooling_nats_bridge(
     spool: &str,
     log: &Path,
 ) -> (BridgeProcess, SocketAddr) {
+    let broker = [
+        ("APIZEE_BRIDGE_SINK", "nats"),
+        ("APIZEE_BRIDGE_NATS_URL", nats),
+        ("APIZEE_BRIDGE_NATS_JETSTREAM", "true"),
+        ("APIZEE_BRIDGE_NATS_STREAM", "WEBHOOKS"),
+    ];
+    spooling_bridge_process(&broker, spool, log)
+}
+
+/// The same on Kafka at `bootstrap`, creating the topics (3 partitions).
+fn spooling_kafka_bridge(bootstrap: &str, spool: &str, log: &Path) -> (BridgeProcess, SocketAddr) {
+    let broker = [
+        ("APIZEE_BRIDGE_SINK", "kafka"),
+        ("APIZEE_BRIDGE_KAFKA_BROKERS", bootstrap),
+        ("APIZEE_BRIDGE_KAFKA_CREATE_TOPICS", "true"),
+        ("APIZEE_BRIDGE_KAFKA_PARTITIONS", "3"),
+        ("APIZEE_BRIDGE_KAFKA_REPLICATION_FACTOR", "1"),
+    ];
+    spooling_bridge_process(&broker, spool, log)
+}
+
+/// The binary with `broker`'s settings, a 500 ms `--publish-timeout` and
+/// its spool in `spool`, on free ports: the process and its metrics
+/// address.
+fn spooling_bridge_process(
+    broker: &[(&str, &str)],
+    spool: &str,
+    log: &Path,
+) -> (BridgeProcess, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -361,13 +342,10 @@ pub(crate) fn spooling_nats_bridge(
         ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
         ("APIZEE_BRIDGE_METRICS_LISTEN", metrics_listen.as_str()),
         ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
-        ("APIZEE_BRIDGE_SINK", "nats"),
-        ("APIZEE_BRIDGE_NATS_URL", nats),
-        ("APIZEE_BRIDGE_NATS_JETSTREAM", "true"),
-        ("APIZEE_BRIDGE_NATS_STREAM", "WEBHOOKS"),
         ("APIZEE_BRIDGE_PUBLISH_TIMEOUT", "500ms"),
         ("APIZEE_BRIDGE_SPOOL_DIR", spool),
     ];
+    let env = env.iter().chain(broker).copied();
     (BridgeProcess::spawn_with_env(env, addr, log), metrics)
 }
 
@@ -509,5 +487,49 @@ async fn webhooks_answered_202_survive_kill_9_in_the_middle_of_a_replay_window()
         found.len()
     );
     assert_each_once_in_order("nats, kill -9 mid-replay", &answered, &found);
+    drop(bridge);
+}
+
+/// Kafka's side of the kill -9 cases: 32 senders post while the broker is
+/// down (their appends share group commits) and the bridge is killed -9
+/// while they still post; the next bridge starts on that spool with the
+/// broker still down, then the broker comes back. Once that bridge has
+/// replayed at least every webhook answered 202 and its spool is empty, the
+/// topic, read to its high watermarks, holds each of them once, and each
+/// object's in the order they were answered (one object, one key, one
+/// partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_webhooks_answered_202_survive_kill_9_once_each_in_order() {
+    use crate::support::kafka::{KafkaCluster, header, read_all};
+
+    let mut broker = KafkaCluster::single().await;
+    let bootstrap = broker.bootstrap();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().join("spool").to_string_lossy().into_owned();
+    let log = dir.path().join("bridge.log");
+    let (mut bridge, _) = spooling_kafka_bridge(&bootstrap, &spool, &log);
+    // Ready means the topics exist, stored by the broker: they outlive it.
+    bridge.wait_ready().await;
+    broker.nodes[0].kill();
+    let answered = post_until_killed(&mut bridge, 0, 200).await;
+
+    let (bridge, metrics) = spooling_kafka_bridge(&bootstrap, &spool, &log);
+    broker.nodes[0].restart().await;
+    let at_least = answered.len() as f64;
+    wait_until("the spool to be replayed into Kafka", async || {
+        let replayed = bridge_metric(metrics, "apizee_bridge_spool_replayed_total").await;
+        let left = bridge_metric(metrics, "apizee_bridge_spool_events").await;
+        replayed.is_some_and(|n| n >= at_least) && left == Some(0.0)
+    })
+    .await;
+    let messages =
+        tokio::task::spawn_blocking(move || read_all(&bootstrap, "apizee.ticket.update"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let found: Vec<String> = messages
+        .iter()
+        .filter_map(|m| header(m, "apizee-event-id").map(str::to_owned))
+        .collect();
+    assert_each_once_in_order("kafka, 32 senders, kill -9", &answered, &found);
     drop(bridge);
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::answers::assert_error;
-use crate::support::process::BridgeProcess;
+use crate::support::process::{BridgeProcess, RUN_DEADLINE, output_within};
 use crate::support::*;
 use bytes::Bytes;
 
@@ -42,11 +42,7 @@ impl Tmpfs {
     }
 
     fn run_mount(args: &[&str], dir: &Path) {
-        let output = Command::new("mount")
-            .args(args)
-            .arg(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        let output = output_within(Command::new("mount").args(args).arg(dir), RUN_DEADLINE);
         assert!(
             output.status.success(),
             "mount {args:?} {} failed (the disk-fault tests mount a tmpfs: run them as \

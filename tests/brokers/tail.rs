@@ -2,52 +2,37 @@
 //! nats-server (webhooks and dead letters, a pattern) and from Apache Kafka, with
 //! headers and bodies as the broker holds them.
 
+use std::process::{Command, Output};
+
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::support::kafka::shared;
-use crate::support::process::BINARY;
+use crate::support::process::{BINARY, Watched};
 use crate::support::*;
 
 /// `apizee-bridge tail ARGS`, once it says it is reading.
-async fn tail(args: &[&str]) -> Child {
-    let mut child = Command::new(BINARY)
-        .arg("tail")
-        .args(args)
-        .env_clear()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    let reading = tokio::time::timeout(READY_DEADLINE, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("apizee-bridge tail: reading ") {
-                return Ok(line);
-            }
-            if line.starts_with("apizee-bridge tail: ") {
-                return Err(line);
-            }
-        }
-        Err("tail ended before reading".to_owned())
-    })
-    .await
-    .unwrap_or_else(|_| panic!("tail did not start reading within {READY_DEADLINE:?}"));
-    if let Err(line) = reading {
-        panic!("{line}");
-    }
+async fn tail(args: &[&str]) -> Watched {
+    let mut child = Watched::spawn(Command::new(BINARY).arg("tail").args(args).env_clear());
+    let said = child
+        .stderr_line(READY_DEADLINE, |line| {
+            line.starts_with("apizee-bridge tail: ")
+        })
+        .await;
+    assert!(
+        said.starts_with("apizee-bridge tail: reading "),
+        "tail did not start reading: {said}"
+    );
     child
 }
 
+/// Everything tail printed, once it has read its `--count` and exited.
+async fn exited(child: Watched) -> Output {
+    child.finish(READY_DEADLINE).await
+}
+
 /// What tail printed, one JSON object per message, once it exits.
-async fn printed(child: Child) -> Vec<Value> {
-    let output = tokio::time::timeout(READY_DEADLINE, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("tail did not print its --count in time"))
-        .unwrap_or_else(|e| panic!("{e}"));
+async fn printed(child: Watched) -> Vec<Value> {
+    let output = exited(child).await;
     assert!(output.status.success(), "{output:?}");
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -146,10 +131,7 @@ async fn a_pattern_prints_only_what_it_selects_as_text() {
     .await;
     assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
     assert_eq!(bridge.post(MEDIA).await.status, 200);
-    let output = tokio::time::timeout(READY_DEADLINE, reader.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("tail did not exit"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = exited(reader).await;
     let text = String::from_utf8_lossy(&output.stdout);
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("apizee.media.update"), "{text}");
@@ -168,10 +150,7 @@ async fn every_subject_prints_the_webhook_not_the_probe() {
     bridge.wait_ready().await;
     let reader = tail(&[">", "--sink", "nats", "--nats-url", &url, "--count", "1"]).await;
     assert_eq!(bridge.post(MEDIA).await.status, 200);
-    let output = tokio::time::timeout(READY_DEADLINE, reader.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("tail did not exit"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = exited(reader).await;
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(text.lines().next(), Some("apizee.media.update"), "{text}");
 }
@@ -244,19 +223,20 @@ async fn kafka_keys_headers_and_bodies() {
         accepted.json()["id"].as_str()
     );
     // A pattern that selects no topic says so and exits 1.
-    let output = Command::new(BINARY)
-        .args([
-            "tail",
-            "nowhere.*",
-            "--sink",
-            "kafka",
-            "--kafka-brokers",
-            &brokers,
-        ])
-        .env_clear()
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = Watched::spawn(
+        Command::new(BINARY)
+            .args([
+                "tail",
+                "nowhere.*",
+                "--sink",
+                "kafka",
+                "--kafka-brokers",
+                &brokers,
+            ])
+            .env_clear(),
+    )
+    .finish(READY_DEADLINE)
+    .await;
     assert_eq!(output.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("no topic on"),

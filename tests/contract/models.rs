@@ -19,6 +19,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::schemas::{invalid_samples, valid_samples};
+use crate::support::process::output_within;
 use crate::support::{missing_tool, tool};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -112,11 +113,14 @@ fn cases() -> Vec<Value> {
     cases
 }
 
-/// Runs `command`; its output, or a failure that shows it.
+/// How long one step (generating the models, compiling them, reading the
+/// samples) may take: a hang guard; each takes seconds.
+const STEP_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Runs `command`; its output, or a failure that shows it. A hang fails the
+/// test with what it printed.
 fn run(what: &str, command: &mut Command) -> Result<String, String> {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let out = output_within(command, STEP_DEADLINE);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -198,11 +202,12 @@ fn generated_models_read_every_sample_and_its_headers() {
     if let Err(e) = compiled {
         failures.push(e);
     } else {
-        let read = Command::new(&node)
-            .arg(out.join("js/read_samples.js"))
-            .arg(&cases_file)
-            .output()
-            .expect("cannot run node");
+        let read = output_within(
+            Command::new(&node)
+                .arg(out.join("js/read_samples.js"))
+                .arg(&cases_file),
+            STEP_DEADLINE,
+        );
         let problems = String::from_utf8_lossy(&read.stdout).into_owned();
         let (known, unknown): (Vec<&str>, Vec<&str>) = problems.lines().partition(|line| {
             KNOWN_TYPESCRIPT_FAILURES

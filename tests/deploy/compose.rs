@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::compose::interpolate;
+use crate::support::process::{RUN_DEADLINE, output_within};
 use crate::support::tool;
 use apizee_bridge::commands::Cli;
 use apizee_bridge::settings::Settings;
@@ -102,10 +103,7 @@ fn repo_relative(path: &Path) -> String {
 /// Runs a checking tool (it reads files and exits): stdout and stderr
 /// together, and whether it exited 0.
 fn run_tool(program: &Path, args: &[&OsStr]) -> (bool, String) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let output = output_within(Command::new(program).args(args), RUN_DEADLINE);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

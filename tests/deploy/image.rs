@@ -12,9 +12,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
+use crate::support::process::{output_within, try_output_within};
 use crate::support::*;
 use async_nats::jetstream;
 
@@ -24,16 +25,26 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// podman with runc (crun fails on this machine's cgroups) and the limits
-/// a container needs here.
+/// How long one podman command or the base images' script may take: a hang
+/// guard, above a cold build of the image (about ten minutes on 2 busy
+/// cores: every dependency compiled in release mode).
+const PODMAN_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// `podman --runtime /usr/sbin/runc ARGS` (crun fails on this machine's
+/// cgroups), within [`PODMAN_DEADLINE`], or the message a test fails with.
+fn try_podman(args: &[&str]) -> Result<Output, String> {
+    try_output_within(
+        Command::new("podman")
+            .args(["--runtime", "/usr/sbin/runc"])
+            .args(args)
+            .current_dir(root()),
+        PODMAN_DEADLINE,
+    )
+    .map_err(|e| format!("{e}\n(bash .ci/test installs podman)"))
+}
+
 fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .args(["--runtime", "/usr/sbin/runc"])
-        .args(args)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run podman (bash .ci/test installs it): {e}"))
+    try_podman(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn podman_ok(args: &[&str]) -> String {
@@ -64,16 +75,21 @@ struct Container {
 impl Drop for Container {
     fn drop(&mut self) {
         // A failing test shows what the bridge in the container said.
+        // Never a panic here: one while the test unwinds would abort it.
         if std::thread::panicking() {
-            let logs = podman(&["logs", &self.name]);
-            eprintln!(
-                "container {} logged:\n{}{}",
-                self.name,
-                String::from_utf8_lossy(&logs.stdout),
-                String::from_utf8_lossy(&logs.stderr)
-            );
+            match try_podman(&["logs", &self.name]) {
+                Ok(logs) => eprintln!(
+                    "container {} logged:\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                ),
+                Err(e) => eprintln!("no logs of container {}: {e}", self.name),
+            }
         }
-        let _ = podman(&["rm", "--force", "--time", "0", &self.name]);
+        if let Err(e) = try_podman(&["rm", "--force", "--time", "0", &self.name]) {
+            eprintln!("container {} not removed: {e}", self.name);
+        }
     }
 }
 
@@ -143,12 +159,13 @@ fn the_build_context_is_what_the_dockerfile_needs(builder: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
     let started = Instant::now();
-    let base = Command::new("bash")
-        .arg("deploy/docker/base-images.sh")
-        .env("ENGINE", "podman --runtime /usr/sbin/runc")
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run base-images.sh: {e}"));
+    let base = output_within(
+        Command::new("bash")
+            .arg("deploy/docker/base-images.sh")
+            .env("ENGINE", "podman --runtime /usr/sbin/runc")
+            .current_dir(root()),
+        PODMAN_DEADLINE,
+    );
     assert!(
         base.status.success(),
         "deploy/docker/base-images.sh failed:\n{}{}",

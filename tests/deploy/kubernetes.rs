@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
+use crate::support::process::{BINARY, RUN_DEADLINE, Watched, output_within};
 use apizee_bridge::commands::Cli;
 use apizee_bridge::logging::LogFormat;
 use apizee_bridge::settings::Settings;
@@ -796,12 +797,13 @@ fn the_init_container_checks_what_the_bridge_runs_with() {
                 spool.path().join("spool").to_string_lossy().into_owned(),
             );
         }
-        let output = std::process::Command::new(crate::support::process::BINARY)
-            .args(&args)
-            .env_clear()
-            .envs(&env)
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let output = output_within(
+            std::process::Command::new(BINARY)
+                .args(&args)
+                .env_clear()
+                .envs(&env),
+            RUN_DEADLINE,
+        );
         let report = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{t}: {args:?} failed:\n{report}");
         assert!(
@@ -1214,21 +1216,12 @@ fn the_drain_job_runs_spool_drain_in_the_statefulsets_pod_on_a_claim() {
             "{target}"
         );
         // Another ordinal, as the comment at the top of drain-job.yaml says.
-        let sed = std::process::Command::new("sh")
-            .args(["-c", "sed 's/-apizee-bridge-1$/-apizee-bridge-3/'"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(yaml.as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap_or_else(|e| panic!("sed: {e}"));
+        let sed = Watched::spawn_with_input(
+            std::process::Command::new("sh")
+                .args(["-c", "sed 's/-apizee-bridge-1$/-apizee-bridge-3/'"]),
+            yaml.as_bytes(),
+        )
+        .wait(RUN_DEADLINE);
         let third = parse_docs(&String::from_utf8_lossy(&sed.stdout), "sed");
         let third_job = third
             .iter()
@@ -1272,12 +1265,13 @@ fn the_drain_job_runs_spool_drain_in_the_statefulsets_pod_on_a_claim() {
             "APIZEE_BRIDGE_SPOOL_DIR".into(),
             absent.to_string_lossy().into_owned(),
         );
-        let output = std::process::Command::new(crate::support::process::BINARY)
-            .args(&args)
-            .env_clear()
-            .envs(&env)
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let output = output_within(
+            std::process::Command::new(BINARY)
+                .args(&args)
+                .env_clear()
+                .envs(&env),
+            RUN_DEADLINE,
+        );
         let report = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success() && report.contains("there is no spool here"),

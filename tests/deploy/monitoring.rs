@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::support::process::{RUN_DEADLINE, output_within};
 use crate::support::prometheus::Prometheus;
 use crate::support::*;
 use apizee_bridge::sink::memory::MemorySink;
@@ -52,11 +53,12 @@ fn dashboard() -> Json {
 
 /// A tool from Debian's prometheus package: `$VAR`, else the PATH.
 fn promtool(args: &[&str]) {
-    let output = Command::new(tool("promtool", "PROMTOOL", "prometheus"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
+    let output = output_within(
+        Command::new(tool("promtool", "PROMTOOL", "prometheus"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        RUN_DEADLINE,
+    );
     assert!(
         output.status.success(),
         "promtool {} failed ({}):\n{}{}",

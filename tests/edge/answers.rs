@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::support::answers::{assert_error, bridge_with};
+use crate::support::process::{RUN_DEADLINE, Watched};
 use crate::support::*;
 use apizee_bridge::sink::PublishError;
 use apizee_bridge::sink::memory::Behaviour;
@@ -377,6 +378,87 @@ async fn health_and_readiness() {
     assert_eq!(healthz.status, 200);
 }
 
+/// Sends `request` on a fresh connection and reads the answer until the
+/// bridge closes it (the request says `connection: close`).
+async fn raw_answer(bridge: &Bridge, request: &str) -> String {
+    let mut stream = TcpStream::connect(bridge.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer to {request:?} within 10 s"))
+}
+
+/// `HEAD` is what `GET` is on the health endpoints, without the body: the
+/// same status, ready or not, and nothing after the head on the wire.
+#[tokio::test]
+async fn head_on_health_endpoints_is_the_status_without_a_body() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let head = |path: &str| format!("HEAD {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    for (path, ready, status) in [
+        ("/healthz", true, "200"),
+        ("/readyz", true, "200"),
+        ("/readyz", false, "503"),
+        ("/healthz", false, "200"),
+    ] {
+        sink.set_ready(ready);
+        let answer = raw_answer(&bridge, &head(path)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "HEAD {path}, ready {ready}: {answer}"
+        );
+        let (_, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("HEAD {path}: no end of the head in {answer:?}"));
+        assert_eq!(body, "", "HEAD {path}, ready {ready}: a body came");
+    }
+}
+
+/// An HTTP/1.1 request without exactly one Host header is refused before
+/// anything else on every path of the webhook listener: the health
+/// endpoints, a path that would be 404, and methods that would be 405.
+#[tokio::test]
+async fn invalid_host_is_checked_first_on_every_path() {
+    let (bridge, sink) = bridge_with(&[]).await;
+    let cases = [
+        ("GET", "/healthz"),
+        ("HEAD", "/readyz"),
+        ("GET", "/readyz"),
+        ("POST", "/readyz"),
+        ("GET", "/webhooks"),
+        ("GET", "/nowhere"),
+        ("POST", "/webhooks"),
+    ];
+    for (method, path) in cases {
+        for hosts in ["", "host: a\r\nhost: b\r\n"] {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\n{hosts}content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let answer = raw_answer(&bridge, &request).await;
+            let case = format!("{method} {path} with {hosts:?}");
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{case}: {answer}");
+            if method != "HEAD" {
+                assert!(
+                    answer.contains(r#""error":"invalid_host""#),
+                    "{case}: {answer}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        metric_value(
+            &bridge.metrics().await,
+            r#"apizee_bridge_rejections_total{reason="invalid_host"}"#
+        ),
+        (2 * cases.len()) as f64
+    );
+    assert!(sink.messages().is_empty());
+}
+
 #[tokio::test]
 async fn keep_alive_serves_many_requests_on_one_connection() {
     let (bridge, sink) = bridge_with(&[]).await;
@@ -446,24 +528,13 @@ async fn metrics_pass_promtool_check() {
     assert_eq!(bridge.post(SPEC_TICKET).await.status, 200);
     assert_eq!(bridge.post("[]").await.status, 422);
     let exposition = bridge.metrics().await;
-    let mut promtool = tokio::process::Command::new(tool("promtool", "PROMTOOL", "prometheus"))
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
-    if let Some(mut stdin) = promtool.stdin.take() {
-        stdin
-            .write_all(exposition.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let output = promtool
-        .wait_with_output()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = Watched::spawn_with_input(
+        std::process::Command::new(tool("promtool", "PROMTOOL", "prometheus"))
+            .args(["check", "metrics"]),
+        exposition,
+    )
+    .finish(RUN_DEADLINE)
+    .await;
     assert!(
         output.status.success(),
         "promtool check metrics failed:\n{}{}",
@@ -471,6 +542,12 @@ async fn metrics_pass_promtool_check() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// How long the memory sink takes to acknowledge where a test needs a
+/// publish still going on while it does something else: far longer than a
+/// busy machine can stall between two steps of a test (0.3 s was not), and
+/// well within the 5 s the shutdown gives the sink.
+const SLOW_ACK: Duration = Duration::from_secs(2);
 
 /// Starts a POST of the ticket sample in the background and returns once
 /// the bridge counts it in flight (the sink should be slow for that).
@@ -521,16 +598,23 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
 #[tokio::test]
 async fn past_max_in_flight_the_answer_is_429_at_once() {
     let (bridge, sink) = bridge_with(&["--max-in-flight", "1", "--retry-after", "3s"]).await;
-    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
+    sink.set_behaviour(Behaviour::Delay(SLOW_ACK));
     let first = post_and_wait_in_flight(&bridge).await;
     let second = bridge.post(SPEC_CONVERSATION).await;
-    assert_error(
+    let body = assert_error(
         &second,
         429,
         "too_many_requests",
         "second while the first is in flight",
     );
     assert_eq!(second.header("retry-after"), Some("3"));
+    // The message names the budget that was spent (tests/brokers/refusals.rs:
+    // the other one).
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("webhooks are already being handled") && !message.contains("authentic"),
+        "{message}"
+    );
 
     let first = first
         .await
@@ -656,7 +740,7 @@ async fn malformed_bodies_are_dead_lettered_on_request_and_failures_keep_the_4xx
 #[tokio::test]
 async fn dead_letters_still_queued_at_shutdown_are_published_before_it_ends() {
     let (bridge, sink) = bridge_with(&["--dead-letter-topic", "dlq"]).await;
-    sink.set_behaviour(Behaviour::Delay(Duration::from_millis(300)));
+    sink.set_behaviour(Behaviour::Delay(SLOW_ACK));
     let invalid = r#"{"event":"upsert","time":1,"object":"ticket","objectId":5,"props":{}}"#;
     assert_error(
         &bridge.post(invalid).await,

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::process::{BINARY, BridgeProcess, run};
+use crate::support::process::{BINARY, BridgeProcess, RUN_DEADLINE, output_within, run};
 use crate::support::*;
 use apizee_bridge::commands::Cli;
 use clap::CommandFactory;
@@ -65,10 +65,7 @@ fn invalid_config_exits_non_zero_with_one_line_naming_the_flag() {
 /// has neither.
 #[test]
 fn binary_needs_no_system_librdkafka_or_openssl() {
-    let output = Command::new("ldd")
-        .arg(BINARY)
-        .output()
-        .unwrap_or_else(|e| panic!("ldd: {e}"));
+    let output = output_within(Command::new("ldd").arg(BINARY), RUN_DEADLINE);
     let libraries = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{libraries}");
     for library in [
@@ -88,11 +85,12 @@ fn binary_needs_no_system_librdkafka_or_openssl() {
 
 #[test]
 fn env_vars_configure_the_binary() {
-    let output = Command::new(BINARY)
-        .env_clear()
-        .env("APIZEE_BRIDGE_MAX_BODY_BYTES", "0")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = output_within(
+        Command::new(BINARY)
+            .env_clear()
+            .env("APIZEE_BRIDGE_MAX_BODY_BYTES", "0"),
+        RUN_DEADLINE,
+    );
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-body-bytes"));
 }
@@ -229,10 +227,10 @@ fn bash_completions_load_and_complete_subcommands_and_flags() {
              printf '%s\\n' \"${{COMPREPLY[@]}}\"",
             script.display()
         );
-        let output = Command::new("bash")
-            .args(["--norc", "-c", &probe])
-            .output()
-            .unwrap_or_else(|e| panic!("bash: {e}"));
+        let output = output_within(
+            Command::new("bash").args(["--norc", "-c", &probe]),
+            RUN_DEADLINE,
+        );
         assert!(output.status.success(), "{output:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
+
+use super::process::{RUN_DEADLINE, output_within};
 use serde_yaml::Value;
 
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
@@ -52,10 +54,7 @@ pub fn kubernetes_validate(version: Option<&str>, files: &[PathBuf]) -> String {
     if let Some(v) = version {
         cmd.args(["--kubernetes-version", v]);
     }
-    let out = cmd
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let out = output_within(cmd.args(files), RUN_DEADLINE);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -82,10 +81,10 @@ pub fn kustomize_build(dir: &Path) -> String {
             (kubectl.display().to_string(), cmd)
         }
     };
-    let out = cmd.arg(dir).output().unwrap_or_else(|e| {
+    let out = super::process::try_output_within(cmd.arg(dir), RUN_DEADLINE).unwrap_or_else(|e| {
         panic!(
-            "cannot run `{program}` to build {}: {e}. These tests need `kubectl` \
-             (its built-in `kubectl kustomize`) on PATH, or KUSTOMIZE=/path/to/kustomize",
+            "`{program}` to build {}: {e}. These tests need `kubectl` (its built-in `kubectl \
+             kustomize`) on PATH, or KUSTOMIZE=/path/to/kustomize",
             rel(dir)
         )
     });

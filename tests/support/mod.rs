@@ -395,8 +395,29 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<Reply, String> {
     request(addr, "GET", path, &[], Bytes::new()).await
 }
 
-/// Sends one request on a fresh connection.
+/// How long one request of [`request`] may take, from the connection to
+/// the answer's last byte: a hang guard, far above any answer the bridge
+/// gives (`--publish-timeout` and `--body-read-timeout` bound them).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Sends one request on a fresh connection and reads the whole answer,
+/// within [`REQUEST_DEADLINE`].
 pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    tokio::time::timeout(
+        REQUEST_DEADLINE,
+        exchange(addr, method, path, headers, body),
+    )
+    .await
+    .map_err(|_| format!("no whole answer within {REQUEST_DEADLINE:?}"))?
+}
+
+async fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -417,9 +438,9 @@ pub async fn request(
         builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+    let response = sender
+        .send_request(request)
         .await
-        .map_err(|_| "no answer within 30 s".to_owned())?
         .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();

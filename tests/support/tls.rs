@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
-use super::{Bridge, Reply, settings, wait_until};
+use super::{Bridge, REQUEST_DEADLINE, Reply, settings, wait_until};
 
 /// A certificate and its key, as PEM, and the certificate as DER to compare
 /// with what a server presents.
@@ -174,7 +174,14 @@ impl TlsConnection {
     /// Connects and does the TLS and HTTP handshakes. A server that refuses
     /// the client only after its own handshake (TLS 1.3 client
     /// certificates) shows up as an error of the first request.
+    /// Within [`REQUEST_DEADLINE`].
     pub async fn open(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Self, String> {
+        tokio::time::timeout(REQUEST_DEADLINE, Self::connect(addr, config))
+            .await
+            .map_err(|_| format!("no TLS connection within {REQUEST_DEADLINE:?}"))?
+    }
+
+    async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Self, String> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
         let stream = TlsConnector::from(config)
@@ -233,8 +240,8 @@ impl TlsConnection {
             .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let sent = async {
-            match &mut self.sender {
+        let answered = async {
+            let response = match &mut self.sender {
                 Sender::Http1(sender) => {
                     sender.ready().await?;
                     sender.send_request(request).await
@@ -243,29 +250,24 @@ impl TlsConnection {
                     sender.ready().await?;
                     sender.send_request(request).await
                 }
-            }
+            }?;
+            let version = response.version();
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((
+                version,
+                Reply {
+                    status,
+                    headers,
+                    body,
+                },
+            ))
         };
-        let response = tokio::time::timeout(Duration::from_secs(30), sent)
+        tokio::time::timeout(REQUEST_DEADLINE, answered)
             .await
-            .map_err(|_| "no answer within 30 s".to_owned())?
-            .map_err(|e| format!("{e:?}"))?;
-        let version = response.version();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((
-            version,
-            Reply {
-                status,
-                headers,
-                body,
-            },
-        ))
+            .map_err(|_| format!("no whole answer within {REQUEST_DEADLINE:?}"))?
+            .map_err(|e| format!("{e:?}"))
     }
 
     pub async fn post(&mut self, body: &str) -> Result<(Version, Reply), String> {
