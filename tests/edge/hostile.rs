@@ -764,69 +764,105 @@ async fn absurd_request_heads_get_hyper_4xx_and_publish_nothing() {
     }
     assert_eq!(sink.messages().len(), 2);
 
-    // hyper answers these itself (empty body) and closes. When the bridge
-    // stops reading before the client stops writing, the kernel may reset
-    // the connection and drop the answer: then "closed" is all we see.
+    // hyper answers these itself (empty body) and closes. A request longer
+    // than what hyper reads before it refuses (its first read takes 8 KiB)
+    // is closed on with bytes still unread: the kernel then resets the
+    // connection, and the reset can drop the answer on its way, so for
+    // those "closed" may be all the client sees (`MAY_CLOSE`). Any other
+    // request is read whole: it must get its answer.
+    const ANSWERED: bool = false;
+    const MAY_CLOSE: bool = true;
     let mut uri = b"POST /webhooks?".to_vec();
     uri.extend_from_slice(&[b'a'; 20 * 1024]);
     uri.extend_from_slice(b" HTTP/1.1\r\nhost: bridge\r\ncontent-length: 2\r\n\r\n{}");
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("101 headers", with_headers(101), 431),
-        ("10 000 headers", with_headers(10_000), 431),
+    let cases: Vec<(&str, Vec<u8>, u16, bool)> = vec![
+        ("101 headers", with_headers(101), 431, ANSWERED),
+        ("10 000 headers", with_headers(10_000), 431, MAY_CLOSE),
         (
             "a 1 MiB header",
             with_header("x-big", &vec![b'a'; 1 << 20]),
             431,
+            MAY_CLOSE,
         ),
-        ("a 20 KiB URI", uri, 431),
-        ("NUL in a header value", with_header("x-a", b"a\0b"), 400),
-        ("CR in a header value", with_header("x-a", b"a\rb"), 400),
-        ("space in a header name", with_header("x a", b"v"), 400),
+        ("a 20 KiB URI", uri, 431, MAY_CLOSE),
+        (
+            "NUL in a header value",
+            with_header("x-a", b"a\0b"),
+            400,
+            ANSWERED,
+        ),
+        (
+            "CR in a header value",
+            with_header("x-a", b"a\rb"),
+            400,
+            ANSWERED,
+        ),
+        (
+            "space in a header name",
+            with_header("x a", b"v"),
+            400,
+            ANSWERED,
+        ),
         (
             "content-length too large for u64",
             with_header("content-length", b"99999999999999999999999"),
             400,
+            ANSWERED,
         ),
         (
             "negative content-length",
             with_header("content-length", b"-1"),
             400,
+            ANSWERED,
         ),
         (
             "two different content-lengths",
             with_header("content-length", b"5"),
             400,
+            ANSWERED,
         ),
         (
             "transfer-encoding not ending in chunked",
             with_header("transfer-encoding", b"gzip"),
             400,
+            ANSWERED,
         ),
         (
             "a TLS client hello",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
             400,
+            ANSWERED,
         ),
         (
             "an HTTP/1.1 line without a method",
             b"/webhooks HTTP/1.1\r\n\r\n".to_vec(),
             400,
+            ANSWERED,
         ),
         (
             "an unknown HTTP version",
             b"POST /webhooks HTTP/9.9\r\nhost: bridge\r\n\r\n".to_vec(),
             400,
+            ANSWERED,
         ),
     ];
-    for (case, request, status) in cases {
+    for (case, request, status, may_close) in cases {
         let mut client = RawClient::connect(&bridge).await;
         client.send(&request).await;
         client.shutdown_write().await;
-        if let Some(answer) = client.response().await {
-            assert_eq!(answer.status, status, "{case}: {}", answer.text());
-            assert!(answer.body.is_empty(), "{case}: {}", answer.text());
-            assert_eq!(answer.header("connection"), Some("close"), "{case}");
-            client.assert_closed(case).await;
+        match client.response().await {
+            Some(answer) => {
+                assert_eq!(answer.status, status, "{case}: {}", answer.text());
+                assert!(answer.body.is_empty(), "{case}: {}", answer.text());
+                assert_eq!(answer.header("connection"), Some("close"), "{case}");
+                client.assert_closed(case).await;
+            }
+            None => assert!(
+                may_close,
+                "{case}: the connection closed without the {status} answer, and the request \
+                 ({} bytes) was short enough to be read whole",
+                request.len()
+            ),
         }
         assert_nothing_published(&sink, 2, case);
     }
