@@ -169,6 +169,8 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
         ("APIZEE_BRIDGE_SINK", "stdout".to_owned()),
         ("APIZEE_BRIDGE_AUTH_HEADER", "X-Apizee-Secret".to_owned()),
         ("APIZEE_BRIDGE_LISTEN", addr.to_string()),
+        // No load balancer to wait for when the test stops it.
+        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s".to_owned()),
         (
             "APIZEE_BRIDGE_METRICS_LISTEN",
             format!("127.0.0.1:{}", crate::support::free_port()),
@@ -222,7 +224,7 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
         "{output:?}"
     );
     let log = credentials.path().join("bridge.log");
-    let bridge = crate::support::process::BridgeProcess::spawn_with_env(
+    let mut bridge = crate::support::process::BridgeProcess::spawn_with_env(
         env.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         addr,
         &log,
@@ -252,8 +254,52 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
             .any(|command| command.contains("-HUP $MAINPID")),
         "ExecReload= does not send SIGHUP"
     );
+    let pid = bridge.id();
     bridge.signal("HUP");
+    // The bridge logs each SIGHUP it takes: once that line is there, the
+    // signal has been dealt with, and the process it went to must still be
+    // the one running. The test holds the child unreaped, so its pid can
+    // name no other process, and an exit leaves a zombie ("Z") behind.
+    const HANDLED: &str = "SIGHUP received: nothing to reload without --tls-cert";
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    crate::support::wait_until("the bridge to log the SIGHUP", async || {
+        let state = process_state(pid);
+        assert!(
+            state.is_some_and(|s| s != 'Z' && s != 'X'),
+            "the bridge (pid {pid}) ended on SIGHUP (state {state:?}); its log:\n{}",
+            log_text()
+        );
+        log_text().contains(HANDLED)
+    })
+    .await;
     assert_eq!(post("token-from-credential").await, 200);
+    let state = process_state(pid);
+    assert!(
+        state.is_some_and(|s| s != 'Z' && s != 'X'),
+        "the bridge (pid {pid}) is gone after SIGHUP (state {state:?})"
+    );
+    // Started once: the answer came from the process that took the signal.
+    let log_text = log_text();
+    assert_eq!(
+        log_text.matches("apizee-bridge started").count(),
+        1,
+        "{log_text}"
+    );
+    // And it is the SIGTERM that ends it, with its clean exit: a process
+    // that SIGHUP had ended would show "signal: 1 (SIGHUP)" here.
+    bridge.signal("TERM");
+    let status = bridge.wait_exit().await;
+    assert!(status.success(), "SIGHUP, then SIGTERM: {status}");
+}
+
+/// The state letter of process `pid` in `/proc/PID/stat` (`R`, `S`, `Z` for
+/// a process that exited and is not reaped yet, ...); None if there is no
+/// such process.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": comm may hold spaces and parentheses, the state
+    // follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 #[test]

@@ -18,7 +18,7 @@
 //! clients, pipelining and load.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::answers::{assert_error, bridge_with};
 use crate::support::*;
@@ -30,6 +30,11 @@ use tokio::net::TcpStream;
 
 /// Deadline for any single answer or close on a raw socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a refused body may take to be answered before the test calls
+/// it hung: far above the milliseconds a refusal takes, a guard rather than
+/// a measure of speed.
+const REFUSAL_HANG_GUARD: Duration = Duration::from_secs(20);
 
 async fn post_bytes(bridge: &Bridge, body: impl Into<Bytes>) -> Reply {
     bridge
@@ -266,41 +271,49 @@ impl RawClient {
 async fn each_kind_of_refused_body_gets_its_answer_and_publishes_nothing() {
     let (bridge, sink) = bridge_with(&[]).await;
     let ticket = SPEC_TICKET.as_bytes();
+    // serde_json's own messages, where it gave up: a byte order mark is
+    // not JSON whitespace, so either one is refused at its first byte.
     let malformed: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "a truncated sample",
             ticket[..ticket.len() / 2].to_vec(),
-            "EOF",
+            "EOF while parsing a value at line 5 column 0",
         ),
-        ("not UTF-8", b"{\"event\":\"\xff\"}".to_vec(), ""),
+        (
+            "not UTF-8",
+            b"{\"event\":\"\xff\"}".to_vec(),
+            "invalid unicode code point at line 1 column 11",
+        ),
         (
             "UTF-8 byte order mark",
             [b"\xef\xbb\xbf", ticket].concat(),
-            "",
+            "expected value at line 1 column 1",
         ),
-        ("UTF-16 byte order mark", [b"\xff\xfe", ticket].concat(), ""),
+        (
+            "UTF-16 byte order mark",
+            [b"\xff\xfe", ticket].concat(),
+            "expected value at line 1 column 1",
+        ),
         (
             "too deep",
             "[".repeat(100_000).into_bytes(),
-            "recursion limit",
+            "recursion limit exceeded at line 1 column 128",
         ),
         (
             "a number out of f64 range",
             br#"{"event":"update","time":1e400,"object":"ticket","objectId":1,"props":{}}"#
                 .to_vec(),
-            "out of range",
+            "number out of range at line 1 column 30",
         ),
     ];
     for (case, body, expected) in &malformed {
-        let started = Instant::now();
-        let problem = assert_malformed(&post_bytes(&bridge, body.clone()).await, case);
-        assert!(problem.contains(expected), "{case}: {problem}");
-        // Refused as soon as the parser gives up, however deep the body.
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{case}: took {:?}",
-            started.elapsed()
-        );
+        // Refused as soon as the parser gives up, however deep the body:
+        // milliseconds. The guard only catches a refusal that hangs.
+        let reply = tokio::time::timeout(REFUSAL_HANG_GUARD, post_bytes(&bridge, body.clone()))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: no answer within {REFUSAL_HANG_GUARD:?}"));
+        let problem = assert_malformed(&reply, case);
+        assert_eq!(problem, *expected, "{case}");
         assert_nothing_published(&sink, 0, case);
     }
     let invalid: [(&str, &[u8], &str, &str); 4] = [
@@ -751,69 +764,105 @@ async fn absurd_request_heads_get_hyper_4xx_and_publish_nothing() {
     }
     assert_eq!(sink.messages().len(), 2);
 
-    // hyper answers these itself (empty body) and closes. When the bridge
-    // stops reading before the client stops writing, the kernel may reset
-    // the connection and drop the answer: then "closed" is all we see.
+    // hyper answers these itself (empty body) and closes. A request longer
+    // than what hyper reads before it refuses (its first read takes 8 KiB)
+    // is closed on with bytes still unread: the kernel then resets the
+    // connection, and the reset can drop the answer on its way, so for
+    // those "closed" may be all the client sees (`MAY_CLOSE`). Any other
+    // request is read whole: it must get its answer.
+    const ANSWERED: bool = false;
+    const MAY_CLOSE: bool = true;
     let mut uri = b"POST /webhooks?".to_vec();
     uri.extend_from_slice(&[b'a'; 20 * 1024]);
     uri.extend_from_slice(b" HTTP/1.1\r\nhost: bridge\r\ncontent-length: 2\r\n\r\n{}");
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("101 headers", with_headers(101), 431),
-        ("10 000 headers", with_headers(10_000), 431),
+    let cases: Vec<(&str, Vec<u8>, u16, bool)> = vec![
+        ("101 headers", with_headers(101), 431, ANSWERED),
+        ("10 000 headers", with_headers(10_000), 431, MAY_CLOSE),
         (
             "a 1 MiB header",
             with_header("x-big", &vec![b'a'; 1 << 20]),
             431,
+            MAY_CLOSE,
         ),
-        ("a 20 KiB URI", uri, 431),
-        ("NUL in a header value", with_header("x-a", b"a\0b"), 400),
-        ("CR in a header value", with_header("x-a", b"a\rb"), 400),
-        ("space in a header name", with_header("x a", b"v"), 400),
+        ("a 20 KiB URI", uri, 431, MAY_CLOSE),
+        (
+            "NUL in a header value",
+            with_header("x-a", b"a\0b"),
+            400,
+            ANSWERED,
+        ),
+        (
+            "CR in a header value",
+            with_header("x-a", b"a\rb"),
+            400,
+            ANSWERED,
+        ),
+        (
+            "space in a header name",
+            with_header("x a", b"v"),
+            400,
+            ANSWERED,
+        ),
         (
             "content-length too large for u64",
             with_header("content-length", b"99999999999999999999999"),
             400,
+            ANSWERED,
         ),
         (
             "negative content-length",
             with_header("content-length", b"-1"),
             400,
+            ANSWERED,
         ),
         (
             "two different content-lengths",
             with_header("content-length", b"5"),
             400,
+            ANSWERED,
         ),
         (
             "transfer-encoding not ending in chunked",
             with_header("transfer-encoding", b"gzip"),
             400,
+            ANSWERED,
         ),
         (
             "a TLS client hello",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
             400,
+            ANSWERED,
         ),
         (
             "an HTTP/1.1 line without a method",
             b"/webhooks HTTP/1.1\r\n\r\n".to_vec(),
             400,
+            ANSWERED,
         ),
         (
             "an unknown HTTP version",
             b"POST /webhooks HTTP/9.9\r\nhost: bridge\r\n\r\n".to_vec(),
             400,
+            ANSWERED,
         ),
     ];
-    for (case, request, status) in cases {
+    for (case, request, status, may_close) in cases {
         let mut client = RawClient::connect(&bridge).await;
         client.send(&request).await;
         client.shutdown_write().await;
-        if let Some(answer) = client.response().await {
-            assert_eq!(answer.status, status, "{case}: {}", answer.text());
-            assert!(answer.body.is_empty(), "{case}: {}", answer.text());
-            assert_eq!(answer.header("connection"), Some("close"), "{case}");
-            client.assert_closed(case).await;
+        match client.response().await {
+            Some(answer) => {
+                assert_eq!(answer.status, status, "{case}: {}", answer.text());
+                assert!(answer.body.is_empty(), "{case}: {}", answer.text());
+                assert_eq!(answer.header("connection"), Some("close"), "{case}");
+                client.assert_closed(case).await;
+            }
+            None => assert!(
+                may_close,
+                "{case}: the connection closed without the {status} answer, and the request \
+                 ({} bytes) was short enough to be read whole",
+                request.len()
+            ),
         }
         assert_nothing_published(&sink, 2, case);
     }
