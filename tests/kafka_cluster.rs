@@ -49,18 +49,15 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use rdkafka::Message as _;
 use support::kafka::{KafkaCluster, KafkaRelease, create_topics, header, read_all};
+use support::load::*;
 use support::process::BridgeProcess;
 use support::*;
-use tokio::net::TcpStream;
 
 /// The one topic every webhook of the load goes to (a ticket's `create`
 /// under the default prefix), and its partitions: every objectId is new, so
@@ -100,234 +97,12 @@ const GIVE_UP: Duration = Duration::from_secs(90);
 /// anything every webhook is answered 202 at once, and the replay, one
 /// publish at a time to keep the order, must outpace the senders to empty it.
 const SPOOL_PAUSE: Duration = Duration::from_millis(100);
-/// How long one request may take before it counts as a socket error: more
-/// than any answer the bridge gives (`--publish-timeout` bounds them).
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// What an answer may take beyond `--publish-timeout` on 2 busy cores: the
 /// bridge must answer within its timeout, 503 if the cluster has not
 /// acknowledged by then, whatever the fault.
 const ANSWER_MARGIN: Duration = Duration::from_secs(3);
-const READYZ_EVERY: Duration = Duration::from_millis(50);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Event `i` of a case: a distinct objectId, hence a distinct event id.
-fn event(case: &str, i: usize) -> String {
-    format!(
-        r#"{{"event":"create","time":{},"object":"ticket","objectId":"{case}-{i}","props":{{"state":"open"}}}}"#,
-        1_700_000_000 + i
-    )
-}
-
-/// One answer the senders got.
-struct Answer {
-    /// The event's index.
-    event: usize,
-    sent: Instant,
-    answered: Instant,
-    /// The status, or `None` for no answer at all (a socket error).
-    status: Option<u16>,
-    /// A 503 that carried a valid `Retry-After`.
-    retry_after: bool,
-    detail: String,
-}
-
-#[derive(Default)]
-struct Tally {
-    next: AtomicUsize,
-    /// Events posted at least once.
-    sent: AtomicUsize,
-    acked: AtomicUsize,
-    /// Connections the senders opened: one each, unless one was lost.
-    connections: AtomicUsize,
-    stop: AtomicBool,
-    answers: Mutex<Vec<Answer>>,
-    /// Event id of every acknowledged event -> its index.
-    ids: Mutex<HashMap<String, usize>>,
-    /// Indexes of the events answered 503 at least once, or 202: either may
-    /// follow a publish that timed out and was still written, so a second
-    /// copy of them is the sender's retry or the spool's replay.
-    retried: Mutex<Vec<usize>>,
-}
-
-impl Tally {
-    fn acked(&self) -> usize {
-        self.acked.load(Ordering::SeqCst)
-    }
-}
-
-/// A keep-alive connection to the bridge.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    // Ends when the sender is dropped or the bridge closes the connection.
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
-/// Posts `body` on the sender's connection, opening one first if it has
-/// none. Any failure to get an answer drops the connection: the next post
-/// opens a new one, as a real sender would.
-async fn post(
-    connection: &mut Option<SendRequest<Full<Bytes>>>,
-    addr: SocketAddr,
-    body: Bytes,
-    tally: &Tally,
-) -> Result<Reply, String> {
-    // The connection is put back only once a whole answer came on it.
-    let mut sender = connection.take();
-    // One deadline over all of it, connecting included: a sender never
-    // waits unbounded, so neither does the test.
-    let reply = tokio::time::timeout(REQUEST_DEADLINE, async {
-        let sender = match &mut sender {
-            Some(sender) => sender,
-            None => {
-                tally.connections.fetch_add(1, Ordering::SeqCst);
-                sender.insert(connect(addr).await?)
-            }
-        };
-        // A connection the bridge closed after its last answer is not
-        // ready; that, too, is an error here: the bridge has no reason to
-        // close one.
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection closed between requests: {e}"))?;
-        let request = http::Request::builder()
-            .method("POST")
-            .uri("/webhooks")
-            .header("host", addr.to_string())
-            .header("content-type", "application/JSON")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok::<_, String>(Reply {
-            status,
-            headers,
-            body,
-        })
-    })
-    .await
-    .map_err(|_| format!("no answer within {REQUEST_DEADLINE:?}"))??;
-    *connection = sender;
-    Ok(reply)
-}
-
-/// Takes the next event until told to stop, and posts it until it gets a
-/// 200 (or, from a bridge with a spool, a 202), 25 ms to 200 ms apart, on
-/// one keep-alive connection.
-async fn sender(addr: SocketAddr, case: &'static str, pause: Duration, tally: Arc<Tally>) {
-    let mut connection = None;
-    while !tally.stop.load(Ordering::SeqCst) {
-        let i = tally.next.fetch_add(1, Ordering::SeqCst);
-        let body = Bytes::from(event(case, i));
-        let mut attempt = 0u32;
-        let mut was_refused = false;
-        while !tally.stop.load(Ordering::SeqCst) {
-            if attempt == 0 {
-                tally.sent.fetch_add(1, Ordering::SeqCst);
-            }
-            let sent = Instant::now();
-            let reply = post(&mut connection, addr, body.clone(), &tally).await;
-            let answered = Instant::now();
-            let answer = match &reply {
-                Ok(reply) => Answer {
-                    event: i,
-                    sent,
-                    answered,
-                    status: Some(reply.status),
-                    retry_after: reply
-                        .header("retry-after")
-                        .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)),
-                    detail: reply.text(),
-                },
-                Err(e) => Answer {
-                    event: i,
-                    sent,
-                    answered,
-                    status: None,
-                    retry_after: false,
-                    detail: e.clone(),
-                },
-            };
-            tally
-                .answers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(answer);
-            if let Ok(reply) = &reply
-                && (reply.status == 200 || reply.status == 202)
-            {
-                if reply.status == 202 && !was_refused {
-                    tally
-                        .retried
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(i);
-                }
-                let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
-                tally
-                    .ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, i);
-                tally.acked.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(pause).await;
-                break;
-            }
-            if !was_refused && reply.is_ok_and(|r| r.status == 503) {
-                was_refused = true;
-                tally
-                    .retried
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(i);
-            }
-            let backoff = Duration::from_millis(25 << attempt.min(3));
-            attempt += 1;
-            tokio::time::sleep(backoff).await;
-        }
-    }
-}
-
-/// `/readyz` every [`READYZ_EVERY`] until told to stop.
-async fn sample_readyz(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<(Instant, u16)> {
-    let mut samples = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        let status = get(addr, "/readyz").await.map_or(0, |r| r.status);
-        samples.push((Instant::now(), status));
-        tokio::time::sleep(READYZ_EVERY).await;
-    }
-    samples
-}
-
-/// Polls `check` until it holds or `limit` passes; false if it never did.
-async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -350,22 +125,12 @@ impl Fault {
 }
 
 /// The bridge binary on free loopback ports against `bootstrap`, logging to
-/// `log`, with its spool in `spool` if given; its webhook and metrics
-/// addresses.
-fn start_bridge(
-    bootstrap: &str,
-    log: &Path,
-    spool: Option<&Path>,
-) -> (BridgeProcess, SocketAddr, SocketAddr) {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let addr: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
-    let metrics_addr: SocketAddr = metrics.parse().unwrap_or_else(|e| panic!("{e}"));
+/// `log`, with its spool in `spool` if given: the process and its metrics
+/// address.
+fn start_bridge(bootstrap: &str, log: &Path, spool: Option<&Path>) -> (BridgeProcess, SocketAddr) {
     let spool = spool.map(|dir| dir.display().to_string());
     let options = std::env::var("APIZEE_BRIDGE_KAFKA_OPTION").unwrap_or_default();
     let mut env = vec![
-        ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
-        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics.as_str()),
         ("APIZEE_BRIDGE_SINK", "kafka"),
         ("APIZEE_BRIDGE_KAFKA_BROKERS", bootstrap),
         (
@@ -376,7 +141,6 @@ fn start_bridge(
                 PUBLISH_TIMEOUT
             },
         ),
-        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
         ("APIZEE_BRIDGE_LOG_LEVEL", "info"),
     ];
     if !options.is_empty() {
@@ -385,11 +149,7 @@ fn start_bridge(
     if let Some(dir) = &spool {
         env.push(("APIZEE_BRIDGE_SPOOL_DIR", dir.as_str()));
     }
-    (
-        BridgeProcess::spawn_with_env(env, addr, log),
-        addr,
-        metrics_addr,
-    )
+    BridgeProcess::spawn_on_free_ports(env, log)
 }
 
 /// The index of the node leading `partition` of [`TOPIC`], once the
@@ -430,8 +190,9 @@ async fn failover(fault: Fault, spool: bool) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let log = dir.path().join("bridge.log");
     let spool_dir = dir.path().join("spool");
-    let (mut bridge, addr, metrics_addr) =
+    let (mut bridge, metrics_addr) =
         start_bridge(&bootstrap, &log, spool.then_some(spool_dir.as_path()));
+    let addr = bridge.addr;
     bridge.wait_ready().await;
 
     let mut leaders = Vec::new();

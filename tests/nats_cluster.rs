@@ -31,12 +31,12 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use bytes::Bytes;
+use support::load::*;
 use support::process::BridgeProcess;
 use support::*;
 
@@ -68,7 +68,6 @@ const SPOOL_PAUSE: Duration = Duration::from_millis(100);
 /// (it is sampled every [`READYZ_EVERY`]); the figure is printed, and only
 /// a lag this long fails the test: a hang guard, not a measure of speed.
 const READY_HANG_GUARD: Duration = Duration::from_secs(10);
-const READYZ_EVERY: Duration = Duration::from_millis(50);
 /// The bridge logs each episode once; a few episodes (an election, then the
 /// node's return moving the leader again) are allowed, a line per webhook
 /// is not.
@@ -79,139 +78,6 @@ const SPOOLING: &str = "spooling webhooks";
 const SPOOL_EMPTIED: &str = "spool empty:";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Event `i` of a case: a distinct objectId, hence a distinct event id.
-fn event(case: &str, i: usize) -> String {
-    format!(
-        r#"{{"event":"create","time":{},"object":"ticket","objectId":"{case}-{i}","props":{{"state":"open"}}}}"#,
-        1_700_000_000 + i
-    )
-}
-
-/// One answer the senders got.
-struct Answer {
-    sent: Instant,
-    answered: Instant,
-    /// The status, or `None` for no answer at all.
-    status: Option<u16>,
-    /// A 503 that carried a valid `Retry-After`.
-    retry_after: bool,
-    detail: String,
-}
-
-#[derive(Default)]
-struct Tally {
-    next: AtomicUsize,
-    /// Events posted at least once.
-    sent: AtomicUsize,
-    acked: AtomicUsize,
-    stop: AtomicBool,
-    answers: Mutex<Vec<Answer>>,
-    /// Event id of every acknowledged event -> its index.
-    ids: Mutex<HashMap<String, usize>>,
-}
-
-impl Tally {
-    fn acked(&self) -> usize {
-        self.acked.load(Ordering::SeqCst)
-    }
-
-    /// Whether a request sent after `since` got a 200.
-    fn acked_since(&self, since: Instant) -> bool {
-        self.answers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|a| a.status == Some(200) && a.sent >= since)
-    }
-}
-
-/// Takes the next event until told to stop, and posts it until it gets a
-/// 200 (or, from a bridge with a spool, a 202), 25 ms to 200 ms apart.
-async fn sender(addr: SocketAddr, case: &'static str, pause: Duration, tally: Arc<Tally>) {
-    while !tally.stop.load(Ordering::SeqCst) {
-        let i = tally.next.fetch_add(1, Ordering::SeqCst);
-        let body = Bytes::from(event(case, i));
-        let mut attempt = 0u32;
-        while !tally.stop.load(Ordering::SeqCst) {
-            if attempt == 0 {
-                tally.sent.fetch_add(1, Ordering::SeqCst);
-            }
-            let sent = Instant::now();
-            let reply = request(
-                addr,
-                "POST",
-                "/webhooks",
-                &[("content-type", "application/JSON")],
-                body.clone(),
-            )
-            .await;
-            let answered = Instant::now();
-            let answer = match &reply {
-                Ok(reply) => Answer {
-                    sent,
-                    answered,
-                    status: Some(reply.status),
-                    retry_after: reply
-                        .header("retry-after")
-                        .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)),
-                    detail: reply.text(),
-                },
-                Err(e) => Answer {
-                    sent,
-                    answered,
-                    status: None,
-                    retry_after: false,
-                    detail: e.clone(),
-                },
-            };
-            tally
-                .answers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(answer);
-            if let Ok(reply) = reply
-                && (reply.status == 200 || reply.status == 202)
-            {
-                let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
-                tally
-                    .ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, i);
-                tally.acked.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(pause).await;
-                break;
-            }
-            let backoff = Duration::from_millis(25 << attempt.min(3));
-            attempt += 1;
-            tokio::time::sleep(backoff).await;
-        }
-    }
-}
-
-/// `/readyz` every [`READYZ_EVERY`] until told to stop.
-async fn sample_readyz(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<(Instant, u16)> {
-    let mut samples = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        let status = get(addr, "/readyz").await.map_or(0, |r| r.status);
-        samples.push((Instant::now(), status));
-        tokio::time::sleep(READYZ_EVERY).await;
-    }
-    samples
-}
-
-/// Polls `check` until it holds or `limit` passes; false if it never did.
-async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -231,26 +97,15 @@ impl Fault {
 }
 
 /// The bridge binary on free loopback ports against `urls`, logging to `log`,
-/// with its spool in `spool` if given; its webhook and metrics addresses.
-fn start_bridge(
-    urls: &str,
-    log: &Path,
-    spool: Option<&Path>,
-) -> (BridgeProcess, SocketAddr, SocketAddr) {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let addr: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
-    let metrics_addr: SocketAddr = metrics.parse().unwrap_or_else(|e| panic!("{e}"));
+/// with its spool in `spool` if given; the process and its metrics address.
+fn start_bridge(urls: &str, log: &Path, spool: Option<&Path>) -> (BridgeProcess, SocketAddr) {
     let spool = spool.map(|dir| dir.display().to_string());
     let mut env = vec![
-        ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
-        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics.as_str()),
         ("APIZEE_BRIDGE_SINK", "nats"),
         ("APIZEE_BRIDGE_NATS_URL", urls),
         ("APIZEE_BRIDGE_NATS_JETSTREAM", "true"),
         ("APIZEE_BRIDGE_NATS_STREAM", STREAM),
         ("APIZEE_BRIDGE_PUBLISH_TIMEOUT", PUBLISH_TIMEOUT),
-        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
         (
             "APIZEE_BRIDGE_LOG_LEVEL",
             "info,apizee_bridge::sink::nats=debug",
@@ -259,11 +114,7 @@ fn start_bridge(
     if let Some(dir) = &spool {
         env.push(("APIZEE_BRIDGE_SPOOL_DIR", dir.as_str()));
     }
-    (
-        BridgeProcess::spawn_with_env(env, addr, log),
-        addr,
-        metrics_addr,
-    )
+    BridgeProcess::spawn_on_free_ports(env, log)
 }
 
 /// With `spool`, the bridge runs with `--spool-dir`: every answer must be
@@ -293,8 +144,9 @@ async fn failover(fault: Fault, spool: bool) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let log = dir.path().join("bridge.log");
     let spool_dir = dir.path().join("spool");
-    let (mut bridge, addr, metrics_addr) =
+    let (mut bridge, metrics_addr) =
         start_bridge(&cluster.urls(), &log, spool.then_some(spool_dir.as_path()));
+    let addr = bridge.addr;
     bridge.wait_ready().await;
     let mut bridge_server = None;
     wait_until("the bridge's connection in /connz", async || {

@@ -48,14 +48,7 @@ fn bridge_with(
     log: &std::path::Path,
     more: &[(&str, &str)],
 ) -> BridgeProcess {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (listen, metrics) = (addr.to_string(), format!("127.0.0.1:{}", free_port()));
     let env: Vec<(&str, String)> = vec![
-        ("APIZEE_BRIDGE_LISTEN", listen),
-        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics),
-        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s".into()),
         ("APIZEE_BRIDGE_SINK", "nats".into()),
         ("APIZEE_BRIDGE_NATS_URL", nats.into()),
         ("APIZEE_BRIDGE_NATS_JETSTREAM", "true".into()),
@@ -73,7 +66,7 @@ fn bridge_with(
         .into_iter()
         .chain(more.iter().map(|(k, v)| (*k, (*v).to_owned())))
         .collect::<Vec<_>>();
-    BridgeProcess::spawn_with_env(env.iter().map(|(k, v)| (*k, v.as_str())), addr, log)
+    BridgeProcess::spawn_on_free_ports(env.iter().map(|(k, v)| (*k, v.as_str())), log).0
 }
 
 async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: &'static str) -> Reply {

@@ -331,22 +331,11 @@ fn spooling_bridge_process(
     spool: &str,
     log: &Path,
 ) -> (BridgeProcess, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (listen, metrics_listen) = (addr.to_string(), metrics.to_string());
     let env = [
-        ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
-        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics_listen.as_str()),
-        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
         ("APIZEE_BRIDGE_PUBLISH_TIMEOUT", "500ms"),
         ("APIZEE_BRIDGE_SPOOL_DIR", spool),
     ];
-    let env = env.iter().chain(broker).copied();
-    (BridgeProcess::spawn_with_env(env, addr, log), metrics)
+    BridgeProcess::spawn_on_free_ports(env.iter().chain(broker).copied(), log)
 }
 
 /// 32 senders post while the broker is down, so that their appends share

@@ -72,18 +72,8 @@ fn ticket(id: u32) -> Bytes {
 /// WEBHOOKS at `nats`, its stderr in `log`; returns it and its metrics
 /// address.
 fn bridge(nats: &str, spool: &Path, log: &Path) -> (BridgeProcess, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (listen, metrics_listen) = (addr.to_string(), metrics.to_string());
     let spool = spool.to_string_lossy().into_owned();
     let env = [
-        ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
-        ("APIZEE_BRIDGE_METRICS_LISTEN", metrics_listen.as_str()),
-        ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
         ("APIZEE_BRIDGE_LOG_FORMAT", "json"),
         ("APIZEE_BRIDGE_SINK", "nats"),
         ("APIZEE_BRIDGE_NATS_URL", nats),
@@ -92,7 +82,7 @@ fn bridge(nats: &str, spool: &Path, log: &Path) -> (BridgeProcess, SocketAddr) {
         ("APIZEE_BRIDGE_PUBLISH_TIMEOUT", "500ms"),
         ("APIZEE_BRIDGE_SPOOL_DIR", spool.as_str()),
     ];
-    (BridgeProcess::spawn_with_env(env, addr, log), metrics)
+    BridgeProcess::spawn_on_free_ports(env, log)
 }
 
 async fn post(bridge: &BridgeProcess, id: u32) -> Reply {

@@ -9,6 +9,7 @@ pub mod answers;
 pub mod compose;
 pub mod kafka;
 pub mod kubernetes;
+pub mod load;
 pub mod nats;
 pub mod otlp;
 pub mod process;

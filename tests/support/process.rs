@@ -370,6 +370,35 @@ impl BridgeProcess {
         }
     }
 
+    /// [`Self::spawn_with_env`] on free loopback ports for the webhooks and
+    /// the metrics, with no drain delay (so a stop takes no time), then
+    /// `env`, whose entries win: the process and its metrics address.
+    pub fn spawn_on_free_ports<'a>(
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+        log: &std::path::Path,
+    ) -> (Self, SocketAddr) {
+        let free = || -> SocketAddr {
+            format!("127.0.0.1:{}", super::free_port())
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (addr, metrics) = (free(), free());
+        let (listen, metrics_listen) = (addr.to_string(), metrics.to_string());
+        let defaults = [
+            ("APIZEE_BRIDGE_LISTEN", listen.as_str()),
+            ("APIZEE_BRIDGE_METRICS_LISTEN", metrics_listen.as_str()),
+            ("APIZEE_BRIDGE_DRAIN_DELAY", "0s"),
+        ];
+        let owned = |(k, v): (&str, &str)| (k.to_owned(), v.to_owned());
+        let env: Vec<(String, String)> = defaults
+            .into_iter()
+            .map(owned)
+            .chain(env.into_iter().map(owned))
+            .collect();
+        let env = env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        (Self::spawn_with_env(env, addr, log), metrics)
+    }
+
     pub async fn wait_ready(&self) {
         let addr = self.addr;
         wait_until(
