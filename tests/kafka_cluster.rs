@@ -296,21 +296,7 @@ async fn failover(fault: Fault, spool: bool) {
     let mut replayed = true;
     if spool {
         let replay_started = Instant::now();
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            let metrics = get(metrics_addr, "/metrics").await.map(|r| r.text());
-            if metrics
-                .as_ref()
-                .is_ok_and(|m| metric_value(m, "apizee_bridge_spool_events") == 0.0)
-            {
-                break;
-            }
-            if Instant::now() >= deadline {
-                replayed = false;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        replayed = spool_emptied(metrics_addr, GIVE_UP).await.is_some();
         println!(
             "kafka cluster {case}: the spool was empty {:?} after the load stopped",
             replay_started.elapsed()

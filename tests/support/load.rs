@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 
-use super::{Reply, get};
+use super::{Reply, get, metric_value};
 
 /// How long one request may take before it counts as a socket error: more
 /// than any answer the bridge gives (`--publish-timeout` bounds them).
@@ -249,4 +249,24 @@ pub async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
+}
+
+/// Waits until the bridge whose metrics listen on `metrics` says its spool
+/// is empty (`apizee_bridge_spool_events` 0), at most `limit`: how long
+/// that took, or `None` if it never did.
+pub async fn spool_emptied(metrics: SocketAddr, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        let text = get(metrics, "/metrics").await.map(|r| r.text());
+        if text
+            .as_ref()
+            .is_ok_and(|m| metric_value(m, "apizee_bridge_spool_events") == 0.0)
+        {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
