@@ -49,8 +49,7 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
@@ -232,18 +231,9 @@ async fn failover(fault: Fault, spool: bool) {
     );
 
     let pause = if spool { SPOOL_PAUSE } else { Duration::ZERO };
-    let tally = Arc::new(Tally::default());
-    let senders: Vec<_> = (0..SENDERS)
-        .map(|_| tokio::spawn(sender(addr, case, pause, tally.clone())))
-        .collect();
-    let sampling = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample_readyz(addr, sampling.clone()));
-    let load_started = Instant::now();
-    let reached = |count: usize| {
-        let tally = tally.clone();
-        move || tally.acked() >= count
-    };
-    let warmed_up = within(GIVE_UP, reached(ACKED_BEFORE_FAULT)).await;
+    let load = Load::start(addr, case, SENDERS, pause);
+    let tally = load.tally.clone();
+    let warmed_up = load.reached(ACKED_BEFORE_FAULT, GIVE_UP).await;
 
     let faulted = Instant::now();
     let mut frozen = None;
@@ -282,16 +272,8 @@ async fn failover(fault: Fault, spool: bool) {
     let back = Instant::now();
     let first_back = first_back.unwrap_or(back);
     let after = tally.acked() + ACKED_AFTER_HEAL;
-    let finished = warmed_up && within(GIVE_UP, reached(after)).await;
-    tally.stop.store(true, Ordering::SeqCst);
-    for sender in senders {
-        sender
-            .await
-            .unwrap_or_else(|e| panic!("a sender failed: {e}"));
-    }
-    sampling.store(true, Ordering::SeqCst);
-    let samples = sampler.await.unwrap_or_else(|e| panic!("{e}"));
-    let load_took = load_started.elapsed();
+    let finished = warmed_up && load.reached(after, GIVE_UP).await;
+    let (samples, load_took) = load.stop().await;
     let final_readyz = get(addr, "/readyz").await.map_or(0, |r| r.status);
     let mut replayed = true;
     if spool {

@@ -31,8 +31,7 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -174,19 +173,10 @@ async fn failover(fault: Fault, spool: bool) {
     // replay, which publishes one at a time to keep the order, could empty
     // it; unpaused, the spool would only grow (see the README's Reliability).
     let pause = if spool { SPOOL_PAUSE } else { Duration::ZERO };
-    let tally = Arc::new(Tally::default());
-    let senders: Vec<_> = (0..SENDERS)
-        .map(|_| tokio::spawn(sender(addr, case, pause, tally.clone())))
-        .collect();
-    let sampling = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample_readyz(addr, sampling.clone()));
-    let load_started = Instant::now();
-    let reached = |count: usize| {
-        let tally = tally.clone();
-        move || tally.acked() >= count
-    };
+    let load = Load::start(addr, case, SENDERS, pause);
+    let tally = load.tally.clone();
     assert!(
-        within(GIVE_UP, reached(ACKED_BEFORE_FAULT)).await,
+        load.reached(ACKED_BEFORE_FAULT, GIVE_UP).await,
         "{case}: only {} webhooks acknowledged before the fault",
         tally.acked()
     );
@@ -207,7 +197,7 @@ async fn failover(fault: Fault, spool: bool) {
         within(GIVE_UP, move || tally.acked_since(faulted)).await
     };
     let during = tally.acked() + ACKED_DURING_FAULT;
-    let kept_up = resumed && within(GIVE_UP, reached(during)).await;
+    let kept_up = resumed && load.reached(during, GIVE_UP).await;
 
     // Heal: the node runs again, then the load goes on until it has been
     // part of the cluster for a while.
@@ -218,16 +208,8 @@ async fn failover(fault: Fault, spool: bool) {
         None => cluster.nodes[target].restart().await,
     }
     let after = tally.acked() + ACKED_AFTER_HEAL;
-    let finished = kept_up && within(GIVE_UP, reached(after)).await;
-    tally.stop.store(true, Ordering::SeqCst);
-    for sender in senders {
-        sender
-            .await
-            .unwrap_or_else(|e| panic!("a sender failed: {e}"));
-    }
-    sampling.store(true, Ordering::SeqCst);
-    let samples = sampler.await.unwrap_or_else(|e| panic!("{e}"));
-    let load_took = load_started.elapsed();
+    let finished = kept_up && load.reached(after, GIVE_UP).await;
+    let (samples, load_took) = load.stop().await;
     let final_readyz = get(addr, "/readyz").await.map_or(0, |r| r.status);
     let mut replayed = true;
     let replay_started = Instant::now();

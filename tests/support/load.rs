@@ -270,3 +270,52 @@ pub async fn spool_emptied(metrics: SocketAddr, limit: Duration) -> Option<Durat
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `senders` senders posting `case`'s events to a bridge, and its
+/// `/readyz` sampled, until [`Load::stop`].
+pub struct Load {
+    pub tally: Arc<Tally>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    sampling: Arc<AtomicBool>,
+    sampler: tokio::task::JoinHandle<Vec<(Instant, u16)>>,
+    started: Instant,
+}
+
+impl Load {
+    /// Each sender waits `pause` after an acknowledged event.
+    pub fn start(addr: SocketAddr, case: &'static str, senders: usize, pause: Duration) -> Self {
+        let tally = Arc::new(Tally::default());
+        let senders = (0..senders)
+            .map(|_| tokio::spawn(sender(addr, case, pause, tally.clone())))
+            .collect();
+        let sampling = Arc::new(AtomicBool::new(false));
+        let sampler = tokio::spawn(sample_readyz(addr, sampling.clone()));
+        Self {
+            tally,
+            senders,
+            sampling,
+            sampler,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether `count` events in all were acknowledged within `limit`.
+    pub async fn reached(&self, count: usize, limit: Duration) -> bool {
+        let tally = self.tally.clone();
+        within(limit, move || tally.acked() >= count).await
+    }
+
+    /// Stops the senders (each ends its request in flight) and the
+    /// sampler: the `/readyz` samples, and how long the load ran.
+    pub async fn stop(self) -> (Vec<(Instant, u16)>, Duration) {
+        self.tally.stop.store(true, Ordering::SeqCst);
+        for sender in self.senders {
+            sender
+                .await
+                .unwrap_or_else(|e| panic!("a sender failed: {e}"));
+        }
+        self.sampling.store(true, Ordering::SeqCst);
+        let samples = self.sampler.await.unwrap_or_else(|e| panic!("{e}"));
+        (samples, self.started.elapsed())
+    }
+}
