@@ -133,9 +133,11 @@ fn spawn_tied(command: Command) -> io::Result<Child> {
         .unwrap_or_else(|e| e.into_inner())
         .send((command, reply))
         .map_err(|_| io::Error::other("the Kafka spawner thread is gone"))?;
+    // A spawn takes milliseconds; a spawner that never answers fails the
+    // test rather than hanging it.
     answer
-        .recv()
-        .map_err(|_| io::Error::other("the Kafka spawner thread is gone"))?
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|e| io::Error::other(format!("the Kafka spawner thread did not answer: {e}")))?
 }
 
 /// What every node of one cluster is started with.
