@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 
-use super::{Reply, get, metric_value};
+use super::{Reply, get, metric_value, send_on};
 
 /// How long one request may take before it counts as a socket error: more
 /// than any answer the bridge gives (`--publish-timeout` bounds them).
@@ -127,23 +127,7 @@ pub async fn post(
             .header("content-type", "application/JSON")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok::<_, String>(Reply {
-            status,
-            headers,
-            body,
-        })
+        send_on(sender, request).await
     })
     .await
     .map_err(|_| format!("no answer within {REQUEST_DEADLINE:?}"))??;

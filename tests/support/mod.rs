@@ -439,17 +439,25 @@ async fn exchange(
         builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+    send_on(&mut sender, request).await
+}
+
+/// Sends `request` on a client connection and reads the whole answer.
+pub async fn send_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: http::Request<Full<Bytes>>,
+) -> Result<Reply, String> {
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("request: {e}"))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     Ok(Reply {
         status,
