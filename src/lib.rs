@@ -62,7 +62,8 @@
 //!    [`route::cloudevents`].
 //! 7. Values and checks that need only the leaves:
 //!    - [`auth`]: who may send: checks on the headers, then the body's
-//!      signature; flags in [`auth::config`];
+//!      signature; flags in [`auth::config`]; the secret files' reloading
+//!      in [`auth::reload`];
 //!    - [`tls`]: the listener's optional TLS, its reloading and its metrics;
 //!    - [`trace`]: W3C trace context, from the request into its message.
 //! 8. The leaves, which import nothing of the crate:
@@ -72,8 +73,8 @@
 //!      [`config::ConfigError`], durations);
 //!    - [`metrics`]: the registry every part registers its metrics in;
 //!    - [`hex`], [`logging`] (text or JSON logs on stderr), [`shutdown`]
-//!      (the SIGTERM / SIGINT signal, and the task groups that stop in
-//!      turn).
+//!      (the SIGTERM / SIGINT signal, SIGHUP for the reloaders, and the
+//!      task groups that stop in turn).
 //!
 //! The pure middle (`envelope`, `route`) has no I/O and is unit-tested; the
 //! edges take their listeners and shutdown signal as values, so tests run
@@ -160,13 +161,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthReloader, LiveGuard};
 use crate::dead_letter::DeadLetters;
 use crate::delivery::Delivery;
 use crate::http::App;
 use crate::http::config::{Drain, HttpSettings};
 use crate::http::metrics::Metrics;
 use crate::settings::Settings;
-use crate::shutdown::Tasks;
+use crate::shutdown::{ReloadSignal, Tasks};
 use crate::sink::Sink;
 use crate::tls::ServerTls;
 
@@ -248,6 +250,8 @@ pub async fn run(
 pub struct Service {
     app: Arc<App>,
     tls: Option<Arc<ServerTls>>,
+    /// Reloads the secret files, when a secret comes from one.
+    secrets: Option<Arc<AuthReloader>>,
     drain: Drain,
     /// Cancelled when [`Service::serve`] returns: whatever is still running
     /// then stops.
@@ -312,9 +316,14 @@ impl Service {
         };
         let delivery = Arc::new(Delivery::new(sink, spool, settings.delivery, registry)?);
         let drain = settings.http.drain;
+        let guard = LiveGuard::new(settings.guard);
+        let secrets = match settings.secret_files {
+            Some(files) => Some(AuthReloader::new(files, guard.clone(), registry)?),
+            None => None,
+        };
         let app = Arc::new(App::new(
             settings.http,
-            settings.guard,
+            guard,
             settings.routing,
             delivery,
             dead_letters,
@@ -324,6 +333,7 @@ impl Service {
         Ok(Self {
             app,
             tls,
+            secrets,
             drain,
             root,
             sink_tasks,
@@ -333,6 +343,11 @@ impl Service {
     /// The request path, for tests that look at readiness.
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+
+    /// The secret files' reloading, when a secret comes from one.
+    pub fn secrets(&self) -> Option<&Arc<AuthReloader>> {
+        self.secrets.as_ref()
     }
 
     /// The TLS configuration in force and its reloading, when serving TLS.
@@ -347,8 +362,8 @@ impl Service {
     ///    for `--drain-delay`, the listener closes, requests in flight get
     ///    up to `--shutdown-timeout` to be answered;
     /// 2. the background tasks: the spool's replayer (between two events),
-    ///    the start-up watcher, and the TLS watcher with the SIGHUP
-    ///    handler; then, with the broker reachable, what the spool still
+    ///    the start-up watcher, and the TLS and secret-file watchers with
+    ///    the SIGHUP handler; then, with the broker reachable, what the spool still
     ///    holds is delivered ([`Delivery::drain_spool`]) until
     ///    [`SHUTDOWN_RESERVE`] before the deadline; what is left stays on
     ///    disk for the next start or `apizee-bridge spool drain`;
@@ -374,6 +389,7 @@ impl Service {
         let Self {
             app,
             tls,
+            secrets,
             drain,
             root,
             sink_tasks,
@@ -392,11 +408,15 @@ impl Service {
         );
 
         // SIGHUP is taken over before the first connection is accepted: it
-        // reloads the TLS files, or without TLS is logged, never fatal.
-        let hangup = tls::ReloadSignal::register();
-        match tls.clone() {
-            Some(tls) => background.spawn_until_stopped(tls.watch(hangup)),
-            None => background.spawn_until_stopped(hangup.ignore()),
+        // reloads the TLS files and the secret files, each watcher woken by
+        // its own registration; with neither it is logged, never fatal.
+        if let Some(tls) = tls.clone() {
+            background.spawn_until_stopped(tls.watch(ReloadSignal::register()));
+        }
+        if let Some(secrets) = secrets {
+            background.spawn_until_stopped(secrets.watch(ReloadSignal::register()));
+        } else if tls.is_none() {
+            background.spawn_until_stopped(ReloadSignal::register().ignore());
         }
         background.spawn(|stop| delivery.clone().replay(stop));
         background.spawn_until_stopped(delivery.clone().watch_startup());

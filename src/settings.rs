@@ -12,8 +12,8 @@
 //! and nothing below imports it: the values they share are in
 //! [`crate::config`].
 
-use crate::auth::Guard;
 use crate::auth::config::AuthArgs;
+use crate::auth::{Guard, SecretFiles};
 use crate::config::ConfigError;
 use crate::dead_letter::{DeadLetter, DeadLetterArgs};
 use crate::delivery::{DeliveryArgs, DeliverySettings};
@@ -65,6 +65,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Who may send webhooks; the default lets everyone in.
     pub guard: Guard,
+    /// What reloads the secret files, when a secret comes from one.
+    pub secret_files: Option<SecretFiles>,
     /// TLS on `http.listen`, its files already loaded and checked; plain
     /// HTTP without it.
     pub tls: Option<TlsSettings>,
@@ -91,6 +93,7 @@ impl Settings {
                 .settings(cli.delivery.sink.cloudevents_binding())?,
         )?;
         let guard = cli.auth.settings()?;
+        let secret_files = cli.auth.secret_files()?;
         let dead_letter = cli.dead_letter.settings()?;
         let context = SinkContext {
             template: &routing.template,
@@ -105,6 +108,7 @@ impl Settings {
         Ok(Settings {
             http,
             guard,
+            secret_files,
             tls,
             routing,
             dead_letter,

@@ -1,7 +1,8 @@
 //! How the service stops: the signal (SIGTERM from Kubernetes and systemd,
-//! SIGINT from Ctrl-C), and [`Tasks`], the groups of background tasks that
-//! stop together, one group after another (the order is in
-//! [`crate::Service::serve`]).
+//! SIGINT from Ctrl-C), the SIGHUP that must not stop it ([`ReloadSignal`],
+//! which the TLS and secret-file reloaders listen to), and [`Tasks`], the
+//! groups of background tasks that stop together, one group after another
+//! (the order is in [`crate::Service::serve`]).
 //!
 //! Every group's token is a child of one root token: cancelling the root
 //! stops everything at once, which is what happens to whatever is left when
@@ -36,6 +37,54 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+/// SIGHUP, whose default action ends the process. Register it before the
+/// listener accepts anything, so that an early SIGHUP reloads instead.
+/// Each watcher (TLS, the secret files) registers its own: every one of
+/// them is woken by the same signal.
+pub struct ReloadSignal {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadSignal {
+    /// Must be called inside the tokio runtime.
+    pub fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let hangup = signal(SignalKind::hangup())
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS and secret files are still polled");
+                })
+                .ok();
+            Self { hangup }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Without TLS nor a secret file there is nothing to reload, but a SIGHUP (`systemctl
+    /// reload`, a closed terminal, a habit) must not end the process and
+    /// the deliveries in flight: it is logged, and otherwise ignored.
+    pub async fn ignore(mut self) {
+        loop {
+            self.recv().await;
+            tracing::info!("SIGHUP received: nothing to reload without --tls-cert");
+        }
+    }
+
+    /// Resolves on the next SIGHUP; never, if there is none to listen to.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(hangup) = &mut self.hangup
+            && hangup.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 }
 

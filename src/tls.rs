@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use prometheus::{IntCounter, IntCounterVec, Registry};
 
 use crate::metrics::{Registered, opts};
+use crate::shutdown::ReloadSignal;
 
 /// ALPN protocols offered, in order of preference.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -265,52 +266,6 @@ impl ServerTls {
             })
             .await;
         }
-    }
-}
-
-/// SIGHUP, whose default action ends the process. Register it before the
-/// listener accepts anything, so that an early SIGHUP reloads instead.
-pub struct ReloadSignal {
-    #[cfg(unix)]
-    hangup: Option<tokio::signal::unix::Signal>,
-}
-
-impl ReloadSignal {
-    /// Must be called inside the tokio runtime.
-    pub fn register() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let hangup = signal(SignalKind::hangup())
-                .inspect_err(|e| {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are still polled");
-                })
-                .ok();
-            Self { hangup }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    /// Without TLS there is nothing to reload, but a SIGHUP (`systemctl
-    /// reload`, a closed terminal, a habit) must not end the process and
-    /// the deliveries in flight: it is logged, and otherwise ignored.
-    pub async fn ignore(mut self) {
-        loop {
-            self.recv().await;
-            tracing::info!("SIGHUP received: nothing to reload without --tls-cert");
-        }
-    }
-
-    /// Resolves on the next SIGHUP; never, if there is none to listen to.
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some(hangup) = &mut self.hangup
-            && hangup.recv().await.is_some()
-        {
-            return;
-        }
-        std::future::pending::<()>().await;
     }
 }
 

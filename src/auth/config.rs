@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{BasicAuth, Cidr, Guard, SharedSecret, Signature, SignatureEncoding, SourceFilter};
+use super::{
+    BasicAuth, Cidr, Guard, SecretFiles, SharedSecret, Signature, SignatureEncoding, SourceFilter,
+};
 use crate::config::{ConfigError, Secret, parse_duration};
 
 /// Flags under "Authentication" in `--help`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// Request header that must carry a shared secret (set as a custom
     /// header in the Apizee console). With "Authorization", a "Bearer "
@@ -122,6 +124,12 @@ pub struct AuthArgs {
     /// traffic, not authentication: any client can send it.
     #[arg(long, env = "APIZEE_BRIDGE_REQUIRE_USER_AGENT", value_name = "TEXT")]
     pub require_user_agent: Option<String>,
+
+    /// How often --auth-token-file, --basic-auth-file and --hmac-secret-file
+    /// are read to see whether they changed; a change (or SIGHUP) reloads
+    /// them. A failed reload keeps the previous secrets.
+    #[arg(long, env = "APIZEE_BRIDGE_AUTH_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub auth_reload_interval: Duration,
 }
 
 /// The first credential of each kind these flags accept, to sign requests
@@ -234,6 +242,18 @@ impl AuthArgs {
             basic,
             signature,
         })
+    }
+
+    /// What reloads the secret files, when any is given: call it after
+    /// [`Self::settings`], which checks the files themselves.
+    pub fn secret_files(&self) -> Result<Option<SecretFiles>, ConfigError> {
+        if self.auth_reload_interval.is_zero() {
+            return Err(ConfigError::new(
+                "--auth-reload-interval",
+                "must be more than 0",
+            ));
+        }
+        Ok(SecretFiles::new(self.clone(), self.auth_reload_interval))
     }
 
     pub fn settings(&self) -> Result<Guard, ConfigError> {

@@ -8,6 +8,7 @@
 //! [`Denial`] goes to the logs and to a metric for the operator.
 
 pub mod config;
+pub mod reload;
 
 mod basic;
 mod shared_secret;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use basic::BasicAuth;
+pub use reload::{AuthReloader, LiveGuard, SecretFiles};
 pub use shared_secret::SharedSecret;
 pub use signature::{Signature, SignatureEncoding};
 pub use source::{Cidr, SourceFilter};

@@ -25,7 +25,7 @@ use super::budget::Budgets;
 use super::config::{HttpSettings, Limits};
 use super::metrics::Metrics;
 use super::rejection::{Answering, Rejection, json_response};
-use crate::auth::Guard;
+use crate::auth::LiveGuard;
 use crate::dead_letter::DeadLetters;
 use crate::delivery::{Delivered, Delivery};
 use crate::envelope::{self, EnvelopeError, Problem};
@@ -39,7 +39,8 @@ use crate::trace::TraceContext;
 /// through, each built once by [`crate::Service::build`].
 pub struct App {
     http: HttpSettings,
-    guard: Guard,
+    /// Swapped whole when the secret files are reloaded.
+    guard: LiveGuard,
     routing: Routing,
     delivery: Arc<Delivery>,
     metrics: Arc<Metrics>,
@@ -55,14 +56,17 @@ pub struct App {
 impl App {
     pub fn new(
         http: HttpSettings,
-        guard: Guard,
+        guard: LiveGuard,
         routing: Routing,
         delivery: Arc<Delivery>,
         dead_letters: Option<Arc<DeadLetters>>,
         spans: Option<Arc<Spans>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, prometheus::Error> {
+        // A reload changes secrets, never which checks are configured: the
+        // Guard in force at start-up decides the budget for good.
         let unauthenticated = guard
+            .current()
             .authenticates_only_with_body()
             .then_some(http.max_unauthenticated_in_flight);
         register_limits(&http, unauthenticated, metrics.registry())?;
@@ -219,7 +223,7 @@ pub async fn handle(
     let response = result.unwrap_or_else(|rejection| {
         let answering = Answering {
             retry_after_secs: app.http.retry_after_secs,
-            challenge: app.guard.challenge(),
+            challenge: app.guard.current().challenge(),
         };
         let log_span = || {
             trace
@@ -264,6 +268,7 @@ async fn webhook(
     let _in_flight = app.metrics.in_flight();
     let settings = &app.http;
     app.guard
+        .current()
         .check_request(peer.ip(), request.headers())
         .map_err(Rejection::Denied)?;
     // Taken before the body is read, so the bodies in memory are bounded;
@@ -281,6 +286,7 @@ async fn webhook(
     .map_err(|_| Rejection::RequestTimeout)??;
     // Before parsing: an unsigned body is not even worth a dead letter.
     app.guard
+        .current()
         .check_body(&head.headers, &body, received_at)
         .map_err(Rejection::Denied)?;
     let _slot = app.budgets.authenticated(slot)?;

@@ -916,7 +916,7 @@ fn every_flag_has_its_env_var() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 65);
+    assert_eq!(checked, 66);
 }
 
 #[test]

@@ -70,9 +70,9 @@ async fn exported_families(args: &[&str]) -> BTreeSet<String> {
 #[tokio::test]
 async fn readme_metrics_table_matches_the_exported_metrics() {
     // Dead-letter series exist only with --dead-letter-topic, like the
-    // spool's, TLS's and Kafka's with theirs; the unauthenticated budget's
-    // limit only while it is in force, with a signature as the only
-    // credential.
+    // spool's, TLS's, Kafka's and the secret files' reloads with theirs; the
+    // unauthenticated budget's limit only while it is in force, with a
+    // signature as the only credential.
     const UNAUTHENTICATED: &str = "apizee_bridge_max_unauthenticated_in_flight";
     let plain = exported_families(&[]).await;
     assert!(
@@ -80,11 +80,14 @@ async fn readme_metrics_table_matches_the_exported_metrics() {
         "dead-letter series without --dead-letter-topic: {plain:?}"
     );
     assert!(!plain.contains(UNAUTHENTICATED), "{plain:?}");
+    // The key from a file: the secret files' reload series exist too.
+    let keys = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(keys.path(), "docs-key\n").unwrap_or_else(|e| panic!("{e}"));
     let exported = exported_families(&[
         "--dead-letter-topic",
         "apizee.dead-letter",
-        "--hmac-secret",
-        "docs-key",
+        "--hmac-secret-file",
+        &keys.path().to_string_lossy(),
     ])
     .await;
     assert!(exported.is_superset(&plain));

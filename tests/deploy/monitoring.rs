@@ -517,12 +517,15 @@ impl Bridges {
         // exist at 0 from the start.
         let pki = crate::support::tls::Pki::new("edge");
         let mut args = pki.install(&pki.server("localhost"));
+        // The key from a file: the secret files' reload series exist too.
+        let hmac_file = pki.path("hmac-keys");
+        std::fs::write(&hmac_file, "edge-key\n").unwrap_or_else(|e| panic!("{e}"));
         args.extend(
             [
                 // A signature as the only credential: the unauthenticated
                 // budget, and its gauge, are in force.
-                "--hmac-secret",
-                "edge-key",
+                "--hmac-secret-file",
+                &hmac_file.to_string_lossy(),
                 "--dead-letter-topic",
                 "apizee.dead-letter",
             ]
@@ -797,6 +800,11 @@ const UNWATCHED: &[(&str, &str)] = &[
         "address space, not memory use; resident memory is on the dashboard",
     ),
     ("process_threads", "fixed by the runtime's worker count"),
+    (
+        "apizee_bridge_auth_last_reload_success_timestamp_seconds",
+        "read by hand when a rotation is in doubt; a failed reload alerts through \
+         apizee_bridge_auth_reloads_total",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

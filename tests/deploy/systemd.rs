@@ -259,8 +259,9 @@ async fn the_unit_runs_the_binary_with_its_credentials() {
     // The bridge logs each SIGHUP it takes: once that line is there, the
     // signal has been dealt with, and the process it went to must still be
     // the one running. The test holds the child unreaped, so its pid can
-    // name no other process, and an exit leaves a zombie ("Z") behind.
-    const HANDLED: &str = "SIGHUP received: nothing to reload without --tls-cert";
+    // name no other process, and an exit leaves a zombie ("Z") behind. The
+    // token comes from a credential file, so `systemctl reload` reloads it.
+    const HANDLED: &str = "SIGHUP received: reloading the secret files";
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     crate::support::wait_until("the bridge to log the SIGHUP", async || {
         let state = process_state(pid);

@@ -1,5 +1,6 @@
 //! The HTTP edge, in-process with a memory sink or as the binary: every
-//! answer, access checks, hostile input, TLS, the drain, the command line.
+//! answer, access checks, hostile input, secrets rotated live, TLS, the
+//! drain, the command line.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,4 +10,5 @@ mod auth;
 mod cli;
 mod drain;
 mod hostile;
+mod secrets;
 mod tls;
