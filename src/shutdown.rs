@@ -66,13 +66,16 @@ impl ReloadSignal {
         Self {}
     }
 
-    /// Without TLS nor a secret file there is nothing to reload, but a SIGHUP (`systemctl
-    /// reload`, a closed terminal, a habit) must not end the process and
-    /// the deliveries in flight: it is logged, and otherwise ignored.
+    /// Without TLS nor a secret file there is nothing to reload, but a
+    /// SIGHUP (`systemctl reload`, a closed terminal, a habit) must not end
+    /// the process and the deliveries in flight: it is logged, and
+    /// otherwise ignored.
     pub async fn ignore(mut self) {
         loop {
             self.recv().await;
-            tracing::info!("SIGHUP received: nothing to reload without --tls-cert");
+            tracing::info!(
+                "SIGHUP received: nothing to reload without --tls-cert or a secret file"
+            );
         }
     }
 

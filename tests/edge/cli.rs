@@ -123,6 +123,11 @@ async fn sighup_without_tls_does_not_stop_the_bridge() {
     process.signal("TERM");
     let status = process.wait_exit().await;
     assert_eq!(status.code(), Some(0), "exit status {status}");
+    let stderr = process.stderr_lines().join("\n");
+    assert!(
+        stderr.contains("SIGHUP received: nothing to reload without --tls-cert or a secret file"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
