@@ -374,7 +374,7 @@ impl Delivery {
     /// Ends start-up the first time the sink is ready (or at
     /// `--startup-timeout`), whether or not a webhook was there to see it:
     /// a broker lost later must get a sender its 503 at once. The sink has
-    /// no readiness event, so it is looked at every [`STARTUP_POLL`], here
+    /// no readiness event, so it is looked at every `STARTUP_POLL`, here
     /// only, however many webhooks wait.
     pub async fn watch_startup(self: Arc<Self>) {
         while !self.sink_ready() && Instant::now() < self.startup_deadline {
@@ -527,7 +527,7 @@ impl Delivery {
     /// Delivers what the spool holds until it is empty or `deadline` (a
     /// broker not ready is waited for meanwhile): at shutdown, once no webhook comes in any
     /// more, and by `apizee-bridge spool drain`. New publishes stop
-    /// [`DRAIN_SETTLE`] before the deadline so that what is in flight can
+    /// `DRAIN_SETTLE` before the deadline so that what is in flight can
     /// still be acknowledged and removed; what is left stays on disk.
     pub async fn drain_spool(&self, deadline: tokio::time::Instant) -> Drained {
         let Some(spool) = self.spool.clone() else {

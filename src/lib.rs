@@ -365,7 +365,7 @@ impl Service {
     ///    the start-up watcher, and the TLS and secret-file watchers with
     ///    the SIGHUP handler; then, with the broker reachable, what the spool still
     ///    holds is delivered ([`Delivery::drain_spool`]) until
-    ///    [`SHUTDOWN_RESERVE`] before the deadline; what is left stays on
+    ///    `SHUTDOWN_RESERVE` before the deadline; what is left stays on
     ///    disk for the next start or `apizee-bridge spool drain`;
     /// 3. the dead letters still queued are published: no request is left
     ///    to refuse;

@@ -13,7 +13,7 @@
 //! within the stream's duplicate window (2 minutes by default) is stored once,
 //! including the case where an ack was lost and the sender got a 503.
 //!
-//! With `--nats-stream`, [`stream`] keeps the stream in existence and tells
+//! With `--nats-stream`, `stream.rs` keeps the stream in existence and tells
 //! a missing stream (created again) from one whose replicas are electing a
 //! leader (left alone; not ready until it has one). A publish only tells it
 //! what it saw: no responder, no answer, or an acknowledgement.
