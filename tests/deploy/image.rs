@@ -426,33 +426,8 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         Some(mount.as_str()),
         "the init container mounts the spool where the bridge does"
     );
-    // A container of the pod: `how` (detached and named, or run to
-    // completion), then what every container of the pod shares: host
-    // network, read-only root, no capabilities, the pod's user and fsGroup,
-    // the claim's volume and the environment; then the image and `args`.
     let container = |how: &[&str], args: &[&str]| {
-        let mut run = vec!["run"];
-        run.extend(how);
-        run.extend([
-            "--network",
-            "host",
-            "--read-only",
-            "--cap-drop",
-            "ALL",
-            "--user",
-            &user_arg,
-            "--group-add",
-            &fs_group,
-            "--volume",
-            &volume_arg,
-        ]);
-        run.extend(LIMITS);
-        for variable in &env {
-            run.extend(["--env", variable.as_str()]);
-        }
-        run.push(IMAGE);
-        run.extend(args);
-        podman_ok(&run)
+        run_as_in_the_pod(how, &user_arg, &fs_group, &volume_arg, &env, args)
     };
     // The init container runs to completion before the bridge starts.
     let init_args: Vec<&str> = init_args.iter().map(String::as_str).collect();
@@ -650,30 +625,52 @@ fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
         })
         .collect();
     env.sort();
-    let mut run = vec![
-        "run",
-        "--rm",
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_as_in_the_pod(
         // The drain's own timeout is 60 s; this is the test's deadline.
-        "--timeout",
-        "120",
+        &["--rm", "--timeout", "120"],
+        &user,
+        &fs_group,
+        &volume_arg,
+        &env,
+        &args,
+    )
+}
+
+/// A container of the image run as Kubernetes runs one of the pod's: `how`
+/// (detached and named, or run to completion), then what every container of
+/// the pod shares: host network, read-only root, no capabilities, the pod's
+/// `user` (`UID:GID`) and `fs_group`, the claim's `volume` (`HOST:MOUNT`)
+/// and the environment (`NAME=VALUE`); then the image and `args`.
+fn run_as_in_the_pod(
+    how: &[&str],
+    user: &str,
+    fs_group: &str,
+    volume: &str,
+    env: &[String],
+    args: &[&str],
+) -> String {
+    let mut run = vec!["run"];
+    run.extend(how);
+    run.extend([
         "--network",
         "host",
         "--read-only",
         "--cap-drop",
         "ALL",
         "--user",
-        &user,
+        user,
         "--group-add",
-        &fs_group,
+        fs_group,
         "--volume",
-        &volume_arg,
-    ];
+        volume,
+    ]);
     run.extend(LIMITS);
-    for variable in &env {
+    for variable in env {
         run.extend(["--env", variable.as_str()]);
     }
     run.push(IMAGE);
-    run.extend(args.iter().map(String::as_str));
+    run.extend(args);
     podman_ok(&run)
 }
 
