@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peak memory of the bridge with --max-in-flight webhooks of
 # --max-body-bytes held at once: the worst case the memory limit of the
-# Kubernetes Deployment (deploy/kubernetes/base/deployment.yaml) must hold.
+# pods must hold (derived by the Helm chart, deploy/helm/apizee-bridge:
+# templates/_helpers.tpl, "apizee-bridge.memoryLimit").
 #
 # Starts nats-server -js and the bridge (release build) with the JetStream
 # sink and the deploy files' limits, freezes the server (SIGSTOP) so that
@@ -12,7 +13,7 @@
 # the resident set size before, while holding them, and its peak (VmHWM).
 #
 #   bash benches/inflight-memory.sh [MAX_IN_FLIGHT [MAX_BODY_BYTES]]
-#       # defaults: 256 and 262144, as deploy/kubernetes/base/kustomization.yaml
+#       # defaults: 256 and 262144, the chart's bridge.maxInFlight and maxBodyBytes
 #
 # Needs curl, python3 and nats-server (NATS_SERVER overrides the pinned one
 # that .ci/tools/nats-server.sh installs); kills what it started when it

@@ -51,7 +51,7 @@ pub enum SpoolCommand {
     /// unreachable, --timeout passed, spool locked by a running bridge or
     /// damaged; nothing is lost: fix it and run it again). For the spool a
     /// replica scaled away left on its volume: a Kubernetes Job on the
-    /// orphaned claim (deploy/kubernetes/components/spool-drain). Takes
+    /// orphaned claim (the Helm chart's spool.drain.ordinals). Takes
     /// every flag the bridge serves with.
     Drain(Box<DrainArgs>),
 }

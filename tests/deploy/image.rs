@@ -339,22 +339,24 @@ async fn the_image_builds_and_delivers_webhooks_as_a_non_root_user() {
     the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart().await;
 }
 
-/// The pod of deploy/kubernetes/overlays/nats-spool, as near as a machine
-/// without a cluster gets to applying it: the image run with the settings of
-/// the rendered ConfigMap (addresses substituted, the Secret's token given),
-/// the StatefulSet's user, group and fsGroup, a read-only root, and a volume
-/// prepared as the kubelet prepares a claim for an fsGroup, mounted where the
-/// StatefulSet mounts it. Webhooks answered 202 while the broker is down are
+/// The spool pod the Helm chart renders (with the values of
+/// deploy/kubernetes/overlays/nats-spool, whose committed manifests are
+/// that output), as near as a machine without a cluster gets to applying
+/// it: the image run with the settings of the rendered ConfigMap (the
+/// broker's address substituted), the StatefulSet's user, group and
+/// fsGroup, a read-only root, the Secret's token file where the pod mounts
+/// it, and a volume prepared as the kubelet prepares a claim for an
+/// fsGroup, mounted where the StatefulSet mounts it. Webhooks answered 202 while the broker is down are
 /// still on the volume when the pod is stopped, and the pod that takes its
 /// place (same volume) delivers them.
 async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() {
     const TOKEN: &str = "image-test-token";
-    let objects = crate::support::kubernetes::build("overlays/nats-spool");
+    let objects = crate::support::helm::render("overlays/nats-spool");
     let object = |kind: &str| {
         objects
             .iter()
             .find(|o| o["kind"].as_str() == Some(kind))
-            .unwrap_or_else(|| panic!("overlays/nats-spool renders no {kind}"))
+            .unwrap_or_else(|| panic!("the chart renders no {kind} for overlays/nats-spool"))
     };
     let pod = &object("StatefulSet")["spec"]["template"]["spec"];
     let number = |field: &str| {
@@ -368,6 +370,7 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         .as_str()
         .unwrap_or_else(|| panic!("no volumeMount"))
         .to_owned();
+    let secret = SecretVolume::of(pod, &fs_group, TOKEN);
     let config = object("ConfigMap")["data"]
         .as_mapping()
         .unwrap_or_else(|| panic!("ConfigMap data"))
@@ -409,10 +412,10 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
             _ => format!("{k}={v}"),
         })
         .collect();
+    env.retain(|v| !v.starts_with("APIZEE_BRIDGE_LISTEN=") && !v.contains("_METRICS_LISTEN="));
     env.extend([
         format!("APIZEE_BRIDGE_LISTEN={listen}"),
         format!("APIZEE_BRIDGE_METRICS_LISTEN={metrics}"),
-        format!("APIZEE_BRIDGE_AUTH_TOKEN={TOKEN}"),
     ]);
     let user_arg = format!("{user}:{group}");
     let init_args: Vec<String> = pod["initContainers"][0]["args"]
@@ -426,8 +429,9 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
         Some(mount.as_str()),
         "the init container mounts the spool where the bridge does"
     );
+    let volumes = [volume_arg.clone(), secret.arg.clone()];
     let container = |how: &[&str], args: &[&str]| {
-        run_as_in_the_pod(how, &user_arg, &fs_group, &volume_arg, &env, args)
+        run_as_in_the_pod(how, &user_arg, &fs_group, &volumes, &env, args)
     };
     // The init container runs to completion before the bridge starts.
     let init_args: Vec<&str> = init_args.iter().map(String::as_str).collect();
@@ -552,19 +556,20 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
     );
 }
 
-/// The Job of deploy/kubernetes/overlays/nats-spool-drain, run with the
-/// image as the kubelet would run it on the claim held at `volume`: its
-/// args, its environment (the rendered ConfigMap and its own variables,
-/// the broker's address and a shorter drain timeout substituted, `token`
-/// for the Secret), its user, group and fsGroup, a read-only root, the
+/// The drain Job the Helm chart renders (with the values of
+/// deploy/kubernetes/overlays/nats-spool-drain), run with the image as the
+/// kubelet would run it on the claim held at `volume`: its args, its
+/// environment (the rendered ConfigMap and its own variables, the broker's
+/// address and a shorter drain timeout substituted), the Secret's file
+/// holding `token`, its user, group and fsGroup, a read-only root, the
 /// claim where it mounts it. It must exit 0; returns what it printed.
 fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
-    let objects = crate::support::kubernetes::build("overlays/nats-spool-drain");
+    let objects = crate::support::helm::render("overlays/nats-spool-drain");
     let object = |kind: &str| {
         objects
             .iter()
             .find(|o| o["kind"].as_str() == Some(kind))
-            .unwrap_or_else(|| panic!("overlays/nats-spool-drain renders no {kind}"))
+            .unwrap_or_else(|| panic!("the chart renders no {kind} for overlays/nats-spool-drain"))
     };
     let pod = &object("Job")["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -579,7 +584,8 @@ fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
     let mount = container["volumeMounts"][0]["mountPath"]
         .as_str()
         .unwrap_or_else(|| panic!("the Job mounts no volume"));
-    let volume_arg = format!("{}:{mount}", volume.display());
+    let secret = SecretVolume::of(pod, &fs_group, token);
+    let volumes = [format!("{}:{mount}", volume.display()), secret.arg.clone()];
     let strings = |v: &serde_yaml::Value| -> Vec<String> {
         v.as_sequence()
             .into_iter()
@@ -605,15 +611,9 @@ fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
                 .flatten()
                 .map(|var| {
                     let name = var["name"].as_str().unwrap_or_default();
-                    let value = match var["value"].as_str() {
-                        Some(value) => value,
-                        None if var["valueFrom"]["secretKeyRef"]["key"].as_str()
-                            == Some("auth-token") =>
-                        {
-                            token
-                        }
-                        None => panic!("the Job's env {name}: source not handled: {var:?}"),
-                    };
+                    let value = var["value"].as_str().unwrap_or_else(|| {
+                        panic!("the Job's env {name}: source not handled: {var:?}")
+                    });
                     (name, value)
                 }),
         )
@@ -631,22 +631,75 @@ fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
         &["--rm", "--timeout", "120"],
         &user,
         &fs_group,
-        &volume_arg,
+        &volumes,
         &env,
         &args,
     )
 }
 
+/// The pod's Secret volume of webhook secrets (`auth`), as the kubelet
+/// makes it: a read-only directory holding each of its items, owned by root
+/// and the pod's fsGroup, mode 0440, here with `token` in every item.
+/// `arg` is podman's `--volume` for it.
+struct SecretVolume {
+    _dir: tempfile::TempDir,
+    arg: String,
+}
+
+impl SecretVolume {
+    fn of(pod: &serde_yaml::Value, fs_group: &str, token: &str) -> Self {
+        let volume = pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == "auth")
+            .unwrap_or_else(|| panic!("the pod has no auth volume"));
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == "auth")
+            .and_then(|m| m["mountPath"].as_str())
+            .unwrap_or_else(|| panic!("the auth volume is not mounted"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let gid: u32 = fs_group.parse().unwrap_or_else(|e| panic!("{e}"));
+        let mode = volume["secret"]["defaultMode"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("the auth volume's defaultMode"));
+        for item in volume["secret"]["items"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            let file = dir.path().join(item["path"].as_str().unwrap_or_default());
+            std::fs::write(&file, format!("{token}\n")).unwrap_or_else(|e| panic!("{e}"));
+            std::os::unix::fs::chown(&file, Some(0), Some(gid)).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(
+                &file,
+                std::os::unix::fs::PermissionsExt::from_mode(mode as u32),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let arg = format!("{}:{mount}:ro", dir.path().display());
+        Self { _dir: dir, arg }
+    }
+}
+
 /// A container of the image run as Kubernetes runs one of the pod's: `how`
 /// (detached and named, or run to completion), then what every container of
 /// the pod shares: host network, read-only root, no capabilities, the pod's
-/// `user` (`UID:GID`) and `fs_group`, the claim's `volume` (`HOST:MOUNT`)
+/// `user` (`UID:GID`) and `fs_group`, its `volumes` (`HOST:MOUNT[:ro]`)
 /// and the environment (`NAME=VALUE`); then the image and `args`.
 fn run_as_in_the_pod(
     how: &[&str],
     user: &str,
     fs_group: &str,
-    volume: &str,
+    volumes: &[String],
     env: &[String],
     args: &[&str],
 ) -> String {
@@ -662,9 +715,10 @@ fn run_as_in_the_pod(
         user,
         "--group-add",
         fs_group,
-        "--volume",
-        volume,
     ]);
+    for volume in volumes {
+        run.extend(["--volume", volume.as_str()]);
+    }
     run.extend(LIMITS);
     for variable in env {
         run.extend(["--env", variable.as_str()]);

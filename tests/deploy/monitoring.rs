@@ -26,10 +26,6 @@ const ALERTS: &str = "deploy/prometheus/alerts.yaml";
 const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yaml";
 const PROMETHEUS_CONFIG: &str = "deploy/prometheus/prometheus.yml";
 const DASHBOARD: &str = "deploy/grafana/apizee-bridge.json";
-/// alerts.yaml as a Prometheus Operator object, for `kubectl apply -k`.
-const PROMETHEUS_RULE: &str = "deploy/kubernetes/base/prometheusrule.yaml";
-/// Set to write PROMETHEUS_RULE from ALERTS instead of comparing them.
-const WRITE_PROMETHEUS_RULE: &str = "APIZEE_BRIDGE_WRITE_PROMETHEUS_RULE";
 
 /// The job name every alert selects, and the scrape job of prometheus.yml.
 const JOB: &str = "apizee-bridge";
@@ -72,57 +68,27 @@ fn promtool(args: &[&str]) {
 // ---------------------------------------------------------------------------
 // The rule files, on their own
 
-/// PROMETHEUS_RULE as it must be: ALERTS' groups in a PrometheusRule. The
-/// rules live in one file, which promtool and a plain Prometheus read; the
-/// operator's object is made from it, never edited by hand.
-fn prometheus_rule_text() -> String {
-    let groups = yaml(ALERTS)["groups"].clone();
-    let rule: Yaml = serde_yaml::from_str(
-        r#"
-apiVersion: monitoring.coreos.com/v1
-kind: PrometheusRule
-metadata:
-  name: apizee-bridge
-  labels:
-    app.kubernetes.io/name: apizee-bridge
-spec: {}
-"#,
-    )
-    .unwrap();
-    let mut rule = rule;
-    rule["spec"]["groups"] = groups;
-    format!(
-        "# Generated from deploy/prometheus/alerts.yaml (its comments say what each\n\
-         # rule is for): edit that file, then write this one again with\n\
-         #   {WRITE_PROMETHEUS_RULE}=1 cargo test --test deploy prometheus_rule\n\
-         # Needs the Prometheus Operator's CRDs, like servicemonitor.yaml. Its\n\
-         # ruleSelector may ask for a label (kube-prometheus-stack: its release\n\
-         # label): add it in an overlay. The ServiceMonitor's job label is the\n\
-         # Service's name, apizee-bridge, which every rule selects.\n\
-         {}",
-        serde_yaml::to_string(&rule).unwrap()
-    )
-}
-
+/// The Helm chart's PrometheusRule holds ALERTS' groups, read from the
+/// chart's files/alerts.yaml, a link to ALERTS: the rules live in one file,
+/// which promtool and a plain Prometheus read, and the operator's object
+/// (in the chart and in every Kustomize target rendered from it) is made
+/// from it, never edited by hand.
 #[test]
 fn the_prometheus_rule_holds_the_alert_rules_and_promtool_accepts_them() {
-    let expected = prometheus_rule_text();
-    if std::env::var_os(WRITE_PROMETHEUS_RULE).is_some() {
-        std::fs::write(path(PROMETHEUS_RULE), &expected).unwrap();
-    }
-    assert!(
-        read(PROMETHEUS_RULE) == expected,
-        "{PROMETHEUS_RULE} is not {ALERTS} as a PrometheusRule: write it again with \
-         `{WRITE_PROMETHEUS_RULE}=1 cargo test --test deploy prometheus_rule`"
+    let rendered =
+        crate::support::helm::template(&[], &["--show-only", "templates/prometheusrule.yaml"]);
+    let rule =
+        crate::support::kubernetes::parse_docs(&rendered, "the chart's PrometheusRule").remove(0);
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"],
+        yaml(ALERTS)["groups"],
+        "the chart's PrometheusRule does not hold {ALERTS}'s groups"
     );
     // What the operator hands Prometheus is spec, a rule file of its own.
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
-    std::fs::write(
-        &rules,
-        serde_yaml::to_string(&yaml(PROMETHEUS_RULE)["spec"]).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&rules, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
     promtool(&["check", "rules", rules.to_str().unwrap()]);
 }
 

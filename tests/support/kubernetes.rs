@@ -96,11 +96,3 @@ pub fn kustomize_build(dir: &Path) -> String {
     );
     String::from_utf8(out.stdout).expect("kustomize output is UTF-8")
 }
-
-/// The objects `kubectl apply -k ROOT/target` would create.
-pub fn build(target: &str) -> Vec<Value> {
-    parse_docs(
-        &kustomize_build(&Path::new(ROOT).join(target)),
-        &format!("kustomize build {target}"),
-    )
-}

@@ -7,6 +7,7 @@
 
 pub mod answers;
 pub mod compose;
+pub mod helm;
 pub mod kafka;
 pub mod kubernetes;
 pub mod load;
