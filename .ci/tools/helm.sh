@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the pinned helm, which the chart's tests (tests/deploy/helm.rs)
-# run, into target/tools/helm-$VERSION/bin: built from source with
+# run, into target/tools/helm/bin: built from source with
 # `go install` from the Go module proxy (no release tarball can be fetched
 # here), with the module and build caches under target/tools/go too, so
 # nothing outside the repository is touched. About 4 minutes on 2 cores
@@ -14,7 +14,9 @@ cd "$(dirname "$0")/../.."
 
 VERSION=v4.3.2
 root="$PWD/target/tools"
-bin="$root/helm-$VERSION/bin"
+# A fixed directory, not one per version: tests/support/helm.rs looks
+# there. A pin bump finds the old version (go version -m) and builds over it.
+bin="$root/helm/bin"
 
 if [ ! -x "$bin/helm" ] || ! go version -m "$bin/helm" 2>/dev/null | grep -q "mod[[:space:]]*helm.sh/helm/v4[[:space:]]*$VERSION"; then
   if ! command -v go >/dev/null 2>&1; then

@@ -103,6 +103,15 @@ fn a_wrong_value_fails_with_a_message_that_names_it() {
         ),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         (
+            "autoscaling.minReplicas=1",
+            "podDisruptionBudget.minAvailable (1) must be below autoscaling.minReplicas (1), or \
+             no pod can ever be evicted",
+        ),
+        (
+            "autoscaling.maxReplicas=1",
+            "autoscaling.minReplicas (2) is above autoscaling.maxReplicas (1)",
+        ),
+        (
             "auth.tokenKey=",
             "auth: tokenKey, basicAuthKey and hmacSecretKey are all empty",
         ),
@@ -310,4 +319,58 @@ fn the_readme_values_table_is_values_yaml() {
         "README.md's values table has not one row per value of values.yaml: write it again \
          with `{WRITE_README}=1 cargo test --test deploy values_table`"
     );
+}
+
+/// What `helm install` prints once done (NOTES.txt) tells how to create the
+/// Secret the pods wait for, with the keys the values name, and where to
+/// send webhooks: rendered by helm's client-side dry run, no cluster needed.
+#[test]
+fn the_install_notes_say_which_secret_to_create_and_where_webhooks_go() {
+    let notes = |values: &[&Path]| {
+        let mut args = vec![
+            "install".to_owned(),
+            crate::support::helm::RELEASE.to_owned(),
+            CHART.to_owned(),
+            "--dry-run=client".to_owned(),
+            "--namespace".to_owned(),
+            "webhooks".to_owned(),
+        ];
+        for v in values {
+            args.extend(["--values".to_owned(), v.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "helm {args:?}:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .split_once("NOTES:\n")
+            .unwrap_or_else(|| panic!("helm install printed no NOTES:\n{stdout}"))
+            .1
+            .to_owned()
+    };
+    let defaults = notes(&[]);
+    for expected in [
+        "kubectl -n webhooks create secret generic apizee-bridge-auth --from-file=auth-token=./auth-token\n",
+        "POST http://apizee-bridge.webhooks.svc:80/webhooks with the header X-Apizee-Secret;",
+    ] {
+        assert!(
+            defaults.contains(expected),
+            "the NOTES do not say {expected:?}:\n{defaults}"
+        );
+    }
+    let all = notes(&[&Path::new(CHART).join("ci/nats-tls-auth-values.yaml")]);
+    for expected in [
+        "--from-file=auth-token=./auth-token --from-file=basic-auth=./basic-auth \
+         --from-file=hmac-secret=./hmac-secret\n",
+        "POST https://",
+    ] {
+        assert!(
+            all.contains(expected),
+            "the NOTES do not say {expected:?}:\n{all}"
+        );
+    }
 }

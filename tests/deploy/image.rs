@@ -480,6 +480,43 @@ async fn the_spool_variants_pod_keeps_webhooks_across_an_outage_and_a_restart() 
     let (reply, _) = post(1).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
+    // The Secret is updated, as `kubectl apply` of a Secret updates it: a
+    // token added is taken, and removed is refused, by the running pod,
+    // within its --auth-reload-interval; nothing restarts. An envelope
+    // that is not one tells which: 401 before the token is checked, 422
+    // after (and nothing is published).
+    const ADDED: &str = "image-test-token-added";
+    let with_added = async || {
+        request(
+            addr,
+            "POST",
+            "/webhooks",
+            &[("content-type", "application/json"), (auth_header, ADDED)],
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await
+        .map(|r| r.status)
+        .unwrap_or_else(|e| panic!("POST: {e}"))
+    };
+    assert_eq!(with_added().await, 401, "a token not yet in the Secret");
+    secret.update(&format!("{TOKEN}\n{ADDED}\n"));
+    wait_until(
+        "the pod to take the token added to its Secret",
+        async || with_added().await == 422,
+    )
+    .await;
+    secret.update(&format!("{TOKEN}\n"));
+    wait_until(
+        "the pod to refuse the token removed from its Secret",
+        async || with_added().await == 401,
+    )
+    .await;
+    assert_eq!(
+        post(1).await.0.status,
+        200,
+        "the token kept is taken throughout"
+    );
+
     // The broker goes away: webhooks are answered 202 from the volume.
     nats.kill();
     let mut spooled = Vec::new();
@@ -638,15 +675,21 @@ fn drain_job_on(volume: &Path, nats_url: &str, token: &str) -> String {
 }
 
 /// The pod's Secret volume of webhook secrets (`auth`), as the kubelet
-/// makes it: a read-only directory holding each of its items, owned by root
-/// and the pod's fsGroup, mode 0440, here with `token` in every item.
-/// `arg` is podman's `--volume` for it.
+/// makes it: each item a link through `..data` into a directory of the
+/// Secret's current contents (owned by root and the pod's fsGroup, in the
+/// Secret's defaultMode), which an update replaces by swapping `..data`.
+/// `arg` is podman's `--volume` for it, read-only.
 struct SecretVolume {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    items: Vec<String>,
+    gid: u32,
+    mode: u32,
+    version: std::cell::Cell<u32>,
     arg: String,
 }
 
 impl SecretVolume {
+    /// The volume of `pod`'s auth Secret, each item holding `token`.
     fn of(pod: &serde_yaml::Value, fs_group: &str, token: &str) -> Self {
         let volume = pod["volumes"]
             .as_sequence()
@@ -662,31 +705,63 @@ impl SecretVolume {
             .and_then(|m| m["mountPath"].as_str())
             .unwrap_or_else(|| panic!("the auth volume is not mounted"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let gid: u32 = fs_group.parse().unwrap_or_else(|e| panic!("{e}"));
-        let mode = volume["secret"]["defaultMode"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("the auth volume's defaultMode"));
-        for item in volume["secret"]["items"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-        {
-            let file = dir.path().join(item["path"].as_str().unwrap_or_default());
-            std::fs::write(&file, format!("{token}\n")).unwrap_or_else(|e| panic!("{e}"));
-            std::os::unix::fs::chown(&file, Some(0), Some(gid)).unwrap_or_else(|e| panic!("{e}"));
-            std::fs::set_permissions(
-                &file,
-                std::os::unix::fs::PermissionsExt::from_mode(mode as u32),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        }
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        let items: Vec<String> = volume["secret"]["items"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|item| item["path"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        for item in &items {
+            std::os::unix::fs::symlink(format!("..data/{item}"), dir.path().join(item))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         let arg = format!("{}:{mount}:ro", dir.path().display());
-        Self { _dir: dir, arg }
+        let volume = Self {
+            dir,
+            items,
+            gid: fs_group.parse().unwrap_or_else(|e| panic!("{e}")),
+            mode: volume["secret"]["defaultMode"]
+                .as_u64()
+                .and_then(|m| u32::try_from(m).ok())
+                .unwrap_or_else(|| panic!("the auth volume's defaultMode")),
+            version: std::cell::Cell::new(0),
+            arg,
+        };
+        volume.update(&format!("{token}\n"));
+        volume
+    }
+
+    /// The Secret updated to hold `contents` in every item, as the kubelet
+    /// writes it: a new directory, then `..data` swapped to it at once.
+    fn update(&self, contents: &str) {
+        let version = self.version.get() + 1;
+        self.version.set(version);
+        let name = format!("..{version}");
+        let new = self.dir.path().join(&name);
+        std::fs::create_dir(&new).unwrap_or_else(|e| panic!("{e}"));
+        for item in &self.items {
+            let file = new.join(item);
+            std::fs::write(&file, contents).unwrap_or_else(|e| panic!("{e}"));
+            std::os::unix::fs::chown(&file, Some(0), Some(self.gid))
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(
+                &file,
+                std::os::unix::fs::PermissionsExt::from_mode(self.mode),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let swap = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &swap).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&swap, self.dir.path().join("..data")).unwrap_or_else(|e| panic!("{e}"));
+        if version > 1 {
+            let old = self.dir.path().join(format!("..{}", version - 1));
+            std::fs::remove_dir_all(old).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }
 

@@ -19,21 +19,15 @@ pub fn helm() -> PathBuf {
     if let Some(path) = std::env::var_os("HELM") {
         return path.into();
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools");
-    let found = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("helm-"))
-        .map(|e| e.path().join("bin/helm"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm/bin/helm");
+    if !path.is_file() {
         super::missing_tool(format!(
-            "helm not found under {}: build the pinned one with `bash .ci/tools/helm.sh` \
-             (go install, about 4 minutes once), or set HELM=/path/to/helm",
-            dir.display()
-        ))
-    })
+            "helm not found at {}: build the pinned one with `bash .ci/tools/helm.sh` (go \
+             install, about 4 minutes once), or set HELM=/path/to/helm",
+            path.display()
+        ));
+    }
+    path
 }
 
 /// `helm ARGS` within the run deadline. Its log line about the link
