@@ -374,3 +374,27 @@ fn the_install_notes_say_which_secret_to_create_and_where_webhooks_go() {
         );
     }
 }
+
+/// The chart installs the image of this version of the bridge: its
+/// appVersion is the crate's version, the image tag it defaults to.
+#[test]
+fn the_chart_installs_this_version() {
+    let chart: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("Chart.yaml"))
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "Chart.yaml's appVersion is not Cargo.toml's version"
+    );
+    let yaml = template(&[], &["--show-only", "templates/workload.yaml"]);
+    assert!(
+        yaml.contains(&format!(
+            "image: ghcr.io/apizee-bridge/apizee-bridge:{}\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "the pods do not run this version's image:\n{yaml}"
+    );
+}
