@@ -369,6 +369,34 @@ impl Built {
         }
     }
 
+    /// The binary run with `args` as container `c` of `pod` would run it:
+    /// its environment as [`Self::runnable_env_of`] makes it in `dir`, the
+    /// spool (if it has one) at `dir/spool` in place of the claim. Returns
+    /// what it did and the environment it had.
+    fn run_as(
+        &self,
+        pod: &Value,
+        c: &Value,
+        args: &[&str],
+        dir: &Path,
+    ) -> (std::process::Output, BTreeMap<String, String>) {
+        let mut env = self.runnable_env_of(pod, c, dir);
+        if env.contains_key("APIZEE_BRIDGE_SPOOL_DIR") {
+            env.insert(
+                "APIZEE_BRIDGE_SPOOL_DIR".into(),
+                dir.join("spool").to_string_lossy().into_owned(),
+            );
+        }
+        let output = output_within(
+            std::process::Command::new(BINARY)
+                .args(args)
+                .env_clear()
+                .envs(&env),
+            RUN_DEADLINE,
+        );
+        (output, env)
+    }
+
     /// The binary's flags as this deployment sets them, parsed and checked
     /// by the binary's own code (which reads the secrets files: stand-ins).
     fn settings(&self) -> (Cli, Settings) {
@@ -947,21 +975,8 @@ fn the_init_container_checks_what_the_bridge_runs_with() {
                 "{t}: the init container's {field}"
             );
         }
-        let spool = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut env = b.runnable_env_of(b.pod(), bridge, spool.path());
-        if env.contains_key("APIZEE_BRIDGE_SPOOL_DIR") {
-            env.insert(
-                "APIZEE_BRIDGE_SPOOL_DIR".into(),
-                spool.path().join("spool").to_string_lossy().into_owned(),
-            );
-        }
-        let output = output_within(
-            std::process::Command::new(BINARY)
-                .args(&args)
-                .env_clear()
-                .envs(&env),
-            RUN_DEADLINE,
-        );
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (output, env) = b.run_as(b.pod(), bridge, &args, dir.path());
         let report = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{t}: {args:?} failed:\n{report}");
         assert!(
@@ -1442,18 +1457,12 @@ fn the_drain_job_runs_spool_drain_in_the_statefulsets_pod_on_a_claim() {
         }
 
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut env = drain.runnable_env_of(pod, c, dir.path());
+        let (output, env) = drain.run_as(pod, c, &args, dir.path());
         let absent = dir.path().join("spool");
-        env.insert(
-            "APIZEE_BRIDGE_SPOOL_DIR".into(),
-            absent.to_string_lossy().into_owned(),
-        );
-        let output = output_within(
-            std::process::Command::new(BINARY)
-                .args(&args)
-                .env_clear()
-                .envs(&env),
-            RUN_DEADLINE,
+        assert_eq!(
+            env.get("APIZEE_BRIDGE_SPOOL_DIR").map(String::as_str),
+            absent.to_str(),
+            "{target}: the Job has no spool"
         );
         let report = String::from_utf8_lossy(&output.stdout);
         assert!(
