@@ -101,6 +101,11 @@ fn a_wrong_value_fails_with_a_message_that_names_it() {
             "resources.limits.memory=lots",
             "at '/resources/limits/memory'",
         ),
+        // A client certificate without its key.
+        (
+            "nats.tls.certKey=tls.crt",
+            "at '/nats/tls/keyKey': minLength: got 0, want 1",
+        ),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         (
             "autoscaling.minReplicas=1",
