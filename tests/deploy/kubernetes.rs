@@ -301,8 +301,16 @@ impl Built {
     /// says so; `user:secret` otherwise, which any secrets file accepts),
     /// and every path into them moved there.
     fn runnable_env_of(&self, pod: &Value, c: &Value, dir: &Path) -> BTreeMap<String, String> {
-        let pki = crate::support::tls::Pki::new("stand-in CA");
-        let server = pki.server("stand-in");
+        // Made only for a target that mounts a certificate: key generation
+        // is the slowest part, and most targets have none.
+        let pki = std::cell::OnceCell::new();
+        let pki = || {
+            pki.get_or_init(|| {
+                let pki = crate::support::tls::Pki::new("stand-in CA");
+                let server = pki.server("stand-in");
+                (pki.ca_pem(), server)
+            })
+        };
         let mut env = self.env_of(c);
         for mount in c["volumeMounts"].as_sequence().into_iter().flatten() {
             let name = mount["name"].as_str().expect("volumeMount name");
@@ -324,9 +332,9 @@ impl Built {
             for item in secret["items"].as_sequence().into_iter().flatten() {
                 let path = item["path"].as_str().expect("item path");
                 let contents = match path {
-                    p if p.starts_with("ca") && p.ends_with(".crt") => pki.ca_pem(),
-                    p if p.ends_with(".crt") => server.cert_pem.clone(),
-                    p if p.ends_with(".key") => server.key_pem.clone(),
+                    p if p.starts_with("ca") && p.ends_with(".crt") => pki().0.clone(),
+                    p if p.ends_with(".crt") => pki().1.cert_pem.clone(),
+                    p if p.ends_with(".key") => pki().1.key_pem.clone(),
                     p => format!(
                         "stand-in-user:stand-in-for-{}-{p}\n",
                         secret["secretName"].as_str().unwrap_or_default()
@@ -788,6 +796,18 @@ fn kustomizations_name_only_files_that_exist_and_every_file_is_used() {
                 used.insert(path.canonicalize().unwrap());
             }
         }
+    }
+    // Each of the chart's examples is a target, checked as the others are.
+    let ci = Path::new(CHART).join("ci");
+    for example in std::fs::read_dir(&ci).unwrap_or_else(|e| panic!("{}: {e}", ci.display())) {
+        let name = example.unwrap_or_else(|e| panic!("{e}")).file_name();
+        let target = format!("chart ci/{}", name.to_string_lossy());
+        assert!(
+            TARGETS.iter().any(|(t, _)| *t == target),
+            "{}/{} is in no TARGETS entry: its output would not be checked",
+            rel(&ci),
+            name.to_string_lossy()
+        );
     }
     // A target's values.yaml is what its rendered file is made from.
     for r in RENDERED {

@@ -201,6 +201,16 @@ settings and constants. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* The bridge's resources, which the drain Job shares: a drain holds a
+window of publishes and redb's page cache, as the bridge's replay does. */}}
+{{- define "apizee-bridge.resources" -}}
+requests:
+  {{- toYaml .Values.resources.requests | nindent 2 }}
+limits:
+  cpu: {{ .Values.resources.limits.cpu | quote }}
+  memory: {{ include "apizee-bridge.memoryLimit" . }}
+{{- end -}}
+
 {{/* terminationGracePeriodSeconds: the drain delay, the shutdown timeout,
 the rest of the shutdown (5 s, SHUTDOWN_AFTER_DRAIN in src/lib.rs) and a
 5 s margin; the kubelet sends SIGKILL this long after SIGTERM. */}}
